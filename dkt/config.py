@@ -1,0 +1,87 @@
+"""Experiment configuration (``config/<name>.json``), validated once when it is read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dkt.models import model_names
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_seq_len: int = Field(200, ge=2, le=4096)
+    window_stride: int | None = Field(None, ge=1, description="training window stride; default max_seq_len // 2")
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without validation AUC gain before stopping")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    valid_ratio: float = Field(0.1, gt=0, lt=1, description="share of training users held out when no --valid-file")
+    max_train_windows: int | None = Field(None, ge=1, description="cap on training windows per epoch (sampled)")
+
+    @model_validator(mode="after")
+    def _stride(self) -> TrainParams:
+        if self.window_stride is not None and self.window_stride > self.max_seq_len:
+            raise ValueError(f"window_stride ({self.window_stride}) must not exceed max_seq_len ({self.max_seq_len})")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return self.window_stride or max(1, self.max_seq_len // 2)
+
+
+class EnsembleMember(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str = Field(description="path of the member's config, relative to this file's folder")
+    weight: float = Field(1.0, gt=0)
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    train: TrainParams = Field(default_factory=TrainParams)
+    members: list[EnsembleMember] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.model not in model_names():
+            raise ValueError(f"unknown model {self.model!r}; known: {model_names()}")
+        if self.model == "ensemble" and not self.members:
+            raise ValueError("an ensemble needs at least one entry in 'members'")
+        if self.model != "ensemble" and self.members:
+            raise ValueError("'members' is only for model 'ensemble'")
+        return self
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Interaction data: schema validation, importers, features and sequences."""

@@ -1,0 +1,175 @@
+"""Feature engineering shared by every model.
+
+Rows are ordered per user by time, then each row gets features that use only
+that row's item and the answers *before* it, so any model fed these features is
+causal by construction:
+
+- categorical: item, test, skill (KnowledgeTag), item head / paper (head+mid) /
+  tail, elapsed time since the previous answer (capped at 600 s, bucketed);
+- the previous response, as a token of (previous skill or item, previous answer);
+- continuous: the user's running accuracy and count, running accuracy on the
+  same skill, elapsed time.
+
+Encoders are fitted on training data only. Index 0 is padding and 1 is
+"unknown", so unseen ids at serving time still map somewhere meaningful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PAD, UNK = 0, 1
+FIRST = 2  # first real vocabulary index
+ELAPSED_CAP_S = 600.0
+ELAPSED_BOUNDS_S = np.array([2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450], dtype=np.float64)
+# Categorical features fitted from data, and the column each is derived from.
+VOCAB_FEATURES: tuple[str, ...] = ("item", "test", "tag", "head", "paper", "tail")
+CATEGORICAL: tuple[str, ...] = (*VOCAB_FEATURES, "elapsed")
+RESPONSE: tuple[str, ...] = ("prev_answer", "prev_tag_resp", "prev_item_resp")
+CONTINUOUS: tuple[str, ...] = ("user_acc", "user_count", "tag_acc", "tag_count", "elapsed_s")
+
+
+def _raw_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
+    item = df["assessmentItemID"].astype(str)
+    return {
+        "item": item,
+        "test": df["testId"].astype(str),
+        "tag": df["KnowledgeTag"].astype(str),
+        "head": item.str[1:4],
+        "paper": item.str[1:7],
+        "tail": item.str[7:10],
+    }
+
+
+@dataclass
+class FeatureFrame:
+    """Encoded rows, sorted by (user, time); ``row_index`` maps back to input order."""
+
+    users: np.ndarray  # user id per distinct user, in sorted order
+    user_starts: np.ndarray  # offsets into the rows, len(users) + 1
+    row_index: np.ndarray
+    answer: np.ndarray  # -1 / 0 / 1
+    cat: dict[str, np.ndarray]
+    resp: dict[str, np.ndarray]
+    cont: np.ndarray  # (n_rows, len(CONTINUOUS)) float32
+
+    def __len__(self) -> int:
+        return len(self.answer)
+
+    @property
+    def user_lengths(self) -> np.ndarray:
+        return np.diff(self.user_starts)
+
+
+@dataclass
+class FeatureEncoder:
+    """Fitted vocabularies; serialisable to JSON and saved inside every model bundle."""
+
+    vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame) -> FeatureEncoder:
+        labelled = df[df["answerCode"] >= 0]
+        raw = _raw_columns(labelled if len(labelled) else df)
+        vocab = {}
+        for name in VOCAB_FEATURES:
+            values = sorted(raw[name].unique())
+            vocab[name] = {v: i + FIRST for i, v in enumerate(values)}
+        return cls(vocab=vocab)
+
+    def sizes(self) -> dict[str, int]:
+        """Embedding table size per categorical / response feature (pad and unknown included)."""
+        sizes = {name: len(self.vocab[name]) + FIRST for name in VOCAB_FEATURES}
+        sizes["elapsed"] = len(ELAPSED_BOUNDS_S) + 1 + FIRST
+        sizes["prev_answer"] = 3 + FIRST  # wrong, correct, unknown answer
+        sizes["prev_tag_resp"] = 2 * sizes["tag"] + FIRST
+        sizes["prev_item_resp"] = 2 * sizes["item"] + FIRST
+        return sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab": self.vocab, "elapsed_bounds_s": ELAPSED_BOUNDS_S.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureEncoder:
+        return cls(vocab={k: {str(v): int(i) for v, i in m.items()} for k, m in d["vocab"].items()})
+
+    def encode_column(self, name: str, values: pd.Series) -> np.ndarray:
+        mapped = values.map(self.vocab[name])
+        return mapped.fillna(UNK).to_numpy(dtype=np.int64)
+
+    def transform(self, df: pd.DataFrame) -> FeatureFrame:
+        """Encode a validated canonical table (see ``dkt.data.schema.validate``)."""
+        # Stable sort keeps file order for answers with equal timestamps.
+        order = np.lexsort((np.arange(len(df)), df["Timestamp"].to_numpy(), df["userID"].to_numpy()))
+        d = df.iloc[order].reset_index(drop=True)
+        user = d["userID"].to_numpy()
+        new_user = np.ones(len(d), dtype=bool)
+        new_user[1:] = user[1:] != user[:-1]
+        starts = np.flatnonzero(new_user)
+        user_starts = np.append(starts, len(d))
+        group = np.cumsum(new_user) - 1
+
+        raw = _raw_columns(d)
+        cat = {name: self.encode_column(name, raw[name]) for name in VOCAB_FEATURES}
+        ts = d["Timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
+        elapsed = np.zeros(len(d))
+        elapsed[1:] = ts[1:] - ts[:-1]
+        elapsed = np.clip(elapsed, 0.0, ELAPSED_CAP_S)
+        elapsed[new_user] = np.nan
+        bucket = np.searchsorted(ELAPSED_BOUNDS_S, np.nan_to_num(elapsed), side="right") + FIRST
+        bucket[new_user] = UNK
+        cat["elapsed"] = bucket.astype(np.int64)
+
+        answer = d["answerCode"].to_numpy().astype(np.int64)
+        known = answer >= 0
+        correct = np.where(known, answer, 0)
+        # Running sums of *previous* rows: cumulative sum minus the row itself, per user.
+        cum_n = _group_cumsum_exclusive(known.astype(np.float64), starts, group)
+        cum_c = _group_cumsum_exclusive(correct.astype(np.float64), starts, group)
+        tag_key = pd.Series(group.astype(np.int64) * 1_000_003 + cat["tag"])
+        known_s = pd.Series(known.astype(np.float64))
+        tag_n = known_s.groupby(tag_key).cumsum().to_numpy() - known
+        tag_c = pd.Series(correct.astype(np.float64)).groupby(tag_key).cumsum().to_numpy() - correct
+
+        prev_ans = np.full(len(d), UNK, dtype=np.int64)
+        prev_ans[1:] = np.where(answer[:-1] >= 0, answer[:-1] + FIRST, FIRST + 2)
+        prev_ans[new_user] = UNK
+        has_prev = prev_ans >= FIRST
+        prev_known = (prev_ans == FIRST) | (prev_ans == FIRST + 1)
+        prev_a = np.clip(prev_ans - FIRST, 0, 1)
+        prev_tag = np.roll(cat["tag"], 1)
+        prev_item = np.roll(cat["item"], 1)
+        resp = {
+            "prev_answer": prev_ans,
+            "prev_tag_resp": np.where(has_prev & prev_known, FIRST + 2 * prev_tag + prev_a, UNK),
+            "prev_item_resp": np.where(has_prev & prev_known, FIRST + 2 * prev_item + prev_a, UNK),
+        }
+        cont = np.stack(
+            [
+                (cum_c + 1.0) / (cum_n + 2.0),
+                np.log1p(cum_n) / np.log1p(1000.0),
+                (tag_c + 1.0) / (tag_n + 2.0),
+                np.log1p(tag_n) / np.log1p(100.0),
+                np.nan_to_num(elapsed, nan=0.0) / ELAPSED_CAP_S,
+            ],
+            axis=1,
+        ).astype(np.float32)
+        return FeatureFrame(
+            users=user[starts],
+            user_starts=user_starts,
+            row_index=order,
+            answer=answer,
+            cat=cat,
+            resp=resp,
+            cont=cont,
+        )
+
+
+def _group_cumsum_exclusive(x: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
+    total = np.cumsum(x)
+    before_group = np.concatenate([[0.0], total])[starts]
+    return total - x - before_group[group]

@@ -1,0 +1,114 @@
+"""The canonical interaction table and its validation.
+
+Every importer ends here, so a bad file fails with one clear message naming the
+file, the row and the column instead of a traceback from deep inside pandas.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+COLUMNS: tuple[str, ...] = (
+    "userID",
+    "assessmentItemID",
+    "testId",
+    "answerCode",
+    "Timestamp",
+    "KnowledgeTag",
+)
+ITEM_COLUMNS: tuple[str, ...] = ("assessmentItemID", "testId", "KnowledgeTag")
+ANSWER_TO_PREDICT = -1
+VALID_ANSWERS = frozenset({-1, 0, 1})
+
+
+class DataValidationError(ValueError):
+    """Raised for input that breaks the canonical schema; the message says where."""
+
+    def __init__(self, source: str, message: str, row: int | None = None, column: str | None = None):
+        self.source = source
+        self.row = row
+        self.column = column
+        where = source
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {message}")
+
+
+def _first_bad(mask: pd.Series) -> int | None:
+    bad = mask.to_numpy().nonzero()[0]
+    return int(bad[0]) if len(bad) else None
+
+
+def validate(
+    df: pd.DataFrame,
+    source: str = "<data>",
+    row_offset: int = 2,
+    required: tuple[str, ...] = COLUMNS,
+) -> pd.DataFrame:
+    """Check and normalise a canonical interaction table.
+
+    ``row_offset`` turns a 0-based frame position into the number a person sees:
+    2 for a CSV with a header line (line 1 is the header). Returns a new frame
+    with normalised dtypes: string ids, int8 answers, int64 tags, UTC-naive
+    datetime timestamps.
+    """
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataValidationError(source, f"missing column(s) {missing}; expected {list(required)}")
+    if len(df) == 0:
+        raise DataValidationError(source, "no rows")
+    df = df.reset_index(drop=True)
+    out = df.loc[:, list(required)].copy()
+
+    def row_of(i: int) -> int:
+        return i + row_offset
+
+    for col in ("userID", "assessmentItemID", "testId"):
+        if col not in out:
+            continue
+        null = out[col].isna()
+        if (i := _first_bad(null)) is not None:
+            raise DataValidationError(source, "empty value", row_of(i), col)
+        out[col] = out[col].astype(str).str.strip()
+        empty = out[col] == ""
+        if (i := _first_bad(empty)) is not None:
+            raise DataValidationError(source, "empty value", row_of(i), col)
+
+    if "answerCode" in out:
+        codes = pd.to_numeric(out["answerCode"], errors="coerce")
+        bad = codes.isna() | ~codes.isin(list(VALID_ANSWERS))
+        if (i := _first_bad(bad)) is not None:
+            raise DataValidationError(
+                source, f"answerCode must be one of -1, 0, 1, got {df['answerCode'].iloc[i]!r}", row_of(i), "answerCode"
+            )
+        out["answerCode"] = codes.astype("int8")
+
+    if "KnowledgeTag" in out:
+        tags = pd.to_numeric(out["KnowledgeTag"], errors="coerce")
+        bad = tags.isna() | (tags != tags.round())
+        if (i := _first_bad(bad)) is not None:
+            raise DataValidationError(
+                source, f"KnowledgeTag must be an integer, got {df['KnowledgeTag'].iloc[i]!r}", row_of(i), "KnowledgeTag"
+            )
+        out["KnowledgeTag"] = tags.astype("int64")
+
+    if "Timestamp" in out:
+        raw = out["Timestamp"]
+        ts = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+        if (i := _first_bad(ts.isna())) is not None:
+            raise DataValidationError(source, f"bad timestamp {raw.iloc[i]!r}", row_of(i), "Timestamp")
+        out["Timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
+
+    key = [c for c in ("userID", "assessmentItemID", "Timestamp") if c in out]
+    if len(key) == 3:
+        dup = out.duplicated(subset=key, keep="first")
+        if (i := _first_bad(dup)) is not None:
+            first = out[(out[key] == out.iloc[i][key]).all(axis=1)].index[0]
+            raise DataValidationError(
+                source,
+                f"duplicated interaction (same userID, assessmentItemID, Timestamp as row {row_of(int(first))})",
+                row_of(i),
+            )
+    return out.reset_index(drop=True)

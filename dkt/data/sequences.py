@@ -1,0 +1,104 @@
+"""Per-user sequences cut into sliding windows, padded, masked and batched.
+
+Long histories are never truncated: a user with more than ``max_len`` answers
+gives several overlapping windows. For evaluation each answer is scored exactly
+once, in the window that shows it with the most history before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dkt.data.features import CATEGORICAL, RESPONSE, FeatureFrame
+
+PAD_ROW = -1
+
+
+@dataclass
+class Windows:
+    index: np.ndarray  # (n, max_len) row indices into a FeatureFrame; PAD_ROW where padded
+    score: np.ndarray  # (n, max_len) bool: positions whose prediction counts for evaluation
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def make_windows(ff: FeatureFrame, max_len: int, stride: int | None = None, last_only: bool = False) -> Windows:
+    """Cut every user's rows into windows of at most ``max_len`` rows.
+
+    ``last_only`` gives one window per user ending at their last row (serving).
+    """
+    stride = stride or max_len
+    if not 0 < stride <= max_len:
+        raise ValueError(f"stride must be in 1..max_len ({max_len}), got {stride}")
+    rows, scores = [], []
+    for start, end in zip(ff.user_starts[:-1], ff.user_starts[1:], strict=True):
+        n = end - start
+        if last_only or n <= max_len:
+            s = max(start, end - max_len)
+            rows.append((s, end))
+            scores.append((s, end))
+            continue
+        covered = start
+        ws = list(range(start, end - max_len, stride)) + [end - max_len]
+        for s in ws:
+            e = s + max_len
+            rows.append((s, e))
+            scores.append((max(s, covered), e))
+            covered = e
+    index = np.full((len(rows), max_len), PAD_ROW, dtype=np.int64)
+    score = np.zeros((len(rows), max_len), dtype=bool)
+    for k, ((s, e), (ss, se)) in enumerate(zip(rows, scores, strict=True)):
+        index[k, : e - s] = np.arange(s, e)
+        score[k, ss - s : se - s] = True
+    return Windows(index=index, score=score)
+
+
+class Batcher:
+    """Gathers padded tensors for windows of one FeatureFrame."""
+
+    def __init__(self, ff: FeatureFrame):
+        # One extra all-zero row at the end: PAD_ROW (-1) indexes it directly.
+        def padded(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.zeros((1, *a.shape[1:]), dtype=a.dtype)])
+
+        self.cat = {k: torch.from_numpy(padded(ff.cat[k])) for k in CATEGORICAL}
+        self.resp = {k: torch.from_numpy(padded(ff.resp[k])) for k in RESPONSE}
+        self.cont = torch.from_numpy(padded(ff.cont))
+        self.answer = torch.from_numpy(padded(np.clip(ff.answer, 0, 1).astype(np.float32)))
+        self.labelled = torch.from_numpy(padded(ff.answer >= 0))
+
+    def batch(self, index: np.ndarray, score: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        idx = torch.from_numpy(index)
+        mask = idx != PAD_ROW
+        out: dict[str, torch.Tensor] = {k: v[idx] for k, v in self.cat.items()}
+        out.update({k: v[idx] for k, v in self.resp.items()})
+        out["cont"] = self.cont[idx]
+        out["answer"] = self.answer[idx]
+        out["mask"] = mask
+        labelled = self.labelled[idx] & mask
+        out["loss_mask"] = labelled
+        scored = mask & torch.from_numpy(score) if score is not None else mask
+        out["score_pos"] = scored  # every position to predict, labelled or not (answerCode -1)
+        out["score_mask"] = labelled & scored  # positions that count for metrics
+        return out
+
+    def iterate(
+        self, windows: Windows, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        order = np.arange(len(windows))
+        if shuffle:
+            (rng or np.random.default_rng()).shuffle(order)
+        for i in range(0, len(order), batch_size):
+            sel = order[i : i + batch_size]
+            # Trim columns that are padding in every window of the batch: shorter batches, less compute.
+            width = int((windows.index[sel] != PAD_ROW).sum(axis=1).max())
+            yield sel, self.batch(windows.index[sel, :width], windows.score[sel, :width])
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

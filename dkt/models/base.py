@@ -1,0 +1,82 @@
+"""What every sequence model shares: hyper-parameters of the input, the input embedding, the registry.
+
+The output contract: ``model(batch)`` returns logits of shape (batch, time), one
+per position, where position t depends only on the batch's features at
+positions <= t. Features at t carry the answers *before* t (see
+``dkt.data.features``), so a causal model never sees the answer it predicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dkt.data.features import CATEGORICAL, CONTINUOUS, RESPONSE
+
+
+@dataclass
+class InputConfig:
+    d_model: int = 128  # width of the query / interaction vectors handed to the model body
+    emb_dim: int = 32  # width of each categorical embedding before projection
+    emb_dropout: float = 0.1
+    categorical: tuple[str, ...] = CATEGORICAL
+    response: tuple[str, ...] = RESPONSE
+    use_continuous: bool = True
+
+
+def build_config(cls: type, params: dict[str, Any]) -> Any:
+    """Make a model config dataclass from JSON params, naming any unknown or bad key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown parameter(s) {unknown}; known: {sorted(names)}")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    for k in ("categorical", "response"):
+        if k in params and (bad := set(params[k]) - set(getattr(InputConfig, k))):
+            raise ValueError(f"{cls.__name__}.{k}: unknown feature(s) {sorted(bad)}")
+    return cls(**params)
+
+
+class InputEmbedding(nn.Module):
+    """Turns a batch into two (B, T, d_model) tensors.
+
+    ``query``: what is asked at t (item, skill, test, timing, running accuracy);
+    ``interaction``: the response before t (previous answer with its skill and item).
+    """
+
+    def __init__(self, cfg: InputConfig, sizes: dict[str, int]):
+        super().__init__()
+        self.cfg = cfg
+        self.cat = nn.ModuleDict({k: nn.Embedding(sizes[k], cfg.emb_dim, padding_idx=0) for k in cfg.categorical})
+        self.resp = nn.ModuleDict({k: nn.Embedding(sizes[k], cfg.emb_dim, padding_idx=0) for k in cfg.response})
+        n_cont = len(CONTINUOUS) if cfg.use_continuous else 0
+        self.query_proj = nn.Linear(len(cfg.categorical) * cfg.emb_dim + n_cont, cfg.d_model)
+        self.inter_proj = nn.Linear(len(cfg.response) * cfg.emb_dim, cfg.d_model)
+        self.drop = nn.Dropout(cfg.emb_dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        q = [self.cat[k](batch[k]) for k in self.cfg.categorical]
+        if self.cfg.use_continuous:
+            q.append(batch["cont"])
+        r = [self.resp[k](batch[k]) for k in self.cfg.response]
+        query = self.query_proj(self.drop(torch.cat(q, dim=-1)))
+        interaction = self.inter_proj(self.drop(torch.cat(r, dim=-1)))
+        return query, interaction
+
+
+def causal_mask(t: int, device: torch.device) -> torch.Tensor:
+    """Boolean (t, t) mask, True where attention is *forbidden* (the future)."""
+    return torch.triu(torch.ones(t, t, dtype=torch.bool, device=device), diagonal=1)
+
+
+class PredictionHead(nn.Module):
+    def __init__(self, d_in: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_in, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)

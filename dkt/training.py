@@ -1,0 +1,155 @@
+"""The training loop for sequence models: AdamW, warm-up + cosine LR, clipping, AMP, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dkt.config import TrainParams
+from dkt.data.features import FeatureFrame
+from dkt.data.sequences import Batcher, make_windows, to_device
+from dkt.metrics import auc
+from dkt.scoring import autocast, score_windows
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid_auc: float
+    epochs_run: int
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def fit_sequence_model(
+    model: nn.Module,
+    train_ff: FeatureFrame,
+    valid_ff: FeatureFrame,
+    params: TrainParams,
+    device: torch.device,
+    seed: int,
+    epochs: int | None = None,
+    on_improve: Callable[[nn.Module, int, float], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` in place; it ends holding the weights of its best validation epoch.
+
+    ``on_improve`` is called after each epoch that beats the best validation AUC,
+    so the caller can persist the weights at once: a crash later loses nothing.
+    """
+    epochs = epochs or params.epochs
+    rng = np.random.default_rng(seed)
+    model.to(device)
+    train_b, valid_b = Batcher(train_ff), Batcher(valid_ff)
+    train_w = make_windows(train_ff, params.max_seq_len, params.stride)
+    valid_w = make_windows(valid_ff, params.max_seq_len, max(1, params.max_seq_len // 2))
+    n_windows = min(len(train_w), params.max_train_windows or len(train_w))
+    steps_per_epoch = math.ceil(n_windows / params.batch_size)
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, int(params.warmup_ratio * total)))
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    valid_y = np.clip(valid_ff.answer, 0, 1)
+
+    best_auc, best_epoch, best_state, stale = -1.0, 0, None, 0
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    show = progress and sys.stderr.isatty()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        tick = time.perf_counter()
+        sub = train_w
+        if n_windows < len(train_w):
+            pick = rng.choice(len(train_w), n_windows, replace=False)
+            sub = type(train_w)(train_w.index[pick], train_w.score[pick])
+        total_loss, total_n = 0.0, 0
+        bar = tqdm(
+            train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{epochs}",
+            leave=False,
+            disable=not show,
+        )
+        for _, batch in bar:
+            batch = to_device(batch, device)
+            with autocast(device):
+                logits = model(batch)
+            m = batch["loss_mask"]
+            loss = (loss_fn(logits.float(), batch["answer"]) * m).sum() / m.sum().clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total_loss += loss.item() * int(m.sum())
+            total_n += int(m.sum())
+            bar.set_postfix(loss=f"{total_loss / max(1, total_n):.4f}")
+        prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
+        labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
+        v_auc = auc(valid_y[labelled], prob[labelled])
+        seconds = time.perf_counter() - tick
+        history.append({"epoch": epoch, "train_loss": total_loss / max(1, total_n), "valid_auc": v_auc, "seconds": seconds})
+        improved = v_auc > best_auc
+        print(
+            f"epoch {epoch:3d}  loss {total_loss / max(1, total_n):.4f}  valid_auc {v_auc:.4f}  "
+            f"{seconds:.1f}s{'  *' if improved else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if improved:
+            best_auc, best_epoch, stale = v_auc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if on_improve is not None:
+                on_improve(model, epoch, v_auc)
+        else:
+            stale += 1
+            if stale >= params.patience:
+                print(f"early stop: no valid AUC gain for {params.patience} epochs", file=sys.stderr)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_auc, epoch, time.perf_counter() - t0, history)
