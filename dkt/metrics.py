@@ -32,6 +32,6 @@ def evaluate_predictions(df: pd.DataFrame, prob: np.ndarray, prefix: str = "") -
         f"{prefix}acc": accuracy(y, p),
         f"{prefix}auc_last": auc(y[last], p[last]),
         f"{prefix}acc_last": accuracy(y[last], p[last]),
-        f"{prefix}n": int(len(y)),
-        f"{prefix}n_users": int(len(last)),
+        f"{prefix}n": len(y),
+        f"{prefix}n_users": len(last),
     }

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from dkt.bundle import read_meta
 from dkt.config import parse_config
-from dkt.data.features import FeatureEncoder, FeatureFrame
-from dkt.data.sequences import Batcher, make_windows
+from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame
+from dkt.data.sequences import PAD_ROW, Batcher, Windows, make_windows, to_device
 from dkt.models import build_torch_model
+from dkt.models.lstm import LSTMModel
 from dkt.scoring import score_windows
 
 CANDIDATE_GAP = pd.Timedelta(seconds=30)  # assumed time before a candidate when the caller gives none
+ELAPSED_COLUMN = CONTINUOUS.index("elapsed_s")
 
 
 class Predictor(ABC):
@@ -81,16 +85,32 @@ class Predictor(ABC):
         last = self.predict_last(pd.concat([rows, cand], ignore_index=True))
         return last.reindex(np.arange(k).astype(str)).to_numpy()
 
-    def knowledge_state(self, history: pd.DataFrame, tags: list[int] | None = None) -> dict[int, float]:
-        """Mastery per skill: mean P(correct) on that skill's typical items, asked next."""
+    def predict_candidates_batch(
+        self, jobs: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]]
+    ) -> list[np.ndarray]:
+        """``predict_candidates`` for several (history, candidates, at) jobs at once (serving batches requests)."""
+        return [self.predict_candidates(history, candidates, at) for history, candidates, at in jobs]
+
+    def catalog_candidates(self, tags: list[int] | None = None) -> pd.DataFrame:
+        """The typical items of each skill (all skills by default) as a candidates frame."""
         wanted = [str(t) for t in tags] if tags is not None else list(self.catalog)
         items = [(tag, item, test) for tag in wanted for item, test in self.catalog.get(tag, [])]
-        if not items:
-            return {}
         cands = pd.DataFrame(items, columns=["KnowledgeTag", "assessmentItemID", "testId"])
         cands["KnowledgeTag"] = cands["KnowledgeTag"].astype("int64")
-        prob = self.predict_candidates(history, cands)
-        return {int(t): float(p) for t, p in cands.assign(p=prob).groupby("KnowledgeTag")["p"].mean().items()}
+        return cands
+
+    @staticmethod
+    def mastery(candidates: pd.DataFrame, prob: np.ndarray) -> dict[int, float]:
+        """Mean P(correct) per KnowledgeTag of ``catalog_candidates`` scored by ``predict_candidates``."""
+        grouped = candidates.assign(p=prob).groupby("KnowledgeTag")["p"].mean()
+        return {int(t): float(p) for t, p in grouped.items()}
+
+    def knowledge_state(self, history: pd.DataFrame, tags: list[int] | None = None) -> dict[int, float]:
+        """Mastery per skill: mean P(correct) on that skill's typical items, asked next."""
+        cands = self.catalog_candidates(tags)
+        if not len(cands):
+            return {}
+        return self.mastery(cands, self.predict_candidates(history, cands))
 
 
 class SequencePredictor(Predictor):
@@ -112,15 +132,131 @@ class SequencePredictor(Predictor):
             lengths = (windows.index != -1).sum(axis=1)
             windows.score[:] = False
             windows.score[np.arange(len(windows)), lengths - 1] = True
-        return score_windows(
-            self.model, Batcher(ff), windows, len(ff), self.config.train.eval_batch_size, self.device
-        )
+        return score_windows(self.model, Batcher(ff), windows, len(ff), self.config.train.eval_batch_size, self.device)
 
     def predict_rows(self, df: pd.DataFrame, last_only: bool = False) -> np.ndarray:
         ff = self.encoder.transform(df)
         out = np.full(len(df), np.nan)
         out[ff.row_index] = self.score_frame(ff, last_only=last_only)
         return out
+
+    def predict_candidates(
+        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        return self.predict_candidates_batch([(history, candidates, at)])[0]
+
+    def predict_candidates_batch(
+        self, jobs: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]]
+    ) -> list[np.ndarray]:
+        """Same results as the generic path, but the history is encoded once per job, not once per candidate.
+
+        Every candidate of a job shares the job's history; the features of a candidate row depend
+        only on that history, its own item and its time, so all candidates are encoded as rows after
+        the history of one user and then each is scored in its own window (history + that candidate).
+        """
+        results: list[np.ndarray | None] = [None] * len(jobs)
+        frames, fast = [], []
+        for j, (history, candidates, at) in enumerate(jobs):
+            history = history.tail(self.max_seq_len - 1)
+            if len(candidates) == 0:
+                results[j] = np.zeros(0)
+                continue
+            if at is None:
+                at = history["Timestamp"].max() + CANDIDATE_GAP if len(history) else pd.Timestamp("2000-01-01")
+            if len(history) and at < history["Timestamp"].max():
+                # A candidate asked before the end of the history lands mid-sequence: the generic path handles it.
+                results[j] = super().predict_candidates(history, candidates, at)
+                continue
+            k = len(candidates)
+            cand = pd.DataFrame(
+                {
+                    "assessmentItemID": candidates["assessmentItemID"].astype(str).to_numpy(),
+                    "testId": candidates["testId"].astype(str).to_numpy(),
+                    "answerCode": np.full(k, -1, dtype="int8"),
+                    "Timestamp": np.full(k, at, dtype="datetime64[ns]"),
+                    "KnowledgeTag": candidates["KnowledgeTag"].astype("int64").to_numpy(),
+                }
+            )
+            hist = history.loc[:, ["assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]]
+            frames.append(pd.concat([hist, cand], ignore_index=True).assign(userID=f"{len(fast):08d}"))
+            fast.append((j, len(history), k))
+        if not fast:
+            return [r if r is not None else np.zeros(0) for r in results]
+        ff = self.encoder.transform(pd.concat(frames, ignore_index=True))
+        width = max(n for _, n, _ in fast) + 1
+        index = np.full((sum(k for _, _, k in fast), width), PAD_ROW, dtype=np.int64)
+        score = np.zeros(index.shape, dtype=bool)
+        targets = []
+        w = 0
+        for u, (_, n, k) in enumerate(fast):
+            start = int(ff.user_starts[u])  # zero-padded user ids sort in job order
+            first = start + n
+            # Later candidates must look like the first one: each would follow the history directly.
+            ff.cat["elapsed"][first + 1 : first + k] = ff.cat["elapsed"][first]
+            for name in ff.resp:
+                ff.resp[name][first + 1 : first + k] = ff.resp[name][first]
+            ff.cont[first + 1 : first + k, ELAPSED_COLUMN] = ff.cont[first, ELAPSED_COLUMN]
+            index[w : w + k, :n] = np.arange(start, first)
+            index[w : w + k, n] = np.arange(first, first + k)
+            score[w : w + k, n] = True
+            targets.append(np.arange(first, first + k))
+            w += k
+        if isinstance(self.model, LSTMModel):
+            prob = self._lstm_next(ff, index, score)
+        else:
+            windows = Windows(index=index, score=score)
+            batch_size = self.config.train.eval_batch_size
+            prob = score_windows(self.model, Batcher(ff), windows, len(ff), batch_size, self.device)
+        for (j, _, _), rows in zip(fast, targets, strict=True):
+            results[j] = prob[rows]
+        return [r if r is not None else np.zeros(0) for r in results]
+
+    @torch.no_grad()
+    def _lstm_next(self, ff: FeatureFrame, index: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Candidate windows scored by running each history through the LSTM once, then one step per candidate.
+
+        Exact for the LSTM (its state after the history is all a next step needs); the window path would
+        repeat the history once per candidate, which dominated serving latency.
+        """
+        model = self.model
+        batcher = Batcher(ff)
+        lengths = score.argmax(axis=1)  # history length of each window: the candidate sits right after it
+        target = index[np.arange(len(index)), lengths]
+        # Windows of one job share the history: key each distinct history by its first row and length.
+        starts = np.where(lengths > 0, index[:, 0], -1 - np.arange(len(index)))
+        _, first, job = np.unique(np.stack([starts, lengths], axis=1), axis=0, return_index=True, return_inverse=True)
+        job = job.reshape(-1)
+        hist_len = lengths[first]
+        width = max(1, int(hist_len.max()))
+        hist_index = np.full((len(first), width), PAD_ROW, dtype=np.int64)
+        for h, (w, n) in enumerate(zip(first, hist_len, strict=True)):
+            hist_index[h, :n] = index[w, :n]
+        hidden = model.lstm.num_layers, len(first), model.lstm.hidden_size
+        state = torch.zeros(hidden, device=self.device), torch.zeros(hidden, device=self.device)
+        has_hist = hist_len > 0
+        if has_hist.any():
+            batch = to_device(batcher.batch(hist_index[has_hist]), self.device)
+            query, interaction = model.inp(batch)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                torch.cat([query, interaction], dim=-1),
+                torch.from_numpy(hist_len[has_hist]),
+                batch_first=True,
+                enforce_sorted=False,
+            )
+            _, (h_n, c_n) = model.lstm(packed)
+            keep = torch.from_numpy(np.flatnonzero(has_hist)).to(self.device)
+            state[0][:, keep] = h_n
+            state[1][:, keep] = c_n
+        batch = to_device(batcher.batch(target[:, None]), self.device)
+        query, interaction = model.inp(batch)
+        pick = torch.from_numpy(job).to(self.device)
+        out, _ = model.lstm(
+            torch.cat([query, interaction], dim=-1), (state[0][:, pick].contiguous(), state[1][:, pick].contiguous())
+        )
+        prob = torch.sigmoid(model.head(torch.cat([out, query], dim=-1)).float())[:, 0].cpu().numpy()
+        result = np.full(len(ff), np.nan)
+        result[target] = prob
+        return result
 
 
 def load_predictor(bundle_dir: str | Path, device: str = "cpu") -> Predictor:

@@ -132,10 +132,11 @@ def fit_sequence_model(
         labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
         v_auc = auc(valid_y[labelled], prob[labelled])
         seconds = time.perf_counter() - tick
-        history.append({"epoch": epoch, "train_loss": total_loss / max(1, total_n), "valid_auc": v_auc, "seconds": seconds})
+        train_loss = total_loss / max(1, total_n)
+        history.append({"epoch": epoch, "train_loss": train_loss, "valid_auc": v_auc, "seconds": seconds})
         improved = v_auc > best_auc
         print(
-            f"epoch {epoch:3d}  loss {total_loss / max(1, total_n):.4f}  valid_auc {v_auc:.4f}  "
+            f"epoch {epoch:3d}  loss {train_loss:.4f}  valid_auc {v_auc:.4f}  "
             f"{seconds:.1f}s{'  *' if improved else ''}",
             file=sys.stderr,
             flush=True,

@@ -89,9 +89,9 @@ def validate(
         tags = pd.to_numeric(out["KnowledgeTag"], errors="coerce")
         bad = tags.isna() | (tags != tags.round())
         if (i := _first_bad(bad)) is not None:
-            raise DataValidationError(
-                source, f"KnowledgeTag must be an integer, got {df['KnowledgeTag'].iloc[i]!r}", row_of(i), "KnowledgeTag"
-            )
+            got = df["KnowledgeTag"].iloc[i]
+            msg = f"KnowledgeTag must be an integer, got {got!r}"
+            raise DataValidationError(source, msg, row_of(i), "KnowledgeTag")
         out["KnowledgeTag"] = tags.astype("int64")
 
     if "Timestamp" in out:

@@ -44,7 +44,7 @@ def make_windows(ff: FeatureFrame, max_len: int, stride: int | None = None, last
             scores.append((s, end))
             continue
         covered = start
-        ws = list(range(start, end - max_len, stride)) + [end - max_len]
+        ws = [*list(range(start, end - max_len, stride)), end - max_len]
         for s in ws:
             e = s + max_len
             rows.append((s, e))

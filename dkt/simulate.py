@@ -1,0 +1,159 @@
+"""Simulated students answering the item bank, following a known learning model.
+
+    python -m dkt.simulate --users 1000 --out data/sim
+
+Each student has an ability, a learning rate and a forgetting time. Knowledge of
+a skill grows with practice (more after a correct answer), transfers a little to
+the next level of the same operation, and decays between practice sessions.
+P(correct) = guess + (1 - guess) * sigmoid(1.7 * (ability + knowledge - item difficulty)).
+Because that probability is written beside every answer, the oracle AUC, the
+best any model can reach on this data, is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from dkt.data.schema import COLUMNS
+from dkt.itembank import LEVELS, OPERATIONS, SKILLS, build_item_bank
+from dkt.metrics import auc
+
+GUESS = 0.05  # typed answers: little chance of guessing right
+SLOPE = 1.7
+KNOWLEDGE_CAP = 3.0
+START = pd.Timestamp("2020-01-01")
+
+
+@dataclass
+class Simulation:
+    questions: pd.DataFrame
+    interactions: pd.DataFrame  # canonical columns + p_true
+
+    def oracle_auc(self, df: pd.DataFrame | None = None) -> float:
+        df = self.interactions if df is None else df
+        return auc(df["answerCode"].to_numpy(), df["p_true"].to_numpy())
+
+
+def _student(
+    uid: int, questions: pd.DataFrame, tests: dict[tuple[str, int], list[str]], rng: np.random.Generator
+) -> list[tuple]:
+    ability = rng.normal(0.0, 0.8)
+    learn_rate = float(np.exp(rng.normal(np.log(0.15), 0.4)))
+    forget_s = float(np.exp(rng.normal(np.log(3 * 86400), 0.6)))
+    knowledge = {s.tag: 0.0 for s in SKILLS}
+    last_seen: dict[int, float] = {}
+    frontier = dict.fromkeys(OPERATIONS, 1)
+    t = float(rng.uniform(0, 90 * 86400))
+    n_tests = 2 + int(rng.geometric(1 / 12))
+    q = questions.set_index("assessmentItemID")
+    rows = []
+    for _ in range(n_tests):
+        op = OPERATIONS[int(rng.integers(len(OPERATIONS)))]
+        level = frontier[op] if rng.random() > 0.2 else int(rng.integers(1, frontier[op] + 1))
+        options = tests[(op, level)]
+        test_id = options[int(rng.integers(len(options)))]
+        items = questions.index[questions["testId"] == test_id]
+        correct_count = 0
+        for item_pos in items:
+            item = questions.at[item_pos, "assessmentItemID"]
+            tag = int(q.at[item, "KnowledgeTag"])
+            if tag in last_seen:  # forgetting: part of what was learned fades with time away
+                knowledge[tag] *= 0.55 + 0.45 * np.exp(-(t - last_seen[tag]) / forget_s)
+            logit = SLOPE * (ability + knowledge[tag] - float(q.at[item, "difficulty"]))
+            p = GUESS + (1 - GUESS) * (1 / (1 + np.exp(-logit)))
+            y = int(rng.random() < p)
+            rows.append((f"u{uid:05d}", item, test_id, y, START + pd.Timedelta(seconds=t), tag, p))
+            gain = learn_rate * (1.0 if y else 0.6) * (1 - knowledge[tag] / KNOWLEDGE_CAP)
+            knowledge[tag] += gain
+            nxt = tag + 1  # the next level of the same operation
+            if nxt in knowledge:
+                knowledge[nxt] += 0.3 * gain
+            last_seen[tag] = t
+            correct_count += y
+            t += float(np.exp(rng.normal(np.log(15 + 10 * level), 0.5)))
+        if correct_count / len(items) >= 0.7 and frontier[op] < max(LEVELS):
+            frontier[op] += 1
+        t += float(rng.uniform(60, 600)) if rng.random() < 0.6 else float(rng.uniform(6 * 3600, 4 * 86400))
+    return rows
+
+
+def simulate(n_users: int, seed: int = 0, progress: bool = False) -> Simulation:
+    questions = build_item_bank(seed=seed)
+    bank = questions.copy()
+    skill_of_test = bank.groupby("testId")["KnowledgeTag"].first()
+    tests: dict[tuple[str, int], list[str]] = {}
+    for s in SKILLS:
+        tests[(s.op, s.level)] = sorted(skill_of_test.index[skill_of_test == s.tag])
+    rng = np.random.default_rng(seed + 1)
+    rows: list[tuple] = []
+    for uid in tqdm(range(n_users), desc="students", disable=not progress):
+        rows.extend(_student(uid, bank, tests, rng))
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "p_true"])
+    df["answerCode"] = df["answerCode"].astype("int8")
+    df["Timestamp"] = df["Timestamp"].dt.floor("s")
+    # Two answers of one user in the same second would be a duplicate key: keep time strictly increasing.
+    dup = df.duplicated(["userID", "Timestamp"])
+    df.loc[dup, "Timestamp"] += pd.Timedelta(seconds=1)
+    return Simulation(questions=questions, interactions=df)
+
+
+def split_users(df: pd.DataFrame, test_ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    users = np.sort(df["userID"].unique())
+    rng = np.random.default_rng(seed)
+    test_users = set(rng.choice(users, max(1, round(len(users) * test_ratio)), replace=False))
+    is_test = df["userID"].isin(test_users)
+    return df[~is_test], df[is_test]
+
+
+def write(sim: Simulation, out: Path, test_ratio: float = 0.2, seed: int = 0) -> dict[str, float]:
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = split_users(sim.interactions, test_ratio, seed)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    sim.questions.to_csv(out / "questions.csv", index=False)
+    for name, part in (("interactions", sim.interactions), ("train", train), ("test", test)):
+        part.to_csv(out / f"{name}.csv", index=False, date_format=fmt, float_format="%.6f")
+    summary = {
+        "oracle_auc": round(sim.oracle_auc(), 6),
+        "oracle_auc_test": round(sim.oracle_auc(test), 6),
+        "n_users": int(sim.interactions["userID"].nunique()),
+        "n_rows": len(sim.interactions),
+        "n_items": len(sim.questions),
+        "n_tests": int(sim.questions["testId"].nunique()),
+        "n_skills": int(sim.questions["KnowledgeTag"].nunique()),
+        "accuracy": round(float(sim.interactions["answerCode"].mean()), 4),
+        "seed": seed,
+    }
+    (out / "oracle.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=1000, help="number of students (default 1000)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--test-ratio", type=float, default=0.2, help="share of users in test.csv (default 0.2)")
+    args = p.parse_args(argv)
+    if args.users < 2:
+        p.error("--users must be at least 2")
+    if not 0 < args.test_ratio < 1:
+        p.error("--test-ratio must be between 0 and 1")
+    sim = simulate(args.users, seed=args.seed, progress=sys.stderr.isatty())
+    summary = write(sim, args.out, args.test_ratio, args.seed)
+    print(
+        f"wrote {summary['n_rows']:,} answers of {summary['n_users']:,} students to {args.out}; "
+        f"oracle AUC {summary['oracle_auc']:.4f} (test users {summary['oracle_auc_test']:.4f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

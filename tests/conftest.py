@@ -1,0 +1,36 @@
+"""Shared fixtures: a small simulated data set and a small trained bundle, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dkt.config import parse_config
+from dkt.experiment import load_run_data, run
+from dkt.simulate import simulate, write
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
+
+# Small but real: enough answers for a model to learn something in a couple of epochs.
+TINY_LSTM = {
+    "model": "lstm",
+    "model_params": {"d_model": 32, "emb_dim": 16, "hidden_dim": 32},
+    "train": {"max_seq_len": 50, "batch_size": 32, "lr": 0.005, "epochs": 2, "patience": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    write(simulate(120, seed=7), out, test_ratio=0.25, seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lstm_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "lstm"
+    data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
+    run(parse_config(TINY_LSTM), data, out, device="cpu", seed=1, model_version="test-v1", progress=False)
+    return out

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dkt.data.features import CONTINUOUS, FIRST, UNK, FeatureEncoder
+from dkt.data.schema import validate
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    cols = ["userID", "assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]
+    return validate(pd.DataFrame(rows, columns=cols), "test")
+
+
+TRAIN = frame(
+    [
+        ("a", "A060001001", "A060000001", 1, "2020-01-01 00:00:00", 7),
+        ("a", "A060001002", "A060000001", 0, "2020-01-01 00:00:07", 7),
+        ("a", "A070002001", "A070000002", 1, "2020-01-01 03:00:00", 8),
+        ("b", "A060001001", "A060000001", 0, "2020-01-02 00:00:00", 7),
+    ]
+)
+
+
+def test_item_id_parts_and_unknown_values() -> None:
+    enc = FeatureEncoder.fit(TRAIN)
+    assert set(enc.vocab["head"]) == {"060", "070"}
+    assert set(enc.vocab["paper"]) == {"060001", "070002"}
+    assert set(enc.vocab["tail"]) == {"001", "002"}
+    new = frame([("c", "A999009009", "A999000009", 1, "2020-01-03", 99)])
+    ff = enc.transform(new)
+    for name in ("item", "test", "tag", "head", "paper", "tail"):
+        assert ff.cat[name][0] == UNK, name
+
+
+def test_rows_sorted_by_user_and_time_with_mapping_back() -> None:
+    shuffled = TRAIN.iloc[[3, 2, 0, 1]].reset_index(drop=True)
+    ff = FeatureEncoder.fit(TRAIN).transform(shuffled)
+    assert list(ff.users) == ["a", "b"]
+    assert ff.user_starts.tolist() == [0, 3, 4]
+    assert ff.row_index.tolist() == [2, 3, 1, 0]
+
+
+def test_running_features_use_only_earlier_answers() -> None:
+    ff = FeatureEncoder.fit(TRAIN).transform(TRAIN)
+    acc = ff.cont[:, CONTINUOUS.index("user_acc")]
+    # (correct + 1) / (answered + 2) over answers strictly before the row.
+    np.testing.assert_allclose(acc, [1 / 2, 2 / 3, 2 / 4, 1 / 2])
+    tag_acc = ff.cont[:, CONTINUOUS.index("tag_acc")]
+    np.testing.assert_allclose(tag_acc, [1 / 2, 2 / 3, 1 / 2, 1 / 2])
+    # Previous answer tokens: none for a user's first row, then wrong/correct of the row before.
+    assert ff.resp["prev_answer"].tolist() == [UNK, FIRST + 1, FIRST + 0, UNK]
+
+
+def test_elapsed_is_capped_and_bucketed() -> None:
+    ff = FeatureEncoder.fit(TRAIN).transform(TRAIN)
+    elapsed = ff.cont[:, CONTINUOUS.index("elapsed_s")]
+    np.testing.assert_allclose(elapsed, [0, 7 / 600, 1.0, 0], atol=1e-6)  # 3 hours -> capped at 600 s
+    assert ff.cat["elapsed"][0] == UNK and ff.cat["elapsed"][3] == UNK
+    assert FIRST < ff.cat["elapsed"][1] < ff.cat["elapsed"][2]
+
+
+def test_encoder_round_trips_through_json() -> None:
+    enc = FeatureEncoder.fit(TRAIN)
+    again = FeatureEncoder.from_dict(enc.to_dict())
+    assert again.vocab == enc.vocab
+    assert again.sizes() == enc.sizes()
+
+
+def test_encoders_fit_on_labelled_training_rows_only() -> None:
+    with_target = pd.concat(
+        [TRAIN, frame([("z", "A555001001", "A555000001", -1, "2020-01-05", 55)])], ignore_index=True
+    )
+    enc = FeatureEncoder.fit(with_target)
+    assert "A555001001" not in enc.vocab["item"]

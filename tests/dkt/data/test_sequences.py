@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dkt.data.features import FeatureEncoder
+from dkt.data.schema import validate
+from dkt.data.sequences import PAD_ROW, Batcher, make_windows
+
+
+def user_rows(user: str, n: int) -> list[tuple]:
+    return [
+        (user, f"A060001{i % 13 + 1:03d}", "A060000001", i % 2, pd.Timestamp("2020-01-01") + pd.Timedelta(seconds=i), 7)
+        for i in range(n)
+    ]
+
+
+def make_ff(lengths: dict[str, int]):
+    rows = [r for u, n in lengths.items() for r in user_rows(u, n)]
+    cols = ["userID", "assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]
+    df = validate(pd.DataFrame(rows, columns=cols), "test")
+    return FeatureEncoder.fit(df).transform(df)
+
+
+def test_long_histories_are_windowed_and_every_row_scored_once() -> None:
+    ff = make_ff({"long": 23, "short": 4})
+    w = make_windows(ff, max_len=10, stride=5)
+    scored = w.index[w.score]
+    assert sorted(scored.tolist()) == list(range(len(ff)))  # each row exactly once
+    trained = set(w.index[w.index != PAD_ROW].tolist())
+    assert trained == set(range(len(ff)))  # no row dropped from training
+    # Each scored row sees at least max_len - stride rows of history when it has them.
+    for k in range(len(w)):
+        pos = np.flatnonzero(w.score[k])
+        start = w.index[k, 0]
+        user_start = ff.user_starts[np.searchsorted(ff.user_starts, start, side="right") - 1]
+        if start > user_start:
+            assert pos.min() >= 5
+
+
+def test_last_only_gives_one_window_per_user_ending_at_last_row() -> None:
+    ff = make_ff({"a": 30, "b": 3})
+    w = make_windows(ff, max_len=8, last_only=True)
+    assert len(w) == 2
+    lengths = (w.index != PAD_ROW).sum(axis=1)
+    assert lengths.tolist() == [8, 3]
+    assert w.index[0, 7] == 29 and w.index[1, 2] == 32
+
+
+def test_batches_are_right_padded_with_masks() -> None:
+    ff = make_ff({"a": 6, "b": 3})
+    w = make_windows(ff, max_len=8)
+    _, batch = next(Batcher(ff).iterate(w, batch_size=8))
+    assert batch["mask"].shape == (2, 6)  # trimmed to the longest window in the batch
+    assert batch["mask"].sum(dim=1).tolist() == [6, 3]
+    assert (batch["item"][1, 3:] == 0).all()
+    assert not batch["loss_mask"][1, 3:].any()
