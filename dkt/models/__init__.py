@@ -12,10 +12,18 @@ from typing import Any
 from torch import nn
 
 from dkt.models.base import build_config
+from dkt.models.bert import BertKTConfig, BertKTModel
+from dkt.models.dkvmn import DKVMNConfig, DKVMNModel
 from dkt.models.lstm import LSTMConfig, LSTMModel
+from dkt.models.lstmattn import LSTMAttnConfig, LSTMAttnModel
+from dkt.models.saint import SaintConfig, SaintModel
 
 TORCH_MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "lstm": (LSTMConfig, LSTMModel),
+    "lstmattn": (LSTMAttnConfig, LSTMAttnModel),
+    "bert": (BertKTConfig, BertKTModel),
+    "saint": (SaintConfig, SaintModel),
+    "dkvmn": (DKVMNConfig, DKVMNModel),
 }
 OTHER_MODELS: tuple[str, ...] = ("lgbm", "ensemble")
 

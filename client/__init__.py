@@ -1,0 +1,202 @@
+"""The student web page: answer questions, see what the model thinks you know.
+
+    gunicorn 'client:create_app()'
+    flask --app client export-interactions --since 0 --out new.csv
+
+Every answer is graded and committed to SQLite before the page answers; then
+the inference service is asked for the knowledge state, the expected score on
+the current test and the next question (predicted success closest to the
+target difficulty). If the service is slow or down, the answer is still saved
+and the page says predictions are unavailable.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, flash, g, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.wrappers import Response
+
+from client import db
+from client.inference import BaseURL, InferenceClient
+from client.settings import load_settings
+from client.tutor import InferenceUnavailable, ItemBank, insights, unavailable
+from dkt.itembank import grade
+
+NICKNAME = re.compile(r"^[\w .-]{1,32}$")
+MAX_ANSWER_CHARS = 32
+HISTORY_SENT = 500  # answers sent to the service; it keeps the last max_seq_len anyway
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    cfg = load_settings(config)
+    app = Flask(__name__)
+    app.config.update(cfg)
+    app.config.update(
+        MAX_CONTENT_LENGTH=16 * 1024,  # forms here are tiny; anything bigger is not a student typing
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # a student may leave a question open for hours
+    )
+    CSRFProtect(app)
+    bank = ItemBank(str(cfg["DKT_QUESTIONS"]))
+    client = InferenceClient(
+        BaseURL(str(cfg["DKT_INFERENCE_URL"]), str(cfg["DKT_INFERENCE_URL_FILE"])),
+        timeout_s=float(cfg["DKT_INFERENCE_TIMEOUT_S"]),
+        retries=int(cfg["DKT_INFERENCE_RETRIES"]),
+    )
+    db_path = str(cfg["DKT_CLIENT_DB"])
+    with db.connect(db_path) as conn:
+        db.init(conn)
+    app.extensions["dkt"] = {"bank": bank, "client": client}
+
+    def conn() -> sqlite3.Connection:
+        if "db" not in g:
+            g.db = db.connect(db_path)
+        return g.db  # type: ignore[no-any-return]
+
+    @app.teardown_appcontext
+    def close_db(_: BaseException | None) -> None:
+        c = g.pop("db", None)
+        if c is not None:
+            c.close()
+
+    def current_student() -> sqlite3.Row | None:
+        sid = session.get("student_id")
+        return db.student(conn(), int(sid)) if sid is not None else None
+
+    def refresh(student_id: int) -> None:
+        """Ask the service about this student, choose the next question, store both (a refresh shows the same)."""
+        history = db.history(conn(), student_id, HISTORY_SENT)
+        answered = db.answered_items(conn(), student_id)
+        seed = zlib.crc32(f"{student_id}:{len(history)}".encode())
+        last = bank.item(history[-1]["assessmentItemID"]) if history else None
+        try:
+            nxt, shown = insights(
+                client,
+                bank,
+                history,
+                answered,
+                float(cfg["DKT_TARGET_DIFFICULTY"]),
+                int(cfg["DKT_CANDIDATE_POOL"]),
+                seed,
+            )
+        except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
+            nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()
+            shown = unavailable(str(e))
+        db.set_current(conn(), student_id, nxt["assessmentItemID"], shown)
+
+    @app.get("/")
+    def index() -> str | Response:
+        if current_student() is not None:
+            return redirect(url_for("practice"))
+        return render_template("start.html")
+
+    @app.post("/start")
+    def start() -> str | Response:
+        nickname = request.form.get("nickname", "").strip()
+        if not NICKNAME.fullmatch(nickname):
+            flash("Choose a nickname of 1 to 32 letters, digits, spaces, dots, dashes or underscores.", "error")
+            return render_template("start.html", nickname=nickname[:32]), 400
+        student_id = db.get_or_create_student(conn(), nickname)
+        session.clear()
+        session["student_id"] = student_id
+        row = db.student(conn(), student_id)
+        if row is not None and row["current_item"] is None:
+            refresh(student_id)
+        return redirect(url_for("practice"))
+
+    @app.get("/practice")
+    def practice() -> str | Response:
+        row = current_student()
+        if row is None:
+            session.clear()
+            return redirect(url_for("index"))
+        shown = _json(row["insights"])
+        if row["current_item"] is None or bank.item(row["current_item"]) is None or not shown.get("available"):
+            refresh(int(row["id"]))  # the service may be back: try again on each visit until it answers
+            row = db.student(conn(), int(row["id"]))
+            assert row is not None
+            shown = _json(row["insights"])
+        n, correct = db.counts(conn(), int(row["id"]))
+        return render_template(
+            "practice.html",
+            nickname=row["nickname"],
+            question=bank.item(row["current_item"]),
+            shown=shown,
+            n_answers=n,
+            n_correct=correct,
+            max_answer=MAX_ANSWER_CHARS,
+        )
+
+    @app.post("/answer")
+    def answer() -> Response:
+        row = current_student()
+        if row is None:
+            return redirect(url_for("index"))
+        item_id = request.form.get("item", "")
+        given = request.form.get("answer", "").strip()
+        if item_id != row["current_item"]:
+            flash("That question was already answered; here is your current one.", "info")
+            return redirect(url_for("practice"))
+        if not given or len(given) > MAX_ANSWER_CHARS:
+            flash(f"Type an answer of 1 to {MAX_ANSWER_CHARS} characters.", "error")
+            return redirect(url_for("practice"))
+        question = bank.item(item_id)
+        assert question is not None
+        correct = grade(given, str(question["answer"]))
+        db.record_answer(conn(), int(row["id"]), question, correct, given)  # committed: autocommit connection
+        if correct:
+            flash(f"Correct! {question['question'].replace('?', str(question['answer']))}", "ok")
+        else:
+            flash(f"Not quite: {question['question'].replace('?', str(question['answer']))} (you typed {given})", "bad")
+        refresh(int(row["id"]))
+        return redirect(url_for("practice"))
+
+    @app.post("/logout")
+    def logout() -> Response:
+        session.clear()
+        return redirect(url_for("index"))
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(e: CSRFError) -> tuple[str, int]:
+        return render_template("error.html", message="Your form expired. Please go back and try again."), 400
+
+    @app.errorhandler(413)
+    def too_large(e: Exception) -> tuple[str, int]:
+        return render_template("error.html", message="That was far too long."), 413
+
+    @app.cli.command("export-interactions")
+    @click.option("--since", type=int, default=0, show_default=True, help="watermark: export answers with id > this")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file to write")
+    def export_interactions(since: int, out: Path) -> None:
+        """Write answers newer than the watermark as a canonical CSV; print the new watermark."""
+        if since < 0:
+            raise click.BadParameter("must be >= 0", param_hint="--since")
+        with db.connect(db_path) as c:
+            df, watermark = db.export_since(c, since)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        df.to_csv(tmp, index=False)
+        tmp.replace(out)  # a crash never leaves a half-written export behind
+        click.echo(f"exported {len(df)} interactions to {out}", err=True)
+        click.echo(f"watermark: {watermark}")
+        sys.stdout.flush()
+
+    return app
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    import json
+
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}

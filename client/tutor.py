@@ -1,0 +1,93 @@
+"""Choosing the next question and gathering what the page shows after an answer."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from client.inference import InferenceClient, InferenceUnavailable
+from dkt.itembank import load_questions, skill_name
+
+
+class ItemBank:
+    def __init__(self, path: str):
+        self.df = load_questions(path)
+        self.by_id: dict[str, dict[str, Any]] = {
+            str(r["assessmentItemID"]): {**r, "KnowledgeTag": int(r["KnowledgeTag"])}
+            for r in self.df.to_dict("records")
+        }
+        self.by_test: dict[str, list[str]] = self.df.groupby("testId")["assessmentItemID"].apply(list).to_dict()
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        return self.by_id.get(item_id)
+
+    def pool(self, answered: set[str], size: int, seed: int) -> list[dict[str, Any]]:
+        """Up to ``size`` unanswered items spread over every skill (all items again once the bank is done)."""
+        left = self.df[~self.df["assessmentItemID"].isin(answered)]
+        if left.empty:
+            left = self.df
+        per_tag = max(1, size // max(1, left["KnowledgeTag"].nunique()))
+        sample = left.groupby("KnowledgeTag", group_keys=False).apply(
+            lambda g: g.sample(min(len(g), per_tag), random_state=seed)
+        )
+        return [self.by_id[i] for i in sample["assessmentItemID"].head(size)]
+
+    def first_question(self) -> dict[str, Any]:
+        """Where a new student starts: the easiest item (a gentle start, the same for everyone)."""
+        easiest = self.df.sort_values(["difficulty", "assessmentItemID"]).iloc[0]
+        return self.by_id[str(easiest["assessmentItemID"])]
+
+    def fallback_next(self, answered: set[str], last: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+        """Without predictions: the next unanswered item of the current test, else a random unanswered one."""
+        if last is not None:
+            for item in self.by_test.get(str(last["testId"]), []):
+                if item not in answered:
+                    return self.by_id[item]
+        left = [i for i in self.by_id if i not in answered] or list(self.by_id)
+        return self.by_id[random.Random(seed).choice(sorted(left))]
+
+
+def _item_body(q: dict[str, Any]) -> dict[str, Any]:
+    return {"assessmentItemID": q["assessmentItemID"], "testId": q["testId"], "KnowledgeTag": int(q["KnowledgeTag"])}
+
+
+def insights(
+    client: InferenceClient,
+    bank: ItemBank,
+    history: list[dict[str, Any]],
+    answered: set[str],
+    target: float,
+    pool_size: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer."""
+    pool = bank.pool(answered, pool_size, seed)
+    pred = client.post("/predict", {"history": history, "candidates": [_item_body(q) for q in pool]})
+    probs = [float(p["probability"]) for p in pred["predictions"]]
+    best = min(range(len(pool)), key=lambda i: (abs(probs[i] - target), pool[i]["assessmentItemID"]))
+    nxt = pool[best]
+    state = client.post("/knowledge_state", {"history": history})
+    skills = [
+        {"tag": s["KnowledgeTag"], "name": skill_name(int(s["KnowledgeTag"])), "mastery": float(s["mastery"])}
+        for s in state["skills"]
+    ]
+    # The current test is the one the next question belongs to: what the student is about to sit.
+    test_items = [bank.by_id[i] for i in bank.by_test.get(str(nxt["testId"]), [])]
+    score = client.post("/score", {"history": history, "questions": [_item_body(q) for q in test_items]})
+    test_score = {"testId": nxt["testId"], "score": float(score["expected_score"]), "n": len(test_items)}
+    shown = {
+        "available": True,
+        "next_probability": probs[best],
+        "skills": skills,
+        "test_score": test_score,
+        "model_version": pred.get("model_version"),
+        "target": target,
+    }
+    return nxt, shown
+
+
+def unavailable(reason: str) -> dict[str, Any]:
+    return {"available": False, "reason": reason[:200]}
+
+
+__all__ = ["InferenceUnavailable", "ItemBank", "insights", "unavailable"]

@@ -1,0 +1,37 @@
+"""retrain_and_push_dag: a new data set version -> a candidate model, promoted only if it is not worse.
+
+pull_data -> train -> evaluate (candidate and production on the same held-out users) -> push_candidate
+-> promote_if_better (AUC drop at most $DKT_PROMOTE_TOLERANCE; emits the model asset when it promotes).
+The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
+want the GPU host. Scheduled on the data asset.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk import DAG
+
+# Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
+if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.insert(0, _here)
+from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, MODEL_ASSET, TRAIN_QUEUE, cli
+
+with DAG(
+    dag_id="retrain_and_push_dag",
+    schedule=[DATA_ASSET],
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["dkt", "model"],
+    doc_md=__doc__,
+):
+    pull = cli("pull_data", "-m models pull-data", timeout_minutes=15, queue=TRAIN_QUEUE)
+    train = cli("train", "-m models train", timeout_minutes=120, queue=TRAIN_QUEUE)
+    evaluate = cli("evaluate", "-m models evaluate", timeout_minutes=30, queue=TRAIN_QUEUE)
+    push = cli("push_candidate", "-m models push-candidate", timeout_minutes=15, queue=TRAIN_QUEUE)
+    promote = cli("promote_if_better", "-m models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])
+    pull >> train >> evaluate >> push >> promote

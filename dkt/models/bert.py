@@ -1,0 +1,77 @@
+"""A small BERT used as a causal (decoder-style) encoder over the interaction sequence.
+
+``transformers.BertModel`` is built from a fresh ``BertConfig`` (nothing is
+downloaded) and fed ``inputs_embeds``: a projection of [query; interaction] at
+each position. BERT attends both ways by default, which would let position t
+read later queries and answers; ``is_decoder=True`` makes every layer use a
+causal mask instead (no cross-attention, no KV cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead
+
+
+@dataclass
+class BertKTConfig(InputConfig):
+    hidden_dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2  # feed-forward width = ff_mult * hidden_dim
+    dropout: float = 0.1
+    max_positions: int = 512  # must cover train.max_seq_len
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_heads", "ff_mult", "max_positions"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"BertKTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.hidden_dim % self.n_heads:
+            raise ValueError(
+                f"BertKTConfig: hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        for name in ("dropout", "emb_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"BertKTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+
+class BertKTModel(nn.Module):
+    def __init__(self, cfg: BertKTConfig, sizes: dict[str, int]):
+        super().__init__()
+        self.max_positions = cfg.max_positions
+        self.inp = InputEmbedding(cfg, sizes)
+        self.proj = nn.Linear(2 * cfg.d_model, cfg.hidden_dim)
+        bert_cfg = BertConfig(
+            vocab_size=1,  # inputs come as embeddings; the word table is never used
+            hidden_size=cfg.hidden_dim,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            intermediate_size=cfg.ff_mult * cfg.hidden_dim,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            max_position_embeddings=cfg.max_positions,
+            type_vocab_size=1,
+            is_decoder=True,
+            add_cross_attention=False,
+            use_cache=False,
+            attn_implementation="sdpa",
+        )
+        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = batch["mask"].shape[1]
+        if t > self.max_positions:
+            raise ValueError(f"bert: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")
+        query, interaction = self.inp(batch)
+        h = self.bert(
+            inputs_embeds=self.proj(torch.cat([query, interaction], dim=-1)),
+            attention_mask=batch["mask"].long(),
+            use_cache=False,
+        ).last_hidden_state
+        return self.head(torch.cat([h, query], dim=-1))

@@ -1,0 +1,78 @@
+"""SAINT (Choi et al., 2020): an encoder over exercises, a decoder over responses.
+
+The encoder reads the queries (what is asked at each step); the decoder reads
+the interactions (the response before each step, so position 0 holds a start
+token) and attends to the encoded exercises. Every attention is causal:
+encoder self-attention, decoder self-attention and decoder-to-encoder
+attention, so position t uses exercises <= t and responses < t only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, causal_mask
+
+
+@dataclass
+class SaintConfig(InputConfig):
+    n_enc_layers: int = 2
+    n_dec_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2  # feed-forward width = ff_mult * d_model
+    dropout: float = 0.1
+    max_positions: int = 512  # must cover train.max_seq_len
+
+    def __post_init__(self) -> None:
+        ints = ("d_model", "emb_dim", "n_enc_layers", "n_dec_layers", "n_heads", "ff_mult", "max_positions")
+        for name in ints:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"SaintConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"SaintConfig: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        for name in ("dropout", "emb_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"SaintConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+
+class SaintModel(nn.Module):
+    def __init__(self, cfg: SaintConfig, sizes: dict[str, int]):
+        super().__init__()
+        self.max_positions = cfg.max_positions
+        self.inp = InputEmbedding(cfg, sizes)
+        self.enc_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.dec_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        common = {
+            "d_model": cfg.d_model,
+            "nhead": cfg.n_heads,
+            "dim_feedforward": cfg.ff_mult * cfg.d_model,
+            "dropout": cfg.dropout,
+            "activation": "gelu",
+            "batch_first": True,
+            "norm_first": True,
+        }
+        self.encoder = nn.ModuleList(nn.TransformerEncoderLayer(**common) for _ in range(cfg.n_enc_layers))
+        self.enc_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder = nn.ModuleList(nn.TransformerDecoderLayer(**common) for _ in range(cfg.n_dec_layers))
+        self.dec_norm = nn.LayerNorm(cfg.d_model)
+        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = batch["mask"].shape[1]
+        if t > self.max_positions:
+            raise ValueError(f"saint: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")
+        query, interaction = self.inp(batch)
+        pos = torch.arange(t, device=query.device)
+        # Right padding: with causal masks no real position ever attends to a padded one.
+        mask = causal_mask(t, query.device)
+        enc = query + self.enc_pos(pos)
+        for layer in self.encoder:
+            enc = layer(enc, src_mask=mask, is_causal=True)
+        enc = self.enc_norm(enc)
+        dec = interaction + self.dec_pos(pos)
+        for layer in self.decoder:
+            dec = layer(dec, enc, tgt_mask=mask, memory_mask=mask, tgt_is_causal=True, memory_is_causal=True)
+        return self.head(torch.cat([self.dec_norm(dec), query], dim=-1))

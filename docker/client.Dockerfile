@@ -1,0 +1,35 @@
+# The client image: the Flask app under gunicorn. It reaches inference by service name
+# (DKT_INFERENCE_URL, default http://inference:3000 inside the stack).
+# Build context is assembled by `python -m pipeline.swarm build`: requirements.txt, src/ (client code + data).
+ARG BASE_IMAGE=local/python:3.11-bookworm
+FROM ${BASE_IMAGE}
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DKT_INFERENCE_URL=http://inference:3000 \
+    DKT_CLIENT_DB=/data/client.sqlite3 \
+    DKT_QUESTIONS=/app/questions.csv \
+    DKT_ENV=production \
+    DKT_PORT=8000 \
+    GUNICORN_WORKERS=2
+
+COPY build-ca.crt /etc/ssl/certs/dkt-build-ca.crt
+COPY requirements.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
+ && PIP_CERT=/etc/ssl/certs/dkt-build-ca.crt pip install --no-cache-dir -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && useradd --system --create-home --home-dir /home/dkt dkt \
+ && mkdir -p /data && chown dkt /data
+
+WORKDIR /app
+COPY src/ /app/
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="dkt-client" org.opencontainers.image.version="${VERSION}"
+USER dkt
+EXPOSE 8000
+HEALTHCHECK --interval=3s --timeout=3s --start-period=20s --retries=3 \
+  CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' % os.environ['DKT_PORT'], timeout=2)"
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:$DKT_PORT --workers $GUNICORN_WORKERS --access-logfile - 'client:create_app()'"]

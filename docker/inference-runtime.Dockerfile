@@ -1,0 +1,28 @@
+# The inference runtime: Python deps with the CPU torch wheel, no code and no model.
+# Built once per requirements change (tag = hash of its context), so that a model update
+# never re-sends the ~190 MB wheel or re-runs pip. Context (assembled by pipeline.swarm):
+#   build-ca.crt, requirements.txt, wheels/*.whl
+ARG BASE_IMAGE=local/python:3.11-bookworm
+FROM ${BASE_IMAGE}
+
+# Index settings are build arguments, not ENV, so they do not stay in the image.
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ENV PATH=/opt/venv/bin:$PATH \
+    BENTOML_HOME=/opt/bentoml \
+    BENTOML_DO_NOT_TRACK=true \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The builder's CA bundle: an egress proxy that re-signs TLS must be trusted by pip.
+COPY build-ca.crt /etc/ssl/certs/dkt-build-ca.crt
+COPY requirements.txt /tmp/requirements.txt
+COPY wheels/ /tmp/wheels/
+# The local CPU wheel satisfies torch==X first, so pip never fetches a multi-GB CUDA build.
+RUN python3 -m venv /opt/venv \
+ && PIP_CERT=/etc/ssl/certs/dkt-build-ca.crt pip install --no-cache-dir --find-links /tmp/wheels \
+      -r /tmp/requirements.txt \
+ && rm -rf /tmp/wheels /tmp/requirements.txt \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+ && useradd --system --create-home --home-dir /home/dkt dkt \
+ && mkdir -p /opt/bentoml && chown dkt /opt/bentoml

@@ -1,0 +1,27 @@
+# The retraining loop (issue 4): Airflow in its own virtualenv, `make up` / `make down`.
+AIRFLOW_VENV ?= .venv-airflow
+
+$(AIRFLOW_VENV)/.installed: requirements-airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r requirements-airflow.txt
+	touch $@
+
+.PHONY: airflow-venv pipeline-status cycle-bench
+
+airflow-venv: $(AIRFLOW_VENV)/.installed ## create the Airflow virtualenv (.venv-airflow)
+
+setup:: $(AIRFLOW_VENV)/.installed
+
+test-setup:: $(AIRFLOW_VENV)/.installed
+
+up:: $(AIRFLOW_VENV)/.installed
+	$(PY) -m pipeline.stack up
+
+down::
+	@if [ -x $(PY) ]; then $(PY) -m pipeline.stack down; fi
+
+pipeline-status: ## what `make up` started and what it serves
+	$(PY) -m pipeline.stack status
+
+cycle-bench: setup ## time one retraining cycle, new interactions -> new model served
+	$(PY) bench/cycle_bench.py

@@ -1,0 +1,144 @@
+"""Put a model bundle into the BentoML model store and build the serving Bento around it.
+
+    python packer.py --model-dir artifacts/lstm
+
+Prints ``model: <model tag>`` and, on the last line, ``bento: <bento tag>``.
+The store is ``$BENTOML_HOME`` (BentoML's default: ~/bentoml). The Bento holds
+the code, the model and its settings, so ``bentoml serve <bento tag>`` runs
+without any network access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dkt.bundle import BundleError, read_meta
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL_NAME = os.environ.get("DKT_MODEL_NAME", "dkt-model")
+LABEL_VALUE = re.compile(r"[^a-zA-Z0-9._-]+")
+
+
+class PackError(ValueError):
+    pass
+
+
+def tag_version(model_version: str) -> str:
+    """BentoML tag versions are lowercase [a-z0-9._-]; model versions may hold anything else."""
+    version = LABEL_VALUE.sub("-", model_version.lower()).strip("-._")
+    if not version:
+        raise PackError(f"model_version {model_version!r} has no usable characters for a tag")
+    return version[:63]
+
+
+def label(value: Any) -> str:
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    return LABEL_VALUE.sub("-", text).strip("-._")[:63] or "none"
+
+
+def check_bundle(model_dir: Path) -> dict[str, Any]:
+    """Read the bundle and load it once: a bundle the service cannot load is rejected here, not at serve time."""
+    from dkt.predictor import load_predictor
+
+    try:
+        meta = read_meta(model_dir)
+        load_predictor(model_dir, device="cpu")
+    except BundleError:
+        raise
+    except Exception as e:  # any loading failure means a broken bundle; say which folder
+        raise PackError(f"{model_dir}: cannot load the model bundle: {e}") from e
+    return meta
+
+
+def labels_of(meta: dict[str, Any]) -> dict[str, str]:
+    metrics = meta.get("metrics") or {}
+    out = {
+        "model": label(meta["model"]),
+        "model_version": label(meta["model_version"]),
+        "data_version": label(meta.get("data_version", "unknown")),
+    }
+    for key in ("test_auc", "test_acc", "test_auc_last"):
+        if isinstance(metrics.get(key), int | float):
+            out[key] = label(float(metrics[key]))
+    return out
+
+
+def save_model(model_dir: Path, name: str, meta: dict[str, Any]) -> str:
+    """Copy the bundle into the model store; re-packing the same model version reuses the stored one."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = f"{name}:{tag_version(str(meta['model_version']))}"
+    try:
+        existing = bentoml.models.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.info.metadata.get("data_fingerprint") != meta.get("data_fingerprint"):
+            raise PackError(f"{tag} is already in the model store with other training data; give a new model version")
+        return str(existing.tag)
+    metadata = {k: meta.get(k) for k in ("model", "kind", "model_version", "data_version", "code_version")}
+    metadata.update({"metrics": meta.get("metrics", {}), "data_fingerprint": meta.get("data_fingerprint")})
+    with bentoml.models.create(tag, labels=labels_of(meta), metadata=metadata) as model:
+        shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
+    return str(model.tag)
+
+
+def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
+    """Build the Bento described by ``bentofile``, pinned to ``model_tag``."""
+    import bentoml
+
+    spec = yaml.safe_load(bentofile.read_text()) or {}
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
+    envs = [BentoEnvSchema(**e) for e in spec.get("envs", []) if e.get("name") != "DKT_MODEL_TAG"]
+    envs.append(BentoEnvSchema(name="DKT_MODEL_TAG", value=model_tag))
+    # The service module reads DKT_MODEL_TAG at import: the build must resolve the same model.
+    os.environ["DKT_MODEL_TAG"] = model_tag
+    bento = bentoml.bentos.build(
+        service=spec["service"],
+        name=spec.get("name"),
+        labels=spec.get("labels"),
+        description=spec.get("description"),
+        include=spec.get("include"),
+        exclude=spec.get("exclude"),
+        envs=envs,
+        python=spec.get("python"),
+        models=[model_tag],
+        version=version,
+        build_ctx=str(bentofile.parent),
+    )
+    return str(bento.tag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", required=True, type=Path, help="model bundle written by train.py")
+    ap.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the store (env DKT_MODEL_NAME)")
+    ap.add_argument("--bentofile", type=Path, default=ROOT / "bentofile.yaml", help="Bento build file")
+    ap.add_argument("--no-bento", action="store_true", help="only put the model into the store")
+    args = ap.parse_args(argv)
+    try:
+        meta = check_bundle(args.model_dir)
+        model_tag = save_model(args.model_dir, args.name, meta)
+        print(f"model: {model_tag}", flush=True)
+        if not args.no_bento:
+            if not args.bentofile.is_file():
+                raise PackError(f"{args.bentofile}: no such Bento build file")
+            print(f"bento: {build_bento(model_tag, args.bentofile, model_tag.split(':', 1)[1])}", flush=True)
+    except (BundleError, PackError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

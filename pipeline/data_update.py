@@ -1,0 +1,123 @@
+"""The steps of ``update_data_dag``: export -> prepare (validate + merge) -> publish -> advance the watermark.
+
+Each step reads and writes files in a per-run work folder, so a retried step
+starts from what the previous one left. Crash safety comes from the order:
+the watermark moves only after the new version is pushed and verified, and a
+re-export of rows that are already stored is removed by the merge's dedupe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from dkt.bundle import default_version
+from pipeline.dataset import merge, read_new_interactions, write_dataset
+from pipeline.settings import REPO_ROOT, env_float
+from pipeline.store import VersionedStore, VersionError
+
+WATERMARK = "watermark"
+EXPORT_FILE = "export.csv"
+DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m flask --app client export-interactions"
+
+
+class NothingNew(Exception):
+    """The export holds no interaction that is not already in the latest data set."""
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def current_watermark(store: VersionedStore) -> str:
+    state = store.get_state(WATERMARK)
+    return str(state["watermark"]) if state else ""
+
+
+def next_watermark(stdout: str, since: str) -> str:
+    """The exporter's contract: a ``watermark: <cursor>`` line on stdout; no line means no new rows."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("watermark:"):
+            return line.split(":", 1)[1].strip()
+    return since
+
+
+def export(work: Path, store: VersionedStore, command: str | None = None) -> dict[str, Any]:
+    """Ask the client for every interaction after the stored watermark."""
+    work.mkdir(parents=True, exist_ok=True)
+    since = current_watermark(store)
+    cmd = shlex.split(command or os.environ.get("DKT_EXPORT_CMD") or DEFAULT_EXPORT_CMD)
+    out = work / EXPORT_FILE
+    # No watermark yet: the exporter's own default ("from the beginning").
+    argv = [*cmd, *(["--since", since] if since else []), "--out", str(out)]
+    print(f"export: {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"export command failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    if not out.is_file():
+        raise RuntimeError(f"export command wrote no file {out}")
+    rows = max(0, sum(1 for _ in out.open("rb")) - 1)
+    doc = {"since": since, "watermark": next_watermark(proc.stdout, since), "rows": rows}
+    write_json(work / "export.json", doc)
+    return doc
+
+
+def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Validate the export and merge it into the latest data set (pulled into the work folder)."""
+    new = read_new_interactions(work / EXPORT_FILE)
+    parent = store.pointed("datasets", "latest")
+    parent_dir = None
+    if parent:
+        parent_dir = work / "parent"
+        store.pull("datasets", parent, parent_dir)
+    result = merge(parent_dir, new, env_float("DKT_TEST_SHARE", 0.1))
+    doc: dict[str, Any] = {"parent": parent, "new_rows": result.new_rows, "added_rows": result.added_rows}
+    if result.added_rows:
+        doc["rows"] = write_dataset(result, work / "dataset")
+        doc["version"] = default_version()
+    write_json(work / "prepare.json", doc)
+    return doc
+
+
+def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Push the prepared set as a new version and move ``latest``; raises NothingNew when there is nothing to add."""
+    prep = read_json(work / "prepare.json")
+    exp = read_json(work / "export.json")
+    if not prep.get("added_rows"):
+        raise NothingNew(f"{prep['new_rows']} exported row(s), none new; latest stays {prep['parent']}")
+    version = prep["version"]
+    if store.exists("datasets", version):
+        # A retry after a crash that happened after the push: finish the pointer move, push nothing twice.
+        store.set_pointer("datasets", "latest", version, reason="push (retry)")
+        return store.manifest("datasets", version)
+    res = store.push(
+        "datasets",
+        work / "dataset",
+        version,
+        parent=prep["parent"],
+        extra={"watermark": exp["watermark"], "added_rows": prep["added_rows"], "since": exp["since"]},
+    )
+    return res.manifest
+
+
+def advance_watermark(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Move the export cursor, only once the rows it covers are safely in a pushed version."""
+    exp = read_json(work / "export.json")
+    prep = read_json(work / "prepare.json")
+    latest = store.pointed("datasets", "latest")
+    if prep.get("added_rows") and (latest is None or not store.exists("datasets", prep["version"])):
+        raise VersionError(f"data version {prep.get('version')} is not stored; the watermark stays")
+    doc = {"watermark": exp["watermark"], "previous": exp["since"], "dataset": latest}
+    store.put_state(WATERMARK, doc)
+    return doc

@@ -1,0 +1,330 @@
+"""The steps of ``update_inference_server_dag``: pull the production model -> pack -> deploy -> verify.
+
+Local mode (the default, no Docker) is a blue/green switch on one machine:
+start a second ``bentoml serve`` on the other port, wait for ``/readyz``, check
+that ``/metadata`` reports the new version, atomically rewrite the URL file the
+client reads (``DKT_INFERENCE_URL_FILE``), wait for in-flight requests to drain,
+then stop the old server. Any failure before the switch leaves the old server
+serving; a failed check after it switches back. Swarm mode hands the packed
+bento to ``pipeline.swarm`` (a rolling update).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pipeline.data_update import read_json, write_json
+from pipeline.settings import REPO_ROOT, SettingsError, env_float, env_path
+from pipeline.store import VersionedStore
+
+
+class DeployError(RuntimeError):
+    """The new model could not be served; the message says which step failed."""
+
+
+def run_dir() -> Path:
+    return env_path("DKT_RUN_DIR", REPO_ROOT / "run")
+
+
+def bentoml_home() -> Path:
+    return env_path("BENTOML_HOME", REPO_ROOT / "var" / "bentoml")
+
+
+def url_file() -> Path:
+    return env_path("DKT_INFERENCE_URL_FILE", run_dir() / "inference_url")
+
+
+def state_file() -> Path:
+    return run_dir() / "serving.json"
+
+
+def deploy_mode() -> str:
+    mode = os.environ.get("DKT_DEPLOY_MODE", "local")
+    if mode not in ("local", "swarm"):
+        raise SettingsError(f"environment variable DKT_DEPLOY_MODE: expected 'local' or 'swarm', got {mode!r}")
+    return mode
+
+
+def app_env() -> dict[str, str]:
+    return {**os.environ, "BENTOML_HOME": str(bentoml_home())}
+
+
+# -- steps ----------------------------------------------------------------------------------
+def pull_model(work: Path, store: VersionedStore) -> dict[str, Any]:
+    m = store.pull("models", "production", work / "model")
+    return {"model_version": m["version"]}
+
+
+def pack(work: Path) -> dict[str, Any]:
+    """Import the bundle into the BentoML store and build a bento with packer.py."""
+    argv = [sys.executable, str(REPO_ROOT / "packer.py"), "--model-dir", str(work / "model")]
+    print("pack: " + " ".join(argv), file=sys.stderr)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=app_env(), stdout=subprocess.PIPE, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise DeployError(f"packer.py failed with exit {proc.returncode}")
+    tags = parse_pack_output(proc.stdout)
+    meta = json.loads((work / "model" / "bundle.json").read_text())
+    doc = {**tags, "model_version": str(meta["model_version"])}
+    write_json(work / "pack.json", doc)
+    return doc
+
+
+def parse_pack_output(stdout: str) -> dict[str, str]:
+    """packer.py's contract: the last two lines are ``model: <tag>`` and ``bento: <tag>``."""
+    lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
+    found = dict(
+        re.match(r"^(model|bento):\s*(\S+)$", ln).groups() for ln in lines[-2:] if re.match(r"^(model|bento):", ln)
+    )
+    if set(found) != {"model", "bento"}:
+        raise DeployError(f"packer.py output does not end with 'model: TAG' and 'bento: TAG' lines: {lines[-2:]!r}")
+    return {"model_tag": found["model"], "bento_tag": found["bento"]}
+
+
+def deploy(work: Path) -> dict[str, Any]:
+    packed = read_json(work / "pack.json")
+    if deploy_mode() == "swarm":
+        # pipeline.swarm's documented CLI: builds the images from the bundle and rolls the stack over,
+        # one replica at a time (start-first); a failing new image is rolled back by Swarm (exit 1).
+        argv = [sys.executable, "-m", "pipeline.swarm", "deploy", "--model-dir", str(work / "model"),
+                "--expect-version", packed["model_version"]]  # fmt: skip
+        print("deploy: " + " ".join(argv), file=sys.stderr)
+        proc = subprocess.run(argv, cwd=REPO_ROOT, env=app_env(), stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise DeployError(f"swarm rollout failed (exit {proc.returncode}); the previous version keeps serving")
+        lines = proc.stdout.strip().splitlines()
+        doc = {"mode": "swarm", **packed, "result": json.loads(lines[-1]) if lines else {}}
+    else:
+        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"])}
+    write_json(work / "deploy.json", doc)
+    return doc
+
+
+def verify(work: Path) -> dict[str, Any]:
+    """Check the live endpoint reports the new version; on failure switch back to the previous server."""
+    packed = read_json(work / "pack.json")
+    if deploy_mode() == "swarm":
+        # pipeline.swarm checked /metadata through the client path (--expect-version) before returning 0.
+        return {"mode": "swarm", "model_version": packed["model_version"], **read_json(work / "deploy.json")}
+    url = current_url()
+    try:
+        meta = wait_metadata(url, packed["model_version"], timeout=env_float("DKT_VERIFY_TIMEOUT", 60))
+    except DeployError:
+        if deploy_mode() == "local":
+            restored = restore_previous()
+            raise DeployError(f"{url} does not serve {packed['model_version']}; restored {restored}") from None
+        raise
+    return {"url": url, "model_version": meta.get("model_version"), "model": meta.get("model")}
+
+
+# -- local blue/green -----------------------------------------------------------------------
+def base_port() -> int:
+    return int(os.environ.get("DKT_SERVE_PORT", "3000"))
+
+
+def read_state() -> dict[str, Any]:
+    p = state_file()
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def write_state(doc: dict[str, Any]) -> None:
+    state_file().parent.mkdir(parents=True, exist_ok=True)
+    write_json(state_file(), doc)
+
+
+def current_url() -> str:
+    f = url_file()
+    if f.is_file() and f.read_text().strip():
+        return f.read_text().strip()
+    return os.environ.get("DKT_INFERENCE_URL", f"http://127.0.0.1:{base_port()}")
+
+
+def switch_url(url: str) -> None:
+    f = url_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text(url + "\n")
+    tmp.replace(f)  # atomic: the client never reads half a URL
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (we started it and nobody reaped it) counts as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def start_server(model_tag: str, port: int) -> dict[str, Any]:
+    logs = run_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"bentoml-{port}.log"
+    env = {**app_env(), "DKT_MODEL_TAG": model_tag}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [str(bentoml), "serve", "service:DKTService", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("ab") as out:
+        # Own session: the server outlives the Airflow task that started it and is stopped as a group.
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    return {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log)}
+
+
+def stop_server(pid: int | None, grace: float = 30.0) -> None:
+    if not alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.2)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def wait_ready(server: dict[str, Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(server["pid"]):
+            raise DeployError(f"bentoml serve on port {server['port']} exited; see {server['log']}")
+        try:
+            if requests.get(server["url"] + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise DeployError(f"bentoml serve on port {server['port']} not ready after {timeout:.0f}s; see {server['log']}")
+
+
+def wait_metadata(url: str, version: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            r = requests.get(url + "/metadata", timeout=5)
+            last = r.json() if r.ok else f"HTTP {r.status_code}"
+            if isinstance(last, dict) and str(last.get("model_version")) == version:
+                return last
+        except (requests.RequestException, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise DeployError(f"{url}/metadata does not report model_version {version}: {last}")
+        time.sleep(1)
+
+
+def switch_local(model_tag: str, version: str) -> dict[str, Any]:
+    old = read_state()
+    if old.get("model_tag") == model_tag and alive(old.get("pid")) and current_url() == old.get("url"):
+        print(f"deploy: {model_tag} already serving at {old['url']}", file=sys.stderr)
+        return old
+    # Blue/green: alternate between the base port and the next one.
+    port = base_port() + 1 if old.get("port") == base_port() else base_port()
+    if old.get("port") == port and alive(old.get("pid")):
+        port = base_port() if port != base_port() else base_port() + 1
+    new = start_server(model_tag, port)
+    print(f"deploy: started {model_tag} on {new['url']} (pid {new['pid']})", file=sys.stderr)
+    try:
+        wait_ready(new, env_float("DKT_READY_TIMEOUT", 180))
+        wait_metadata(new["url"], version, timeout=30)
+    except DeployError:
+        stop_server(new["pid"])
+        raise
+    switch_url(new["url"])
+    doc = {**new, "model_version": version, "started_at": time.time(), "previous": _strip(old)}
+    write_state(doc)
+    print(f"deploy: client switched to {new['url']}", file=sys.stderr)
+    if old.get("pid") and old.get("pid") != new["pid"]:
+        # Requests that read the old URL just before the switch finish before the old server goes.
+        time.sleep(env_float("DKT_DRAIN_SECONDS", 5))
+        stop_server(old["pid"])
+        print(f"deploy: stopped the previous server (pid {old['pid']})", file=sys.stderr)
+    return doc
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "previous"}
+
+
+def restore_previous() -> str:
+    """Serve the previous model again (restarting it if it was already stopped) and switch back."""
+    cur = read_state()
+    prev = cur.get("previous") or {}
+    if not prev.get("model_tag"):
+        raise DeployError("no previous server to restore")
+    doc = switch_local(prev["model_tag"], str(prev.get("model_version")))
+    return f"{prev['model_tag']} at {doc['url']}"
+
+
+def stop_local() -> None:
+    st = read_state()
+    stop_server(st.get("pid"))
+    if (prev := st.get("previous")) and prev.get("pid"):
+        stop_server(prev.get("pid"))
+
+
+FLOW = "update_inference_server"
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.deploy pull-model|pack|deploy|verify --run-id ID`` (the deploy DAG steps), or ``stop``."""
+    import argparse
+
+    from pipeline.blobs import StoreError
+    from pipeline.store import VersionError
+    from pipeline.workdir import work_dir
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.deploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("step", choices=["pull-model", "pack", "deploy", "verify", "stop"])
+    p.add_argument("--run-id", help="the DAG run id; names the work folder (all steps but stop)")
+    args = p.parse_args(argv)
+    if args.step == "stop":
+        stop_local()
+        return 0
+    if not args.run_id:
+        p.error("--run-id is required")
+    work = work_dir(FLOW, args.run_id)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.step == "pull-model":
+            doc = pull_model(work, VersionedStore.from_env())
+        elif args.step == "pack":
+            doc = pack(work)
+        elif args.step == "deploy":
+            doc = deploy(work)
+        else:
+            doc = verify(work)
+    except (DeployError, StoreError, VersionError, SettingsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(doc, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

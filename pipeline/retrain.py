@@ -1,0 +1,139 @@
+"""The steps of ``retrain_and_push_dag``: pull data -> train -> evaluate -> push -> promote.
+
+Training goes through ``train.py`` (one entry point for people and the DAG).
+The candidate and the production model are scored on the same held-out users
+(the data set's ``test.csv``) with the serving loader, and the candidate is
+promoted only if its AUC is at most ``DKT_PROMOTE_TOLERANCE`` below production's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from dkt.bundle import default_version, read_meta
+from pipeline.data_update import read_json, write_json
+from pipeline.settings import REPO_ROOT, env_float, env_path
+from pipeline.store import VersionedStore
+
+DEFAULT_TOLERANCE = 0.005
+METRIC = "auc"
+
+
+class NotPromoted(Exception):
+    """The candidate is worse than production by more than the tolerance."""
+
+
+def pull_data(work: Path, store: VersionedStore) -> dict[str, Any]:
+    m = store.pull("datasets", "latest", work / "data")
+    return {"data_version": m["version"], "rows": m.get("rows", {})}
+
+
+def train(
+    work: Path, config: Path | None = None, epochs: int | None = None, device: str | None = None
+) -> dict[str, Any]:
+    """Train a candidate bundle into ``work/candidate`` with train.py (same flags a person would use)."""
+    data_manifest = read_json(work / "data" / "manifest.json")
+    config = config or env_path("DKT_TRAIN_CONFIG", REPO_ROOT / "config" / "lstm.json")
+    epochs = epochs or (int(os.environ["DKT_TRAIN_EPOCHS"]) if os.environ.get("DKT_TRAIN_EPOCHS") else None)
+    version = default_version()
+    out = work / "candidate"
+    argv = [
+        sys.executable, str(REPO_ROOT / "train.py"),
+        "--config", str(config),
+        "--train-file", str(work / "data" / "train.csv"),
+        "--test-file", str(work / "data" / "test.csv"),
+        "--output-dir", str(out),
+        "--model-version", version,
+        "--data-version", data_manifest["version"],
+        "--device", device or os.environ.get("DKT_TRAIN_DEVICE", "auto"),
+        "--no-progress",
+    ]  # fmt: skip
+    if epochs:
+        argv += ["--epochs", str(epochs)]
+    print("train: " + " ".join(argv), file=sys.stderr)
+    # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
+    proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py failed with exit {proc.returncode}")
+    return {
+        "model_version": read_meta(out)["model_version"],
+        "metrics": json.loads(proc.stdout.strip().splitlines()[-1]),
+    }
+
+
+def score_bundle(bundle: Path, test_file: Path) -> dict[str, float]:
+    """Metrics of a bundle on a test file, through the serving loader."""
+    from dkt.data.io import read_csv
+    from dkt.metrics import evaluate_predictions
+    from dkt.predictor import load_predictor
+
+    test = read_csv(test_file)
+    predictor = load_predictor(bundle, device="cpu")
+    return evaluate_predictions(test, predictor.predict_rows(test))
+
+
+def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Score the candidate and the current production model on the same held-out users."""
+    test_file = work / "data" / "test.csv"
+    doc: dict[str, Any] = {
+        "candidate_version": read_meta(work / "candidate")["model_version"],
+        "candidate": score_bundle(work / "candidate", test_file),
+    }
+    prod = store.pointed("models", "production")
+    doc["production_version"] = prod
+    if prod:
+        store.pull("models", prod, work / "production")
+        doc["production"] = score_bundle(work / "production", test_file)
+    write_json(work / "evaluation.json", doc)
+    return doc
+
+
+def push_model(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Store the candidate as a new model version (moves ``latest`` only; promotion is separate)."""
+    meta = read_meta(work / "candidate")
+    version = meta["model_version"]
+    if store.exists("models", version):  # a retry after a crash past the upload
+        store.set_pointer("models", "latest", version, reason="push (retry)")
+        return store.manifest("models", version)
+    ev = read_json(work / "evaluation.json")
+    res = store.push(
+        "models",
+        work / "candidate",
+        version,
+        parent=store.pointed("models", "production"),
+        metrics=meta.get("metrics", {}),
+        extra={"model": meta["model"], "data_version": meta["data_version"], "evaluation": ev},
+    )
+    return res.manifest
+
+
+def decide(candidate: dict[str, float], production: dict[str, float] | None, tolerance: float) -> tuple[bool, str]:
+    c = candidate.get(METRIC, float("nan"))
+    if math.isnan(c):
+        return False, f"candidate {METRIC} is undefined"
+    if not production:
+        return True, f"no production model yet; candidate {METRIC} {c:.4f}"
+    p = production.get(METRIC, float("nan"))
+    if math.isnan(p) or c >= p - tolerance:
+        return True, f"candidate {METRIC} {c:.4f} vs production {p:.4f} (tolerance {tolerance})"
+    return False, f"candidate {METRIC} {c:.4f} is worse than production {p:.4f} by more than {tolerance}"
+
+
+def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None = None) -> dict[str, Any]:
+    ev = read_json(work / "evaluation.json")
+    tol = tolerance if tolerance is not None else env_float("DKT_PROMOTE_TOLERANCE", DEFAULT_TOLERANCE)
+    ok, why = decide(ev["candidate"], ev.get("production"), tol)
+    if not ok:
+        raise NotPromoted(why)
+    current = store.pointed("models", "production")
+    if current != ev["production_version"]:
+        # Someone promoted meanwhile; the comparison no longer holds.
+        raise NotPromoted(f"production moved from {ev['production_version']} to {current} during this run")
+    doc = store.set_pointer("models", "production", ev["candidate_version"], reason=why)
+    return {"promoted": ev["candidate_version"], "reason": why, "previous": current, "pointer": doc}

@@ -1,0 +1,244 @@
+"""``make up`` / ``make down``: the whole product on one machine, started idempotently.
+
+    python -m pipeline.stack up      # data, first model, BentoML service, client, Airflow; prints URLs
+    python -m pipeline.stack down    # stops everything `up` started
+    python -m pipeline.stack status
+
+Every step checks before it acts, so running ``up`` again only starts what is not
+running. Runtime state: pids and logs in ``run/``, data in ``var/`` (store, client
+database, Airflow home, BentoML store). Settings: see docs/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from pipeline import deploy
+from pipeline.settings import REPO_ROOT, env_path
+from pipeline.store import VersionedStore
+
+VAR = env_path("DKT_VAR_DIR", REPO_ROOT / "var")
+SIM_DIR = env_path("DKT_SIM_DIR", REPO_ROOT / "data" / "sim")
+AIRFLOW_VENV = env_path("DKT_AIRFLOW_VENV", REPO_ROOT / ".venv-airflow")
+
+
+def defaults() -> dict[str, str]:
+    """The environment every component gets: explicit values win, these fill the gaps."""
+    run = deploy.run_dir()
+    d = {
+        "DKT_STORE_ROOT": str(VAR / "store"),
+        "BENTOML_HOME": str(VAR / "bentoml"),
+        "DKT_INFERENCE_URL_FILE": str(run / "inference_url"),
+        "DKT_CLIENT_DB": str(VAR / "client.db"),
+        "DKT_QUESTIONS": str(SIM_DIR / "questions.csv"),
+        "DKT_APP_PYTHON": sys.executable,
+        "DKT_TRAIN_EPOCHS": "5",
+        "AIRFLOW_HOME": str(VAR / "airflow"),
+    }
+    return {k: v for k, v in d.items() if not os.environ.get(k)}
+
+
+def say(msg: str) -> None:
+    print(f"[up] {msg}", file=sys.stderr, flush=True)
+
+
+def py(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"error: `python {' '.join(args)}` failed with exit {proc.returncode}")
+    return proc
+
+
+def pid_file(name: str) -> Path:
+    return deploy.run_dir() / "pids" / f"{name}.pid"
+
+
+def running(name: str) -> int | None:
+    f = pid_file(name)
+    if f.is_file():
+        pid = int(f.read_text().strip() or 0)
+        if deploy.alive(pid):
+            return pid
+    return None
+
+
+def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    if pid := running(name):
+        say(f"{name} already running (pid {pid})")
+        return pid
+    logs = deploy.run_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as out:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+    pid_file(name).write_text(str(proc.pid))
+    say(f"started {name} (pid {proc.pid}, log {logs / f'{name}.log'})")
+    return proc.pid
+
+
+def wait_http(url: str, timeout: float, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"error: {name} did not answer at {url} within {timeout:.0f}s; see {deploy.run_dir() / 'logs'}")
+
+
+def ensure_data(store: VersionedStore) -> None:
+    if not (SIM_DIR / "train.csv").is_file():
+        users = os.environ.get("DKT_SIM_USERS", "500")
+        say(f"simulating {users} students into {SIM_DIR}")
+        py("-m", "dkt.simulate", "--users", users, "--out", str(SIM_DIR), "--seed", "0")
+    if store.pointed("datasets", "latest") is None:
+        say("pushing the initial data set")
+        py("-m", "data", "push", str(SIM_DIR))
+
+
+def ensure_model(store: VersionedStore) -> None:
+    if store.pointed("models", "production"):
+        return
+    work = VAR / "work" / "initial"
+    data = work / "data"
+    store.pull("datasets", "latest", data)
+    config = os.environ.get("DKT_TRAIN_CONFIG", str(REPO_ROOT / "config" / "lstm.json"))
+    epochs = os.environ["DKT_TRAIN_EPOCHS"]
+    say(f"training the first model ({config}, {epochs} epochs)")
+    py("train.py", "--config", config, "--train-file", str(data / "train.csv"), "--test-file",
+       str(data / "test.csv"), "--output-dir", str(work / "model"), "--epochs", epochs,
+       "--data-version", store.pointed("datasets", "latest") or "")  # fmt: skip
+    py("-m", "models", "push", str(work / "model"), "--promote")
+
+
+def ensure_service(store: VersionedStore) -> str:
+    prod = store.pointed("models", "production")
+    st = deploy.read_state()
+    if st.get("model_version") == prod and deploy.alive(st.get("pid")):
+        say(f"inference service already serving {prod} at {st['url']}")
+        return str(st["url"])
+    say(f"packing and serving model {prod}")
+    run_id = f"up-{prod}"
+    for step in ("pull-model", "pack", "deploy", "verify"):
+        py("-m", "pipeline.deploy", step, "--run-id", run_id)
+    return deploy.current_url()
+
+
+def secret(name: str) -> str:
+    f = VAR / "secrets" / name
+    if not f.is_file():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch(mode=0o600)
+        f.write_text(secrets.token_urlsafe(24))
+    return f.read_text().strip()
+
+
+def ensure_client() -> str:
+    port = os.environ.get("DKT_CLIENT_PORT", "8000")
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    env = {"DKT_SECRET_KEY": os.environ.get("DKT_SECRET_KEY") or secret("client_secret_key")}
+    start("client", [gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}", "client:create_app()"], env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/", 60, "client")
+    return url
+
+
+def ensure_airflow() -> tuple[str, str]:
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    port = os.environ.get("DKT_AIRFLOW_PORT", "8080")
+    pw_file = home / "simple_auth_manager_passwords.json.generated"
+    if not pw_file.is_file():
+        pw_file.touch(mode=0o600)
+        pw_file.write_text(json.dumps({"admin": secrets.token_urlsafe(16)}))
+    password = json.loads(pw_file.read_text())["admin"]
+    env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pw_file),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__PORT": port,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+    }
+    airflow = str(AIRFLOW_VENV / "bin" / "airflow")
+    if not running("airflow-api-server"):
+        say("migrating the Airflow database")
+        proc = subprocess.run([airflow, "db", "migrate"], cwd=REPO_ROOT, env={**os.environ, **env},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        if proc.returncode:
+            raise SystemExit(f"error: airflow db migrate failed: {proc.stderr[-2000:]}")
+    start("airflow-api-server", [airflow, "api-server", "--port", port, "--host", "127.0.0.1"], env)
+    start("airflow-scheduler", [airflow, "scheduler"], env)
+    start("airflow-dag-processor", [airflow, "dag-processor"], env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/api/v2/monitor/health", 180, "Airflow api-server")
+    return url, password
+
+
+def up() -> int:
+    os.environ.update(defaults())
+    store = VersionedStore.from_env()
+    ensure_data(store)
+    ensure_model(store)
+    service = ensure_service(store)
+    client = ensure_client()
+    airflow, password = ensure_airflow()
+    print(
+        f"""
+DKT is up.
+  students   {client}                 (the tutor)
+  service    {service}          (BentoML: /metadata, /readyz, /predict)
+  operators  {airflow}                 (Airflow; user admin, password {password})
+  store      {store.blobs.url}
+Stop everything with: make down
+"""
+    )
+    return 0
+
+
+def down() -> int:
+    for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-api-server", "client"):
+        if pid := running(name):
+            deploy.stop_server(pid)
+            say(f"stopped {name} (pid {pid})")
+        pid_file(name).unlink(missing_ok=True)
+    deploy.stop_local()
+    say("stopped the inference service")
+    return 0
+
+
+def status() -> int:
+    for name in ("client", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
+        print(f"{name:24s} {'pid ' + str(pid) if (pid := running(name)) else 'stopped'}")
+    st = deploy.read_state()
+    alive = deploy.alive(st.get("pid"))
+    print(f"{'inference':24s} {st.get('model_version') if alive else 'stopped'} {st.get('url', '') if alive else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.stack", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("command", choices=["up", "down", "status"])
+    args = p.parse_args(argv)
+    return {"up": up, "down": down, "status": status}[args.command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from client import create_app
+from tests.serving.servers import free_port
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """An address where nothing listens: the inference service is down."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def make_app(tmp_path: Path, sim_dir: Path, url: str, **extra: object) -> Flask:
+    return create_app(
+        {
+            "DKT_CLIENT_DB": str(tmp_path / "client.db"),
+            "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
+            "DKT_INFERENCE_URL": url,
+            "DKT_INFERENCE_URL_FILE": "",
+            "DKT_INFERENCE_TIMEOUT_S": 0.5,
+            "DKT_INFERENCE_RETRIES": 2,
+            "SECRET_KEY": "test-secret",
+            **extra,
+        }
+    )

@@ -1,0 +1,116 @@
+"""End to end on the local store: students answer through the real client, then the three DAGs run in order,
+and the service switches to the new model with no failed student request."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline import deploy
+from pipeline.store import VersionedStore
+from pipeline.students import Tally, run_students
+from tests.conftest import TINY_LSTM
+from tests.dags.airflow_runner import ROOT, dags_test, migrate
+from tests.pipeline.s3server import free_port
+
+
+def py(env: dict[str, str], *args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{args}: {proc.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_students_then_three_dags_then_new_model_served(
+    sim_dir: Path, lstm_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}))
+    client_port = free_port()
+    env = {
+        "DKT_STORE": "local",
+        "DKT_STORE_ROOT": str(tmp_path / "store"),
+        "DKT_WORK_ROOT": str(tmp_path / "work"),
+        "DKT_RUN_DIR": str(tmp_path / "run"),
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "DKT_SERVE_PORT": str(free_port()),
+        "DKT_INFERENCE_URL_FILE": str(tmp_path / "run" / "inference_url"),
+        "DKT_CLIENT_DB": str(tmp_path / "client.db"),
+        "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
+        "DKT_SECRET_KEY": "e2e-test-only",
+        "DKT_TRAIN_CONFIG": str(config),
+        "DKT_PROMOTE_TOLERANCE": "1.0",  # this test is about the loop; promotion rules are tested apart
+        "DKT_DRAIN_SECONDS": "2",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    full = {**os.environ, **env}
+    home = tmp_path / "airflow"
+    migrate(home)
+    py(full, "-m", "data", "push", str(sim_dir), "--version", "seed")
+    py(full, "-m", "models", "push", str(lstm_bundle), "--promote")
+    for step in ("pull-model", "pack", "deploy", "verify"):
+        py(full, "-m", "pipeline.deploy", step, "--run-id", "initial")
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    client = subprocess.Popen([gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{client_port}",
+                               "client:create_app()"], cwd=ROOT, env=full, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "client.log", "wb"))  # fmt: skip  # noqa: SIM115
+    base = f"http://127.0.0.1:{client_port}"
+    try:
+        for _ in range(60):
+            try:
+                requests.get(base + "/", timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.5)
+        first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
+        assert first.failed == 0, first.errors
+        assert first.answers == 40
+
+        dags_test(home, "update_data_dag", env, tmp_path / "update.log")
+        store = VersionedStore.from_env()
+        data_v = store.pointed("datasets", "latest")
+        assert store.manifest("datasets", data_v)["added_rows"] == 40
+        assert store.get_state("watermark")["watermark"] == "40"
+
+        dags_test(home, "retrain_and_push_dag", env, tmp_path / "retrain.log")
+        new_v = store.pointed("models", "production")
+        assert new_v != "test-v1"
+
+        during = Tally()
+        stop = threading.Event()
+
+        def keep_answering() -> None:
+            i = 0
+            while not stop.is_set():
+                t = run_students(base, sim_dir / "questions.csv", 1, 5, seed=100 + i, prefix="during")
+                during.answers += t.answers
+                during.failed += t.failed
+                during.errors += t.errors
+                i += 1
+
+        worker = threading.Thread(target=keep_answering)
+        worker.start()
+        try:
+            dags_test(home, "update_inference_server_dag", env, tmp_path / "deploy.log", timeout=600)
+        finally:
+            stop.set()
+            worker.join(60)
+        assert during.answers > 0
+        assert during.failed == 0, during.errors
+        url = (tmp_path / "run" / "inference_url").read_text().strip()
+        meta = requests.get(url + "/metadata", timeout=10).json()
+        assert meta["model_version"] == new_v and meta["data_version"] == data_v
+        after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9, prefix="after")
+        assert after.failed == 0 and after.answers == 3
+    finally:
+        client.terminate()
+        client.wait(30)
+        deploy.stop_local()

@@ -1,0 +1,140 @@
+"""Soft-voting ensemble: members are real bundles and the ensemble is exactly their weighted mean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dkt.config import ConfigError, load_config
+from dkt.data.schema import COLUMNS, validate
+from dkt.experiment import RunData, run
+from dkt.metrics import auc
+from dkt.models.ensemble import EnsemblePredictor, fit_weights, normalise, parse_params, weighted_mean
+from dkt.predictor import load_predictor
+from dkt.simulate import simulate
+
+REPO = Path(__file__).resolve().parents[3]
+TINY_LSTM = {
+    "model": "lstm",
+    "model_params": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16},
+    "train": {"max_seq_len": 50, "batch_size": 32, "epochs": 1, "max_train_windows": 200},
+}
+TINY_LGBM = {"model": "lgbm", "model_params": {"num_leaves": 7, "n_estimators": 40, "log_every": 0, "n_jobs": 1}}
+WEIGHTS = (3.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def data() -> RunData:
+    sim = simulate(60, seed=5).interactions.loc[:, list(COLUMNS)]
+    users = np.random.default_rng(0).permutation(np.sort(sim["userID"].unique()))
+    parts = [validate(sim[sim["userID"].isin(u)].reset_index(drop=True)) for u in np.split(users, [36, 48])]
+    return RunData(*parts, fingerprints={"train_file": "t", "test": "s"})
+
+
+def write_configs(folder: Path, model_params: dict[str, Any] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny_lstm.json").write_text(json.dumps(TINY_LSTM))
+    (folder / "tiny_lgbm.json").write_text(json.dumps(TINY_LGBM))
+    ens = {
+        "model": "ensemble",
+        "model_params": model_params or {},
+        "members": [
+            {"config": "tiny_lstm.json", "weight": WEIGHTS[0]},
+            {"config": "tiny_lgbm.json", "weight": WEIGHTS[1]},
+        ],
+        "train": {"max_seq_len": 50},
+    }
+    (folder / "ens.json").write_text(json.dumps(ens))
+    return folder / "ens.json"
+
+
+@pytest.fixture(scope="module")
+def bundle(data: RunData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("ens")
+    out = root / "bundle"
+    metrics = run(write_configs(root / "config"), data, out, device="cpu", seed=1, progress=False)
+    return out, metrics
+
+
+def test_ensemble_is_the_weighted_mean_of_its_members(bundle: tuple[Path, dict[str, Any]], data: RunData) -> None:
+    out, _ = bundle
+    ens = load_predictor(out)
+    assert isinstance(ens, EnsemblePredictor)
+    lstm, lgbm = (load_predictor(out / "members" / name) for name in ("00-lstm", "01-lgbm"))
+    p_lstm, p_lgbm = lstm.predict_rows(data.test), lgbm.predict_rows(data.test)
+    assert not np.allclose(p_lstm, p_lgbm)  # different members, so the weights matter
+    expected = (WEIGHTS[0] * p_lstm + WEIGHTS[1] * p_lgbm) / sum(WEIGHTS)
+    np.testing.assert_allclose(ens.predict_rows(data.test), expected, rtol=0, atol=1e-12)
+    last = ens.predict_last(data.test)
+    expected_last = (WEIGHTS[0] * lstm.predict_last(data.test) + WEIGHTS[1] * lgbm.predict_last(data.test)) / 4
+    pd.testing.assert_series_equal(last, expected_last.rename("prediction"), rtol=0, atol=1e-12)
+
+
+def test_ensemble_bundle_sums_its_members(bundle: tuple[Path, dict[str, Any]], data: RunData) -> None:
+    out, metrics = bundle
+    meta = json.loads((out / "bundle.json").read_text())
+    members = [json.loads((out / "members" / n / "bundle.json").read_text()) for n in ("00-lstm", "01-lgbm")]
+    assert meta["kind"] == "ensemble" and [m["kind"] for m in members] == ["sequence", "lgbm"]
+    assert meta["n_params"] == sum(m["n_params"] for m in members)
+    assert metrics["train_seconds"] == pytest.approx(sum(m["metrics"]["train_seconds"] for m in members), abs=0.02)
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert [m["weight"] for m in spec["members"]] == pytest.approx([0.75, 0.25])
+    # valid_auc is the ensemble's own, measured on the validation users.
+    valid = load_predictor(out).predict_rows(data.valid)
+    assert metrics["valid_auc"] == pytest.approx(auc(data.valid["answerCode"].to_numpy(), valid))
+    assert metrics["test_auc"] > 0.6
+
+
+def test_fit_weights_prefers_the_informative_member() -> None:
+    rng = np.random.default_rng(0)
+    p_true = rng.uniform(0.05, 0.95, 4000)
+    y = (rng.random(4000) < p_true).astype(float)
+    noise = rng.uniform(0.05, 0.95, 4000)
+    w = fit_weights([noise, p_true], y)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[1] > 0.85
+    np.testing.assert_allclose(weighted_mean([noise, p_true], np.array([0.0, 1.0])), p_true)
+
+
+def test_fitted_weights_are_written_and_used(data: RunData, tmp_path: Path) -> None:
+    cfg = write_configs(tmp_path / "config", {"fit_weights": True})
+    stumps = TINY_LGBM | {"model_params": {"num_leaves": 2, "n_estimators": 5, "log_every": 0, "n_jobs": 1}}
+    (cfg.parent / "stumps.json").write_text(json.dumps(stumps))
+    spec_members = [{"config": "stumps.json", "weight": 1.0}, {"config": "tiny_lgbm.json", "weight": 1.0}]
+    raw = json.loads(cfg.read_text()) | {"members": spec_members}  # two cheap members keep this test fast
+    cfg.write_text(json.dumps(raw))
+    out = tmp_path / "bundle"
+    run(cfg, data, out, device="cpu", seed=2, progress=False)
+    weights = [m["weight"] for m in json.loads((out / "ensemble.json").read_text())["members"]]
+    assert sum(weights) == pytest.approx(1.0) and all(w >= 0 for w in weights)
+    assert weights != pytest.approx([0.5, 0.5])  # fitted, not the config's equal weights
+    members = [load_predictor(out / "members" / n).predict_rows(data.test) for n in ("00-lgbm", "01-lgbm")]
+    assert not np.allclose(members[0], members[1])
+    np.testing.assert_allclose(load_predictor(out).predict_rows(data.test), weighted_mean(members, np.array(weights)))
+
+
+def test_bad_configs_fail_clearly(data: RunData, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model_params\.fit_wieghts"):
+        parse_params({"fit_wieghts": True})
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        normalise([0.0, 0.0])
+    cfg = write_configs(tmp_path / "config")
+    raw = json.loads(cfg.read_text())
+    raw["members"][1]["config"] = "missing.json"
+    cfg.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"missing\.json: config file not found"):
+        run(cfg, data, tmp_path / "out", device="cpu", progress=False)
+    assert not (tmp_path / "out" / "members").exists()  # configs are checked before any member trains
+
+
+def test_repo_ensemble_config_is_valid() -> None:
+    cfg = load_config(REPO / "config" / "ensemble.json")
+    assert cfg.model == "ensemble" and len(cfg.members) >= 2
+    parse_params(cfg.model_params)
+    for m in cfg.members:
+        assert load_config(REPO / "config" / m.config).model != "ensemble"

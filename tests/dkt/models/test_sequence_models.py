@@ -1,0 +1,227 @@
+"""Every torch sequence model in the registry: output contract, causality, padding, clear errors, real learning.
+
+Batches come from real features of simulated students, so causality is checked
+through the same encoding that training and serving use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from dkt.config import TrainParams
+from dkt.data.features import CATEGORICAL, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
+from dkt.data.schema import COLUMNS, validate
+from dkt.data.sequences import PAD_ROW, Batcher, make_windows
+from dkt.metrics import auc
+from dkt.models import TORCH_MODELS, build_torch_model
+from dkt.scoring import score_windows
+from dkt.simulate import simulate
+from dkt.training import fit_sequence_model, seed_everything
+
+MODELS = sorted(TORCH_MODELS)
+NEW_MODELS = ["bert", "dkvmn", "lstmattn", "saint"]
+SEQ_LEN = 50
+BATCH_LEN = 200  # window of the batch-level tests: long enough for real padding, within every max_positions
+# Small versions of each model: the contract does not depend on width, and small trains in seconds.
+SMALL: dict[str, dict[str, Any]] = {
+    "lstm": {"hidden_dim": 32},
+    "lstmattn": {"hidden_dim": 32},
+    "bert": {"hidden_dim": 32, "n_layers": 1},
+    "saint": {"n_enc_layers": 1, "n_dec_layers": 1},
+    "dkvmn": {"memory_size": 8, "key_dim": 16, "value_dim": 32},
+}
+
+
+def small_params(name: str) -> dict[str, Any]:
+    return {"d_model": 32, "emb_dim": 16, **SMALL[name]}
+
+
+@dataclass
+class SimData:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    encoder: FeatureEncoder
+    oracle_test_auc: float
+
+
+@pytest.fixture(scope="module")
+def data() -> SimData:
+    df = simulate(160, seed=11).interactions
+    users = np.random.default_rng(0).permutation(np.sort(df["userID"].unique()))
+    parts = [df[df["userID"].isin(u)].reset_index(drop=True) for u in (users[:100], users[100:120], users[120:])]
+    train, valid, test = (
+        validate(p[list(COLUMNS)], name) for p, name in zip(parts, ("train", "valid", "test"), strict=True)
+    )
+    oracle = auc(parts[2]["answerCode"].to_numpy(), parts[2]["p_true"].to_numpy())
+    return SimData(train, valid, test, FeatureEncoder.fit(train), oracle)
+
+
+def make_model(name: str, data: SimData, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_torch_model(name, small_params(name), data.encoder.sizes()).eval()
+
+
+def one_user(data: SimData, min_len: int = SEQ_LEN) -> pd.DataFrame:
+    lengths = data.test.groupby("userID").size()
+    user = lengths[lengths >= min_len].index[0]
+    rows = data.test[data.test["userID"] == user].sort_values("Timestamp", kind="stable")
+    return rows.head(SEQ_LEN).reset_index(drop=True)
+
+
+def batch_of(ff: FeatureFrame, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Every user of ``ff`` as one window (their last BATCH_LEN rows), padded on the right to ``width``."""
+    windows = make_windows(ff, BATCH_LEN, last_only=True)
+    index = windows.index[:, : int((windows.index != PAD_ROW).sum(axis=1).max())]
+    if width is not None:
+        index = np.pad(index, ((0, 0), (0, width - index.shape[1])), constant_values=PAD_ROW)
+    return Batcher(ff).batch(index)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, df: pd.DataFrame, data: SimData) -> np.ndarray:
+    return model(batch_of(data.encoder.transform(df)))[0].numpy()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_gives_one_finite_logit_per_position(name: str, data: SimData) -> None:
+    ff = data.encoder.transform(data.test)
+    batch = batch_of(ff)
+    out = make_model(name, data)(batch)
+    assert out.shape == batch["mask"].shape
+    assert torch.isfinite(out).all()
+    assert out[batch["mask"]].std() > 0  # not a constant
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_position_sees_any_input_after_it(name: str, data: SimData) -> None:
+    model = make_model(name, data)
+    batch = batch_of(data.encoder.transform(one_user(data)))
+    k = SEQ_LEN // 2
+    scrambled = {key: value.clone() for key, value in batch.items()}
+    gen = torch.Generator().manual_seed(1)
+    sizes = data.encoder.sizes()
+    for key in (*CATEGORICAL, *RESPONSE):
+        future = scrambled[key][:, k + 1 :]
+        future.copy_(torch.randint(FIRST, sizes[key], future.shape, generator=gen))
+    scrambled["cont"][:, k + 1 :] = torch.rand(scrambled["cont"][:, k + 1 :].shape, generator=gen)
+    with torch.no_grad():
+        before, after = model(batch)[0], model(scrambled)[0]
+    torch.testing.assert_close(after[: k + 1], before[: k + 1], rtol=0, atol=1e-5)
+    assert (after[k + 1 :] - before[k + 1 :]).abs().max() > 1e-4  # the scrambled part was really read
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_an_answer_changes_later_predictions_only(name: str, data: SimData) -> None:
+    model = make_model(name, data)
+    seq = one_user(data)
+    k = SEQ_LEN // 2
+    flipped = seq.copy()
+    flipped.loc[k, "answerCode"] = 1 - flipped.loc[k, "answerCode"]
+    before, after = logits_of(model, seq, data), logits_of(model, flipped, data)
+    # The prediction for answer k itself must not know answer k.
+    np.testing.assert_allclose(after[: k + 1], before[: k + 1], rtol=0, atol=1e-5)
+    assert np.abs(after[k + 1] - before[k + 1]) > 1e-4, "the model ignores the previous answer"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_future_item_changes_nothing_before_it(name: str, data: SimData) -> None:
+    model = make_model(name, data)
+    seq = one_user(data)
+    k = SEQ_LEN // 2
+    other = data.train[data.train["KnowledgeTag"] != seq.loc[k, "KnowledgeTag"]].iloc[0]
+    changed = seq.copy()
+    changed.loc[k, ["assessmentItemID", "testId", "KnowledgeTag"]] = other[
+        ["assessmentItemID", "testId", "KnowledgeTag"]
+    ].to_numpy()
+    before, after = logits_of(model, seq, data), logits_of(model, validate(changed, "changed"), data)
+    np.testing.assert_allclose(after[:k], before[:k], rtol=0, atol=1e-5)
+    assert np.abs(after[k] - before[k]) > 1e-4, "the model ignores the item it is asked about"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_never_changes_real_positions(name: str, data: SimData) -> None:
+    model = make_model(name, data)
+    ff = data.encoder.transform(data.test)
+    lengths = np.minimum(ff.user_lengths, BATCH_LEN)
+    tight = batch_of(ff)
+    padded = batch_of(ff, width=tight["mask"].shape[1] + 17)
+    # One short user alone: no padding at all, versus beside longer users in the batch.
+    short = int(np.argmin(lengths))
+    alone_ff = data.encoder.transform(data.test[data.test["userID"] == ff.users[short]])
+    with torch.no_grad():
+        a, b = model(tight), model(padded)
+        alone = model(batch_of(alone_ff))[0]
+    mask = tight["mask"]
+    torch.testing.assert_close(b[:, : mask.shape[1]][mask], a[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a[short][mask[short]], alone[: int(lengths[short])], rtol=0, atol=1e-5)
+    assert lengths.min() < tight["mask"].shape[1]  # the batch really was padded
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_round_trip_through_a_state_dict(name: str, data: SimData) -> None:
+    model = make_model(name, data, seed=0)
+    fresh = make_model(name, data, seed=1)
+    fresh.load_state_dict(model.state_dict())
+    batch = batch_of(data.encoder.transform(data.test))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(batch), model(batch))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_unknown_parameter_is_named(name: str, data: SimData) -> None:
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['hiden_dim'\]"):
+        build_torch_model(name, {"hiden_dim": 64}, data.encoder.sizes())
+
+
+BAD_PARAMS = [
+    ("lstmattn", {"hidden_dim": 30, "n_heads": 4}, "hidden_dim .30. must be divisible by n_heads .4."),
+    ("lstmattn", {"n_attn_layers": 0}, "n_attn_layers must be a positive integer"),
+    ("bert", {"hidden_dim": 100, "n_heads": 3}, "hidden_dim .100. must be divisible by n_heads .3."),
+    ("bert", {"dropout": 1.5}, "dropout must be in"),
+    ("saint", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
+    ("saint", {"n_dec_layers": "2"}, "n_dec_layers must be a positive integer, got '2'"),
+    ("dkvmn", {"memory_size": 0}, "memory_size must be a positive integer"),
+    ("dkvmn", {"emb_dropout": -0.1}, "emb_dropout must be in"),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "message"), BAD_PARAMS)
+def test_bad_parameter_value_is_named(name: str, params: dict[str, Any], message: str, data: SimData) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_torch_model(name, params, data.encoder.sizes())
+
+
+@pytest.mark.parametrize("name", ["bert", "saint"])
+def test_sequence_longer_than_positions_is_a_clear_error(name: str, data: SimData) -> None:
+    model = build_torch_model(name, small_params(name) | {"max_positions": 8}, data.encoder.sizes())
+    with pytest.raises(ValueError, match=r"sequence length \d+ exceeds model_params.max_positions \(8\)"):
+        model(batch_of(data.encoder.transform(one_user(data))))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_learns_from_history_beyond_item_difficulty(name: str, data: SimData) -> None:
+    seed_everything(0)
+    model = build_torch_model(name, small_params(name), data.encoder.sizes())
+    params = TrainParams(max_seq_len=SEQ_LEN, batch_size=32, lr=0.005, epochs=10, patience=10, warmup_ratio=0.1)
+    train_ff, test_ff = data.encoder.transform(data.train), data.encoder.transform(data.test)
+    fit_sequence_model(
+        model, train_ff, data.encoder.transform(data.valid), params, torch.device("cpu"), 0, progress=False
+    )
+    windows = make_windows(test_ff, SEQ_LEN, SEQ_LEN // 2)
+    prob = score_windows(model, Batcher(test_ff), windows, len(test_ff), 256, torch.device("cpu"))
+    model_auc = auc(np.clip(test_ff.answer, 0, 1), prob)
+    # Knowing each item's difficulty alone (its mean in training) is the bar a sequence model must clear.
+    item_mean = data.train.groupby("assessmentItemID")["answerCode"].mean()
+    p_item = data.test["assessmentItemID"].map(item_mean).fillna(data.train["answerCode"].mean())
+    baseline = auc(data.test["answerCode"].to_numpy(), p_item.to_numpy())
+    assert model_auc > baseline + 0.03, (model_auc, baseline)
+    # Beating the simulator's own P(correct) would mean the model saw the answers it predicts.
+    assert model_auc < data.oracle_test_auc + 0.01, (model_auc, data.oracle_test_auc)

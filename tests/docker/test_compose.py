@@ -1,0 +1,51 @@
+"""The stack file says what the issue asks of it: replicas, dnsrr, readiness healthcheck, limits, rolling updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.swarm_images import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_inference_rolls_one_task_at_a_time_start_first_with_rollback(stack: dict[str, Any]) -> None:
+    deploy = stack["services"]["inference"]["deploy"]
+    assert deploy["replicas"] == "${DKT_INFERENCE_REPLICAS:-3}"
+    assert deploy["endpoint_mode"] == "dnsrr"
+    update = deploy["update_config"]
+    assert (update["parallelism"], update["order"], update["failure_action"]) == (1, "start-first", "rollback")
+    assert deploy["rollback_config"]["order"] == "start-first"
+    assert {"cpus", "memory"} <= set(deploy["resources"]["limits"])
+
+
+def test_inference_health_is_readiness(stack: dict[str, Any]) -> None:
+    check = stack["services"]["inference"]["healthcheck"]
+    assert any("/readyz" in part for part in check["test"])
+
+
+def test_only_the_single_proxy_publishes_and_in_host_mode(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    publishers = [name for name, svc in services.items() if svc.get("ports")]
+    assert publishers == ["proxy"]
+    assert services["proxy"]["deploy"]["replicas"] == 1
+    assert all(p["mode"] == "host" for p in services["proxy"]["ports"])
+    # two tasks cannot hold one host port: the proxy must stop before it starts again
+    assert services["proxy"]["deploy"]["update_config"]["order"] == "stop-first"
+
+
+def test_client_reaches_inference_by_service_name_on_the_overlay(stack: dict[str, Any]) -> None:
+    assert stack["services"]["client"]["environment"]["DKT_INFERENCE_URL"] == "http://inference:3000"
+    assert stack["networks"]["dkt"]["driver"] == "overlay"
+    assert all(svc["networks"] == ["dkt"] for svc in stack["services"].values())
+
+
+def test_images_are_never_defaulted_to_latest(stack: dict[str, Any]) -> None:
+    for svc in stack["services"].values():
+        assert svc["image"].startswith("${") and ":?" in svc["image"], svc["image"]

@@ -1,0 +1,84 @@
+"""pipeline.swarm's settings, metadata check and CLI errors (no Docker needed for these)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.swarm import METADATA_SAMPLES, SwarmSettings, check_metadata, swarm_settings
+from pipeline.swarm_images import REPO_ROOT
+from pipeline.swarm_service import RolloutFailed
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.swarm", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+    )
+
+
+def test_settings_defaults_and_find_links() -> None:
+    s = swarm_settings({"PIP_FIND_LINKS": "/some/wheels /other"})
+    assert (s.registry, s.client_url, s.wheels_dir) == ("127.0.0.1:5000", "http://127.0.0.1:8080", Path("/some/wheels"))
+    assert swarm_settings({"DKT_REGISTRY": "reg.example:5000", "DKT_SWARM_TIMEOUT": "90"}).timeout == 90
+
+
+@pytest.mark.parametrize("value", ["soon", "-1"])
+def test_bad_timeout_names_the_variable(value: str) -> None:
+    with pytest.raises(ValueError, match="DKT_SWARM_TIMEOUT"):
+        swarm_settings({"DKT_SWARM_TIMEOUT": value})
+
+
+def fetcher(versions: list[str]) -> Any:
+    seq = list(versions)
+
+    def fetch(_s: SwarmSettings) -> dict[str, Any]:
+        v = seq.pop(0) if len(seq) > 1 else seq[0]
+        if v == "down":
+            raise OSError("connection refused")
+        return {"model_version": v}
+
+    return fetch
+
+
+def test_metadata_must_agree_many_times_in_a_row() -> None:
+    seq = ["down", "v1", "v2", "v1", *["v2"] * METADATA_SAMPLES]
+    assert check_metadata(SwarmSettings(), "v2", timeout=10, fetch=fetcher(seq)) == {"model_version": "v2"}
+
+
+def test_metadata_stuck_on_the_old_version_fails_with_the_url() -> None:
+    with pytest.raises(RolloutFailed, match=r"127.0.0.1:3000/metadata did not report model_version=v2.*v1"):
+        check_metadata(SwarmSettings(), "v2", timeout=0.5, fetch=fetcher(["v1"]))
+
+
+def test_help_lists_the_commands() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("build", "deploy", "scale", "status", "down"):
+        assert command in out.stdout
+    assert "--replicas" in cli("scale", "--help").stdout
+
+
+def test_deploy_needs_a_model_or_an_image() -> None:
+    out = cli("deploy")
+    assert out.returncode == 2 and "one of the arguments --model-dir --model-tag --image is required" in out.stderr
+
+
+def test_deploy_of_a_folder_that_is_no_bundle_fails_before_building(tmp_path: Path) -> None:
+    out = cli("deploy", "--model-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: {tmp_path}: not a model bundle (no bundle.json)"
+
+
+def test_bad_replicas_is_refused() -> None:
+    out = cli("scale", "--replicas", "0")
+    assert out.returncode == 1 and "--replicas must be >= 1" in out.stderr
+
+
+def test_bad_env_is_reported_not_raised() -> None:
+    out = cli("status", env={**os.environ, "DKT_SWARM_TIMEOUT": "x"})
+    assert out.returncode == 1 and out.stderr.startswith("error: environment variable DKT_SWARM_TIMEOUT")

@@ -1,0 +1,106 @@
+"""Build-context assembly and image naming (pipeline.swarm_images), on the real config and Dockerfiles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.swarm_images import (
+    REPO_ROOT,
+    ImageSpec,
+    assemble_context,
+    context_hash,
+    filter_requirements,
+    load_stack_config,
+    tag_for,
+)
+
+CONFIG = REPO_ROOT / "config" / "swarm.json"
+REQS = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+
+
+def test_filter_requirements_keeps_pins_and_drops_excluded() -> None:
+    lines = ["# comment", "torch==2.13.0", "Flask==3.1.3", "", "gunicorn==27.0.1", "bentoml==1.4.39"]
+    assert filter_requirements(lines, None, ["flask", "gunicorn"]) == ["torch==2.13.0", "bentoml==1.4.39"]
+    assert filter_requirements(lines, ["Flask", "gunicorn"], []) == ["Flask==3.1.3", "gunicorn==27.0.1"]
+
+
+def test_filter_requirements_names_a_missing_pin() -> None:
+    with pytest.raises(ValueError, match="no pin for nosuchpkg"):
+        filter_requirements(REQS, ["Flask", "nosuchpkg"], [])
+
+
+@pytest.mark.parametrize(
+    ("version", "tag"), [("v2", "v2"), ("2024-05-01 run#3", "2024-05-01-run-3"), ("A_b.1", "A_b.1")]
+)
+def test_tag_for_makes_docker_tags(version: str, tag: str) -> None:
+    assert tag_for(version) == tag
+
+
+@pytest.mark.parametrize("bad", ["", "-x", ".x"])
+def test_tag_for_rejects_unusable_versions(bad: str) -> None:
+    with pytest.raises(ValueError, match="Docker tag"):
+        tag_for(bad)
+
+
+def test_real_stack_config_loads() -> None:
+    cfg = load_stack_config(CONFIG)
+    assert cfg.images["inference"].sources == ["dkt", "service.py"]
+    assert {"inference", "client", "proxy"} <= set(cfg.services)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"services": {}, "images": {}}), "images.inference-runtime is missing"),
+        (json.dumps({"services": {}, "images": {"x": {"name": "Bad Name", "dockerfile": "d"}}}), "images.x.name"),
+    ],
+)
+def test_bad_stack_config_names_file_and_field(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "swarm.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_stack_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_runtime_context_has_filtered_pins_ca_and_wheels(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"wheel")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    spec = load_stack_config(CONFIG).images["inference-runtime"]
+    ctx = assemble_context(spec, tmp_path / "ctx", ca_bundle=ca, wheels_dir=wheels)
+    reqs = (ctx / "requirements.txt").read_text().splitlines()
+    assert "torch==2.13.0" in reqs and any(r.startswith("bentoml==") for r in reqs)
+    assert not any(r.lower().startswith(("flask", "gunicorn")) for r in reqs)
+    assert (ctx / "wheels" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").read_bytes() == b"wheel"
+    assert (ctx / "build-ca.crt").read_text() == ca.read_text()
+    assert "FROM ${BASE_IMAGE}" in (ctx / "Dockerfile").read_text()
+
+
+def test_inference_context_copies_service_and_package(tmp_path: Path) -> None:
+    spec = load_stack_config(CONFIG).images["inference"]
+    ctx = assemble_context(spec, tmp_path / "ctx")
+    assert (ctx / "src" / "service.py").read_text() == (REPO_ROOT / "service.py").read_text()
+    assert (ctx / "src" / "dkt" / "predictor.py").is_file()
+    assert not list(ctx.rglob("__pycache__"))
+
+
+def test_missing_source_is_named(tmp_path: Path) -> None:
+    spec = ImageSpec(name="x", dockerfile="docker/client.Dockerfile", sources=["no_such_dir"])
+    with pytest.raises(ValueError, match=r"no_such_dir.*does not exist"):
+        assemble_context(spec, tmp_path / "ctx")
+
+
+def test_context_hash_follows_content(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("one")
+    first = context_hash(tmp_path)
+    assert context_hash(tmp_path) == first
+    (tmp_path / "a" / "f.txt").write_text("two")
+    assert context_hash(tmp_path) != first

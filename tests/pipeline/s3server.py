@@ -1,0 +1,66 @@
+"""A real S3 HTTP endpoint for tests: moto's server in a subprocess, with a versioned bucket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+
+CREDS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+
+    def env(self, prefix: str = "dkt") -> dict[str, str]:
+        return {**CREDS, "DKT_STORE": "s3", "DKT_S3_BUCKET": self.bucket, "DKT_S3_PREFIX": prefix,
+                "DKT_S3_ENDPOINT_URL": self.endpoint}  # fmt: skip
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
+
+
+@contextmanager
+def moto_server(log: Path, bucket: str = "dkt-test") -> Iterator[S3Server]:
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **CREDS})  # fmt: skip
+    try:
+        server = S3Server(f"http://127.0.0.1:{port}", bucket)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start; see {log}") from None
+                time.sleep(0.2)
+        c = server.client()
+        c.create_bucket(Bucket=bucket)
+        c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,89 @@
+"""retrain_and_push_dag's evaluate / push / promote steps with real bundles on a real store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dkt.config import parse_config
+from dkt.experiment import load_run_data, run
+from models.__main__ import main as models_cli
+from pipeline.retrain import decide
+from pipeline.store import VersionedStore
+from pipeline.workdir import work_dir
+from tests.conftest import TINY_LSTM
+
+
+@pytest.fixture(scope="module")
+def flipped_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on inverted answers: really worse on the same held-out users."""
+    tmp = tmp_path_factory.mktemp("flip")
+    data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
+    data.train["answerCode"] = 1 - data.train["answerCode"]
+    data.valid["answerCode"] = 1 - data.valid["answerCode"]
+    cfg = {**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}
+    run(parse_config(cfg), data, tmp / "b", device="cpu", seed=1, model_version="flipped-v2", progress=False)
+    return tmp / "b"
+
+
+def stage(run_id: str, candidate: Path, sim_dir: Path) -> Path:
+    work = work_dir("retrain_and_push", run_id)
+    shutil.copytree(candidate, work / "candidate")
+    (work / "data").mkdir(parents=True)
+    shutil.copy(sim_dir / "test.csv", work / "data" / "test.csv")
+    return work
+
+
+@pytest.mark.parametrize(
+    ("cand", "prod", "tol", "ok"),
+    [(0.70, 0.70, 0.0, True), (0.695, 0.70, 0.01, True), (0.68, 0.70, 0.01, False), (0.5, None, 0.0, True)],
+)
+def test_decide(cand: float, prod: float | None, tol: float, ok: bool) -> None:
+    assert decide({"auc": cand}, {"auc": prod} if prod is not None else None, tol)[0] is ok
+
+
+def test_worse_model_is_pushed_but_not_promoted(
+    store: VersionedStore,
+    lstm_bundle: Path,
+    flipped_bundle: Path,
+    sim_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
+    assert models_cli(["push", str(lstm_bundle), "--promote"]) == 0
+    assert store.pointed("models", "production") == "test-v1"
+    work = stage("run-1", flipped_bundle, sim_dir)
+    for step in ("evaluate", "push-candidate"):
+        assert models_cli([step, "--run-id", "run-1"]) == 0
+    ev = json.loads((work / "evaluation.json").read_text())
+    assert ev["production_version"] == "test-v1"
+    assert ev["candidate"]["auc"] < ev["production"]["auc"] - 0.05
+    assert ev["candidate"]["n_users"] == ev["production"]["n_users"]  # same held-out users
+    assert models_cli(["promote-if-better", "--run-id", "run-1", "--tolerance", "0.01"]) == 99
+    assert store.pointed("models", "production") == "test-v1"
+    assert store.pointed("models", "latest") == "flipped-v2"
+    # A person may still choose it, and roll back.
+    assert models_cli(["promote", "flipped-v2"]) == 0
+    assert store.pointed("models", "production") == "flipped-v2"
+    assert models_cli(["rollback"]) == 0
+    assert store.pointed("models", "production") == "test-v1"
+
+
+def test_better_or_equal_model_is_promoted(
+    store: VersionedStore, lstm_bundle: Path, sim_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
+    assert models_cli(["push", str(lstm_bundle)]) == 0
+    stage("run-2", lstm_bundle, sim_dir)
+    # No production yet: the first candidate is promoted.
+    assert models_cli(["evaluate", "--run-id", "run-2"]) == 0
+    assert models_cli(["push-candidate", "--run-id", "run-2"]) == 0  # already stored: idempotent
+    assert models_cli(["promote-if-better", "--run-id", "run-2"]) == 0
+    assert store.pointed("models", "production") == "test-v1"
+    pulled = tmp_path / "pulled"
+    assert models_cli(["pull", "production", "--dest", str(pulled)]) == 0
+    assert json.loads((pulled / "bundle.json").read_text())["model_version"] == "test-v1"

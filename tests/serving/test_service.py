@@ -1,0 +1,215 @@
+"""The service started for real with `bentoml serve` and called over HTTP."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from dkt.data.schema import validate
+from dkt.predictor import load_predictor
+from tests.serving.servers import Server
+
+pytestmark = pytest.mark.slow
+
+
+def student(sim_dir: Path, n: int, user_rank: int = 0) -> list[dict]:
+    """The first ``n`` answers of a real simulated student with enough history."""
+    df = pd.read_csv(sim_dir / "test.csv", dtype={"assessmentItemID": str, "testId": str})
+    sizes = df.groupby("userID").size().sort_values(ascending=False)
+    rows = df[df["userID"] == sizes.index[user_rank]].head(n)
+    cols = ["assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]
+    return [
+        {k: (int(v) if k in ("answerCode", "KnowledgeTag") else v) for k, v in r.items()}
+        for r in rows[cols].to_dict("records")
+    ]
+
+
+def items(sim_dir: Path, k: int, seed: int = 0) -> list[dict]:
+    q = pd.read_csv(sim_dir / "questions.csv", dtype={"assessmentItemID": str, "testId": str})
+    pick = q.sample(k, random_state=seed)
+    return [
+        {"assessmentItemID": r.assessmentItemID, "testId": r.testId, "KnowledgeTag": int(r.KnowledgeTag)}
+        for r in pick.itertuples()
+    ]
+
+
+def post(service: Server, path: str, body: object, **kw: object) -> requests.Response:
+    return requests.post(service.url + path, json=body, timeout=60, **kw)
+
+
+def local(bundle: Path, history: list[dict], cands: list[dict]) -> np.ndarray:
+    """What the model says in-process, for comparison with the service."""
+    hist = validate(pd.DataFrame(history).assign(userID="u"), "h", row_offset=0)
+    return load_predictor(bundle).predict_candidates(hist.sort_values("Timestamp", kind="stable"), pd.DataFrame(cands))
+
+
+def test_metadata_and_readyz(service: Server, packed) -> None:
+    assert requests.get(service.url + "/readyz", timeout=10).status_code == 200
+    meta = requests.get(service.url + "/metadata", timeout=10).json()
+    bundle = json.loads((packed.bundle / "bundle.json").read_text())
+    assert meta["model_name"] == "lstm"
+    assert meta["model_version"] == bundle["model_version"] == "test-v1"
+    assert meta["data_version"] == bundle["data_version"]
+    assert meta["metrics"]["test_auc"] == pytest.approx(bundle["metrics"]["test_auc"])
+    assert meta["model_tag"] == packed.model_tag
+
+
+def test_predict_matches_the_model(service: Server, packed, sim_dir: Path) -> None:
+    history, cands = student(sim_dir, 30), items(sim_dir, 20)
+    r = post(service, "/predict", {"history": history, "candidates": cands})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "test-v1"
+    got = np.array([p["probability"] for p in body["predictions"]])
+    assert [p["assessmentItemID"] for p in body["predictions"]] == [c["assessmentItemID"] for c in cands]
+    np.testing.assert_allclose(got, local(packed.bundle, history, cands), atol=1e-5)
+    assert ((got > 0) & (got < 1)).all()
+    # The history matters: a student who got everything wrong is predicted lower than one who got all right.
+    right = [{**h, "answerCode": 1} for h in history]
+    wrong = [{**h, "answerCode": 0} for h in history]
+    p_right = [
+        p["probability"]
+        for p in post(service, "/predict", {"history": right, "candidates": cands}).json()["predictions"]
+    ]
+    p_wrong = [
+        p["probability"]
+        for p in post(service, "/predict", {"history": wrong, "candidates": cands}).json()["predictions"]
+    ]
+    assert np.mean(p_right) > np.mean(p_wrong) + 0.05
+
+
+def test_new_student_unseen_items_and_long_history(service: Server, sim_dir: Path) -> None:
+    cands = [*items(sim_dir, 3), {"assessmentItemID": "Z999999999", "testId": "Z999000000", "KnowledgeTag": 987654}]
+    r = post(service, "/predict", {"history": [], "candidates": cands})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 4  # unseen ids fall into the unknown class, not an error
+    # max_seq_len is 50: a 120-answer history scores like its most recent 49 answers, whatever the input order.
+    long = student(sim_dir, 120)
+    shuffled = [long[i] for i in np.random.default_rng(0).permutation(len(long))]
+    full = post(service, "/predict", {"history": shuffled, "candidates": cands}).json()["predictions"]
+    tail = post(service, "/predict", {"history": long[-49:], "candidates": cands}).json()["predictions"]
+    np.testing.assert_allclose([p["probability"] for p in full], [p["probability"] for p in tail], atol=1e-5)
+
+
+def test_knowledge_state_and_score(service: Server, packed, sim_dir: Path) -> None:
+    history = student(sim_dir, 40)
+    ks = post(service, "/knowledge_state", {"history": history}).json()
+    catalog = json.loads((packed.bundle / "catalog.json").read_text())
+    assert sorted(s["KnowledgeTag"] for s in ks["skills"]) == sorted(int(t) for t in catalog)
+    assert all(0 < s["mastery"] < 1 for s in ks["skills"])
+    p = load_predictor(packed.bundle)
+    hist = validate(pd.DataFrame(history).assign(userID="u"), "h", row_offset=0)
+    expected = p.knowledge_state(hist)
+    for s in ks["skills"]:
+        assert s["mastery"] == pytest.approx(expected[s["KnowledgeTag"]], abs=1e-5)
+    some = post(service, "/knowledge_state", {"history": history, "tags": [int(next(iter(catalog)))]}).json()
+    assert len(some["skills"]) == 1
+
+    questions = items(sim_dir, 10, seed=3)
+    score = post(service, "/score", {"history": history, "questions": questions}).json()
+    probs = [
+        x["probability"]
+        for x in post(service, "/predict", {"history": history, "candidates": questions}).json()["predictions"]
+    ]
+    assert score["expected_score"] == pytest.approx(100 * np.mean(probs), abs=0.01)
+    assert score["n_questions"] == 10
+
+
+CAND = {"assessmentItemID": "A010001001", "testId": "A010000001", "KnowledgeTag": 1101}
+ROW = {
+    "assessmentItemID": "A010001001",
+    "testId": "A010000001",
+    "answerCode": 1,
+    "Timestamp": "2020-01-01 10:00:00",
+    "KnowledgeTag": 1101,
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (
+            {"history": [{**ROW, "Timestamp": "yesterday"}], "candidates": [CAND]},
+            ["history", 0, "Timestamp"],
+            "bad timestamp",
+        ),
+        (
+            {"history": [{**ROW, "Timestamp": "2020-13-45 99:00:00"}], "candidates": [CAND]},
+            ["history", 0, "Timestamp"],
+            "bad timestamp",
+        ),
+        ({"history": [{**ROW, "answerCode": "1"}], "candidates": [CAND]}, ["history", 0, "answerCode"], "integer"),
+        (
+            {"history": [{**ROW, "answerCode": 2}], "candidates": [CAND]},
+            ["history", 0, "answerCode"],
+            "less than or equal",
+        ),
+        (
+            {"history": [{**ROW, "KnowledgeTag": "math"}], "candidates": [CAND]},
+            ["history", 0, "KnowledgeTag"],
+            "integer",
+        ),
+        (
+            {"history": [{**ROW, "assessmentItemID": ""}], "candidates": [CAND]},
+            ["history", 0, "assessmentItemID"],
+            "at least 1",
+        ),
+        (
+            {"history": [{k: v for k, v in ROW.items() if k != "testId"}], "candidates": [CAND]},
+            ["history", 0, "testId"],
+            "required",
+        ),
+        ({"history": "none", "candidates": [CAND]}, ["history"], "list"),
+        ({"history": []}, ["candidates"], "required"),
+        ({"history": [], "candidates": []}, ["candidates"], "at least 1"),
+        ({"history": [], "candidates": [CAND] * 501}, ["candidates"], "at most 500"),
+        ({"history": [ROW, ROW], "candidates": [CAND]}, [], "history[1] repeats history[0]"),
+    ],
+)
+def test_bad_requests_name_the_field(service: Server, body: dict, field: list, reason: str) -> None:
+    r = post(service, "/predict", body)
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert any(d["loc"] == field and reason in d["msg"] for d in detail), detail
+
+
+def test_bad_bodies(service: Server) -> None:
+    url = service.url + "/predict"
+    for data in (b"", b"{not json", b"[1, 2]", b"null"):
+        r = requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 400, (data, r.status_code, r.text)
+    big = b'{"history": [' + b" " * (5 * 1024 * 1024) + b"]}"
+    r = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "over" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit must hold for streamed bodies too
+        for _ in range(5 * 16):
+            yield b" " * 65536
+
+    r = requests.post(url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert requests.get(service.url + "/readyz", timeout=10).status_code == 200  # and the service is still fine
+
+
+def test_concurrent_requests_are_batched_correctly(service: Server, sim_dir: Path) -> None:
+    """32 students at once (different histories) get exactly what each gets alone."""
+    bodies = [
+        {"history": student(sim_dir, 10 + 3 * i, user_rank=i % 8), "candidates": items(sim_dir, 5 + i % 7, seed=i)}
+        for i in range(32)
+    ]
+    alone = [post(service, "/predict", b).json()["predictions"] for b in bodies[:8]]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda b: post(service, "/predict", b), bodies))
+    assert all(r.status_code == 200 for r in together), [r.text for r in together if r.status_code != 200]
+    for a, r in zip(alone, together[:8], strict=False):
+        np.testing.assert_allclose(
+            [p["probability"] for p in r.json()["predictions"]], [p["probability"] for p in a], atol=1e-5
+        )
+    for b, r in zip(bodies, together, strict=True):
+        assert len(r.json()["predictions"]) == len(b["candidates"])
