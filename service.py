@@ -55,6 +55,7 @@ SERVICE_TIMEOUT_S = _env_int("DKT_SERVICE_TIMEOUT_S", 30)
 # One intra-op thread: batching already fills a core, and on a busy host torch's thread pool spin-waits
 # (measured 10x slower per request with 2 threads on a loaded 2-core machine).
 TORCH_THREADS = _env_int("DKT_TORCH_THREADS", 1)
+ACCESS_LOG = os.environ.get("DKT_ACCESS_LOG", "1") not in ("0", "false", "no")  # one line per request
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
@@ -276,6 +277,7 @@ info_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
     traffic={"timeout": SERVICE_TIMEOUT_S, "max_concurrency": 256},
     workers=1,
     endpoints={"readyz": "/readyz", "livez": "/livez"},
+    logging={"access": {"enabled": ACCESS_LOG}},
 )
 class DKTService:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)

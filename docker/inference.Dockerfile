@@ -22,6 +22,6 @@ LABEL org.opencontainers.image.title="dkt-inference" \
       org.opencontainers.image.version="${MODEL_VERSION}"
 USER dkt
 EXPOSE 3000
-HEALTHCHECK --interval=3s --timeout=3s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=3s --timeout=3s --start-period=240s --retries=3 \
   CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['DKT_PORT'], timeout=2)"
 CMD ["sh", "-c", "exec bentoml serve service:DKTService --host 0.0.0.0 --port \"$DKT_PORT\""]

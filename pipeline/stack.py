@@ -41,7 +41,8 @@ def defaults() -> dict[str, str]:
         "DKT_CLIENT_DB": str(VAR / "client.db"),
         "DKT_QUESTIONS": str(SIM_DIR / "questions.csv"),
         "DKT_APP_PYTHON": sys.executable,
-        "DKT_TRAIN_EPOCHS": "5",
+        # Short enough for a first `make up` on a busy 2-core CPU (~20-60 s per epoch on 500 students).
+        "DKT_TRAIN_EPOCHS": "3",
         "AIRFLOW_HOME": str(VAR / "airflow"),
     }
     return {k: v for k, v in d.items() if not os.environ.get(k)}
@@ -183,11 +184,13 @@ def ensure_airflow() -> tuple[str, str]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         if proc.returncode:
             raise SystemExit(f"error: airflow db migrate failed: {proc.stderr[-2000:]}")
+    url = f"http://127.0.0.1:{port}"
     start("airflow-api-server", [airflow, "api-server", "--port", port, "--host", "127.0.0.1"], env)
+    # Tasks talk to the execution API on the api-server: a scheduler started before it answers
+    # runs the first (due @daily) task into a timeout and burns one of its retries.
+    wait_http(url + "/api/v2/monitor/health", 180, "Airflow api-server")
     start("airflow-scheduler", [airflow, "scheduler"], env)
     start("airflow-dag-processor", [airflow, "dag-processor"], env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/api/v2/monitor/health", 180, "Airflow api-server")
     return url, password
 
 

@@ -10,6 +10,9 @@ from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
 from dkt.simulate import simulate, write
 
+# Serving fixtures (a packed model, a live `bentoml serve`) shared by tests/serving and tests/client.
+pytest_plugins = ["tests.serving.fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
 

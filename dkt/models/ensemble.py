@@ -103,7 +103,7 @@ def train_ensemble(
         path = Path(m.config) if Path(m.config).is_absolute() else config_dir / m.config
         cfg = load_config(path)
         if cfg.model == "ensemble":
-            raise ConfigError(f"{path}: members[{i}] is itself an ensemble; nest members directly instead")
+            raise ConfigError(f"{path}: members[{i}] is itself an ensemble; list its members here instead")
         member_cfgs.append((path, cfg))
 
     names, member_metrics = [], []
@@ -126,9 +126,9 @@ def train_ensemble(
     labelled = valid_y >= 0
     dev = str(resolve_device(device))
     probs = [load_predictor(out_dir / MEMBERS_DIR / n, device=dev).predict_rows(data.valid) for n in names]
-    if params.fit_weights:
+    if params.fit_weights and len(np.unique(valid_y[labelled])) == 2:
         weights = fit_weights([p[labelled] for p in probs], valid_y[labelled].astype(np.float64))
-    else:
+    else:  # as configured; also when validation has too few labels to fit anything on
         weights = normalise([m.weight for m in config.members])
     write_json(
         out_dir / ENSEMBLE_FILE,

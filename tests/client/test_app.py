@@ -96,6 +96,7 @@ def test_bad_input_and_csrf(tmp_path: Path, sim_dir: Path, dead_url: str) -> Non
     assert c.post("/answer", data={"item": current_item(page), "answer": "1"}).status_code == 400
 
 
+@pytest.mark.slow  # four `flask` CLI runs
 def test_export_watermark_is_exact_and_repeatable(tmp_path: Path, sim_dir: Path, dead_url: str) -> None:
     app = make_app(tmp_path, sim_dir, dead_url)
     clients = [app.test_client() for _ in range(3)]

@@ -165,7 +165,7 @@ ROW = {
             ["history", 0, "testId"],
             "required",
         ),
-        ({"history": "none", "candidates": [CAND]}, ["history"], "list"),
+        ({"history": "none", "candidates": [CAND]}, ["history"], "valid array"),
         ({"history": []}, ["candidates"], "required"),
         ({"history": [], "candidates": []}, ["candidates"], "at least 1"),
         ({"history": [], "candidates": [CAND] * 501}, ["candidates"], "at most 500"),

@@ -30,7 +30,15 @@ from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 
 REPO = Path(__file__).resolve().parents[3]
-SMALL = {"num_leaves": 15, "learning_rate": 0.1, "n_estimators": 120, "min_child_samples": 20, "log_every": 0, "n_jobs": 1}
+# One thread: tests share the machine, and LightGBM's OpenMP threads crawl when cores are oversubscribed.
+SMALL = {
+    "num_leaves": 15,
+    "learning_rate": 0.1,
+    "n_estimators": 120,
+    "min_child_samples": 20,
+    "log_every": 0,
+    "n_jobs": 1,
+}
 
 
 def split(df: pd.DataFrame, parts: tuple[float, ...], seed: int) -> list[pd.DataFrame]:
@@ -158,6 +166,7 @@ def test_repo_config_is_valid() -> None:
     assert parse_params(cfg.model_params).n_jobs <= 2  # shared CI machines: stay within two threads
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds, not milliseconds
 def test_cli_rejects_bad_params_with_exit_2(tmp_path: Path, data: RunData) -> None:
     fmt = "%Y-%m-%d %H:%M:%S"
     few = data.train[data.train["userID"].isin(data.train["userID"].unique()[:5])]  # enough users to split

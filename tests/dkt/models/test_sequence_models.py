@@ -6,6 +6,7 @@ through the same encoding that training and serving use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,15 @@ class SimData:
     test: pd.DataFrame
     encoder: FeatureEncoder
     oracle_test_auc: float
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds sync cost, and on a busy CPU it costs 10x or more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A packed model and a live `bentoml serve`, made once per test session."""
+"""A packed model and a live `bentoml serve`, made once per test session (a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Prepare the inference host: Docker engine + single-node swarm, local registry, offline base image,
+# the app virtualenv, Airflow (own virtualenv, generated admin password) with the project's DAGs,
+# and — given a model bundle — the DKT stack. Idempotent and non-interactive: rerun it any time.
+set -euo pipefail
+cd "$(dirname "$0")"
+repo="$(pwd)"
+
+usage() {
+  cat <<'USAGE'
+usage: ./init_for_inference_server.sh [--model-dir DIR] [--no-airflow] [--help]
+
+  --model-dir DIR   deploy (or roll) the stack to this model bundle now; without it the stack is
+                    deployed by update_inference_server_dag when a model is promoted
+  --no-airflow      skip the Airflow virtualenv and services
+
+env (defaults in brackets):
+  DKT_REGISTRY [127.0.0.1:5000]     registry; a local one is started when it is on loopback
+  DKT_BASE_IMAGE [local/python:3.11-bookworm]  python:3.11-slim where a registry is reachable
+  AIRFLOW_HOME [var/airflow]        Airflow's home (SQLite DB, logs, generated passwords)
+  DKT_AIRFLOW_PORT [8081]           Airflow API server / UI port
+  DKT_DEPLOY_MODE is set to swarm for the Airflow services started here
+USAGE
+}
+model_dir=""
+airflow=1
+while (($#)); do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --model-dir) model_dir="${2:?--model-dir needs a folder}"; shift 2 ;;
+    --no-airflow) airflow=0; shift ;;
+    *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+step() { echo "==> $*"; }
+
+step "Docker engine and swarm"
+docker_manual/start_docker.sh --swarm
+
+step "registry ${DKT_REGISTRY:-127.0.0.1:5000}"
+docker_manual/start_registry.sh
+
+step "base image"
+docker_manual/build_base_image.sh
+
+step "app virtualenv (.venv)"
+make -s setup PYTHON="${PYTHON:-python3}"
+
+if [[ $airflow -eq 1 ]]; then
+  step "Airflow virtualenv (.venv-airflow) and services"
+  export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"
+  export AIRFLOW__CORE__DAGS_FOLDER="$repo/dags"
+  export AIRFLOW__CORE__LOAD_EXAMPLES=False
+  # Airflow 3's simple auth manager generates the admin password into AIRFLOW_HOME on first start.
+  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+  export DKT_DEPLOY_MODE=swarm
+  mkdir -p "$AIRFLOW_HOME" "$repo/var/run"
+  if [[ ! -x .venv-airflow/bin/airflow ]]; then
+    "${PYTHON:-python3}" -m venv .venv-airflow
+    .venv-airflow/bin/pip install -q -r requirements-airflow.txt
+  fi
+  .venv-airflow/bin/airflow db migrate >/dev/null
+  for svc in "api-server --port ${DKT_AIRFLOW_PORT:-8081}" scheduler dag-processor; do
+    name="${svc%% *}"
+    pidfile="$repo/var/run/airflow-$name.pid"
+    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "airflow $name already running (pid $(cat "$pidfile"))"
+      continue
+    fi
+    # shellcheck disable=SC2086  # $svc holds the subcommand and its flags
+    nohup .venv-airflow/bin/airflow $svc >>"$AIRFLOW_HOME/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    echo "airflow $name started (pid $!, log $AIRFLOW_HOME/$name.log)"
+  done
+  pwfile="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+  for _ in $(seq 1 60); do [[ -s "$pwfile" ]] && break; sleep 1; done
+  if [[ -s "$pwfile" ]]; then
+    chmod 600 "$pwfile"
+    echo "Airflow UI: http://127.0.0.1:${DKT_AIRFLOW_PORT:-8081}  user admin, password in $pwfile"
+  else
+    echo "warning: Airflow has not written $pwfile yet; see $AIRFLOW_HOME/api-server.log" >&2
+  fi
+fi
+
+if [[ -n "$model_dir" ]]; then
+  step "stack: deploy $model_dir"
+  .venv/bin/python -m pipeline.swarm deploy --model-dir "$model_dir"
+else
+  step "stack: not deployed now (give --model-dir, or promote a model: update_inference_server_dag)"
+fi
+echo "done"

@@ -1,0 +1,245 @@
+"""End to end on a real single-node swarm: build, deploy, rolling update under load, automatic rollback.
+
+Students answer questions through the client (the proxy's published port -> client -> inference by
+service name) without pause while ``python -m pipeline.swarm deploy`` moves inference to a new model
+version, and again while it deploys an image whose readiness check fails. Every request must succeed
+and show a model version; figures are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.swarm_images import REPO_ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+MODEL_RE = re.compile(r'<p class="foot">Model ([^<]+)</p>')
+ITEM_RE = re.compile(r'name="item" value="([^"]+)"')
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+STUDENTS = 4
+
+
+def docker_ok() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI (make test-setup installs docker.io as root)"
+    info = subprocess.run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return f"no Docker engine answers: {info.stderr.strip()[:200]}"
+    if shutil.which("docker-registry") is None and not os.environ.get("DKT_REGISTRY"):
+        return "no docker-registry binary and no DKT_REGISTRY (apt-get install -y docker-registry)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def swarm() -> Iterator[None]:
+    reason = docker_ok()
+    if reason:
+        pytest.skip(reason)
+    state = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    created = state != "active"
+    if created:
+        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True, check=True)
+    yield
+    if created:
+        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def registry(swarm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("DKT_REGISTRY"):
+        yield os.environ["DKT_REGISTRY"]
+        return
+    addr = f"127.0.0.1:{free_port()}"
+    root = tmp_path_factory.mktemp("registry")
+    env = {**os.environ, "REGISTRY_HTTP_ADDR": addr, "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root)}
+    log = (root / "registry.log").open("w")
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(REPO_ROOT / "docker" / "registry.yml")], env=env, stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://{addr}/v2/", timeout=1)
+            break
+        except requests.RequestException:
+            time.sleep(0.2)
+    yield addr
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def bundles(lstm_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """v1 is the session's trained bundle; v2 the same weights under a new model version (a deploy does not
+    care how a model was trained, only that its version differs and /metadata says so)."""
+    v2 = tmp_path_factory.mktemp("bundle-v2") / "lstm"
+    shutil.copytree(lstm_bundle, v2)
+    meta = json.loads((v2 / "bundle.json").read_text())
+    meta["model_version"] = "test-v2"
+    (v2 / "bundle.json").write_text(json.dumps(meta))
+    return lstm_bundle, v2
+
+
+@pytest.fixture(scope="module")
+def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    stack = f"dkte2e{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "DKT_REGISTRY": registry,
+        "DKT_STACK": stack,
+        "DKT_CLIENT_HOST_PORT": str(free_port()),
+        "DKT_INFERENCE_HOST_PORT": str(free_port()),
+        "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
+        "DKT_SWARM_TIMEOUT": "600",
+        "DKT_SECRET_KEY": uuid.uuid4().hex,
+    }
+    yield env
+    subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
+    refs = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry}/dkt-inference"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    # the per-run model images go; base, runtime, client and proxy images stay as the build cache
+    if refs:
+        subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True)
+
+
+def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.swarm", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    return proc, time.monotonic() - t0
+
+
+@dataclass
+class Load:
+    """Students answering questions through the client without pause, each reply checked."""
+
+    url: str
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _page(self, resp: requests.Response, what: str) -> str | None:
+        version = MODEL_RE.search(resp.text) if resp.status_code == 200 else None
+        with self.lock:
+            if version is None:
+                self.failures.append(f"{what}: HTTP {resp.status_code} {resp.text[:120]!r}")
+                return None
+            self.ok += 1
+            self.versions.append((time.monotonic(), version.group(1)))
+        return resp.text
+
+    def student(self, n: int) -> None:
+        s = requests.Session()
+        try:
+            page = s.get(self.url + "/", timeout=30).text
+            token = CSRF_RE.search(page)
+            assert token, page[:200]
+            text = self._page(
+                s.post(self.url + "/start", data={"csrf_token": token.group(1), "nickname": f"e2e{n}"}, timeout=30),
+                "start",
+            )
+            while not self.stop.is_set():
+                if text is None:
+                    text = self._page(s.get(self.url + "/practice", timeout=30), "practice")
+                    continue
+                item, token = ITEM_RE.search(text), CSRF_RE.search(text)
+                assert item and token
+                form = {"csrf_token": token.group(1), "item": item.group(1), "answer": str(n % 7)}
+                text = self._page(s.post(self.url + "/answer", data=form, timeout=30), "answer")
+        except (requests.RequestException, AssertionError) as exc:
+            with self.lock:
+                self.failures.append(f"student {n}: {type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self.student, args=(i,), daemon=True) for i in range(STUDENTS)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def test_rolling_update_and_rollback_serve_every_request(stack_env: dict[str, str], bundles: tuple[Path, Path]) -> None:
+    v1, v2 = bundles
+    client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
+
+    first, first_s = swarm_cli(stack_env, "deploy", "--model-dir", str(v1))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads(first.stdout)["model_version"] == "test-v1"
+
+    with Load(client) as load:
+        time.sleep(3)
+        update, update_s = swarm_cli(stack_env, "deploy", "--model-dir", str(v2))
+        converged = time.monotonic()
+        time.sleep(5)
+    assert update.returncode == 0, update.stderr[-3000:]
+    out = json.loads(update.stdout)
+    print(
+        f"\n[e2e] first deploy {first_s:.0f} s; update promoted->all replicas serve v2 {update_s:.0f} s "
+        f"(build {out['build_seconds']} s, rollout {out['rollout_seconds']} s); "
+        f"requests during update: {load.ok} ok, {len(load.failures)} failed"
+    )
+    assert load.failures == [], load.failures[:5]
+    assert load.ok >= 50, "the load generator hardly ran"
+    assert {v for _, v in load.versions} >= {"test-v1", "test-v2"}
+    after = [v for t, v in load.versions if t > converged]
+    assert after and set(after) == {"test-v2"}
+
+    v2_image = out["images"]["inference"]
+    broken = v2_image.rsplit(":", 1)[0] + ":test-broken"
+    dockerfile = f"FROM {v2_image}\nENV DKT_MODEL_TAG=dkt-model:no-such-version\n"
+    subprocess.run(["docker", "build", "-t", broken, "-"], input=dockerfile, text=True, check=True, capture_output=True)
+    subprocess.run(["docker", "push", broken], check=True, capture_output=True)
+
+    with Load(client) as load:
+        time.sleep(3)
+        rollback, rollback_s = swarm_cli(stack_env, "deploy", "--image", broken)
+        time.sleep(3)
+    print(
+        f"[e2e] broken image rolled back in {rollback_s:.0f} s; requests during it: "
+        f"{load.ok} ok, {len(load.failures)} failed"
+    )
+    assert rollback.returncode == 1, rollback.stdout + rollback.stderr[-2000:]
+    assert "failed and was rolled back" in rollback.stderr and ":test-broken" in rollback.stderr
+    assert load.failures == [], load.failures[:5]
+    assert load.ok >= 20 and {v for _, v in load.versions} == {"test-v2"}
+
+    status, _ = swarm_cli(stack_env, "status")
+    inference = json.loads(status.stdout)["services"]["inference"]
+    assert inference["image"].startswith(v2_image) and inference["running"] == 3
