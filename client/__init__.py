@@ -12,6 +12,7 @@ and the page says predictions are unavailable.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import sys
@@ -150,7 +151,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             flash(f"Type an answer of 1 to {MAX_ANSWER_CHARS} characters.", "error")
             return redirect(url_for("practice"))
         question = bank.item(item_id)
-        assert question is not None
+        if question is None:  # the item bank changed under this student: give them a question that exists
+            refresh(int(row["id"]))
+            flash("That question is no longer in the bank; here is another one.", "info")
+            return redirect(url_for("practice"))
         correct = grade(given, str(question["answer"]))
         db.record_answer(conn(), int(row["id"]), question, correct, given)  # committed: autocommit connection
         if correct:
@@ -194,8 +198,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _json(text: str | None) -> dict[str, Any]:
-    import json
-
     if not text:
         return {}
     value = json.loads(text)

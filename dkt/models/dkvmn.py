@@ -50,7 +50,7 @@ class DKVMNModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         query, interaction = self.inp(batch)
-        b, t, _ = query.shape
+        b = query.shape[0]
         # Everything that does not depend on the memory is computed for all steps at once.
         read_w = torch.softmax(self.key_proj(query) @ self.key_memory.T, dim=-1)  # (B, T, N)
         write_w = torch.cat([torch.zeros_like(read_w[:, :1]), read_w[:, :-1]], dim=1)  # address of query t-1
