@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dkt.models import model_names
+from dkt.models import TORCH_MODELS, model_names
+from dkt.models.base import build_config
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,9 @@ class ExperimentConfig(BaseModel):
             raise ValueError("an ensemble needs at least one entry in 'members'")
         if self.model != "ensemble" and self.members:
             raise ValueError("'members' is only for model 'ensemble'")
+        if self.model in TORCH_MODELS:
+            # Bad model_params fail here, naming the config file, not after the data is loaded.
+            build_config(TORCH_MODELS[self.model][0], self.model_params)
         return self
 
 

@@ -33,7 +33,8 @@ class DKVMNConfig(InputConfig):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"DKVMNConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("dropout", "emb_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
                 raise ValueError(f"DKVMNConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 

@@ -34,7 +34,8 @@ class SaintConfig(InputConfig):
         if self.d_model % self.n_heads:
             raise ValueError(f"SaintConfig: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         for name in ("dropout", "emb_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
                 raise ValueError(f"SaintConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from dkt.config import TrainParams
+from dkt.config import ConfigError, TrainParams, load_config, parse_config
 from dkt.data.features import CATEGORICAL, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
 from dkt.data.schema import COLUMNS, validate
 from dkt.data.sequences import PAD_ROW, Batcher, make_windows
@@ -26,6 +27,7 @@ from dkt.scoring import score_windows
 from dkt.simulate import simulate
 from dkt.training import fit_sequence_model, seed_everything
 
+REPO = Path(__file__).resolve().parents[3]
 MODELS = sorted(TORCH_MODELS)
 NEW_MODELS = ["bert", "dkvmn", "lstmattn", "saint"]
 SEQ_LEN = 50
@@ -196,6 +198,7 @@ BAD_PARAMS = [
     ("lstmattn", {"n_attn_layers": 0}, "n_attn_layers must be a positive integer"),
     ("bert", {"hidden_dim": 100, "n_heads": 3}, "hidden_dim .100. must be divisible by n_heads .3."),
     ("bert", {"dropout": 1.5}, "dropout must be in"),
+    ("lstmattn", {"dropout": "0.2"}, "dropout must be in .0, 1., got .0.2."),
     ("saint", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
     ("saint", {"n_dec_layers": "2"}, "n_dec_layers must be a positive integer, got '2'"),
     ("dkvmn", {"memory_size": 0}, "memory_size must be a positive integer"),
@@ -235,3 +238,17 @@ def test_learns_from_history_beyond_item_difficulty(name: str, data: SimData) ->
     assert model_auc > baseline + 0.03, (model_auc, baseline)
     # Beating the simulator's own P(correct) would mean the model saw the answers it predicts.
     assert model_auc < data.oracle_test_auc + 0.01, (model_auc, data.oracle_test_auc)
+
+
+@pytest.mark.parametrize(("name", "params", "message"), BAD_PARAMS[:3])
+def test_bad_parameter_fails_when_the_config_is_read(name: str, params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"exp\.json: invalid config\n.*{message}"):
+        parse_config({"model": name, "model_params": params}, "exp.json")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_config_builds_its_model(name: str, data: SimData) -> None:
+    config = load_config(REPO / "config" / f"{name}.json")
+    assert config.model == name
+    assert config.model_params.get("max_positions", config.train.max_seq_len) >= config.train.max_seq_len
+    build_torch_model(name, config.model_params, data.encoder.sizes())
