@@ -14,7 +14,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DKT_QUESTIONS=/app/questions.csv \
     DKT_ENV=production \
     DKT_PORT=8000 \
-    GUNICORN_WORKERS=2
+    GUNICORN_WORKERS=2 \
+    GUNICORN_THREADS=4
 
 COPY build-ca.crt /etc/ssl/certs/dkt-build-ca.crt
 COPY requirements.txt /tmp/requirements.txt
@@ -30,6 +31,8 @@ ARG VERSION=dev
 LABEL org.opencontainers.image.title="dkt-client" org.opencontainers.image.version="${VERSION}"
 USER dkt
 EXPOSE 8000
+# Threads: a page waits on inference; with sync workers two slow pages would leave no worker for the
+# proxy's health check, and the proxy would take the only client out of service.
 HEALTHCHECK --interval=3s --timeout=3s --start-period=20s --retries=3 \
   CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' % os.environ['DKT_PORT'], timeout=2)"
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:$DKT_PORT --workers $GUNICORN_WORKERS --access-logfile - 'client:create_app()'"]
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:$DKT_PORT --workers $GUNICORN_WORKERS --threads $GUNICORN_THREADS --access-logfile - 'client:create_app()'"]

@@ -44,9 +44,20 @@ if ! docker info >/dev/null 2>&1; then
     systemctl start docker
   else
     log="${DKT_DOCKERD_LOG:-/var/log/dockerd.log}"
-    nohup dockerd >>"$log" 2>&1 &
+    # A dockerd that was killed leaves its pid file; dockerd refuses to start when that pid was reused.
+    pidfile=/var/run/docker.pid
+    if [[ -f $pidfile ]]; then
+      pid="$(cat "$pidfile" 2>/dev/null || true)"
+      if [[ -z $pid ]] || [[ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" != dockerd ]]; then
+        echo "removing stale $pidfile (pid '${pid}' is not a running dockerd)"
+        rm -f "$pidfile"
+      fi
+    fi
+    # setsid: its own session, so the daemon outlives the shell or job that started it (a killed process
+    # group would otherwise take dockerd down with it, mid-deploy).
+    setsid nohup dockerd >>"$log" 2>&1 </dev/null &
   fi
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "error: dockerd did not start; see ${log:-journalctl -u docker}" >&2; exit 1; }
   echo "dockerd started"
 fi

@@ -41,7 +41,9 @@ def test_only_the_single_proxy_publishes_and_in_host_mode(stack: dict[str, Any])
 
 
 def test_client_reaches_inference_by_service_name_on_the_overlay(stack: dict[str, Any]) -> None:
-    assert stack["services"]["client"]["environment"]["DKT_INFERENCE_URL"] == "http://inference:3000"
+    # through the proxy, which only balances over replicas whose /readyz answers; by name, so dnsrr (no IPVS)
+    assert stack["services"]["client"]["environment"]["DKT_INFERENCE_URL"] == "http://proxy:3000"
+    assert stack["services"]["proxy"]["deploy"]["endpoint_mode"] == "dnsrr"
     assert stack["networks"]["dkt"]["driver"] == "overlay"
     assert all(svc["networks"] == ["dkt"] for svc in stack["services"].values())
 
