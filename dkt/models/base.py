@@ -28,6 +28,22 @@ class InputConfig:
     use_continuous: bool = True
 
 
+def check_positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the config class and field unless each field is an integer >= 1."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def check_fractions(cfg: Any, names: tuple[str, ...] = ("dropout", "emb_dropout")) -> None:
+    """Raise a ValueError naming the config class and field unless each field is a number in [0, 1)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be in [0, 1), got {value!r}")
+
+
 def build_config(cls: type, params: dict[str, Any]) -> Any:
     """Make a model config dataclass from JSON params, naming any unknown or bad key."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_fractions, check_positive_ints
 
 
 @dataclass
@@ -28,17 +28,14 @@ class BertKTConfig(InputConfig):
     max_positions: int = 512  # must cover train.max_seq_len
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_heads", "ff_mult", "max_positions"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"BertKTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(
+            self, ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_heads", "ff_mult", "max_positions")
+        )
         if self.hidden_dim % self.n_heads:
             raise ValueError(
                 f"BertKTConfig: hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
             )
-        for name in ("dropout", "emb_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"BertKTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        check_fractions(self)
 
 
 class BertKTModel(nn.Module):

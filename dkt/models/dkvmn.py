@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_fractions, check_positive_ints
 
 
 @dataclass
@@ -29,13 +29,8 @@ class DKVMNConfig(InputConfig):
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "emb_dim", "memory_size", "key_dim", "value_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"DKVMNConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("dropout", "emb_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"DKVMNConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        check_positive_ints(self, ("d_model", "emb_dim", "memory_size", "key_dim", "value_dim"))
+        check_fractions(self)
 
 
 class DKVMNModel(nn.Module):

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, causal_mask
+from dkt.models.base import (
+    InputConfig,
+    InputEmbedding,
+    PredictionHead,
+    causal_mask,
+    check_fractions,
+    check_positive_ints,
+)
 
 
 @dataclass
@@ -26,17 +33,12 @@ class LSTMAttnConfig(InputConfig):
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_attn_layers", "n_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"LSTMAttnConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_attn_layers", "n_heads"))
         if self.hidden_dim % self.n_heads:
             raise ValueError(
                 f"LSTMAttnConfig: hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
             )
-        for name in ("dropout", "emb_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"LSTMAttnConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        check_fractions(self)
 
 
 class LSTMAttnModel(nn.Module):

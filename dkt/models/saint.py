@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, causal_mask
+from dkt.models.base import (
+    InputConfig,
+    InputEmbedding,
+    PredictionHead,
+    causal_mask,
+    check_fractions,
+    check_positive_ints,
+)
 
 
 @dataclass
@@ -27,16 +34,12 @@ class SaintConfig(InputConfig):
     max_positions: int = 512  # must cover train.max_seq_len
 
     def __post_init__(self) -> None:
-        ints = ("d_model", "emb_dim", "n_enc_layers", "n_dec_layers", "n_heads", "ff_mult", "max_positions")
-        for name in ints:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"SaintConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(
+            self, ("d_model", "emb_dim", "n_enc_layers", "n_dec_layers", "n_heads", "ff_mult", "max_positions")
+        )
         if self.d_model % self.n_heads:
             raise ValueError(f"SaintConfig: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        for name in ("dropout", "emb_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"SaintConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        check_fractions(self)
 
 
 class SaintModel(nn.Module):
