@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,11 +166,6 @@ def run(
         write_json(out / "history.json", fit["history"])
     write_json(out / BUNDLE_FILE, meta | {"metrics": metrics})
     return metrics
-
-
-def clean_output(out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
