@@ -93,10 +93,20 @@ def save_model(model_dir: Path, name: str, meta: dict[str, Any]) -> str:
 
 
 def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
-    """Build the Bento described by ``bentofile``, pinned to ``model_tag``."""
+    """Build the Bento described by ``bentofile``, pinned to ``model_tag``; an existing one is reused.
+
+    Its version is the model's, and a model version is never overwritten: re-packing the version that is
+    deployed (a redeploy to scale, a retried DAG run) must neither fail nor replace what serves it.
+    """
     import bentoml
+    from bentoml.exceptions import NotFound
 
     spec = yaml.safe_load(bentofile.read_text()) or {}
+    if spec.get("name"):
+        try:
+            return str(bentoml.bentos.get(f"{spec['name']}:{version}").tag)
+        except NotFound:
+            pass
     from bentoml._internal.bento.build_config import BentoEnvSchema
 
     envs = [BentoEnvSchema(**e) for e in spec.get("envs", []) if e.get("name") != "DKT_MODEL_TAG"]

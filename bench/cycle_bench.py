@@ -1,6 +1,6 @@
 """Time one retraining cycle: "N new interactions stored" -> "the service answers with the new model".
 
-    .venv/bin/python bench/cycle_bench.py [--users 300] [--new 200] [--epochs 3] [--config config/lstm.json]
+    .venv/bin/python bench/cycle_bench.py [--users 500] [--new 200] [--epochs 3] [--config config/lstm.json]
 
 Sets up a throwaway stack in a temp folder (simulated data, a first model, the BentoML
 service, the client), lets simulated students store N answers through the client, then
@@ -49,7 +49,7 @@ def sh(argv: list[str], env: dict[str, str], log: Path) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=300, help="simulated students in the initial data set")
+    p.add_argument("--users", type=int, default=500, help="students in the initial data set (as make up)")
     p.add_argument("--new", type=int, default=200, help="new interactions stored through the client")
     p.add_argument("--epochs", type=int, default=3, help="training epochs of the retrain step")
     p.add_argument("--config", default=str(ROOT / "config" / "lstm.json"), help="model config (default: lstm)")

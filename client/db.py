@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +84,39 @@ def set_current(conn: sqlite3.Connection, student_id: int, item: str | None, ins
 def record_answer(
     conn: sqlite3.Connection, student_id: int, question: dict[str, Any], correct: bool, given: str
 ) -> int:
-    """Store one graded answer; returns its id. Committed when this returns."""
-    cur = conn.execute(
-        "INSERT INTO interactions (student_id, userID, assessmentItemID, testId, answerCode, Timestamp, KnowledgeTag,"
-        " given) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            student_id,
-            user_id(student_id),
-            question["assessmentItemID"],
-            question["testId"],
-            int(correct),
-            now(),
-            int(question["KnowledgeTag"]),
-            given,
-        ),
-    )
+    """Store one graded answer; returns its id. Committed when this returns.
+
+    Timestamps have one-second resolution, and (user, item, Timestamp) identifies an answer downstream
+    (the export dedupes on it, the service rejects a history that repeats it). So a student's answers
+    get strictly increasing timestamps: an answer in the same second as the previous one is stamped one
+    second later. BEGIN IMMEDIATE makes read-last-then-insert atomic across gunicorn workers.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        last = conn.execute(
+            "SELECT Timestamp FROM interactions WHERE student_id = ? ORDER BY id DESC LIMIT 1", (student_id,)
+        ).fetchone()
+        stamp = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        if last is not None:
+            stamp = max(stamp, datetime.fromisoformat(last[0]) + timedelta(seconds=1))
+        cur = conn.execute(
+            "INSERT INTO interactions (student_id, userID, assessmentItemID, testId, answerCode, Timestamp,"
+            " KnowledgeTag, given) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                student_id,
+                user_id(student_id),
+                question["assessmentItemID"],
+                question["testId"],
+                int(correct),
+                stamp.strftime("%Y-%m-%d %H:%M:%S"),
+                int(question["KnowledgeTag"]),
+                given,
+            ),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return int(cur.lastrowid or 0)
 
 

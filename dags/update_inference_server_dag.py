@@ -3,6 +3,9 @@
 pull_model (production) -> pack (packer.py) -> deploy -> verify (/metadata reports the new version,
 else the previous server is restored). $DKT_DEPLOY_MODE: local (default; blue/green bentoml serve and
 a client URL switch) or swarm (rolling update). Scheduled on the model asset.
+
+Param ``replicas`` (swarm mode): also scale inference to that many replicas; trigger the DAG with
+``{"replicas": 5}`` to scale (the same model redeploys as a no-op). Empty keeps the current count.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
@@ -27,9 +30,22 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=["dkt", "serving"],
     doc_md=__doc__,
+    params={
+        "replicas": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=32,
+            description="Swarm mode: inference replicas after the deploy; empty keeps the current count.",
+        )
+    },
 ):
     pull = cli("pull_model", "-m pipeline.deploy pull-model", timeout_minutes=15)
     pack = cli("pack", "-m pipeline.deploy pack", timeout_minutes=20)
-    deploy = cli("deploy", "-m pipeline.deploy deploy", timeout_minutes=15)
+    deploy = cli(
+        "deploy",
+        "-m pipeline.deploy deploy{% if params.replicas %} --replicas {{ params.replicas | int }}{% endif %}",
+        timeout_minutes=15,
+    )
     verify = cli("verify", "-m pipeline.deploy verify", timeout_minutes=10)
     pull >> pack >> deploy >> verify

@@ -91,13 +91,19 @@ def parse_pack_output(stdout: str) -> dict[str, str]:
     return {"model_tag": found["model"], "bento_tag": found["bento"]}
 
 
-def deploy(work: Path) -> dict[str, Any]:
+def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
+    """Roll the packed model out. ``replicas`` (swarm only) also scales inference; None keeps the count."""
     packed = read_json(work / "pack.json")
+    if replicas is not None and replicas < 1:
+        raise DeployError(f"replicas must be at least 1, got {replicas}")
     if deploy_mode() == "swarm":
-        # pipeline.swarm's documented CLI: builds the images from the bundle and rolls the stack over,
-        # one replica at a time (start-first); a failing new image is rolled back by Swarm (exit 1).
-        argv = [sys.executable, "-m", "pipeline.swarm", "deploy", "--model-dir", str(work / "model"),
+        # pipeline.swarm's documented CLI: builds the images from the model the pack step put in
+        # BENTOML_HOME and rolls the stack over, one replica at a time (start-first); a failing new
+        # image is rolled back by Swarm (exit 1).
+        argv = [sys.executable, "-m", "pipeline.swarm", "deploy", "--model-tag", packed["model_tag"],
                 "--expect-version", packed["model_version"]]  # fmt: skip
+        if replicas is not None:
+            argv += ["--replicas", str(replicas)]
         print("deploy: " + " ".join(argv), file=sys.stderr)
         proc = subprocess.run(argv, cwd=REPO_ROOT, env=app_env(), stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
@@ -105,6 +111,10 @@ def deploy(work: Path) -> dict[str, Any]:
         lines = proc.stdout.strip().splitlines()
         doc = {"mode": "swarm", **packed, "result": json.loads(lines[-1]) if lines else {}}
     else:
+        if replicas not in (None, 1):
+            # One blue/green server is all local mode runs; say so rather than fail a model rollout over it.
+            print(f"deploy: local mode runs one server; replicas={replicas} applies to swarm mode only",
+                  file=sys.stderr)  # fmt: skip
         doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"])}
     write_json(work / "deploy.json", doc)
     return doc
@@ -302,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("step", choices=["pull-model", "pack", "deploy", "verify", "stop"])
     p.add_argument("--run-id", help="the DAG run id; names the work folder (all steps but stop)")
+    p.add_argument("--replicas", type=int, help="deploy only, swarm mode: inference replicas (default: keep)")
     args = p.parse_args(argv)
     if args.step == "stop":
         stop_local()
@@ -316,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "pack":
             doc = pack(work)
         elif args.step == "deploy":
-            doc = deploy(work)
+            doc = deploy(work, args.replicas)
         else:
             doc = verify(work)
     except (DeployError, StoreError, VersionError, SettingsError, OSError) as exc:

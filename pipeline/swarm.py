@@ -142,7 +142,7 @@ class Stack:
 
 
 def _say(msg: str) -> None:
-    print(f"[swarm] {msg}", file=sys.stderr, flush=True)
+    print(f"[swarm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def resolve_model(model_dir: Path | None, model_tag: str | None) -> tuple[str, str]:

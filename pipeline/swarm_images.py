@@ -244,9 +244,18 @@ def build_inference_image(
     *,
     repo: Path = REPO_ROOT,
 ) -> str:
-    """Build and push the inference image for one packed model; tagged with the model version and `latest`."""
+    """Build and push the inference image for one packed model; tagged with the model version and `latest`.
+
+    A model version is never overwritten, so an image already tagged with it is reused: redeploying
+    the same version (to scale, say) must not change the image digest, or Swarm would roll every replica.
+    """
     name = f"{registry}/{spec.name}"
     ref = f"{name}:{tag_for(model_version)}"
+    if image_exists(ref):
+        run(["docker", "tag", ref, f"{name}:latest"])
+        docker_push(ref)  # the registry may be new (another host, a wiped volume); a no-op when it has it
+        docker_push(f"{name}:latest")
+        return ref
     with tempfile.TemporaryDirectory(prefix="dkt-inference-") as tmp:
         ctx = assemble_context(spec, Path(tmp), repo=repo)
         export_model(model_tag, ctx / "model.bentomodel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,11 +38,15 @@ def migrate(home: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def dags_test(home: Path, dag_id: str, env: dict[str, str], log: Path, timeout: int = 900) -> str:
-    """Run one DAG to the end; returns its log. Raises with the log's tail when the run fails."""
+def dags_test(
+    home: Path, dag_id: str, env: dict[str, str], log: Path, timeout: int = 900, conf: dict[str, object] | None = None
+) -> str:
+    """Run one DAG to the end (with run ``conf``, the params a UI trigger sets); returns its log.
+    Raises with the log's tail when the run fails."""
+    argv = [str(AIRFLOW), "dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
     with log.open("w") as out:
-        proc = subprocess.run([str(AIRFLOW), "dags", "test", dag_id], env=airflow_env(home, env), stdout=out,
-                              stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)  # fmt: skip
+        proc = subprocess.run(argv, env=airflow_env(home, env), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout, cwd=ROOT)  # fmt: skip
     text = log.read_text()
     if proc.returncode != 0 or "state=success" not in text:
         raise AssertionError(f"{dag_id} failed (exit {proc.returncode}); log {log}:\n{text[-6000:]}")

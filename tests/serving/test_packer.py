@@ -14,9 +14,9 @@ from tests.serving.fixtures import Packed
 from tests.serving.servers import PY, ROOT, bentoml_env, bentoml_service
 
 
-def pack(bundle: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def pack(bundle: Path, home: Path, bento: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PY, "packer.py", "--model-dir", str(bundle), "--no-bento"],
+        [PY, "packer.py", "--model-dir", str(bundle), *([] if bento else ["--no-bento"])],
         cwd=ROOT,
         env=bentoml_env(home),
         capture_output=True,
@@ -60,6 +60,10 @@ def test_packed_model_labels_and_repack(packed: Packed) -> None:
     assert info["metadata"]["metrics"]["test_auc"] == pytest.approx(meta["metrics"]["test_auc"])
     again = pack(packed.bundle, packed.home)  # same version again: reused, same tag
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == f"model: {packed.model_tag}"
+    # with the Bento too (a redeploy of the served version): the existing Bento is reused, not an error
+    full = pack(packed.bundle, packed.home, bento=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert full.stdout.strip().splitlines()[-2:] == [f"model: {packed.model_tag}", f"bento: {packed.bento_tag}"]
 
 
 @pytest.mark.slow
