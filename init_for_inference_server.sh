@@ -19,6 +19,11 @@ env (defaults in brackets):
   DKT_BASE_IMAGE [local/python:3.11-bookworm]  python:3.11-slim where a registry is reachable
   AIRFLOW_HOME [var/airflow]        Airflow's home (SQLite DB, logs, generated passwords)
   DKT_AIRFLOW_PORT [8081]           Airflow API server / UI port
+  DKT_TRAIN_EXECUTOR [local]        local: every task runs here. edge: the train-queue tasks go to the
+                                    Edge executor, i.e. to the worker init_for_train_server.sh starts on the
+                                    GPU host; the API server then serves the edge worker API too, and the
+                                    shared secret is generated into var/secrets/airflow_jwt_secret (or taken
+                                    from AIRFLOW__API_AUTH__JWT_SECRET): copy it to the train host
   DKT_DEPLOY_MODE is set to swarm for the Airflow services started here
 USAGE
 }
@@ -54,6 +59,10 @@ if [[ $airflow -eq 1 ]]; then
   # Airflow 3's simple auth manager generates the admin password into AIRFLOW_HOME on first start.
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
   export DKT_DEPLOY_MODE=swarm
+  export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:${DKT_AIRFLOW_PORT:-8081}/execution/"
+  # [core] executor (and, with DKT_TRAIN_EXECUTOR=edge, the edge API and its shared JWT secret).
+  executor_env="$(.venv/bin/python -m pipeline.stack airflow-env)"
+  eval "$executor_env"
   mkdir -p "$AIRFLOW_HOME" "$repo/var/run"
   if [[ ! -x .venv-airflow/bin/airflow ]]; then
     "${PYTHON:-python3}" -m venv .venv-airflow

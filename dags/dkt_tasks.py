@@ -20,6 +20,14 @@ from airflow.sdk import Asset
 REPO = Path(__file__).resolve().parent.parent
 APP_PYTHON = os.environ.get("DKT_APP_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 TRAIN_QUEUE = os.environ.get("DKT_TRAIN_QUEUE", "train")
+# Where the train-host tasks run. "local" (default): the scheduler host's default executor, like every
+# other task. "edge": the Edge executor, i.e. the `airflow edge worker --queues $DKT_TRAIN_QUEUE` that
+# init_for_train_server.sh starts on the GPU host; the scheduler must list it in [core] executor
+# (`make up` / init_for_inference_server.sh do with the same variable).
+TRAIN_EXECUTOR = os.environ.get("DKT_TRAIN_EXECUTOR", "local")
+_EXECUTORS = {"local": None, "edge": "EdgeExecutor"}
+if TRAIN_EXECUTOR not in _EXECUTORS:
+    raise ValueError(f"DKT_TRAIN_EXECUTOR={TRAIN_EXECUTOR!r}: expected one of {sorted(_EXECUTORS)}")
 EXIT_SKIP = 99  # the CLIs exit 99 for "nothing to do": the task is skipped and emits no asset event
 
 DATA_ASSET = Asset(name="dkt_dataset_latest", uri="file:///dkt/datasets/latest")
@@ -33,8 +41,14 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def cli(task_id: str, command: str, timeout_minutes: int = 30, **kwargs: Any) -> BashOperator:
-    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root."""
+def cli(task_id: str, command: str, timeout_minutes: int = 30, train_host: bool = False, **kwargs: Any) -> BashOperator:
+    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root.
+
+    ``train_host``: a GPU task, on queue ``$DKT_TRAIN_QUEUE`` and, with ``DKT_TRAIN_EXECUTOR=edge``,
+    sent to the Edge executor (the worker on the train host serves only that queue)."""
+    if train_host:
+        executor = _EXECUTORS[TRAIN_EXECUTOR]
+        kwargs = {"queue": TRAIN_QUEUE, **({"executor": executor} if executor else {}), **kwargs}
     bash = f"set -euo pipefail; exec {shlex.quote(APP_PYTHON)} {command} --run-id '{{{{ run_id }}}}'"
     return BashOperator(
         task_id=task_id,

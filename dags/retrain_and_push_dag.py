@@ -3,7 +3,7 @@
 pull_data -> train -> evaluate (candidate and production on the same held-out users) -> push_candidate
 -> promote_if_better (AUC drop at most $DKT_PROMOTE_TOLERANCE; emits the model asset when it promotes).
 The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
-want the GPU host. Scheduled on the data asset.
+want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Scheduled on the data asset.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from airflow.sdk import DAG
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, MODEL_ASSET, TRAIN_QUEUE, cli
+from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, MODEL_ASSET, cli
 
 with DAG(
     dag_id="retrain_and_push_dag",
@@ -29,9 +29,9 @@ with DAG(
     tags=["dkt", "model"],
     doc_md=__doc__,
 ):
-    pull = cli("pull_data", "-m models pull-data", timeout_minutes=15, queue=TRAIN_QUEUE)
-    train = cli("train", "-m models train", timeout_minutes=120, queue=TRAIN_QUEUE)
-    evaluate = cli("evaluate", "-m models evaluate", timeout_minutes=30, queue=TRAIN_QUEUE)
-    push = cli("push_candidate", "-m models push-candidate", timeout_minutes=15, queue=TRAIN_QUEUE)
+    pull = cli("pull_data", "-m models pull-data", timeout_minutes=15, train_host=True)
+    train = cli("train", "-m models train", timeout_minutes=120, train_host=True)
+    evaluate = cli("evaluate", "-m models evaluate", timeout_minutes=30, train_host=True)
+    push = cli("push_candidate", "-m models push-candidate", timeout_minutes=15, train_host=True)
     promote = cli("promote_if_better", "-m models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])
     pull >> train >> evaluate >> push >> promote

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dkt.models import TORCH_MODELS, model_names
+from dkt.models import TORCH_MODELS, model_names, torch_model_classes
 from dkt.models.base import build_config
 
 
@@ -68,7 +68,7 @@ class ExperimentConfig(BaseModel):
             raise ValueError("'members' is only for model 'ensemble'")
         if self.model in TORCH_MODELS:
             # Bad model_params fail here, naming the config file, not after the data is loaded.
-            build_config(TORCH_MODELS[self.model][0], self.model_params)
+            build_config(torch_model_classes(self.model)[0], self.model_params)
         return self
 
 

@@ -125,8 +125,25 @@ def decide(candidate: dict[str, float], production: dict[str, float] | None, tol
     return False, f"candidate {METRIC} {c:.4f} is worse than production {p:.4f} by more than {tolerance}"
 
 
+def load_evaluation(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """The evaluate step's result: from the work folder, or, when the train tasks ran on another host
+    (the Edge worker, DKT_TRAIN_EXECUTOR=edge), from the manifest push_candidate stored it in."""
+    local = work / "evaluation.json"
+    if local.is_file():
+        return read_json(local)
+    latest = store.pointed("models", "latest")
+    manifest = store.manifest("models", latest) if latest else {}
+    ev = manifest.get("evaluation")
+    if not isinstance(ev, dict) or ev.get("candidate_version") != latest:
+        raise RuntimeError(
+            f"no {local}, and the latest stored model ({latest}) carries no evaluation of itself: "
+            "run evaluate and push-candidate for this run first"
+        )
+    return ev
+
+
 def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None = None) -> dict[str, Any]:
-    ev = read_json(work / "evaluation.json")
+    ev = load_evaluation(work, store)
     tol = tolerance if tolerance is not None else env_float("DKT_PROMOTE_TOLERANCE", DEFAULT_TOLERANCE)
     ok, why = decide(ev["candidate"], ev.get("production"), tol)
     if not ok:

@@ -3,6 +3,7 @@
     python -m pipeline.stack up      # data, first model, BentoML service, client, Airflow; prints URLs
     python -m pipeline.stack down    # stops everything `up` started
     python -m pipeline.stack status
+    python -m pipeline.stack airflow-env  # shell exports of the executor settings (init_for_inference_server.sh)
 
 Every step checks before it acts, so running ``up`` again only starts what is not
 running. Runtime state: pids and logs in ``run/``, data in ``var/`` (store, client
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -29,6 +31,9 @@ from pipeline.store import VersionedStore
 VAR = env_path("DKT_VAR_DIR", REPO_ROOT / "var")
 SIM_DIR = env_path("DKT_SIM_DIR", REPO_ROOT / "data" / "sim")
 AIRFLOW_VENV = env_path("DKT_AIRFLOW_VENV", REPO_ROOT / ".venv-airflow")
+# DKT_TRAIN_EXECUTOR=edge: the train-host tasks go to this executor (provider apache-airflow-providers-edge3),
+# served by `airflow edge worker` on the GPU host (init_for_train_server.sh); the rest stays on LocalExecutor.
+EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
 
 
 def defaults() -> dict[str, str]:
@@ -137,13 +142,38 @@ def ensure_service(store: VersionedStore) -> str:
     return deploy.current_url()
 
 
-def secret(name: str) -> str:
+def secret(name: str, nbytes: int = 24) -> str:
     f = VAR / "secrets" / name
     if not f.is_file():
         f.parent.mkdir(parents=True, exist_ok=True)
         f.touch(mode=0o600)
-        f.write_text(secrets.token_urlsafe(24))
+        f.write_text(secrets.token_urlsafe(nbytes))
     return f.read_text().strip()
+
+
+def train_executor() -> str:
+    mode = os.environ.get("DKT_TRAIN_EXECUTOR", "local")
+    if mode not in ("local", "edge"):
+        raise SystemExit(f"error: DKT_TRAIN_EXECUTOR={mode!r}: expected 'local' or 'edge'")
+    return mode
+
+
+def executor_env() -> dict[str, str]:
+    """Airflow's executor settings on this (scheduler) host, from ``DKT_TRAIN_EXECUTOR``.
+
+    ``local`` (default): LocalExecutor runs everything. ``edge``: LocalExecutor stays the default and the
+    Edge executor serves the train-queue tasks (dags/dkt_tasks.py routes them with the same variable); the
+    api-server then also serves the edge worker API (``/edge_worker/v1/rpcapi``). Edge workers sign their
+    requests with the shared ``[api_auth] jwt_secret``: ``AIRFLOW__API_AUTH__JWT_SECRET`` when set, else one
+    generated once into ``var/secrets/airflow_jwt_secret`` (copy that file to the train host)."""
+    if train_executor() == "local":
+        return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+    return {
+        "AIRFLOW__CORE__EXECUTOR": f"LocalExecutor,{EDGE_EXECUTOR}",
+        "AIRFLOW__EDGE__API_ENABLED": "True",
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
+        or secret("airflow_jwt_secret", nbytes=64),  # HS512 wants a key of at least 64 bytes
+    }
 
 
 def ensure_client() -> str:
@@ -160,22 +190,24 @@ def ensure_airflow() -> tuple[str, str]:
     home = Path(os.environ["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     port = os.environ.get("DKT_AIRFLOW_PORT", "8080")
+    # A remote edge worker needs to reach the api-server: DKT_AIRFLOW_HOST=0.0.0.0 (or the host's address).
+    host = os.environ.get("DKT_AIRFLOW_HOST", "127.0.0.1")
     pw_file = home / "simple_auth_manager_passwords.json.generated"
     if not pw_file.is_file():
         pw_file.touch(mode=0o600)
         pw_file.write_text(json.dumps({"admin": secrets.token_urlsafe(16)}))
     password = json.loads(pw_file.read_text())["admin"]
     env = {
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pw_file),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__API__PORT": port,
-        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__HOST": host,
+        **executor_env(),
     }
     airflow = str(AIRFLOW_VENV / "bin" / "airflow")
     if not running("airflow-api-server"):
@@ -185,7 +217,7 @@ def ensure_airflow() -> tuple[str, str]:
         if proc.returncode:
             raise SystemExit(f"error: airflow db migrate failed: {proc.stderr[-2000:]}")
     url = f"http://127.0.0.1:{port}"
-    start("airflow-api-server", [airflow, "api-server", "--port", port, "--host", "127.0.0.1"], env)
+    start("airflow-api-server", [airflow, "api-server", "--port", port, "--host", host], env)
     # Tasks talk to the execution API on the api-server: a scheduler started before it answers
     # runs the first (due @daily) task into a timeout and burns one of its retries.
     wait_http(url + "/api/v2/monitor/health", 180, "Airflow api-server")
@@ -212,6 +244,10 @@ DKT is up.
 Stop everything with: make down
 """
     )
+    if train_executor() == "edge":
+        print(f"Train-queue tasks wait for an edge worker: on the train host run ./init_for_train_server.sh with\n"
+              f"  DKT_AIRFLOW_URL=http://<this host>:{os.environ.get('DKT_AIRFLOW_PORT', '8080')} and a copy of "
+              f"{VAR / 'secrets' / 'airflow_jwt_secret'} (see its --help)\n")  # fmt: skip
     return 0
 
 
@@ -235,12 +271,19 @@ def status() -> int:
     return 0
 
 
+def airflow_env() -> int:
+    """Print the executor settings as shell exports: ``eval "$(python -m pipeline.stack airflow-env)"``."""
+    for key, value in executor_env().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.stack", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("command", choices=["up", "down", "status"])
+    p.add_argument("command", choices=["up", "down", "status", "airflow-env"])
     args = p.parse_args(argv)
-    return {"up": up, "down": down, "status": status}[args.command]()
+    return {"up": up, "down": down, "status": status, "airflow-env": airflow_env}[args.command]()
 
 
 if __name__ == "__main__":

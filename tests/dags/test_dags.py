@@ -29,7 +29,15 @@ for d in bag.dags.values():
         "tasks": {{t.task_id: {{"queue": t.queue, "retries": t.retries, "outlets": [o.name for o in t.outlets],
                               "timeout": t.execution_timeout.total_seconds()}} for t in d.tasks}},
         "timetable": type(d.timetable).__name__,
+        "params": d.params.dump(),
     }}
+serve = bag.dags["update_inference_server_dag"]
+deploy = serve.get_task("deploy")
+out["deploy_commands"] = {{
+    str(n): deploy.render_template(deploy.bash_command, {{"params": {{"replicas": n}}, "run_id": "r1"}},
+                                   jinja_env=serve.get_template_env())
+    for n in (5, None)
+}}
 print(json.dumps(out))
 """
 
@@ -58,6 +66,10 @@ def test_dags_import_without_errors(tmp_path: Path) -> None:
     assert info["dags"]["update_data_dag"]["tasks"]["publish"]["outlets"] == ["dkt_dataset_latest"]
     assert info["dags"]["retrain_and_push_dag"]["timetable"] == "AssetTriggeredTimetable"
     assert info["dags"]["update_inference_server_dag"]["timetable"] == "AssetTriggeredTimetable"
+    # Operators scale inference by triggering the deploy DAG with {"replicas": N}; empty keeps the count.
+    assert info["dags"]["update_inference_server_dag"]["params"] == {"replicas": None}
+    assert info["deploy_commands"]["5"].endswith("-m pipeline.deploy deploy --replicas 5 --run-id 'r1'")
+    assert "--replicas" not in info["deploy_commands"]["None"]
     for dag in info["dags"].values():
         assert all(t["retries"] == 2 and t["timeout"] > 0 for t in dag["tasks"].values())
     # No secret in DAG code: credentials only ever come from the worker's environment.

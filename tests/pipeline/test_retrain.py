@@ -64,6 +64,11 @@ def test_worse_model_is_pushed_but_not_promoted(
     assert ev["candidate"]["auc"] < ev["production"]["auc"] - 0.05
     assert ev["candidate"]["n_users"] == ev["production"]["n_users"]  # same held-out users
     assert models_cli(["promote-if-better", "--run-id", "run-1", "--tolerance", "0.01"]) == 99
+    # The promote step on the scheduler host, the train tasks on the Edge worker's: no local evaluation,
+    # the one stored with the candidate decides the same way.
+    (work / "evaluation.json").unlink()
+    assert models_cli(["promote-if-better", "--run-id", "run-1", "--tolerance", "0.01"]) == 99
+    assert models_cli(["promote-if-better", "--run-id", "other-host", "--tolerance", "0.01"]) == 99
     assert store.pointed("models", "production") == "test-v1"
     assert store.pointed("models", "latest") == "flipped-v2"
     # A person may still choose it, and roll back.
@@ -79,6 +84,9 @@ def test_better_or_equal_model_is_promoted(
     monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
     assert models_cli(["push", str(lstm_bundle)]) == 0
     stage("run-2", lstm_bundle, sim_dir)
+    # Nothing evaluated yet, here or in the store (a manual push carries no evaluation): refused, not guessed.
+    assert models_cli(["promote-if-better", "--run-id", "run-2"]) == 2
+    assert store.pointed("models", "production") is None
     # No production yet: the first candidate is promoted.
     assert models_cli(["evaluate", "--run-id", "run-2"]) == 0
     assert models_cli(["push-candidate", "--run-id", "run-2"]) == 0  # already stored: idempotent
