@@ -96,11 +96,18 @@ def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
     exp = read_json(work / "export.json")
     if not prep.get("added_rows"):
         raise NothingNew(f"{prep['new_rows']} exported row(s), none new; latest stays {prep['parent']}")
-    version = prep["version"]
-    if store.exists("datasets", version):
-        # A retry after a crash that happened after the push: finish the pointer move, push nothing twice.
-        store.set_pointer("datasets", "latest", version, reason="push (retry)")
-        return store.manifest("datasets", version)
+    # Version names have one-second resolution, so a stored version of this name is either this run's
+    # own push (a retry after a crash past the upload: finish the pointer move, push nothing twice) or
+    # another run's from the same second (then take the next free name: never treat it as ours).
+    version = base = prep["version"]
+    for n in range(2, 100):
+        if not store.exists("datasets", version):
+            break
+        manifest = store.manifest("datasets", version)
+        if manifest.get("parent") == prep["parent"] and store.holds("datasets", version, work / "dataset"):
+            store.set_pointer("datasets", "latest", version, reason="push (retry)")
+            return manifest
+        version = f"{base}-{n}"
     res = store.push(
         "datasets",
         work / "dataset",

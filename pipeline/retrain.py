@@ -19,7 +19,7 @@ from typing import Any
 from dkt.bundle import default_version, read_meta
 from pipeline.data_update import read_json, write_json
 from pipeline.settings import REPO_ROOT, env_float, env_path
-from pipeline.store import VersionedStore
+from pipeline.store import VersionedStore, VersionError
 
 DEFAULT_TOLERANCE = 0.005
 METRIC = "auc"
@@ -98,7 +98,9 @@ def push_model(work: Path, store: VersionedStore) -> dict[str, Any]:
     """Store the candidate as a new model version (moves ``latest`` only; promotion is separate)."""
     meta = read_meta(work / "candidate")
     version = meta["model_version"]
-    if store.exists("models", version):  # a retry after a crash past the upload
+    if store.exists("models", version):  # a retry after a crash past the upload, if the files are ours
+        if not store.holds("models", version, work / "candidate"):
+            raise VersionError(f"model version {version} is already stored with other files; retrain for a new version")
         store.set_pointer("models", "latest", version, reason="push (retry)")
         return store.manifest("models", version)
     ev = read_json(work / "evaluation.json")

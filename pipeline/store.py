@@ -138,6 +138,13 @@ class VersionedStore:
     def exists(self, kind: Kind, version: str) -> bool:
         return self.blobs.exists(f"{kind}/{check_version_name(version)}/{MANIFEST}")
 
+    def holds(self, kind: Kind, version: str, src: Path) -> bool:
+        """Whether stored ``version`` has exactly the files of ``src`` (same names and sha256)."""
+        files = {p.relative_to(src).as_posix(): p for p in Path(src).rglob("*")
+                 if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}  # fmt: skip
+        stored = self.manifest(kind, version).get("files", {})
+        return set(files) == set(stored) and all(sha256_file(p) == stored[k]["sha256"] for k, p in files.items())
+
     def versions(self, kind: Kind) -> list[dict[str, Any]]:
         """Complete versions (those with a manifest), oldest first."""
         out = []

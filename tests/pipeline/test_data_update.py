@@ -83,6 +83,25 @@ def test_rerun_after_crash_between_push_and_watermark(
     assert len(df) == before + 13
 
 
+def test_two_runs_within_one_second_get_two_versions(
+    store: VersionedStore, seeded: Path, sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Version names have one-second resolution. A re-run landing in the crashed run's second once took
+    # that run's version for its own retry: its new rows never reached a version, and the watermark moved.
+    monkeypatch.setattr("pipeline.data_update.default_version", lambda: "same-second")
+    assert run_steps("crashed", ("export", "prepare", "publish")) == [0, 0, 0]
+    assert store.pointed("datasets", "latest") == "same-second"
+    extra = new_rows(sim_dir).assign(Timestamp=lambda d: d["Timestamp"] + pd.Timedelta(days=2)).head(3)
+    extra.to_csv(seeded / "batch2.csv", index=False)
+    assert run_steps("rerun") == [0, 0, 0, 0]
+    m = store.manifest("datasets", store.pointed("datasets", "latest"))
+    assert (m["version"], m["parent"], m["added_rows"]) == ("same-second-2", "same-second", 3)
+    # and the rerun's own retry still finds its push, not the other run's
+    assert data_cli(["publish", "--run-id", "rerun"]) == 0
+    assert store.pointed("datasets", "latest") == "same-second-2"
+    assert [v["version"] for v in store.versions("datasets")] == ["d1", "same-second", "same-second-2"]
+
+
 def test_retry_of_publish_after_it_pushed_is_idempotent(store: VersionedStore, seeded: Path) -> None:
     assert run_steps("r", ("export", "prepare", "publish")) == [0, 0, 0]
     version = store.pointed("datasets", "latest")

@@ -95,3 +95,21 @@ def test_better_or_equal_model_is_promoted(
     pulled = tmp_path / "pulled"
     assert models_cli(["pull", "production", "--dest", str(pulled)]) == 0
     assert json.loads((pulled / "bundle.json").read_text())["model_version"] == "test-v1"
+
+
+def test_candidate_with_a_taken_version_is_refused_not_mistaken_for_a_retry(
+    store: VersionedStore,
+    lstm_bundle: Path,
+    flipped_bundle: Path,
+    sim_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
+    assert models_cli(["push", str(lstm_bundle), "--promote"]) == 0
+    work = stage("run-3", flipped_bundle, sim_dir)
+    meta_file = work / "candidate" / "bundle.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "model_version": "test-v1"}))
+    assert models_cli(["evaluate", "--run-id", "run-3"]) == 0
+    assert models_cli(["push-candidate", "--run-id", "run-3"]) == 2  # other files under test-v1
+    assert store.holds("models", "test-v1", lstm_bundle)  # the stored version is untouched
