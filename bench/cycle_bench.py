@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
-from pipeline.students import Tally, run_students  # noqa: E402
+from pipeline.students import answering, client_server, run_students  # noqa: E402
 
 
 def free_port() -> int:
@@ -93,62 +92,38 @@ def main() -> int:
     sh([py, "-m", "models", "push", str(tmp / "m0"), "--promote"], env, logs / "pushm.log")
     for step in ("pull-model", "pack", "deploy", "verify"):
         sh([py, "-m", "pipeline.deploy", step, "--run-id", "initial"], env, logs / f"initial-{step}.log")
-    port = free_port()
-    client = subprocess.Popen([str(Path(py).with_name("gunicorn")), "-w", "2", "--threads", "4", "-b",
-                               f"127.0.0.1:{port}", "client:create_app()"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=(logs / "client.log").open("wb"))  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     figures: dict[str, float] = {}
+    questions = tmp / "sim" / "questions.csv"
     try:
-        for _ in range(120):
-            try:
-                requests.get(base + "/", timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.5)
-        per = 10
-        stored = run_students(base, tmp / "sim" / "questions.csv", max(1, args.new // per), per, seed=1)
-        print(f"stored {stored.answers} new interactions through the client ({stored.failed} failed)", file=sys.stderr)
-        t0 = time.perf_counter()
-        figures["update_data_dag"] = sh([airflow, "dags", "test", "update_data_dag"], env, logs / "update.log")
-        figures["retrain_and_push_dag"] = sh([airflow, "dags", "test", "retrain_and_push_dag"], env,
-                                             logs / "retrain.log")  # fmt: skip
-        during = Tally()
-        stop = threading.Event()
-
-        def keep_answering() -> None:
-            i = 0
-            while not stop.is_set():
-                t = run_students(base, tmp / "sim" / "questions.csv", 1, 5, seed=1000 + i, prefix="during")
-                during.answers, during.failed = during.answers + t.answers, during.failed + t.failed
-                i += 1
-
-        worker = threading.Thread(target=keep_answering)
-        worker.start()
-        try:
-            figures["update_inference_server_dag"] = sh([airflow, "dags", "test", "update_inference_server_dag"],
-                                                        env, logs / "deploy.log")  # fmt: skip
-        finally:
-            stop.set()
-            worker.join(60)
-        store = VersionedStore.from_env()
-        prod = store.pointed("models", "production")
-        meta = requests.get(deploy.current_url() + "/metadata", timeout=10).json()
-        figures["total"] = time.perf_counter() - t0
+        with client_server(env, free_port(), logs / "client.log") as base:
+            stored = run_students(base, questions, max(1, args.new // 10), 10, seed=1)
+            print(f"stored {stored.answers} new interactions through the client ({stored.failed} failed)",
+                  file=sys.stderr)  # fmt: skip
+            t0 = time.perf_counter()
+            figures["update_data_dag"] = sh([airflow, "dags", "test", "update_data_dag"], env, logs / "update.log")
+            figures["retrain_and_push_dag"] = sh([airflow, "dags", "test", "retrain_and_push_dag"], env,
+                                                 logs / "retrain.log")  # fmt: skip
+            with answering(base, questions) as during:
+                figures["update_inference_server_dag"] = sh(
+                    [airflow, "dags", "test", "update_inference_server_dag"], env, logs / "deploy.log"
+                )
+            store = VersionedStore.from_env()
+            prod = store.pointed("models", "production")
+            meta = requests.get(deploy.current_url() + "/metadata", timeout=10).json()
+            figures["total"] = time.perf_counter() - t0
         result = {
             "new_interactions": stored.answers,
             "seconds": {k: round(v, 1) for k, v in figures.items()},
             "served_version": meta.get("model_version"),
             "promoted_version": prod,
             "new_model_served": meta.get("model_version") == prod != "v0",
+            # each answer is two requests: GET /practice and POST /answer
             "requests_during_switch": during.answers * 2,
             "failed_requests_during_switch": during.failed,
             "target_total_seconds": 300,
         }
         print(json.dumps(result, indent=2))
     finally:
-        client.terminate()
-        client.wait(30)
         deploy.stop_local()
         if not args.keep:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)

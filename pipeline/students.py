@@ -2,12 +2,20 @@
 
 Each student is a browser-like session: start with a nickname, then read the current
 question from /practice and post an answer (right with probability ``skill``, using the
-answer key in questions.csv). A request that does not end in HTTP 200 counts as failed.
+answer key in questions.csv). A request that does not end in HTTP 200 counts as failed, and so
+does a page that says predictions are unavailable (the answer is stored, but the student saw the
+service fail).
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +25,8 @@ import requests
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
+DEGRADED = 'id="predictions-unavailable"'
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -65,6 +75,8 @@ def answer_once(s: requests.Session, base: str, key: dict[str, str], rng: np.ran
         tally.fail(f"POST /answer -> {r.status_code}")
         return
     tally.answers += 1
+    if DEGRADED in r.text:
+        tally.fail("POST /answer -> page says predictions are unavailable")
 
 
 def run_students(base: str, questions_csv: Path, n_students: int, answers_each: int, seed: int = 0,
@@ -80,3 +92,51 @@ def run_students(base: str, questions_csv: Path, n_students: int, answers_each: 
         for _ in range(answers_each):
             answer_once(s, base, key, rng, skill, tally)
     return tally
+
+
+@contextmanager
+def answering(base: str, questions_csv: Path, seed: int = 1000, prefix: str = "during") -> Iterator[Tally]:
+    """Students answering without pause (new ones, 5 answers each) until the block ends; their tally."""
+    tally = Tally()
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            t = run_students(base, questions_csv, 1, 5, seed=seed + i, prefix=prefix)
+            tally.answers += t.answers
+            tally.failed += t.failed
+            tally.errors += t.errors[: max(0, 20 - len(tally.errors))]
+            i += 1
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield tally
+    finally:
+        stop.set()
+        worker.join(60)
+
+
+@contextmanager
+def client_server(env: Mapping[str, str], port: int, log: Path, timeout: float = 60) -> Iterator[str]:
+    """The real client under gunicorn on 127.0.0.1:``port``, configured by ``env``; yields its base URL."""
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    argv = [gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}", "client:create_app()"]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=dict(env), stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(base + "/", timeout=2)
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the client did not start on {base}; see {log}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)

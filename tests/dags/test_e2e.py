@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import requests
 
 from pipeline import deploy
 from pipeline.store import VersionedStore
-from pipeline.students import Tally, run_students
+from pipeline.students import answering, client_server, run_students
 from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import ROOT, dags_test, migrate
 from tests.pipeline.s3server import free_port
@@ -58,59 +56,30 @@ def test_students_then_three_dags_then_new_model_served(
     py(full, "-m", "models", "push", str(lstm_bundle), "--promote")
     for step in ("pull-model", "pack", "deploy", "verify"):
         py(full, "-m", "pipeline.deploy", step, "--run-id", "initial")
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    client = subprocess.Popen([gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{client_port}",
-                               "client:create_app()"], cwd=ROOT, env=full, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "client.log", "wb"))  # fmt: skip  # noqa: SIM115
-    base = f"http://127.0.0.1:{client_port}"
     try:
-        for _ in range(60):
-            try:
-                requests.get(base + "/", timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.5)
-        first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
-        assert first.failed == 0, first.errors
-        assert first.answers == 40
+        with client_server(full, client_port, tmp_path / "client.log") as base:
+            first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
+            assert first.failed == 0, first.errors
+            assert first.answers == 40
 
-        dags_test(home, "update_data_dag", env, tmp_path / "update.log")
-        store = VersionedStore.from_env()
-        data_v = store.pointed("datasets", "latest")
-        assert store.manifest("datasets", data_v)["added_rows"] == 40
-        assert store.get_state("watermark")["watermark"] == "40"
+            dags_test(home, "update_data_dag", env, tmp_path / "update.log")
+            store = VersionedStore.from_env()
+            data_v = store.pointed("datasets", "latest")
+            assert store.manifest("datasets", data_v)["added_rows"] == 40
+            assert store.get_state("watermark")["watermark"] == "40"
 
-        dags_test(home, "retrain_and_push_dag", env, tmp_path / "retrain.log")
-        new_v = store.pointed("models", "production")
-        assert new_v != "test-v1"
+            dags_test(home, "retrain_and_push_dag", env, tmp_path / "retrain.log")
+            new_v = store.pointed("models", "production")
+            assert new_v != "test-v1"
 
-        during = Tally()
-        stop = threading.Event()
-
-        def keep_answering() -> None:
-            i = 0
-            while not stop.is_set():
-                t = run_students(base, sim_dir / "questions.csv", 1, 5, seed=100 + i, prefix="during")
-                during.answers += t.answers
-                during.failed += t.failed
-                during.errors += t.errors
-                i += 1
-
-        worker = threading.Thread(target=keep_answering)
-        worker.start()
-        try:
-            dags_test(home, "update_inference_server_dag", env, tmp_path / "deploy.log", timeout=600)
-        finally:
-            stop.set()
-            worker.join(60)
-        assert during.answers > 0
-        assert during.failed == 0, during.errors
-        url = (tmp_path / "run" / "inference_url").read_text().strip()
-        meta = requests.get(url + "/metadata", timeout=10).json()
-        assert meta["model_version"] == new_v and meta["data_version"] == data_v
-        after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9, prefix="after")
-        assert after.failed == 0 and after.answers == 3
+            with answering(base, sim_dir / "questions.csv", seed=100) as during:
+                dags_test(home, "update_inference_server_dag", env, tmp_path / "deploy.log", timeout=600)
+            assert during.answers > 0
+            assert during.failed == 0, during.errors
+            url = (tmp_path / "run" / "inference_url").read_text().strip()
+            meta = requests.get(url + "/metadata", timeout=10).json()
+            assert meta["model_version"] == new_v and meta["data_version"] == data_v
+            after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9, prefix="after")
+            assert after.failed == 0 and after.answers == 3
     finally:
-        client.terminate()
-        client.wait(30)
         deploy.stop_local()
