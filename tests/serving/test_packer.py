@@ -76,3 +76,25 @@ def test_built_bento_serves(packed: Packed, tmp_path: Path) -> None:
         assert meta["model_tag"] == packed.model_tag and meta["model_version"] == "test-v1"
         body = {"history": [], "candidates": [{"assessmentItemID": "A1", "testId": "T1", "KnowledgeTag": 1}]}
         assert requests.post(server.url + "/predict", json=body, timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_bento_holds_only_the_service_code_whatever_lies_under_var(lstm_bundle: Path, tmp_path: Path) -> None:
+    # BENTOML_HOME defaults to var/bentoml inside the repo. A build's leftover temp folder there holds a
+    # service.py; an unanchored include pattern once pulled it in, and the build copied itself until
+    # "File name too long". A decoy of that shape must stay out of the Bento.
+    decoy = ROOT / "var" / f"decoy-{tmp_path.name}" / "src"
+    (decoy / "dkt").mkdir(parents=True)
+    (decoy / "service.py").write_text("raise SystemExit('decoy')\n")
+    (decoy / "dkt" / "stray.py").write_text("")
+    try:
+        home = tmp_path / "home"
+        r = pack(lstm_bundle, home, bento=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        shutil.rmtree(decoy.parent)
+    bento_tag = r.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    src = home / "bentos" / bento_tag.replace(":", "/") / "src"
+    got = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    want = {"service.py", "bentofile.yaml"} | {p.relative_to(ROOT).as_posix() for p in (ROOT / "dkt").rglob("*.py")}
+    assert got == want, sorted(got ^ want)[:10]
