@@ -8,11 +8,13 @@ repo="$(pwd)"
 
 usage() {
   cat <<'USAGE'
-usage: ./init_for_inference_server.sh [--model-dir DIR] [--no-airflow] [--help]
+usage: ./init_for_inference_server.sh [--model-dir DIR] [--no-airflow] [--stop] [--help]
 
   --model-dir DIR   deploy (or roll) the stack to this model bundle now; without it the stack is
                     deployed by update_inference_server_dag when a model is promoted
   --no-airflow      skip the Airflow virtualenv and services
+  --stop            stop the Airflow services started here and remove the stack, then exit
+                    (the engine, the swarm, the registry and the images stay)
 
 env (defaults in brackets):
   DKT_REGISTRY [127.0.0.1:5000]     registry; a local one is started when it is on loopback
@@ -29,15 +31,34 @@ USAGE
 }
 model_dir=""
 airflow=1
+stop=0
 while (($#)); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --model-dir) model_dir="${2:?--model-dir needs a folder}"; shift 2 ;;
     --no-airflow) airflow=0; shift ;;
+    --stop) stop=1; shift ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 step() { echo "==> $*"; }
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"  # also holds the services' pid files
+
+if ((stop)); then
+  step "stopping the Airflow services started here"
+  for name in api-server scheduler dag-processor; do
+    pidfile="$AIRFLOW_HOME/airflow-$name.pid"
+    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      kill "$(cat "$pidfile")" && echo "stopped airflow $name (pid $(cat "$pidfile"))"
+    fi
+    rm -f "$pidfile"
+  done
+  step "removing the stack"
+  if [[ -x .venv/bin/python ]] && docker info >/dev/null 2>&1; then
+    .venv/bin/python -m pipeline.swarm down
+  fi
+  exit 0
+fi
 
 step "Docker engine and swarm"
 docker_manual/start_docker.sh --swarm
@@ -53,9 +74,10 @@ make -s setup PYTHON="${PYTHON:-python3}"
 
 if [[ $airflow -eq 1 ]]; then
   step "Airflow virtualenv (.venv-airflow) and services"
-  export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"
   export AIRFLOW__CORE__DAGS_FOLDER="$repo/dags"
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
+  # The DAGs are the product here: a run triggered from the UI (or by an asset) must not sit queued.
+  export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
   # Airflow 3's simple auth manager generates the admin password into AIRFLOW_HOME on first start.
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
   export DKT_DEPLOY_MODE=swarm
@@ -63,7 +85,7 @@ if [[ $airflow -eq 1 ]]; then
   # [core] executor (and, with DKT_TRAIN_EXECUTOR=edge, the edge API and its shared JWT secret).
   executor_env="$(.venv/bin/python -m pipeline.stack airflow-env)"
   eval "$executor_env"
-  mkdir -p "$AIRFLOW_HOME" "$repo/var/run"
+  mkdir -p "$AIRFLOW_HOME"
   if [[ ! -x .venv-airflow/bin/airflow ]]; then
     "${PYTHON:-python3}" -m venv .venv-airflow
     .venv-airflow/bin/pip install -q -r requirements-airflow.txt
@@ -71,7 +93,7 @@ if [[ $airflow -eq 1 ]]; then
   .venv-airflow/bin/airflow db migrate >/dev/null
   for svc in "api-server --port ${DKT_AIRFLOW_PORT:-8081}" scheduler dag-processor; do
     name="${svc%% *}"
-    pidfile="$repo/var/run/airflow-$name.pid"
+    pidfile="$AIRFLOW_HOME/airflow-$name.pid"
     if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       echo "airflow $name already running (pid $(cat "$pidfile"))"
       continue

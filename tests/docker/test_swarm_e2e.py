@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ import requests
 
 from pipeline.swarm_images import REPO_ROOT
 from tests.dags.airflow_runner import dags_test, migrate
+from tests.docker.conftest import swarm_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -38,116 +35,6 @@ CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 # Students answering without pause: enough that well over MIN_DURING_UPDATE requests go through during a rollout.
 STUDENTS = 6
 MIN_DURING_UPDATE = 1000
-
-
-def docker_ok() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker CLI (make test-setup installs docker.io as root)"
-    info = subprocess.run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True)
-    if info.returncode != 0:
-        return f"no Docker engine answers: {info.stderr.strip()[:200]}"
-    if shutil.which("docker-registry") is None and not os.environ.get("DKT_REGISTRY"):
-        return "no docker-registry binary and no DKT_REGISTRY (apt-get install -y docker-registry)"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def swarm() -> Iterator[None]:
-    reason = docker_ok()
-    if reason:
-        pytest.skip(reason)
-    state = subprocess.run(
-        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    created = state != "active"
-    if created:
-        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True, check=True)
-    yield
-    if created:
-        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def registry(swarm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if os.environ.get("DKT_REGISTRY"):
-        yield os.environ["DKT_REGISTRY"]
-        return
-    addr = f"127.0.0.1:{free_port()}"
-    root = tmp_path_factory.mktemp("registry")
-    env = {**os.environ, "REGISTRY_HTTP_ADDR": addr, "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root)}
-    log = (root / "registry.log").open("w")
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(REPO_ROOT / "docker" / "registry.yml")], env=env, stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://{addr}/v2/", timeout=1)
-            break
-        except requests.RequestException:
-            time.sleep(0.2)
-    yield addr
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def bundles(lstm_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """v1 is the session's trained bundle; v2 the same weights under a new model version (a deploy does not
-    care how a model was trained, only that its version differs and /metadata says so)."""
-    v2 = tmp_path_factory.mktemp("bundle-v2") / "lstm"
-    shutil.copytree(lstm_bundle, v2)
-    meta = json.loads((v2 / "bundle.json").read_text())
-    meta["model_version"] = "test-v2"
-    (v2 / "bundle.json").write_text(json.dumps(meta))
-    return lstm_bundle, v2
-
-
-@pytest.fixture(scope="module")
-def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    stack = f"dkte2e{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "DKT_REGISTRY": registry,
-        "DKT_STACK": stack,
-        "DKT_CLIENT_HOST_PORT": str(free_port()),
-        "DKT_INFERENCE_HOST_PORT": str(free_port()),
-        "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
-        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
-        "DKT_SWARM_TIMEOUT": "600",
-        "DKT_SECRET_KEY": uuid.uuid4().hex,
-        # update_inference_server_dag in swarm mode, pulling from a local model store
-        "DKT_DEPLOY_MODE": "swarm",
-        "DKT_STORE": "local",
-        "DKT_STORE_ROOT": str(tmp_path_factory.mktemp("store")),
-        "DKT_WORK_ROOT": str(tmp_path_factory.mktemp("work")),
-    }
-    yield env
-    subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
-    refs = subprocess.run(
-        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry}/dkt-inference"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    # the per-run model images go; base, runtime, client and proxy images stay as the build cache
-    if refs:
-        subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True)
-
-
-def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.swarm", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return proc, time.monotonic() - t0
 
 
 def dump_diagnostics(env: dict[str, str], phase: str) -> Path:

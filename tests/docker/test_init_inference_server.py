@@ -1,0 +1,105 @@
+"""init_for_inference_server.sh as an admin runs it, then an operator's DAG run through its scheduler.
+
+The script sets the host up (engine, swarm, registry, base image, venvs, Airflow services with a
+generated password, the stack on v1); a second run changes nothing; a promoted v2 then reaches the
+stack through update_inference_server_dag, triggered like the UI does and run by the scheduler the
+script started (not `airflow dags test`); `--stop` stops Airflow and removes the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.swarm_images import REPO_ROOT
+from tests.docker.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+SCRIPT = str(REPO_ROOT / "init_for_inference_server.sh")
+AIRFLOW = str(REPO_ROOT / ".venv-airflow" / "bin" / "airflow")
+
+
+def sh(argv: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def served_version(env: dict[str, str]) -> str | None:
+    try:
+        meta = requests.get(f"http://127.0.0.1:{env['DKT_INFERENCE_HOST_PORT']}/metadata", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+    version = meta.get("model_version")
+    return str(version) if version else None
+
+
+def run_state(env: dict[str, str], dag_id: str) -> str | None:
+    out = sh([AIRFLOW, "dags", "list-runs", dag_id, "-o", "json"], env, timeout=120)
+    if out.returncode != 0:
+        return None
+    # Airflow prints warnings on stdout too; the runs are the one line that is a JSON list.
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[{") or ln.strip() == "[]"]
+    runs = json.loads(lines[-1]) if lines else []
+    return str(runs[0]["state"]) if runs else None
+
+
+def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
+    stack_env: dict[str, str], bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    v1, v2 = bundles
+    env = {
+        **stack_env,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "DKT_AIRFLOW_PORT": str(free_port()),
+        "DKT_APP_PYTHON": sys.executable,
+        "DKT_TASK_RETRIES": "0",
+    }
+    try:
+        first = sh([SCRIPT, "--model-dir", str(v1)], env)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "password in" in first.stdout and served_version(env) == "test-v1"
+        pwfile = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
+        assert oct(pwfile.stat().st_mode & 0o777) == "0o600"
+        password = json.loads(pwfile.read_text())["admin"]
+        assert len(password) >= 12  # generated, never a fixed one
+        token = requests.post(
+            f"http://127.0.0.1:{env['DKT_AIRFLOW_PORT']}/auth/token",
+            json={"username": "admin", "password": password},
+            timeout=30,
+        )
+        assert token.status_code in (200, 201), token.text[:300]
+
+        again = sh([SCRIPT], env)  # idempotent: nothing restarted, nothing redeployed
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.count("already running") == 3 and served_version(env) == "test-v1"
+
+        push = sh([sys.executable, "-m", "models", "push", str(v2), "--promote"], env)
+        assert push.returncode == 0, push.stderr[-2000:]
+        t0 = time.monotonic()
+        deadline = t0 + 120  # the dag-processor may not have parsed the DAG files yet
+        while (trig := sh([AIRFLOW, "dags", "trigger", "update_inference_server_dag"], env)).returncode != 0:
+            assert time.monotonic() < deadline, trig.stderr[-2000:]
+            time.sleep(3)
+        deadline = time.monotonic() + 600
+        while (state := run_state(env, "update_inference_server_dag")) not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"the DAG run is still {state}"
+            time.sleep(5)
+        print(f"\n[init] promoted -> DAG run {state} through the scheduler in {time.monotonic() - t0:.0f} s")
+        logs = sorted((tmp_path / "airflow" / "logs").rglob("task_id=deploy/*.log"))
+        assert state == "success", logs[-1].read_text()[-4000:] if logs else "no deploy log"
+        assert served_version(env) == "test-v2"
+    finally:
+        stop = sh([SCRIPT, "--stop"], env, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    assert not list((tmp_path / "airflow").glob("airflow-*.pid"))
+    left = subprocess.run(["pgrep", "-f", f"api-server --port {env['DKT_AIRFLOW_PORT']}"], capture_output=True)
+    assert left.returncode == 1, left.stdout
+    assert served_version(env) is None
+    services = sh(["docker", "service", "ls", "--format", "{{.Name}}"], {**os.environ}).stdout.split()
+    assert not [s for s in services if s.startswith(env["DKT_STACK"] + "_")]
