@@ -55,8 +55,11 @@ def init(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
 
 
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"  # the canonical Timestamp column, naive UTC
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
 
 
 def user_id(student_id: int) -> str:
@@ -108,7 +111,7 @@ def record_answer(
                 question["assessmentItemID"],
                 question["testId"],
                 int(correct),
-                stamp.strftime("%Y-%m-%d %H:%M:%S"),
+                stamp.strftime(TIMESTAMP_FORMAT),
                 int(question["KnowledgeTag"]),
                 given,
             ),

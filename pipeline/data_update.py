@@ -19,7 +19,7 @@ from typing import Any
 from dkt.bundle import default_version
 from pipeline.dataset import merge, read_new_interactions, write_dataset
 from pipeline.settings import REPO_ROOT, env_float
-from pipeline.store import VersionedStore, VersionError
+from pipeline.store import VersionedStore, VersionError, manifest_matches
 
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
@@ -104,7 +104,7 @@ def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
         if not store.exists("datasets", version):
             break
         manifest = store.manifest("datasets", version)
-        if manifest.get("parent") == prep["parent"] and store.holds("datasets", version, work / "dataset"):
+        if manifest.get("parent") == prep["parent"] and manifest_matches(manifest, work / "dataset"):
             store.set_pointer("datasets", "latest", version, reason="push (retry)")
             return manifest
         version = f"{base}-{n}"

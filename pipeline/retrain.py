@@ -19,7 +19,7 @@ from typing import Any
 from dkt.bundle import default_version, read_meta
 from pipeline.data_update import read_json, write_json
 from pipeline.settings import REPO_ROOT, env_float, env_path
-from pipeline.store import VersionedStore, VersionError
+from pipeline.store import VersionedStore, VersionError, manifest_matches
 
 DEFAULT_TOLERANCE = 0.005
 METRIC = "auc"
@@ -99,10 +99,11 @@ def push_model(work: Path, store: VersionedStore) -> dict[str, Any]:
     meta = read_meta(work / "candidate")
     version = meta["model_version"]
     if store.exists("models", version):  # a retry after a crash past the upload, if the files are ours
-        if not store.holds("models", version, work / "candidate"):
+        manifest = store.manifest("models", version)
+        if not manifest_matches(manifest, work / "candidate"):
             raise VersionError(f"model version {version} is already stored with other files; retrain for a new version")
         store.set_pointer("models", "latest", version, reason="push (retry)")
-        return store.manifest("models", version)
+        return manifest
     ev = read_json(work / "evaluation.json")
     res = store.push(
         "models",

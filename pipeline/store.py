@@ -72,6 +72,18 @@ class PushResult:
     manifest: dict[str, Any]
 
 
+def payload_files(src: Path) -> list[Path]:
+    """The files of ``src`` a push uploads (hidden files and a stray manifest are not payload)."""
+    return sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+
+
+def manifest_matches(manifest: dict[str, Any], src: Path) -> bool:
+    """Whether a stored version (its manifest) holds exactly the payload of ``src``: same names, same sha256."""
+    stored = manifest.get("files", {})
+    files = {p.relative_to(src).as_posix(): p for p in payload_files(src)}
+    return set(files) == set(stored) and all(sha256_file(p) == stored[k]["sha256"] for k, p in files.items())
+
+
 class VersionedStore:
     def __init__(self, blobs: BlobStore):
         self.blobs = blobs
@@ -138,13 +150,6 @@ class VersionedStore:
     def exists(self, kind: Kind, version: str) -> bool:
         return self.blobs.exists(f"{kind}/{check_version_name(version)}/{MANIFEST}")
 
-    def holds(self, kind: Kind, version: str, src: Path) -> bool:
-        """Whether stored ``version`` has exactly the files of ``src`` (same names and sha256)."""
-        files = {p.relative_to(src).as_posix(): p for p in Path(src).rglob("*")
-                 if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}  # fmt: skip
-        stored = self.manifest(kind, version).get("files", {})
-        return set(files) == set(stored) and all(sha256_file(p) == stored[k]["sha256"] for k, p in files.items())
-
     def versions(self, kind: Kind) -> list[dict[str, Any]]:
         """Complete versions (those with a manifest), oldest first."""
         out = []
@@ -170,7 +175,7 @@ class VersionedStore:
         """Upload every file of ``src`` as a new version, verify it, then move ``move_pointers``."""
         check_version_name(version)
         src = Path(src)
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+        files = payload_files(src)
         if not files:
             raise VersionError(f"{src}: nothing to push (no files)")
         if self.exists(kind, version):

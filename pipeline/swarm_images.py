@@ -253,18 +253,17 @@ def build_inference_image(
     ref = f"{name}:{tag_for(model_version)}"
     if image_exists(ref):
         run(["docker", "tag", ref, f"{name}:latest"])
-        docker_push(ref)  # the registry may be new (another host, a wiped volume); a no-op when it has it
-        docker_push(f"{name}:latest")
-        return ref
-    with tempfile.TemporaryDirectory(prefix="dkt-inference-") as tmp:
-        ctx = assemble_context(spec, Path(tmp), repo=repo)
-        export_model(model_tag, ctx / "model.bentomodel")
-        docker_build(
-            ctx,
-            ref,
-            {"RUNTIME_IMAGE": runtime_ref, "MODEL_TAG": model_tag, "MODEL_VERSION": model_version},
-            extra_tags=[f"{name}:latest"],
-        )
+    else:
+        with tempfile.TemporaryDirectory(prefix="dkt-inference-") as tmp:
+            ctx = assemble_context(spec, Path(tmp), repo=repo)
+            export_model(model_tag, ctx / "model.bentomodel")
+            docker_build(
+                ctx,
+                ref,
+                {"RUNTIME_IMAGE": runtime_ref, "MODEL_TAG": model_tag, "MODEL_VERSION": model_version},
+                extra_tags=[f"{name}:latest"],
+            )
+    # Pushed either way: the registry may be new (another host, a wiped volume); a no-op when it has it.
     docker_push(ref)
     docker_push(f"{name}:latest")
     return ref

@@ -17,7 +17,8 @@ from pipeline import deploy
 from pipeline.store import VersionedStore
 from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import AIRFLOW_VENV, DAG_IDS, ROOT, airflow_env, dags_test, migrate, require_airflow
-from tests.pipeline.s3server import free_port, moto_server
+from tests.pipeline.s3server import moto_server
+from tests.serving.servers import free_port
 
 CHECK_DAGS = """
 import json

@@ -17,7 +17,7 @@ from pipeline.store import VersionedStore
 from pipeline.students import answering, client_server, run_students
 from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import ROOT, dags_test, migrate
-from tests.pipeline.s3server import free_port
+from tests.serving.servers import free_port
 
 
 def py(env: dict[str, str], *args: str) -> None:

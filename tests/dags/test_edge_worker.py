@@ -21,7 +21,7 @@ import requests
 
 from pipeline import stack
 from tests.dags.airflow_runner import AIRFLOW_VENV, ROOT, airflow_env, require_airflow
-from tests.pipeline.s3server import free_port
+from tests.serving.servers import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
 TRAIN_TASKS = {"pull_data", "train", "evaluate", "push_candidate"}

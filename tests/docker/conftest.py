@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from pipeline.swarm_images import REPO_ROOT
+from tests.serving.servers import free_port
 
 
 def docker_ok() -> str | None:
@@ -29,12 +29,6 @@ def docker_ok() -> str | None:
     if shutil.which("docker-registry") is None and not os.environ.get("DKT_REGISTRY"):
         return "no docker-registry binary and no DKT_REGISTRY (apt-get install -y docker-registry)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

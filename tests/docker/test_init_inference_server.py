@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from pipeline.swarm_images import REPO_ROOT
-from tests.docker.conftest import free_port
+from tests.serving.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 SCRIPT = str(REPO_ROOT / "init_for_inference_server.sh")

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from pipeline.students import CSRF, DEGRADED, ITEM
 from pipeline.swarm_images import REPO_ROOT
 from tests.dags.airflow_runner import dags_test, migrate
 from tests.docker.conftest import swarm_cli
@@ -30,8 +31,6 @@ from tests.docker.conftest import swarm_cli
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 MODEL_RE = re.compile(r'<p class="foot">Model ([^<]+)</p>')
-ITEM_RE = re.compile(r'name="item" value="([^"]+)"')
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 # Students answering without pause: enough that well over MIN_DURING_UPDATE requests go through during a rollout.
 STUDENTS = 6
 MIN_DURING_UPDATE = 1000
@@ -78,7 +77,7 @@ class Load:
         with self.lock:
             self.sent.append(time.monotonic())
             if version is None:
-                degraded = 'id="predictions-unavailable"' in resp.text
+                degraded = DEGRADED in resp.text
                 self.failures.append(f"{what}: HTTP {resp.status_code} " + ("predictions unavailable" if degraded
                                      else repr(resp.text[:120])))  # fmt: skip
                 self.failed_at.append(time.monotonic())
@@ -91,7 +90,7 @@ class Load:
         s = requests.Session()
         try:
             page = s.get(self.url + "/", timeout=30).text
-            token = CSRF_RE.search(page)
+            token = CSRF.search(page)
             assert token, page[:200]
             text = self._page(
                 s.post(self.url + "/start", data={"csrf_token": token.group(1), "nickname": f"e2e{n}"}, timeout=30),
@@ -101,7 +100,7 @@ class Load:
                 if text is None:
                     text = self._page(s.get(self.url + "/practice", timeout=30), "practice")
                     continue
-                item, token = ITEM_RE.search(text), CSRF_RE.search(text)
+                item, token = ITEM.search(text), CSRF.search(text)
                 assert item and token
                 form = {"csrf_token": token.group(1), "item": item.group(1), "answer": str(n % 7)}
                 text = self._page(s.post(self.url + "/answer", data=form, timeout=30), "answer")

@@ -12,7 +12,7 @@ from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
 from models.__main__ import main as models_cli
 from pipeline.retrain import decide
-from pipeline.store import VersionedStore
+from pipeline.store import VersionedStore, manifest_matches
 from pipeline.workdir import work_dir
 from tests.conftest import TINY_LSTM
 
@@ -112,4 +112,4 @@ def test_candidate_with_a_taken_version_is_refused_not_mistaken_for_a_retry(
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "model_version": "test-v1"}))
     assert models_cli(["evaluate", "--run-id", "run-3"]) == 0
     assert models_cli(["push-candidate", "--run-id", "run-3"]) == 2  # other files under test-v1
-    assert store.holds("models", "test-v1", lstm_bundle)  # the stored version is untouched
+    assert manifest_matches(store.manifest("models", "test-v1"), lstm_bundle)  # the stored version is untouched
