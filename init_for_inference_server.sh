@@ -26,6 +26,8 @@ env (defaults in brackets):
                                     GPU host; the API server then serves the edge worker API too, and the
                                     shared secret is generated into var/secrets/airflow_jwt_secret (or taken
                                     from AIRFLOW__API_AUTH__JWT_SECRET): copy it to the train host
+  DKT_CLIENT_DB [var/client/client.db]  the answer store: the swarm client writes it (bind mount of its
+                                    folder), update_data_dag exports it; the folder is created here
   DKT_DEPLOY_MODE is set to swarm for the Airflow services started here
 USAGE
 }
@@ -43,6 +45,9 @@ while (($#)); do
 done
 step() { echo "==> $*"; }
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"  # also holds the services' pid files
+# One answer store for the swarm client and the Airflow export alike; a folder of its own, because the client
+# container bind-mounts the whole folder (pipeline.swarm refuses a folder holding anything else).
+export DKT_CLIENT_DB="${DKT_CLIENT_DB:-$repo/var/client/client.db}"
 
 if ((stop)); then
   step "stopping the Airflow services started here"
@@ -59,6 +64,8 @@ if ((stop)); then
   fi
   exit 0
 fi
+
+mkdir -p "$(dirname "$DKT_CLIENT_DB")"
 
 step "Docker engine and swarm"
 docker_manual/start_docker.sh --swarm

@@ -10,7 +10,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DKT_INFERENCE_URL=http://inference:3000 \
-    DKT_CLIENT_DB=/data/client.sqlite3 \
+    DKT_CLIENT_DB=/data/client.db \
     DKT_QUESTIONS=/app/questions.csv \
     DKT_ENV=production \
     DKT_PORT=8000 \
@@ -29,6 +29,8 @@ WORKDIR /app
 COPY src/ /app/
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="dkt-client" org.opencontainers.image.version="${VERSION}"
+# The stack runs it as the owner of the bind-mounted answer folder instead (docker-compose.yml `user:`); any uid
+# works: the code is world-readable and nothing but /data and /tmp is written.
 USER dkt
 EXPOSE 8000
 # Threads: a page waits on inference; with sync workers two slow pages would leave no worker for the

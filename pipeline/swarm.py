@@ -30,6 +30,10 @@ Environment (defaults in brackets):
   DKT_WHEELS_DIR [first PIP_FIND_LINKS dir, else /opt/wheels]  where the CPU torch wheel is
   DKT_BUILD_CA [/etc/ssl/certs/ca-certificates.crt]  CA bundle pip trusts inside builds
   DKT_SECRET_KEY [generated once into var/swarm/client_secret_key]  the client's Flask secret
+  DKT_CLIENT_DB [var/client.db]             the answer store: the client service bind-mounts this file's folder
+                                            and writes this file; update_data_dag exports from the same path.
+                                            The folder must exist, hold nothing but the database, and be writable
+                                            by its owner, whose uid:gid the client container runs as
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ import argparse
 import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +93,8 @@ class SwarmSettings(BaseModel):
     build_ca: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     secret_key: str | None = None
     secret_key_file: Path = REPO_ROOT / "var" / "swarm" / "client_secret_key"
+    # The same default as the client's (``var/client.db``, relative to the repository root where the export runs).
+    client_db: Path = REPO_ROOT / "var" / "client.db"
 
 
 SWARM_ENV = {
@@ -102,6 +110,7 @@ SWARM_ENV = {
     "DKT_WHEELS_DIR": "wheels_dir",
     "DKT_BUILD_CA": "build_ca",
     "DKT_SECRET_KEY": "secret_key",
+    "DKT_CLIENT_DB": "client_db",
 }
 
 
@@ -126,7 +135,103 @@ def swarm_settings(env: dict[str, str] | None = None) -> SwarmSettings:
         raise ValueError(f"environment variable {name}: {first_err['msg']}") from None
     if s.timeout <= 0:
         raise ValueError(f"environment variable DKT_SWARM_TIMEOUT: must be > 0, got {s.timeout}")
+    # The exporter (update_data_dag) runs from the repository root: a relative path means the same file to both.
+    if not s.client_db.is_absolute():
+        s.client_db = REPO_ROOT / s.client_db
     return s
+
+
+# What may sit beside the database in its folder: SQLite's own files (WAL, shared memory, rollback journal)
+# and a file system's lost+found. Anything else would be exposed to the client container by the bind mount.
+_DB_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True)
+class ClientStore:
+    """The host folder the client service bind-mounts, and the container user that can write in it."""
+
+    db: Path
+    uid: int
+    gid: int
+
+    @property
+    def folder(self) -> Path:
+        return self.db.parent
+
+    def compose_env(self) -> dict[str, str]:
+        return {
+            "DKT_CLIENT_DATA_DIR": str(self.folder),
+            "DKT_CLIENT_DB_NAME": self.db.name,
+            "DKT_CLIENT_USER": f"{self.uid}:{self.gid}",
+        }
+
+
+def _writable_by(st: os.stat_result, uid: int, gid: int) -> bool:
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def check_client_store(db: Path) -> ClientStore:
+    """Refuse (ValueError naming the path and the fix) an answer store the client container could not use.
+
+    The client container runs as the uid:gid owning the folder, so the answers it writes belong to the
+    same account as the files the exporter on this host opens (a WAL reader writes the -shm file too).
+    """
+    var = "DKT_CLIENT_DB"
+    folder = db.parent
+    if not folder.exists():
+        raise ValueError(
+            f"{var}={db}: folder {folder} does not exist; create it (mkdir -p {folder}) as the account that runs "
+            "update_data_dag: the swarm client stores answers there and the data update exports them from there"
+        )
+    if not folder.is_dir():
+        raise ValueError(f"{var}={db}: {folder} is not a folder")
+    if db.exists() and not db.is_file():
+        raise ValueError(f"{var}={db}: exists and is not a file")
+    others = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name != "lost+found" and p.name not in {db.name + s for s in _DB_SIDE_FILES}
+    )
+    if others:
+        raise ValueError(
+            f"{var}={db}: folder {folder} holds more than the client database ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); the client container mounts the whole folder, so give the "
+            "database a folder of its own (e.g. DKT_CLIENT_DB=var/client/client.db) and set the same DKT_CLIENT_DB "
+            "for update_data_dag"
+        )
+    st = folder.stat()
+    uid, gid = st.st_uid, st.st_gid
+    if not (st.st_mode & stat.S_IWUSR and st.st_mode & stat.S_IXUSR) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{var}={db}: folder {folder} is not writable (mode {stat.filemode(st.st_mode)}, owner {uid}:{gid}); "
+            f"the client container runs as its owner and creates the database and its WAL files there: "
+            f"chmod u+rwx {folder}"
+        )
+    for suffix in _DB_SIDE_FILES:
+        f = folder / (db.name + suffix)
+        if f.exists() and (not _writable_by(f.stat(), uid, gid) or not os.access(f, os.R_OK | os.W_OK)):
+            fst = f.stat()
+            raise ValueError(
+                f"{var}={db}: {f} is not writable by the folder's owner {uid}:{gid}, whom the client container runs "
+                f"as (file owner {fst.st_uid}:{fst.st_gid}, mode {stat.filemode(fst.st_mode)}): chown {uid}:{gid} {f}"
+            )
+    return ClientStore(db=db, uid=uid, gid=gid)
+
+
+def node_id() -> str:
+    """This host's swarm node id: the client task is placed here, where the answer folder (and the exporter) is."""
+    out = run(["docker", "info", "--format", "{{.Swarm.NodeID}}"]).strip()
+    if not out:
+        raise DockerError(
+            "this host is not a swarm node (`docker info` shows no Swarm.NodeID): run `docker swarm init`"
+        )
+    return out
 
 
 class Stack:
@@ -218,9 +323,13 @@ def _secret_key(settings: SwarmSettings) -> str:
     return f.read_text().strip()
 
 
-def stack_deploy(settings: SwarmSettings, stack: Stack, images: dict[str, str], replicas: int) -> None:
+def stack_deploy(
+    settings: SwarmSettings, stack: Stack, images: dict[str, str], replicas: int, client_store: ClientStore
+) -> None:
     env = {
         **os.environ,
+        **client_store.compose_env(),
+        "DKT_CLIENT_NODE": node_id(),
         "DKT_INFERENCE_IMAGE": images["inference"],
         "DKT_CLIENT_IMAGE": images["client"],
         "DKT_PROXY_IMAGE": images["proxy"],
@@ -275,6 +384,8 @@ def deploy(
     """Build, push, deploy/update the stack and wait until it serves the new model. RolloutFailed on rollback."""
     stack = Stack(settings)
     t0 = time.monotonic()
+    # Before any build: a deploy whose answers would not reach the data update must not start.
+    client_store = check_client_store(settings.client_db)
     built = build(settings, model_dir, model_tag, with_model=image is None)
     images: dict[str, str] = dict(built["images"])
     if image is not None:
@@ -286,7 +397,9 @@ def deploy(
     n = replicas if replicas is not None else (before.replicas if before and before.replicas else DEFAULT_REPLICAS)
     _say(f"docker stack deploy {stack.name}: inference {images['inference']} x{n}")
     t_deploy = time.monotonic()
-    stack_deploy(settings, stack, images, n)
+    cs = client_store
+    _say(f"client answers: {cs.db} (bind mount of {cs.folder}, container user {cs.uid}:{cs.gid})")
+    stack_deploy(settings, stack, images, n, client_store)
     for key in ("client", "proxy"):
         wait_for_rollout(stack.service(key), images[key], settings.timeout, progress=_say)
     st = wait_for_rollout(
@@ -302,6 +415,7 @@ def deploy(
         "stack": stack.name,
         "images": images,
         "model_version": meta.get("model_version"),
+        "client_db": str(client_store.db),
         "inference": st.as_dict(),
         "build_seconds": built["build_seconds"],
         "rollout_seconds": round(rollout_s, 1),
@@ -326,7 +440,7 @@ def status(settings: SwarmSettings) -> dict[str, Any]:
     for key in stack.config.services:
         name = stack.service(key)
         services[key] = service_state(name).as_dict() if service_exists(name) else None
-    out: dict[str, Any] = {"stack": stack.name, "services": services}
+    out: dict[str, Any] = {"stack": stack.name, "services": services, "client_db": str(settings.client_db)}
     try:
         out["metadata"] = fetch_metadata(settings)
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -414,4 +528,15 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["SwarmSettings", "build", "deploy", "down", "scale_inference", "status", "strip_digest", "swarm_settings"]
+__all__ = [
+    "ClientStore",
+    "SwarmSettings",
+    "build",
+    "check_client_store",
+    "deploy",
+    "down",
+    "scale_inference",
+    "status",
+    "strip_digest",
+    "swarm_settings",
+]

@@ -51,3 +51,17 @@ def test_client_reaches_inference_by_service_name_on_the_overlay(stack: dict[str
 def test_images_are_never_defaulted_to_latest(stack: dict[str, Any]) -> None:
     for svc in stack["services"].values():
         assert svc["image"].startswith("${") and ":?" in svc["image"], svc["image"]
+
+
+def test_client_writes_the_host_folder_the_export_reads_not_a_volume(stack: dict[str, Any]) -> None:
+    client = stack["services"]["client"]
+    (mount,) = client["volumes"]
+    assert mount["type"] == "bind" and mount["target"] == "/data"
+    assert mount["source"].startswith("${DKT_CLIENT_DATA_DIR:?")
+    assert client["environment"]["DKT_CLIENT_DB"] == "/data/${DKT_CLIENT_DB_NAME:-client.db}"
+    assert client["user"].startswith("${DKT_CLIENT_USER:?")
+    # a bind mount exists on one node only: the client is pinned to the node holding the folder
+    assert client["deploy"]["placement"]["constraints"] == [
+        "node.id == ${DKT_CLIENT_NODE:?set DKT_CLIENT_NODE to the swarm node id holding the folder}"
+    ]
+    assert "volumes" not in stack, "no named volume may hold answers the export never sees"

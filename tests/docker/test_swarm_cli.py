@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.swarm import METADATA_SAMPLES, SwarmSettings, check_metadata, swarm_settings
+from pipeline.swarm import METADATA_SAMPLES, SwarmSettings, check_client_store, check_metadata, swarm_settings
 from pipeline.swarm_images import REPO_ROOT
 from pipeline.swarm_service import RolloutFailed
 
@@ -69,7 +69,10 @@ def test_deploy_needs_a_model_or_an_image() -> None:
 
 
 def test_deploy_of_a_folder_that_is_no_bundle_fails_before_building(tmp_path: Path) -> None:
-    out = cli("deploy", "--model-dir", str(tmp_path))
+    (tmp_path / "answers").mkdir()
+    out = cli(
+        "deploy", "--model-dir", str(tmp_path), env={**os.environ, "DKT_CLIENT_DB": str(tmp_path / "answers/c.db")}
+    )
     assert out.returncode == 1
     assert out.stderr.strip() == f"error: {tmp_path}: not a model bundle (no bundle.json)"
 
@@ -82,3 +85,59 @@ def test_bad_replicas_is_refused() -> None:
 def test_bad_env_is_reported_not_raised() -> None:
     out = cli("status", env={**os.environ, "DKT_SWARM_TIMEOUT": "x"})
     assert out.returncode == 1 and out.stderr.startswith("error: environment variable DKT_SWARM_TIMEOUT")
+
+
+# The answer store: the folder of DKT_CLIENT_DB, bind-mounted into the client, the same file the export reads.
+
+
+def test_client_db_defaults_to_the_clients_own_default_resolved_at_the_repository_root() -> None:
+    # the export runs `flask --app client export-interactions` from the repository root with the same variable
+    assert swarm_settings({}).client_db == REPO_ROOT / "var" / "client.db"
+    assert swarm_settings({"DKT_CLIENT_DB": "var/client/c.db"}).client_db == REPO_ROOT / "var/client/c.db"
+    assert swarm_settings({"DKT_CLIENT_DB": "/srv/a/c.db"}).client_db == Path("/srv/a/c.db")
+
+
+def test_deploy_refuses_a_missing_answer_folder_before_building(tmp_path: Path) -> None:
+    db = tmp_path / "nowhere" / "client.db"
+    out = cli("deploy", "--model-tag", "dkt-model:v1", env={**os.environ, "DKT_CLIENT_DB": str(db)})
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: DKT_CLIENT_DB={db}: folder {db.parent} does not exist; create it")
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_shared_with_other_files_is_refused_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "client.db").write_bytes(b"")
+    (tmp_path / "store").mkdir()
+    with pytest.raises(ValueError, match=r"holds more than the client database \(store\).*folder of its own"):
+        check_client_store(tmp_path / "client.db")
+
+
+def test_an_unwritable_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "answers"
+    folder.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match=r"answers is not writable \(mode dr-x------.*chmod u\+rwx"):
+        check_client_store(folder / "client.db")
+
+
+def test_a_database_file_the_container_user_cannot_write_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test chowns files to another uid and must run as root (the CI container does)")
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    os.chown(folder, 4321, 4321)
+    (folder / "client.db-wal").write_bytes(b"")  # root's, mode 644: the container user (4321) could not write it
+    with pytest.raises(ValueError, match=r"client.db-wal is not writable by the folder's owner 4321:4321"):
+        check_client_store(folder / "client.db")
+    os.chown(folder / "client.db-wal", 4321, 4321)
+    store = check_client_store(folder / "client.db")
+    assert store.compose_env() == {
+        "DKT_CLIENT_DATA_DIR": str(folder),
+        "DKT_CLIENT_DB_NAME": "client.db",
+        "DKT_CLIENT_USER": "4321:4321",
+    }
+
+
+def test_an_empty_dedicated_folder_is_accepted_and_runs_the_client_as_its_owner(tmp_path: Path) -> None:
+    st = tmp_path.stat()
+    store = check_client_store(tmp_path / "client.db")
+    assert (store.folder, store.uid, store.gid) == (tmp_path, st.st_uid, st.st_gid)
