@@ -1,22 +1,39 @@
 """Two byte stores behind one small interface: a local directory and an S3 bucket (boto3).
 
 Keys are ``/``-separated relative paths. The versioning rules (immutability,
-manifests, pointers) live in ``pipeline.store``; this module only moves bytes.
+manifests, pointers, push leases) live in ``pipeline.store``; this module only moves
+bytes, plus the two primitives those rules need to be safe under concurrency:
+a conditional write (create-if-absent, replace-if-unchanged) and a listing with ages.
+
+Temporary files are never written outside the store or the destination folder, and
+their names say whose they are (``.<name>.dkt-tmp.<host tag>.<pid>.<random>``), so
+that the next run removes what a killed process left (``is_stale_tmp``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.settings import StoreSettings
 
 CHUNK = 1 << 20
+TMP_MARK = ".dkt-tmp."
+# A temporary file of another host cannot be checked for a live owner; after this long it is garbage.
+FOREIGN_TMP_MAX_AGE = 24 * 3600.0
+_TMP_RE = re.compile(r"\.dkt-tmp\.([0-9a-f]{8})\.(\d+)\.[0-9a-f]+$")
 
 
 class StoreError(RuntimeError):
@@ -29,6 +46,90 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- who owns a temporary file or a lease ------------------------------------------------------
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def host_tag() -> str:
+    """This machine (host name and boot), short: a pid is only meaningful on the host and boot that issued it."""
+    return hashlib.sha1(f"{socket.gethostname()}|{_boot_id()}".encode()).hexdigest()[:8]
+
+
+def pid_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' if unknown): tells a reused pid from the original."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def pid_alive(pid: int, start: str = "") -> bool:
+    """Whether ``pid`` runs on this host (and, given ``start``, is still the same process); zombies count as gone."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    if fields[0] == "Z":
+        return False
+    return not start or fields[19] == start
+
+
+def tmp_name(name: str) -> str:
+    return f".{name}{TMP_MARK}{host_tag()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def is_stale_tmp(name: str, mtime: float, now: float | None = None) -> bool:
+    """A temporary file whose writer is gone: dead pid on this host, or older than a day from another host."""
+    m = _TMP_RE.search(name)
+    if not m:
+        return False
+    tag, pid = m.group(1), int(m.group(2))
+    if tag == host_tag():
+        return not pid_alive(pid)
+    return (now or time.time()) - mtime > FOREIGN_TMP_MAX_AGE
+
+
+def sweep_tmp(folder: Path) -> list[Path]:
+    """Remove the stale temporary files under ``folder`` (a pull destination); returns what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(f"*{TMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and is_stale_tmp(p.name, p.stat().st_mtime):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_dir(parent: Path | None = None) -> Iterator[Path]:
+    """A scratch folder that a killed process does not leak for long: the next caller removes dead owners' ones."""
+    parent = Path(parent or tempfile.gettempdir())
+    prefix = f"dkt-staging{TMP_MARK}{host_tag()}."
+    for old in parent.glob(f"{prefix}*"):
+        m = re.match(rf"{re.escape(prefix)}(\d+)\.", old.name)
+        if m and old.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class BlobStore(ABC):
@@ -51,18 +152,36 @@ class BlobStore(ABC):
         """The object's content, or None when there is no such key."""
 
     @abstractmethod
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object's content and a tag that changes whenever it is rewritten; None when there is no such key."""
+
+    @abstractmethod
+    def put_bytes_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """Write atomically only if the object is absent (``etag`` None) or still has ``etag``.
+
+        Returns the new object's tag, or None when the condition did not hold (nothing written)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
         """Names of the immediate sub-folders under ``prefix``."""
 
+    @abstractmethod
+    def list_keys(self, prefix: str) -> dict[str, float]:
+        """Every object under ``prefix/`` (key relative to ``prefix``) with its last-modified time (epoch seconds)."""
+
+    @abstractmethod
     def sha256(self, key: str) -> str:
         """Hash of the stored object as read back, so a verify step checks what the store really holds."""
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "blob"
-            self.get_file(key, local)
-            return sha256_file(local)
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` (S3); returns how many. Nothing to do locally."""
+        return 0
 
 
 class LocalBlobStore(BlobStore):
@@ -74,17 +193,17 @@ class LocalBlobStore(BlobStore):
         return f"file://{self.root.resolve()}"
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
+        if not key or key.startswith("/") or "\\" in key or ".." in key.split("/"):
             raise StoreError(f"{self.url}: invalid key {key!r}")
         return self.root / key
 
-    def put_file(self, key: str, src: Path) -> None:
+    def _write(self, key: str, fill: Any) -> None:
+        """Write through a temporary file beside the target, then rename: never a half-written object."""
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Copy then rename: a crash never leaves a half-written object under the real key.
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        tmp = dest.with_name(tmp_name(dest.name))
         try:
-            shutil.copyfile(src, tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fill(tmp)
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())
             tmp.replace(dest)
@@ -92,24 +211,62 @@ class LocalBlobStore(BlobStore):
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{self.url}: cannot write {key}: {exc}") from exc
 
+    def put_file(self, key: str, src: Path) -> None:
+        self._write(key, lambda tmp: shutil.copyfile(src, tmp))
+
     def get_file(self, key: str, dest: Path) -> None:
         src = self._path(key)
         if not src.is_file():
             raise StoreError(f"{self.url}: no object {key}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        tmp = dest.with_name(tmp_name(dest.name))
+        try:
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"{self.url}: cannot read {key} into {dest}: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(delete=False) as f:
-            f.write(data)
-        try:
-            self.put_file(key, Path(f.name))
-        finally:
-            Path(f.name).unlink(missing_ok=True)
+        self._write(key, lambda tmp: tmp.write_bytes(data))
 
     def get_bytes(self, key: str) -> bytes | None:
         p = self._path(key)
-        return p.read_bytes() if p.is_file() else None
+        try:
+            return p.read_bytes() if p.is_file() else None
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot read {key}: {exc}") from exc
+
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str] | None:
+        data = self.get_bytes(key)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    @contextlib.contextmanager
+    def _dir_lock(self, key: str) -> Iterator[None]:
+        # flock on the key's folder: every conditional writer of that folder queues here, and the lock
+        # goes with the process if it is killed (no lock file to leave behind).
+        folder = self._path(key).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def put_bytes_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        with self._dir_lock(key):
+            cur = self.get_bytes_etag(key)
+            if (cur is None) != (etag is None) or (cur is not None and cur[1] != etag):
+                return None
+            self.put_bytes(key, data)
+            return hashlib.sha256(data).hexdigest()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot delete {key}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -119,6 +276,35 @@ class LocalBlobStore(BlobStore):
         if not p.is_dir():
             return []
         return sorted(c.name for c in p.iterdir() if c.is_dir())
+
+    def list_keys(self, prefix: str) -> dict[str, float]:
+        p = self._path(prefix)
+        out: dict[str, float] = {}
+        if not p.is_dir():
+            return out
+        for f in p.rglob("*"):
+            with contextlib.suppress(OSError):  # a file renamed away meanwhile is simply not listed
+                if f.is_file():
+                    out[f.relative_to(p).as_posix()] = f.stat().st_mtime
+        return out
+
+    def sha256(self, key: str) -> str:
+        p = self._path(key)
+        try:
+            return sha256_file(p)
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot read {key}: {exc}") from exc
+
+    def remove_empty_dirs(self, prefix: str) -> None:
+        """Drop folders left empty by deletes (an abandoned version), deepest first."""
+        p = self._path(prefix)
+        if not p.is_dir():
+            return
+        for d in sorted((d for d in p.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            p.rmdir()
 
 
 class S3BlobStore(BlobStore):
@@ -149,6 +335,10 @@ class S3BlobStore(BlobStore):
     def _fail(self, what: str, key: str, exc: Exception) -> StoreError:
         return StoreError(f"{self.url}: cannot {what} {key}: {exc}")
 
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
     def put_file(self, key: str, src: Path) -> None:
         try:
             self.client.upload_file(str(src), self.bucket, self._key(key))
@@ -157,7 +347,7 @@ class S3BlobStore(BlobStore):
 
     def get_file(self, key: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
+        tmp = dest.with_name(tmp_name(dest.name))
         try:
             self.client.download_file(self.bucket, self._key(key), str(tmp))
             tmp.replace(dest)
@@ -172,24 +362,42 @@ class S3BlobStore(BlobStore):
             raise self._fail("write", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes | None:
+        got = self.get_bytes_etag(key)
+        return None if got is None else got[0]
+
+    def get_bytes_etag(self, key: str) -> tuple[bytes, str] | None:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return obj["Body"].read(), str(obj["ETag"])
         except self.client.exceptions.NoSuchKey:
             return None
         except Exception as exc:
             raise self._fail("read", key, exc) from exc
 
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+    def put_bytes_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        # S3 conditional writes: If-None-Match: * creates only; If-Match replaces only the version we read.
+        cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            return str(self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)["ETag"])
+        except Exception as exc:
+            # 412: precondition failed; 409: a concurrent conditional write is in flight; 404: gone meanwhile.
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+                return None
+            raise self._fail("write", key, exc) from exc
 
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from exc
+
+    def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._fail("check", key, exc) from exc
         except Exception as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
             raise self._fail("check", key, exc) from exc
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -205,6 +413,41 @@ class S3BlobStore(BlobStore):
         except Exception as exc:
             raise self._fail("list", prefix, exc) from exc
         return sorted(names)
+
+    def list_keys(self, prefix: str) -> dict[str, float]:
+        full = self._key(prefix.strip("/")) + "/"
+        out: dict[str, float] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for o in page.get("Contents", []):
+                    out[o["Key"][len(full) :]] = o["LastModified"].timestamp()
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from exc
+        return out
+
+    def sha256(self, key: str) -> str:
+        # Streamed: no temporary copy on local disk for a killed verify to leave behind.
+        h = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            while chunk := body.read(CHUNK):
+                h.update(chunk)
+        except Exception as exc:
+            raise self._fail("read", key, exc) from exc
+        return h.hexdigest()
+
+    def abort_uploads(self, prefix: str) -> int:
+        # A killed multipart upload leaves invisible, billed parts; they go with the abandoned version.
+        full = self._key(prefix.strip("/")) + "/"
+        n = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
+                for up in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    n += 1
+        except Exception as exc:
+            raise self._fail("abort uploads under", prefix, exc) from exc
+        return n
 
 
 def open_blobs(settings: StoreSettings) -> BlobStore:
