@@ -259,10 +259,13 @@ class SequencePredictor(Predictor):
         return result
 
 
-def load_predictor(bundle_dir: str | Path, device: str = "cpu") -> Predictor:
-    """Load any model bundle written by ``train.py``."""
+def load_predictor(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, Any] | None = None) -> Predictor:
+    """Load any model bundle written by ``train.py``.
+
+    ``meta`` stands in for ``bundle.json``: train.py loads and smoke-tests a bundle before it writes that file.
+    """
     bundle_dir = Path(bundle_dir)
-    meta = read_meta(bundle_dir)
+    meta = read_meta(bundle_dir) if meta is None else meta
     kind = meta["kind"]
     if kind == "sequence":
         return SequencePredictor(bundle_dir, meta, device=device)
