@@ -8,6 +8,10 @@ the inference service is asked for the knowledge state, the expected score on
 the current test and the next question (predicted success closest to the
 target difficulty). If the service is slow or down, the answer is still saved
 and the page says predictions are unavailable.
+
+Time (docs/time-semantics.md): a question is stamped shown when it is first
+rendered (reloads keep that stamp) and its answer is stamped when it arrives,
+both server side. The next question is scored ``at`` the time it will be shown.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 float(cfg["DKT_TARGET_DIFFICULTY"]),
                 int(cfg["DKT_CANDIDATE_POOL"]),
                 seed,
+                # The next question is rendered right after this: it is shown (its Timestamp) about now.
+                at=db.next_timestamp(conn(), student_id),
             )
         except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
             nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()
@@ -126,11 +132,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             row = db.student(conn(), int(row["id"]))
             assert row is not None
             shown = _json(row["insights"])
+        question = bank.item(row["current_item"])
+        if question is not None:  # the first render of this question is when it was shown; reloads keep it
+            db.mark_shown(conn(), int(row["id"]), str(row["current_item"]))
         n, correct = db.counts(conn(), int(row["id"]))
         return render_template(
             "practice.html",
             nickname=row["nickname"],
-            question=bank.item(row["current_item"]),
+            question=question,
             shown=shown,
             n_answers=n,
             n_correct=correct,
@@ -181,7 +190,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @click.option("--since", type=int, default=0, show_default=True, help="watermark: export answers with id > this")
     @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file to write")
     def export_interactions(since: int, out: Path) -> None:
-        """Write answers newer than the watermark as a canonical CSV; print the new watermark."""
+        """Write answers newer than the watermark as a canonical CSV (Timestamp = shown at, plus ResponseTime
+        in seconds); print the new watermark."""
         if since < 0:
             raise click.BadParameter("must be >= 0", param_hint="--since")
         with db.connect(db_path) as c:

@@ -3,12 +3,22 @@
 ``interactions.id`` is an AUTOINCREMENT key: ids only grow and are never reused,
 and SQLite serialises writers, so an answer with a larger id is always committed
 after one with a smaller id. That id is the export watermark.
+
+Time (docs/time-semantics.md): each answer keeps when its question was first
+rendered to the student (``shown_at``) and when the answer arrived
+(``answered_at``), both server side, naive UTC with microseconds. ``Timestamp``
+is ``shown_at`` in whole seconds, so what a model sees at an item never includes
+the time spent answering it.
+
+The schema is versioned with ``PRAGMA user_version``; ``init`` applies the
+numbered migrations a database has not seen yet, each in one transaction.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,30 @@ CREATE INDEX IF NOT EXISTS interactions_student ON interactions(student_id, id);
 """
 
 
+def _add_shown_and_answered_at(conn: sqlite3.Connection) -> None:
+    """Version 2: when each question was shown and answered.
+
+    Rows written before it keep their Timestamp (already exported rows must compare equal on
+    re-export) and get shown_at = Timestamp. Their Timestamp was stamped when the answer
+    arrived, so their answered_at is not known separately: it stays NULL, and so does their
+    ResponseTime in the export, rather than a made-up zero.
+    """
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(interactions)")}
+    if "shown_at" not in columns:
+        conn.execute("ALTER TABLE interactions ADD COLUMN shown_at TEXT")
+    if "answered_at" not in columns:
+        conn.execute("ALTER TABLE interactions ADD COLUMN answered_at TEXT")
+    if "current_shown_at" not in {r[1] for r in conn.execute("PRAGMA table_info(students)")}:
+        conn.execute("ALTER TABLE students ADD COLUMN current_shown_at TEXT")
+    conn.execute("UPDATE interactions SET shown_at = Timestamp WHERE shown_at IS NULL")
+
+
+# (version, migration): applied in order to a database whose user_version is below the version.
+# Version 1 is SCHEMA as first shipped; never edit a released step, append a new one.
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((2, _add_shown_and_answered_at),)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,15 +85,42 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
 def init(conn: sqlite3.Connection) -> None:
+    """Create the tables if needed and bring the schema to ``SCHEMA_VERSION``; safe to run any number of times.
+
+    Several gunicorn workers start at once: BEGIN IMMEDIATE lets one migrate while the others wait,
+    and the version is re-read inside the transaction so a step never runs twice. DDL is
+    transactional in SQLite, so a crash mid-migration leaves the previous version intact.
+    """
     conn.executescript(SCHEMA)
+    for version, migrate in MIGRATIONS:
+        if schema_version(conn) >= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) < version:
+                migrate(conn)
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"  # the canonical Timestamp column, naive UTC
 
 
+def utc_now() -> datetime:
+    """Naive UTC with microseconds: shown_at and answered_at keep sub-second precision for ResponseTime."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
+    return utc_now().strftime(TIMESTAMP_FORMAT)
 
 
 def user_id(student_id: int) -> str:
@@ -78,33 +139,86 @@ def student(conn: sqlite3.Connection, student_id: int) -> sqlite3.Row | None:
 
 
 def set_current(conn: sqlite3.Connection, student_id: int, item: str | None, insights: dict[str, Any] | None) -> None:
+    """The question to show next. A different question is not shown yet (shown_at cleared); the same one keeps it."""
+    # SQLite evaluates every SET expression on the row as it was: ``current_item IS ?`` compares the old item.
     conn.execute(
-        "UPDATE students SET current_item = ?, insights = ? WHERE id = ?",
-        (item, json.dumps(insights) if insights is not None else None, student_id),
+        "UPDATE students SET current_item = ?, insights = ?,"
+        " current_shown_at = CASE WHEN current_item IS ? THEN current_shown_at ELSE NULL END WHERE id = ?",
+        (item, json.dumps(insights) if insights is not None else None, item, student_id),
     )
 
 
-def record_answer(
-    conn: sqlite3.Connection, student_id: int, question: dict[str, Any], correct: bool, given: str
-) -> int:
-    """Store one graded answer; returns its id. Committed when this returns.
+def mark_shown(conn: sqlite3.Connection, student_id: int, item: str, at: datetime | None = None) -> datetime | None:
+    """Stamp the current question as shown, once: rendering the same question again keeps the first stamp.
 
-    Timestamps have one-second resolution, and (user, item, Timestamp) identifies an answer downstream
-    (the export dedupes on it, the service rejects a history that repeats it). So a student's answers
-    get strictly increasing timestamps: an answer in the same second as the previous one is stamped one
-    second later. BEGIN IMMEDIATE makes read-last-then-insert atomic across gunicorn workers.
+    Returns the stored shown-at time, or None when ``item`` is no longer the student's current question
+    (another tab answered it meanwhile). One conditional UPDATE, so two workers rendering at once agree.
+    """
+    conn.execute(
+        "UPDATE students SET current_shown_at = ? WHERE id = ? AND current_item = ? AND current_shown_at IS NULL",
+        ((at or utc_now()).isoformat(sep=" "), student_id, item),
+    )
+    row = conn.execute(
+        "SELECT current_shown_at FROM students WHERE id = ? AND current_item = ?", (student_id, item)
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row is not None and row[0] else None
+
+
+def _last_timestamp(conn: sqlite3.Connection, student_id: int) -> datetime | None:
+    last = conn.execute(
+        "SELECT Timestamp FROM interactions WHERE student_id = ? ORDER BY id DESC LIMIT 1", (student_id,)
+    ).fetchone()
+    return datetime.fromisoformat(last[0]) if last is not None else None
+
+
+def _stamp(shown_at: datetime, last: datetime | None) -> datetime:
+    """The Timestamp for an item shown at ``shown_at``: whole seconds, strictly after the student's last one."""
+    stamp = shown_at.replace(microsecond=0)
+    return stamp if last is None else max(stamp, last + timedelta(seconds=1))
+
+
+def next_timestamp(conn: sqlite3.Connection, student_id: int, shown_at: datetime | None = None) -> str:
+    """The Timestamp the student's next answer will get if its question is shown at ``shown_at`` (default now).
+
+    The client sends it to the service as ``at``, so a candidate is scored with the same elapsed time
+    that the answer will carry in training data.
+    """
+    return _stamp(shown_at or utc_now(), _last_timestamp(conn, student_id)).strftime(TIMESTAMP_FORMAT)
+
+
+def record_answer(
+    conn: sqlite3.Connection,
+    student_id: int,
+    question: dict[str, Any],
+    correct: bool,
+    given: str,
+    shown_at: datetime | None = None,
+) -> int:
+    """Store one graded answer, answered now; returns its id. Committed when this returns.
+
+    ``shown_at`` defaults to the render stamp of the student's current question when ``question`` is
+    it (see ``mark_shown``), else to now (a question never rendered: only possible outside the page).
+    The stamp is consumed: the same item asked again later is a new showing.
+
+    Timestamps (= shown at) have one-second resolution, and (user, item, Timestamp) identifies an answer
+    downstream (the export dedupes on it, the service rejects a history that repeats it). So a student's
+    answers get strictly increasing timestamps: one in the same second as the previous one is stamped one
+    second later. shown_at and answered_at keep the real times. BEGIN IMMEDIATE makes
+    read-last-then-insert atomic across gunicorn workers.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        last = conn.execute(
-            "SELECT Timestamp FROM interactions WHERE student_id = ? ORDER BY id DESC LIMIT 1", (student_id,)
-        ).fetchone()
-        stamp = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-        if last is not None:
-            stamp = max(stamp, datetime.fromisoformat(last[0]) + timedelta(seconds=1))
+        answered_at = utc_now()
+        if shown_at is None:
+            cur_row = conn.execute(
+                "SELECT current_shown_at FROM students WHERE id = ? AND current_item = ?",
+                (student_id, question["assessmentItemID"]),
+            ).fetchone()
+            shown_at = datetime.fromisoformat(cur_row[0]) if cur_row is not None and cur_row[0] else answered_at
+        stamp = _stamp(shown_at, _last_timestamp(conn, student_id))
         cur = conn.execute(
             "INSERT INTO interactions (student_id, userID, assessmentItemID, testId, answerCode, Timestamp,"
-            " KnowledgeTag, given) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " KnowledgeTag, given, shown_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 student_id,
                 user_id(student_id),
@@ -114,8 +228,13 @@ def record_answer(
                 stamp.strftime(TIMESTAMP_FORMAT),
                 int(question["KnowledgeTag"]),
                 given,
+                shown_at.isoformat(sep=" "),
+                answered_at.isoformat(sep=" "),
             ),
         )
+        # The question is consumed with its answer, atomically: if the worker dies before the page answers,
+        # the form the browser sends again is refused as already answered instead of storing it twice.
+        conn.execute("UPDATE students SET current_item = NULL, current_shown_at = NULL WHERE id = ?", (student_id,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -145,13 +264,23 @@ def counts(conn: sqlite3.Connection, student_id: int) -> tuple[int, int]:
     return int(row["n"]), int(row["c"])
 
 
+EXPORT_COLUMNS: tuple[str, ...] = (*COLUMNS, "ResponseTime")
+
+
 def export_since(conn: sqlite3.Connection, since: int) -> tuple[pd.DataFrame, int]:
-    """Every answer with id > ``since``, in id order, and the new watermark (the last id, or ``since``)."""
+    """Every answer with id > ``since``, in id order, and the new watermark (the last id, or ``since``).
+
+    Columns: the canonical ones (Timestamp = shown at) and ``ResponseTime``, answered - shown in
+    seconds (empty for answers stored before answered_at was recorded).
+    """
     rows = conn.execute(
-        "SELECT id, userID, assessmentItemID, testId, answerCode, Timestamp, KnowledgeTag FROM interactions"
-        " WHERE id > ? ORDER BY id",
+        "SELECT id, userID, assessmentItemID, testId, answerCode, Timestamp, KnowledgeTag, shown_at, answered_at"
+        " FROM interactions WHERE id > ? ORDER BY id",
         (since,),
     ).fetchall()
-    df = pd.DataFrame([tuple(r) for r in rows], columns=["id", *COLUMNS])
+    df = pd.DataFrame([tuple(r) for r in rows], columns=["id", *COLUMNS, "shown_at", "answered_at"])
+    seconds = (pd.to_datetime(df["answered_at"]) - pd.to_datetime(df["shown_at"])).dt.total_seconds()
+    # A wall clock stepped back (NTP) between render and answer must not give a negative duration.
+    df["ResponseTime"] = seconds.clip(lower=0.0).round(3)
     watermark = int(df["id"].iloc[-1]) if len(df) else since
-    return df.loc[:, list(COLUMNS)], watermark
+    return df.loc[:, list(EXPORT_COLUMNS)], watermark

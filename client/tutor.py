@@ -59,10 +59,18 @@ def insights(
     target: float,
     pool_size: int,
     seed: int,
+    at: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer."""
+    """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer.
+
+    ``at`` is when the next question will be shown (its Timestamp to be): the service scores candidates as
+    if asked then, which is what the model was trained on (docs/time-semantics.md).
+    """
     pool = bank.pool(answered, pool_size, seed)
-    pred = client.post("/predict", {"history": history, "candidates": [_item_body(q) for q in pool]})
+    body: dict[str, Any] = {"history": history, "candidates": [_item_body(q) for q in pool]}
+    if at is not None:
+        body["at"] = at
+    pred = client.post("/predict", body)
     probs = [float(p["probability"]) for p in pred["predictions"]]
     best = min(range(len(pool)), key=lambda i: (abs(probs[i] - target), pool[i]["assessmentItemID"]))
     nxt = pool[best]

@@ -8,6 +8,13 @@ the next level of the same operation, and decays between practice sessions.
 P(correct) = guess + (1 - guess) * sigmoid(1.7 * (ability + knowledge - item difficulty)).
 Because that probability is written beside every answer, the oracle AUC, the
 best any model can reach on this data, is known.
+
+Time follows docs/time-semantics.md: ``Timestamp`` is when the item was shown;
+``ResponseTime`` (seconds) is how long the student took to answer it, log-normal,
+longer for wrong answers and weaker students; the next item is shown after that
+plus a short gap. A model that saw answered-at times (``answered_at``) would read
+part of each answer off its own response time and score above the oracle: the
+leak test (tests/dkt/test_time_semantics.py) relies on that.
 """
 
 from __future__ import annotations
@@ -30,12 +37,23 @@ GUESS = 0.05  # typed answers: little chance of guessing right
 SLOPE = 1.7
 KNOWLEDGE_CAP = 3.0
 START = pd.Timestamp("2020-01-01")
+# Response time: median (RT_BASE_S + RT_PER_LEVEL_S * level) s, times WRONG_SLOWDOWN for a wrong answer and
+# exp(-RT_ABILITY * ability) for the student. Strong enough that the response time of the item being
+# predicted, were it leaked, tells a model more than the true probability does (see the module doc).
+RT_BASE_S = 6.0
+RT_PER_LEVEL_S = 3.0
+WRONG_SLOWDOWN = 3.0
+RT_ABILITY = 0.25
+RT_SIGMA = 0.3
+RT_MIN_S = 1.0  # at least a second to read and type: answered-at times then stay distinct per user
+GAP_MEDIAN_S = 4.0  # reading the feedback and loading the next item
+COLUMNS_OUT: tuple[str, ...] = (*COLUMNS, "ResponseTime", "p_true")
 
 
 @dataclass
 class Simulation:
     questions: pd.DataFrame
-    interactions: pd.DataFrame  # canonical columns + p_true
+    interactions: pd.DataFrame  # canonical columns (Timestamp = shown at) + ResponseTime + p_true
 
     def oracle_auc(self, df: pd.DataFrame | None = None) -> float:
         df = self.interactions if df is None else df
@@ -48,6 +66,7 @@ def _student(
     ability = rng.normal(0.0, 0.8)
     learn_rate = float(np.exp(rng.normal(np.log(0.15), 0.4)))
     forget_s = float(np.exp(rng.normal(np.log(3 * 86400), 0.6)))
+    slowness = float(np.exp(-RT_ABILITY * ability))
     knowledge = {s.tag: 0.0 for s in SKILLS}
     last_seen: dict[int, float] = {}
     frontier = dict.fromkeys(OPERATIONS, 1)
@@ -70,7 +89,9 @@ def _student(
             logit = SLOPE * (ability + knowledge[tag] - float(q.at[item, "difficulty"]))
             p = GUESS + (1 - GUESS) * (1 / (1 + np.exp(-logit)))
             y = int(rng.random() < p)
-            rows.append((f"u{uid:05d}", item, test_id, y, START + pd.Timedelta(seconds=t), tag, p))
+            median = (RT_BASE_S + RT_PER_LEVEL_S * level) * slowness * (1.0 if y else WRONG_SLOWDOWN)
+            response = max(RT_MIN_S, round(float(np.exp(rng.normal(np.log(median), RT_SIGMA))), 3))
+            rows.append((f"u{uid:05d}", item, test_id, y, START + pd.Timedelta(seconds=t), tag, response, p))
             gain = learn_rate * (1.0 if y else 0.6) * (1 - knowledge[tag] / KNOWLEDGE_CAP)
             knowledge[tag] += gain
             nxt = tag + 1  # the next level of the same operation
@@ -78,7 +99,8 @@ def _student(
                 knowledge[nxt] += 0.3 * gain
             last_seen[tag] = t
             correct_count += y
-            t += float(np.exp(rng.normal(np.log(15 + 10 * level), 0.5)))
+            # The next item is shown once this one is answered and the feedback read: t is always a shown-at time.
+            t += response + max(1.0, float(np.exp(rng.normal(np.log(GAP_MEDIAN_S), 0.4))))
         if correct_count / len(items) >= 0.7 and frontier[op] < max(LEVELS):
             frontier[op] += 1
         t += float(rng.uniform(60, 600)) if rng.random() < 0.6 else float(rng.uniform(6 * 3600, 4 * 86400))
@@ -96,13 +118,22 @@ def simulate(n_users: int, seed: int = 0, progress: bool = False) -> Simulation:
     rows: list[tuple] = []
     for uid in tqdm(range(n_users), desc="students", disable=not progress):
         rows.extend(_student(uid, bank, tests, rng))
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "p_true"])
+    df = pd.DataFrame(rows, columns=list(COLUMNS_OUT))
     df["answerCode"] = df["answerCode"].astype("int8")
+    # One user's items are shown at least RT_MIN_S + 1 s apart, so whole seconds stay strictly increasing.
     df["Timestamp"] = df["Timestamp"].dt.floor("s")
-    # Two answers of one user in the same second would be a duplicate key: keep time strictly increasing.
-    dup = df.duplicated(["userID", "Timestamp"])
-    df.loc[dup, "Timestamp"] += pd.Timedelta(seconds=1)
     return Simulation(questions=questions, interactions=df)
+
+
+def answered_at(df: pd.DataFrame) -> pd.DataFrame:
+    """The same answers stamped when they were answered (shown at + response time): the old, leaky semantics.
+
+    Only for measuring the leak; per user the order is unchanged, since the next item is shown after the
+    previous one was answered.
+    """
+    out = df.copy()
+    out["Timestamp"] = (out["Timestamp"] + pd.to_timedelta(out["ResponseTime"], unit="s")).dt.floor("s")
+    return out
 
 
 def split_users(df: pd.DataFrame, test_ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
