@@ -13,6 +13,7 @@ state and writes nothing to disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -47,7 +48,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 MODEL_TAG = os.environ.get("DKT_MODEL_TAG", "dkt-model:latest")
-MAX_HISTORY = _env_int("DKT_MAX_HISTORY", 10_000)  # answers per request; only the last max_seq_len - 1 are used
+MAX_HISTORY = _env_int("DKT_MAX_HISTORY", 10_000)  # answers per request; features use all of them
 MAX_CANDIDATES = _env_int("DKT_MAX_CANDIDATES", 500)
 MAX_BODY_BYTES = _env_int("DKT_MAX_BODY_BYTES", 4 * 1024 * 1024)
 MAX_BATCH_SIZE = _env_int("DKT_MAX_BATCH_SIZE", 64)
@@ -133,7 +134,7 @@ def _frames(jobs: list[Job]) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.Timest
     for col in ("userID", "assessmentItemID", "testId"):
         hist[col] = hist[col].astype(str)  # the dtype ``dkt.data.schema.validate`` gives ids
     hist["Timestamp"] = hist["Timestamp"].astype("datetime64[ns]")
-    # Oldest first within each job, so the predictor's "keep the last max_seq_len" keeps the newest answers.
+    # Oldest first within each job (ties in request order): the order a file's rows get offline.
     job_of = np.repeat(np.arange(len(jobs)), sizes)
     order = np.lexsort((np.arange(len(hist)), hist["Timestamp"].to_numpy(), job_of))
     hist = hist.iloc[order].reset_index(drop=True)
@@ -287,6 +288,8 @@ class DKTService:
         self.model_dir = Path(self.model_ref.path)
         self.predictor: Predictor = load_predictor(self.model_dir, device="cpu")
         self.tag = str(self.model_ref.tag)
+        config_file = self.model_dir / "config.json"  # every bundle carries the config it was trained with
+        self.config: dict[str, Any] | None = json.loads(config_file.read_text()) if config_file.is_file() else None
         self.batcher = MicroBatcher(self._infer, MAX_BATCH_SIZE)
 
     def metadata(self) -> dict[str, Any]:
@@ -294,12 +297,16 @@ class DKTService:
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
+            # Lineage: what the served model was trained on, by which code, how.
             "data_version": meta.get("data_version"),
+            "code_version": meta.get("code_version"),
+            "seed": meta.get("seed"),
+            "config": self.config,
+            "data_fingerprint": meta.get("data_fingerprint"),
             "metrics": meta.get("metrics", {}),
             "model_tag": self.tag,
             "max_seq_len": self.predictor.max_seq_len,
             "n_params": meta.get("n_params"),
-            "code_version": meta.get("code_version"),
             "created_at": meta.get("created_at"),
             "limits": {"max_history": MAX_HISTORY, "max_candidates": MAX_CANDIDATES, "max_body_bytes": MAX_BODY_BYTES},
         }
@@ -327,7 +334,7 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=MAX_HISTORY)] = [],  # noqa: B006 (copied by pydantic)
         at: Timestamp | None = None,
     ) -> dict[str, Any]:
-        """P(correct) for each candidate item if the student were asked it next."""
+        """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``."""
         job = Job(history=history, candidates=candidates, at=at)
         prob = await self._score(job)
         return {

@@ -4,6 +4,12 @@ All predictors take canonical interaction tables (see ``dkt.data.schema``) and
 return P(correct). ``predict_rows`` scores every row from the rows before it;
 ``predict_last`` scores each user's last row; ``predict_candidates`` and
 ``knowledge_state`` answer "how would this student do on X next".
+
+Train/serve parity: a candidate shown at ``at`` after a history is scored
+exactly as the same item would be as an answerCode -1 row at time ``at`` in a
+file holding that history (``predict_rows``, which ``inference.py`` and test
+evaluation use): features over the whole history, then the window that
+``dkt.data.sequences.window_start`` gives its position.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +29,98 @@ from torch import nn
 from dkt.bundle import read_meta
 from dkt.config import parse_config
 from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame
-from dkt.data.sequences import PAD_ROW, Batcher, Windows, make_windows, to_device
+from dkt.data.sequences import PAD_ROW, Batcher, Windows, scoring_windows, to_device, window_start
 from dkt.models import build_torch_model
 from dkt.models.lstm import LSTMModel
 from dkt.scoring import score_windows
 
-CANDIDATE_GAP = pd.Timedelta(seconds=30)  # assumed time before a candidate when the caller gives none
 ELAPSED_COLUMN = CONTINUOUS.index("elapsed_s")
+HISTORY_COLUMNS = ("assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag")
+
+Job = tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]  # (history, candidates, at)
+
+
+def resolve_at(history: pd.DataFrame, at: pd.Timestamp | str | None) -> pd.Timestamp:
+    """When the candidates are shown (naive UTC): ``at``, or by default now.
+
+    The default is never before the history's last answer: a caller that gives no time means "next",
+    and a clock a little behind the one that stamped the answers must not hide them.
+    """
+    if at is not None:
+        ts = pd.Timestamp(at)
+        return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    return max(now, history["Timestamp"].max()) if len(history) else now
+
+
+def known_before(history: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
+    """The answers given by the time a candidate is shown at ``at``: later ones are its future, as offline."""
+    return history[history["Timestamp"] <= at]
+
+
+def candidate_rows(candidates: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
+    """Candidates as answerCode -1 rows shown at ``at`` (no userID)."""
+    k = len(candidates)
+    return pd.DataFrame(
+        {
+            "assessmentItemID": candidates["assessmentItemID"].astype(str).to_numpy(),
+            "testId": candidates["testId"].astype(str).to_numpy(),
+            "answerCode": np.full(k, -1, dtype="int8"),
+            "Timestamp": np.full(k, at, dtype="datetime64[ns]"),
+            "KnowledgeTag": candidates["KnowledgeTag"].astype("int64").to_numpy(),
+        }
+    )
+
+
+@dataclass
+class EncodedCandidates:
+    """Every job's full history followed by its candidates, encoded as one user per job.
+
+    ``ff`` rows of job ``u`` (in ``jobs`` order) start at ``ff.user_starts[u]``: ``n`` history rows, then
+    ``k`` candidate rows whose features are each what that candidate would get as the row right after
+    the history (see ``encode_candidates``).
+    """
+
+    ff: FeatureFrame
+    table: pd.DataFrame  # the encoded table in input order (``ff.row_index`` maps sorted rows into it)
+    jobs: list[tuple[int, int, int]]  # (job number, n history rows, k candidates)
+
+    def candidate_rows(self, u: int) -> np.ndarray:
+        _, n, k = self.jobs[u]
+        first = int(self.ff.user_starts[u]) + n
+        return np.arange(first, first + k)
+
+
+def encode_candidates(encoder: FeatureEncoder, jobs: Sequence[Job]) -> EncodedCandidates | None:
+    """Encode all jobs with candidates at once; ``None`` when no job has any.
+
+    A candidate row's features depend on the rows before it. Candidates are answerCode -1 rows, so the
+    running counts and accuracies do not move between them; only what describes the previous row
+    (elapsed time, previous response) would see the candidate before it, and is copied from the first
+    candidate, which follows the history directly.
+    """
+    frames, layout = [], []
+    for j, (history, candidates, at) in enumerate(jobs):
+        if len(candidates) == 0:
+            continue
+        at = resolve_at(history, at)
+        hist = known_before(history, at).loc[:, list(HISTORY_COLUMNS)]
+        # Candidates come after the history in input order: the stable time sort keeps them after
+        # answers given in the same second, as an answerCode -1 row after them in a file would be.
+        table = pd.concat([hist, candidate_rows(candidates, at)], ignore_index=True)
+        frames.append(table.assign(userID=f"{len(layout):08d}"))  # zero-padded: users sort in job order
+        layout.append((j, len(hist), len(candidates)))
+    if not layout:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    ff = encoder.transform(table)
+    for u, (_, n, k) in enumerate(layout):
+        first = int(ff.user_starts[u]) + n
+        ff.cat["elapsed"][first + 1 : first + k] = ff.cat["elapsed"][first]
+        for name in ff.resp:
+            ff.resp[name][first + 1 : first + k] = ff.resp[name][first]
+        ff.cont[first + 1 : first + k, ELAPSED_COLUMN] = ff.cont[first, ELAPSED_COLUMN]
+    return EncodedCandidates(ff=ff, table=table, jobs=layout)
 
 
 class Predictor(ABC):
@@ -62,32 +154,23 @@ class Predictor(ABC):
     def predict_candidates(
         self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
     ) -> np.ndarray:
-        """P(correct) for each candidate item if it were asked next, after ``history`` (one student)."""
+        """P(correct) for each candidate item if it were shown at ``at`` (default now) after ``history`` (one student).
+
+        The reference path: one pseudo-user per candidate (the history, then that candidate as an
+        answerCode -1 row), scored by ``predict_rows`` exactly as ``inference.py`` scores a file.
+        """
         if len(candidates) == 0:
             return np.zeros(0)
-        history = history.tail(self.max_seq_len - 1)
-        if at is None:
-            at = history["Timestamp"].max() + CANDIDATE_GAP if len(history) else pd.Timestamp("2000-01-01")
+        at = resolve_at(history, at)
+        history = known_before(history, at).loc[:, list(HISTORY_COLUMNS)]
         n, k = len(history), len(candidates)
-        # One pseudo-user per candidate: the shared history followed by that candidate.
         rows = pd.concat([history] * k, ignore_index=True) if n else history.iloc[0:0]
         rows = rows.assign(userID=np.repeat(np.arange(k), n).astype(str))
-        cand = pd.DataFrame(
-            {
-                "userID": np.arange(k).astype(str),
-                "assessmentItemID": candidates["assessmentItemID"].astype(str).to_numpy(),
-                "testId": candidates["testId"].astype(str).to_numpy(),
-                "answerCode": np.full(k, -1, dtype="int8"),
-                "Timestamp": np.full(k, at, dtype="datetime64[ns]"),
-                "KnowledgeTag": candidates["KnowledgeTag"].astype("int64").to_numpy(),
-            }
-        )
+        cand = candidate_rows(candidates, at).assign(userID=np.arange(k).astype(str))
         last = self.predict_last(pd.concat([rows, cand], ignore_index=True))
         return last.reindex(np.arange(k).astype(str)).to_numpy()
 
-    def predict_candidates_batch(
-        self, jobs: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]]
-    ) -> list[np.ndarray]:
+    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """``predict_candidates`` for several (history, candidates, at) jobs at once (serving batches requests)."""
         return [self.predict_candidates(history, candidates, at) for history, candidates, at in jobs]
 
@@ -127,11 +210,8 @@ class SequencePredictor(Predictor):
         self.model.to(self.device).eval()
 
     def score_frame(self, ff: FeatureFrame, last_only: bool = False) -> np.ndarray:
-        windows = make_windows(ff, self.max_seq_len, max(1, self.max_seq_len // 2), last_only=last_only)
-        if last_only:  # only the final position of each window is asked for
-            lengths = (windows.index != -1).sum(axis=1)
-            windows.score[:] = False
-            windows.score[np.arange(len(windows)), lengths - 1] = True
+        targets = ff.user_starts[1:] - 1 if last_only else None  # last_only: each user's final row
+        windows = scoring_windows(ff, self.max_seq_len, targets)
         return score_windows(self.model, Batcher(ff), windows, len(ff), self.config.train.eval_batch_size, self.device)
 
     def predict_rows(self, df: pd.DataFrame, last_only: bool = False) -> np.ndarray:
@@ -145,61 +225,27 @@ class SequencePredictor(Predictor):
     ) -> np.ndarray:
         return self.predict_candidates_batch([(history, candidates, at)])[0]
 
-    def predict_candidates_batch(
-        self, jobs: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]]
-    ) -> list[np.ndarray]:
-        """Same results as the generic path, but the history is encoded once per job, not once per candidate.
+    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """Same results as the generic path, but each history is encoded once per job, not once per candidate.
 
-        Every candidate of a job shares the job's history; the features of a candidate row depend
-        only on that history, its own item and its time, so all candidates are encoded as rows after
-        the history of one user and then each is scored in its own window (history + that candidate).
+        All candidates of a job are encoded after its full history (``encode_candidates``); each is then
+        scored in its own window: the history rows from ``window_start(n)`` on, then that candidate.
         """
-        results: list[np.ndarray | None] = [None] * len(jobs)
-        frames, fast = [], []
-        for j, (history, candidates, at) in enumerate(jobs):
-            history = history.tail(self.max_seq_len - 1)
-            if len(candidates) == 0:
-                results[j] = np.zeros(0)
-                continue
-            if at is None:
-                at = history["Timestamp"].max() + CANDIDATE_GAP if len(history) else pd.Timestamp("2000-01-01")
-            if len(history) and at < history["Timestamp"].max():
-                # A candidate asked before the end of the history lands mid-sequence: the generic path handles it.
-                results[j] = super().predict_candidates(history, candidates, at)
-                continue
-            k = len(candidates)
-            cand = pd.DataFrame(
-                {
-                    "assessmentItemID": candidates["assessmentItemID"].astype(str).to_numpy(),
-                    "testId": candidates["testId"].astype(str).to_numpy(),
-                    "answerCode": np.full(k, -1, dtype="int8"),
-                    "Timestamp": np.full(k, at, dtype="datetime64[ns]"),
-                    "KnowledgeTag": candidates["KnowledgeTag"].astype("int64").to_numpy(),
-                }
-            )
-            hist = history.loc[:, ["assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]]
-            frames.append(pd.concat([hist, cand], ignore_index=True).assign(userID=f"{len(fast):08d}"))
-            fast.append((j, len(history), k))
-        if not fast:
-            return [r if r is not None else np.zeros(0) for r in results]
-        ff = self.encoder.transform(pd.concat(frames, ignore_index=True))
-        width = max(n for _, n, _ in fast) + 1
-        index = np.full((sum(k for _, _, k in fast), width), PAD_ROW, dtype=np.int64)
+        results = [np.zeros(0) for _ in jobs]
+        enc = encode_candidates(self.encoder, jobs)
+        if enc is None:
+            return results
+        ff = enc.ff
+        starts = [int(window_start(n, self.max_seq_len)) for _, n, _ in enc.jobs]
+        width = max(n - s for (_, n, _), s in zip(enc.jobs, starts, strict=True)) + 1
+        index = np.full((sum(k for _, _, k in enc.jobs), width), PAD_ROW, dtype=np.int64)
         score = np.zeros(index.shape, dtype=bool)
-        targets = []
         w = 0
-        for u, (_, n, k) in enumerate(fast):
-            start = int(ff.user_starts[u])  # zero-padded user ids sort in job order
-            first = start + n
-            # Later candidates must look like the first one: each would follow the history directly.
-            ff.cat["elapsed"][first + 1 : first + k] = ff.cat["elapsed"][first]
-            for name in ff.resp:
-                ff.resp[name][first + 1 : first + k] = ff.resp[name][first]
-            ff.cont[first + 1 : first + k, ELAPSED_COLUMN] = ff.cont[first, ELAPSED_COLUMN]
-            index[w : w + k, :n] = np.arange(start, first)
-            index[w : w + k, n] = np.arange(first, first + k)
-            score[w : w + k, n] = True
-            targets.append(np.arange(first, first + k))
+        for u, ((_, n, k), s) in enumerate(zip(enc.jobs, starts, strict=True)):
+            first = int(ff.user_starts[u])
+            index[w : w + k, : n - s] = np.arange(first + s, first + n)
+            index[w : w + k, n - s] = enc.candidate_rows(u)
+            score[w : w + k, n - s] = True
             w += k
         if isinstance(self.model, LSTMModel):
             prob = self._lstm_next(ff, index, score)
@@ -207,9 +253,9 @@ class SequencePredictor(Predictor):
             windows = Windows(index=index, score=score)
             batch_size = self.config.train.eval_batch_size
             prob = score_windows(self.model, Batcher(ff), windows, len(ff), batch_size, self.device)
-        for (j, _, _), rows in zip(fast, targets, strict=True):
-            results[j] = prob[rows]
-        return [r if r is not None else np.zeros(0) for r in results]
+        for u, (j, _, _) in enumerate(enc.jobs):
+            results[j] = prob[enc.candidate_rows(u)]
+        return results
 
     @torch.no_grad()
     def _lstm_next(self, ff: FeatureFrame, index: np.ndarray, score: np.ndarray) -> np.ndarray:

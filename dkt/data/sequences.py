@@ -1,8 +1,14 @@
 """Per-user sequences cut into sliding windows, padded, masked and batched.
 
 Long histories are never truncated: a user with more than ``max_len`` answers
-gives several overlapping windows. For evaluation each answer is scored exactly
-once, in the window that shows it with the most history before it.
+gives several overlapping windows (``make_windows``, for training).
+
+Scoring (evaluation, ``inference.py``, the service) goes through one rule,
+``window_start``: a user's answer at position t (0-based, in time order) is
+scored in the window of rows [window_start(t), t], a function of t alone, never
+of how many answers the user has after t. Features are computed over the whole
+history before the window is cut, so a service that sees the n answers before a
+candidate gives it exactly the inputs an offline pass over the full file does.
 """
 
 from __future__ import annotations
@@ -55,6 +61,49 @@ def make_windows(ff: FeatureFrame, max_len: int, stride: int | None = None, last
     for k, ((s, e), (ss, se)) in enumerate(zip(rows, scores, strict=True)):
         index[k, : e - s] = np.arange(s, e)
         score[k, ss - s : se - s] = True
+    return Windows(index=index, score=score)
+
+
+def eval_stride(max_len: int) -> int:
+    """Window starts used for scoring are multiples of this."""
+    return max(1, max_len // 2)
+
+
+def window_start(t: np.ndarray | int, max_len: int) -> np.ndarray:
+    """First position of the window that scores position ``t`` of a user's history (positions are 0-based).
+
+    Windows start at multiples of ``eval_stride(max_len)``; position t is scored in the earliest such
+    window that still holds it, so it sees between ``max_len - stride - 1`` and ``max_len - 1`` answers
+    before it once the user has that many.
+    """
+    stride = eval_stride(max_len)
+    t = np.asarray(t, dtype=np.int64)
+    if np.any(t < 0):
+        raise ValueError("positions must be >= 0")
+    # ceil((t - max_len + 1) / stride), clipped at window 0
+    return np.maximum(0, -((max_len - 1 - t) // stride)) * stride
+
+
+def scoring_windows(ff: FeatureFrame, max_len: int, targets: np.ndarray | None = None) -> Windows:
+    """Windows that score each target row of ``ff`` (default: every row) at the place ``window_start`` gives it.
+
+    Targets sharing a window start share one window (the models are causal: a position's output depends
+    only on the rows before it in its window), so scoring every row costs about two passes over the data.
+    """
+    rows = np.arange(len(ff), dtype=np.int64) if targets is None else np.asarray(targets, dtype=np.int64)
+    if len(rows) == 0:
+        return Windows(index=np.full((0, max_len), PAD_ROW, dtype=np.int64), score=np.zeros((0, max_len), bool))
+    user = np.searchsorted(ff.user_starts, rows, side="right") - 1
+    first = ff.user_starts[user]
+    start = first + window_start(rows - first, max_len)
+    starts, group = np.unique(start, return_inverse=True)
+    group = group.reshape(-1)
+    ends = np.zeros(len(starts), dtype=np.int64)
+    np.maximum.at(ends, group, rows + 1)
+    cols = np.arange(max_len, dtype=np.int64)
+    index = np.where(cols[None, :] < (ends - starts)[:, None], starts[:, None] + cols[None, :], PAD_ROW)
+    score = np.zeros(index.shape, dtype=bool)
+    score[group, rows - start] = True
     return Windows(index=index, score=score)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from scipy.optimize import minimize
 from dkt.bundle import BundleError, write_json
 from dkt.config import ConfigError, ExperimentConfig, load_config
 from dkt.metrics import auc
-from dkt.predictor import Predictor, load_predictor
+from dkt.predictor import Job, Predictor, load_predictor, resolve_at
 from dkt.training import resolve_device
 
 if TYPE_CHECKING:
@@ -163,3 +164,17 @@ class EnsemblePredictor(Predictor):
 
     def predict_rows(self, df: pd.DataFrame, last_only: bool = False) -> np.ndarray:
         return weighted_mean([m.predict_rows(df, last_only=last_only) for m in self.members], self.weights)
+
+    def predict_candidates(
+        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        return self.predict_candidates_batch([(history, candidates, at)])[0]
+
+    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """The weighted mean of each member's own candidate path (its window, its features), as ``predict_rows``.
+
+        ``at`` is fixed once here, so members that default it to "now" all see the same time.
+        """
+        fixed = [(h, c, resolve_at(h, at)) for h, c, at in jobs]
+        per_member = [m.predict_candidates_batch(fixed) for m in self.members]
+        return [weighted_mean([p[j] for p in per_member], self.weights) for j in range(len(jobs))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dkt.bundle import write_json
 from dkt.config import ConfigError, ExperimentConfig
-from dkt.data.features import CONTINUOUS, FeatureEncoder
+from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame
 from dkt.metrics import auc
-from dkt.predictor import Predictor
+from dkt.predictor import Job, Predictor, encode_candidates
 
 MODEL_FILE = "model.lgb"
 STATS_FILE = "lgbm_stats.json"
@@ -120,7 +121,11 @@ class Rows:
 
 
 def sort_rows(encoder: FeatureEncoder, df: pd.DataFrame) -> Rows:
-    ff = encoder.transform(df)
+    return rows_from_frame(encoder.transform(df), df)
+
+
+def rows_from_frame(ff: FeatureFrame, df: pd.DataFrame) -> Rows:
+    """``Rows`` of the table ``df`` that ``ff`` encodes (the serving path builds ``ff`` itself)."""
     d = df.iloc[ff.row_index]
     item = d["assessmentItemID"].astype(str).to_numpy()
     raw = {
@@ -347,3 +352,29 @@ class LGBMPredictor(Predictor):
         else:
             out[rows.order] = self.booster.predict(x)
         return out
+
+    def predict_candidates(
+        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        return self.predict_candidates_batch([(history, candidates, at)])[0]
+
+    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """Each job's full history encoded once with all its candidates after it (see ``encode_candidates``).
+
+        Every feature here counts labelled answers only, or describes the previous row (which
+        ``encode_candidates`` makes the last history row for every candidate), so a candidate gets the
+        features it would have as the one answerCode -1 row after the history: the generic path's,
+        without repeating the history per candidate.
+        """
+        results = [np.zeros(0) for _ in jobs]
+        enc = encode_candidates(self.encoder, jobs)
+        if enc is None:
+            return results
+        rows = rows_from_frame(enc.ff, enc.table)
+        x = causal_features(rows, serving_stats(rows, self.stats, self.prior_weight))[self.features]
+        picks = [enc.candidate_rows(u) for u in range(len(enc.jobs))]
+        prob = self.booster.predict(x.iloc[np.concatenate(picks)])
+        bounds = np.cumsum([0, *(len(p) for p in picks)])
+        for u, (j, _, _) in enumerate(enc.jobs):
+            results[j] = prob[bounds[u] : bounds[u + 1]]
+        return results

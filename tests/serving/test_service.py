@@ -43,10 +43,11 @@ def post(service: Server, path: str, body: object, **kw: object) -> requests.Res
     return requests.post(service.url + path, json=body, timeout=60, **kw)
 
 
-def local(bundle: Path, history: list[dict], cands: list[dict]) -> np.ndarray:
+def local(bundle: Path, history: list[dict], cands: list[dict], at: pd.Timestamp | None = None) -> np.ndarray:
     """What the model says in-process, for comparison with the service."""
     hist = validate(pd.DataFrame(history).assign(userID="u"), "h", row_offset=0)
-    return load_predictor(bundle).predict_candidates(hist.sort_values("Timestamp", kind="stable"), pd.DataFrame(cands))
+    hist = hist.sort_values("Timestamp", kind="stable")
+    return load_predictor(bundle).predict_candidates(hist, pd.DataFrame(cands), at)
 
 
 def test_metadata_and_readyz(service: Server, packed) -> None:
@@ -58,6 +59,10 @@ def test_metadata_and_readyz(service: Server, packed) -> None:
     assert meta["data_version"] == bundle["data_version"]
     assert meta["metrics"]["test_auc"] == pytest.approx(bundle["metrics"]["test_auc"])
     assert meta["model_tag"] == packed.model_tag
+    # lineage: code, seed and the training config, as the bundle records them
+    assert meta["code_version"] == bundle["code_version"] and meta["seed"] == bundle["seed"] == 1
+    assert meta["config"] == json.loads((packed.bundle / "config.json").read_text())
+    assert meta["config"]["model"] == "lstm"
 
 
 def test_predict_matches_the_model(service: Server, packed, sim_dir: Path) -> None:
@@ -84,17 +89,37 @@ def test_predict_matches_the_model(service: Server, packed, sim_dir: Path) -> No
     assert np.mean(p_right) > np.mean(p_wrong) + 0.05
 
 
-def test_new_student_unseen_items_and_long_history(service: Server, sim_dir: Path) -> None:
+def test_new_student_unseen_items_and_long_history(service: Server, packed, sim_dir: Path) -> None:
     cands = [*items(sim_dir, 3), {"assessmentItemID": "Z999999999", "testId": "Z999000000", "KnowledgeTag": 987654}]
     r = post(service, "/predict", {"history": [], "candidates": cands})
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == 4  # unseen ids fall into the unknown class, not an error
-    # max_seq_len is 50: a 120-answer history scores like its most recent 49 answers, whatever the input order.
+    # max_seq_len is 50: a 120-answer history is scored as offline, whatever the input order: features over
+    # all 120 answers, the window from window_start(120) on (tests/serving/test_parity.py checks every kind).
     long = student(sim_dir, 120)
+    at = "2031-01-01 00:00:00"
     shuffled = [long[i] for i in np.random.default_rng(0).permutation(len(long))]
-    full = post(service, "/predict", {"history": shuffled, "candidates": cands}).json()["predictions"]
-    tail = post(service, "/predict", {"history": long[-49:], "candidates": cands}).json()["predictions"]
-    np.testing.assert_allclose([p["probability"] for p in full], [p["probability"] for p in tail], atol=1e-5)
+    full = post(service, "/predict", {"history": shuffled, "candidates": cands, "at": at}).json()["predictions"]
+    tail = post(service, "/predict", {"history": long[-49:], "candidates": cands, "at": at}).json()["predictions"]
+    got = np.array([p["probability"] for p in full])
+    np.testing.assert_allclose(got, local(packed.bundle, long, cands, pd.Timestamp(at)), atol=1e-5)
+    assert np.abs(got - [p["probability"] for p in tail]).max() > 1e-4  # the answers before the window count
+
+
+def test_at_defaults_to_now(service: Server, sim_dir: Path) -> None:
+    """No `at`: the candidates are shown now, long after these 2020 answers (no fixed 30 s guess)."""
+    history, cands = student(sim_dir, 20), items(sim_dir, 5)
+    last = max(pd.Timestamp(h["Timestamp"]) for h in history)
+
+    def probs(at: str | None) -> np.ndarray:
+        body = {"history": history, "candidates": cands, **({"at": at} if at else {})}
+        r = post(service, "/predict", body)
+        assert r.status_code == 200, r.text
+        return np.array([p["probability"] for p in r.json()["predictions"]])
+
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    np.testing.assert_allclose(probs(None), probs(str(now.floor("s"))), atol=1e-6)
+    assert np.abs(probs(None) - probs(str(last + pd.Timedelta(seconds=30)))).max() > 1e-4
 
 
 def test_knowledge_state_and_score(service: Server, packed, sim_dir: Path) -> None:
