@@ -4,6 +4,8 @@
         --test-file data/sim/test.csv --output-dir models/local/lstm
 
 The flags and the keys of DIR/metrics.json are a public interface (see README).
+Bad input (a file, a flag, data that cannot train a model, a model that does not load and score)
+ends in one line ``error: ...`` on stderr and exit 2, with no bundle.json written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dkt.bundle import BundleError
 from dkt.config import ConfigError, load_config
 from dkt.data.schema import DataValidationError
 from dkt.experiment import load_run_data, run, summary_line
+from dkt.training import TrainingError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None and args.epochs < 1:
         print("error: --epochs must be at least 1", file=sys.stderr)
         return 2
+    # Checked before hours of training, not when the first file is written.
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        print(f"error: --output-dir {args.output_dir}: exists and is not a folder", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         data = load_run_data(
@@ -57,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             config_dir=args.config.parent,
             progress=not args.no_progress,
         )
-    except (ConfigError, DataValidationError, BundleError) as exc:
+    except (ConfigError, DataValidationError, BundleError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output folder cannot be written (permissions, disk full)
+        print(f"error: {args.output_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(summary_line(metrics))
     return 0

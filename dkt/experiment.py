@@ -15,14 +15,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dkt.bundle import BUNDLE_FILE, BUNDLE_FORMAT, code_version, default_version, item_catalog, utc_now, write_json
+from dkt.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    BundleError,
+    code_commit,
+    code_version,
+    config_hash,
+    default_version,
+    item_catalog,
+    utc_now,
+    write_json,
+)
 from dkt.config import ExperimentConfig, load_config
 from dkt.data.features import FeatureEncoder
 from dkt.data.io import DataFormat, fingerprint, load_interactions
-from dkt.metrics import evaluate_predictions
+from dkt.data.schema import DataValidationError, check_disjoint_users, check_trainable
+from dkt.metrics import evaluate_predictions, finite_or_none, put_metric
 from dkt.models import build_torch_model
 from dkt.predictor import load_predictor
 from dkt.training import count_params, fit_sequence_model, resolve_device, seed_everything
+from dkt.verify import verify_bundle
 
 
 @dataclass
@@ -33,11 +46,16 @@ class RunData:
     fingerprints: dict[str, str]
 
 
-def split_by_user(df: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_user(
+    df: pd.DataFrame, ratio: float, seed: int, source: str = "<train>"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out a share of users: no user is in both parts."""
     users = np.sort(df["userID"].unique())
     if len(users) < 2:
-        raise ValueError("need at least 2 users to split training data into train and validation")
+        raise DataValidationError(
+            source,
+            f"{len(users)} user ({users[0]!r}); holding out validation users needs at least 2 (or give --valid-file)",
+        )
     rng = np.random.default_rng(seed)
     n_valid = min(len(users) - 1, max(1, round(len(users) * ratio)))
     valid_users = set(rng.choice(users, n_valid, replace=False))
@@ -53,12 +71,19 @@ def load_run_data(
     valid_ratio: float,
     seed: int,
 ) -> RunData:
+    """Load, check and split the run's data; every problem is a ``DataValidationError`` naming the file."""
     full = load_interactions(train_file, fmt)
+    check_trainable(full, str(train_file))
+    test = load_interactions(test_file, fmt)
+    files = {"--train-file": (str(train_file), full)}
     if valid_file:
         train, valid = full, load_interactions(valid_file, fmt)
+        files["--valid-file"] = (str(valid_file), valid)
     else:
-        train, valid = split_by_user(full, valid_ratio, seed)
-    test = load_interactions(test_file, fmt)
+        train, valid = split_by_user(full, valid_ratio, seed, str(train_file))
+    files["--test-file"] = (str(test_file), test)
+    # A student in two sets makes evaluation measure memory, not prediction.
+    check_disjoint_users(files)
     fps = {"train_file": fingerprint(full), "test": fingerprint(test)}
     if valid_file:
         fps["valid_file"] = fingerprint(valid)
@@ -77,17 +102,24 @@ def run(
     config_dir: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train one model and write its bundle to ``output_dir``; returns the metrics."""
+    """Train one model and write its bundle to ``output_dir``; returns the metrics.
+
+    ``bundle.json`` is written last, and only after the saved model has loaded and scored a smoke
+    batch (``dkt.verify``): a folder without it is incomplete and every loader refuses it.
+    """
     if not isinstance(config, ExperimentConfig):
         config_dir = Path(config).parent
         config = load_config(config)
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: --output-dir exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / BUNDLE_FILE).unlink(missing_ok=True)  # the folder is incomplete until the end of this run
     seed_everything(seed)
     dev = resolve_device(device)
     encoder = FeatureEncoder.fit(data.train)
-    write_json(out / "config.json", config.model_dump(mode="json"))
+    config_doc = config.model_dump(mode="json")
+    write_json(out / "config.json", config_doc)
     write_json(out / "encoder.json", encoder.to_dict())
     write_json(out / "catalog.json", item_catalog(data.train[data.train["answerCode"] >= 0]))
 
@@ -130,44 +162,64 @@ def run(
             "epochs_run": result.epochs_run,
             "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
             "valid_auc": result.best_valid_auc,
+            "selected_by": result.selected_by,
+            "selection_reason": result.selection_reason,
             "history": result.history,
         }
 
+    commit, dirty = code_commit()
     meta = {
         "format": BUNDLE_FORMAT,
         "model": config.model,
         "kind": fit["kind"],
         "model_version": model_version or default_version(),
+        # Lineage (dkt.bundle.LINEAGE_KEYS): what this model was made from, also copied into the store manifest.
         "data_version": data_version or data.fingerprints["train_file"],
-        "code_version": code_version(),
+        "code_commit": commit,
+        "code_dirty": dirty,
+        "code_version": code_version(commit) + (".dirty" if dirty else ""),
+        "config_hash": config_hash(config_doc),
+        "seed": seed,
         "created_at": utc_now(),
         "data_fingerprint": data.fingerprints,
         "max_seq_len": config.train.max_seq_len,
         "n_params": fit["n_params"],
-        "seed": seed,
     }
-    # Evaluate through the same loader that serving uses: what is measured is what is served.
-    write_json(out / BUNDLE_FILE, meta | {"metrics": {}})
-    predictor = load_predictor(out, device=str(dev))
-    test_metrics = evaluate_predictions(data.test, predictor.predict_rows(data.test), prefix="test_")
-    metrics = {
-        **test_metrics,
+    # The smoke check first (cheap, and a model that cannot score a batch is not worth evaluating), then
+    # evaluation through the same loader serving uses: what is measured is what is served.
+    verify_bundle(out, device=str(dev), meta=meta)
+    predictor = load_predictor(out, device=str(dev), meta=meta)
+    metrics: dict[str, Any] = evaluate_predictions(data.test, predictor.predict_rows(data.test), prefix="test_")
+    metrics |= {
         "n_params": fit["n_params"],
         "train_seconds": round(fit["train_seconds"], 2),
         "seconds_per_epoch": round(fit.get("seconds_per_epoch", fit["train_seconds"]), 2),
         "best_epoch": fit.get("best_epoch", 0),
         "epochs_run": fit.get("epochs_run", 0),
-        "valid_auc": fit.get("valid_auc", float("nan")),
         "device": str(dev),
         "model": config.model,
     }
+    put_metric(metrics, "valid_auc", fit.get("valid_auc"), fit.get("selection_reason") or valid_auc_reason(data))
+    if fit.get("selection_reason"):
+        metrics["selected_by"] = fit["selected_by"]
     write_json(out / "metrics.json", metrics)
     if fit.get("history"):
-        write_json(out / "history.json", fit["history"])
-    write_json(out / BUNDLE_FILE, meta | {"metrics": metrics})
+        write_json(out / "history.json", finite_or_none(fit["history"]))
+    write_json(out / BUNDLE_FILE, meta | {"metrics": metrics})  # last: from here on the folder is a bundle
     return metrics
+
+
+def valid_auc_reason(data: RunData) -> str:
+    y = data.valid["answerCode"].to_numpy()
+    classes = np.unique(y[y >= 0])
+    if len(classes) == 0:
+        return "no labelled answers in validation"
+    if len(classes) == 1:
+        return f"only one class in validation labels (all {int(classes[0])})"
+    return "not computed for this model kind"
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
     keys = ("test_auc", "test_auc_last", "test_acc", "n_params", "train_seconds", "device")
-    return json.dumps({k: metrics[k] for k in keys})
+    reasons = {f"{k}_reason": metrics[f"{k}_reason"] for k in keys if f"{k}_reason" in metrics}
+    return json.dumps({k: metrics[k] for k in keys} | reasons, allow_nan=False)

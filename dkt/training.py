@@ -22,6 +22,10 @@ from dkt.metrics import auc
 from dkt.scoring import autocast, score_windows
 
 
+class TrainingError(RuntimeError):
+    """Training ran but produced no usable model (e.g. every epoch's loss was NaN)."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -33,7 +37,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        raise TrainingError("--device cuda was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -44,10 +48,27 @@ def count_params(model: nn.Module) -> int:
 @dataclass
 class FitResult:
     best_epoch: int
-    best_valid_auc: float
+    best_valid_auc: float  # NaN when undefined (one class in the validation labels)
     epochs_run: int
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    selected_by: str = "valid_auc"  # or "valid_loss" / "train_loss" when AUC cannot rank the epochs
+    selection_reason: str = ""
+
+
+def selection_metric(valid_y: np.ndarray) -> tuple[str, str]:
+    """What ranks epochs, and why when it is not validation AUC (AUC needs both classes)."""
+    classes = np.unique(valid_y)
+    if len(classes) == 2:
+        return "valid_auc", ""
+    if len(classes) == 1:
+        return "valid_loss", f"validation AUC is undefined (only one class in validation labels: all {int(classes[0])})"
+    return "train_loss", "validation has no labelled answers"
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -73,7 +94,9 @@ def fit_sequence_model(
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of its best validation epoch.
 
-    ``on_improve`` is called after each epoch that beats the best validation AUC,
+    Epochs are ranked by validation AUC; when that is undefined (one class in the validation
+    labels) by validation loss, and with no labelled validation answers by training loss (it says so).
+    ``on_improve`` is called after each epoch that beats the best so far,
     so the caller can persist the weights at once: a crash later loses nothing.
     """
     epochs = epochs or params.epochs
@@ -91,8 +114,11 @@ def fit_sequence_model(
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     valid_y = np.clip(valid_ff.answer, 0, 1)
+    criterion, reason = selection_metric(valid_y[valid_ff.answer >= 0])
+    if reason:
+        print(f"{reason}: selecting epochs by {criterion.replace('_', ' ')}", file=sys.stderr)
 
-    best_auc, best_epoch, best_state, stale = -1.0, 0, None, 0
+    best_score, best_auc, best_epoch, best_state, stale = -math.inf, float("nan"), 0, None, 0
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     show = progress and sys.stderr.isatty()
@@ -131,26 +157,34 @@ def fit_sequence_model(
         prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
         labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
         v_auc = auc(valid_y[labelled], prob[labelled])
+        v_loss = log_loss(valid_y[labelled], prob[labelled])
         seconds = time.perf_counter() - tick
         train_loss = total_loss / max(1, total_n)
-        history.append({"epoch": epoch, "train_loss": train_loss, "valid_auc": v_auc, "seconds": seconds})
-        improved = v_auc > best_auc
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "valid_auc": v_auc, "valid_loss": v_loss, "seconds": seconds}
+        )
+        # Higher is better: AUC as is, losses negated.
+        score = {"valid_auc": v_auc, "valid_loss": -v_loss, "train_loss": -train_loss}[criterion]
+        improved = bool(np.isfinite(score)) and score > best_score
         print(
-            f"epoch {epoch:3d}  loss {train_loss:.4f}  valid_auc {v_auc:.4f}  "
+            f"epoch {epoch:3d}  loss {train_loss:.4f}  valid_auc {v_auc:.4f}  valid_loss {v_loss:.4f}  "
             f"{seconds:.1f}s{'  *' if improved else ''}",
             file=sys.stderr,
             flush=True,
         )
         if improved:
-            best_auc, best_epoch, stale = v_auc, epoch, 0
+            best_score, best_auc, best_epoch, stale = score, v_auc, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             if on_improve is not None:
                 on_improve(model, epoch, v_auc)
         else:
             stale += 1
             if stale >= params.patience:
-                print(f"early stop: no valid AUC gain for {params.patience} epochs", file=sys.stderr)
+                print(
+                    f"early stop: no {criterion.replace('_', ' ')} gain for {params.patience} epochs", file=sys.stderr
+                )
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(best_epoch, best_auc, epoch, time.perf_counter() - t0, history)
+    if best_state is None:
+        raise TrainingError(f"no epoch gave a finite {criterion.replace('_', ' ')}: training diverged")
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_auc, epoch, time.perf_counter() - t0, history, criterion, reason)

@@ -17,17 +17,41 @@ KT3_EPOCH = pd.Timestamp("2000-01-01")
 KT3_STEP = pd.Timedelta(seconds=60)
 
 
+SNIFF_BYTES = 64 * 1024
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a missing, unreadable or binary file with one clear message (pandas would give a traceback)."""
+    if not path.exists():
+        raise DataValidationError(str(path), "file not found")
+    if not path.is_file():
+        raise DataValidationError(str(path), "not a file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise DataValidationError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    # Text never holds NUL bytes; a model file or an archive passed by mistake almost always does.
+    if (nul := head.find(b"\x00")) >= 0:
+        raise DataValidationError(str(path), f"binary file (NUL byte at offset {nul}), not text")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataValidationError:
+    return DataValidationError(str(path), f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)")
+
+
 def read_csv(path: str | Path) -> pd.DataFrame:
     """Read a canonical interaction CSV and validate it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(str(path), "file not found")
+    check_text_file(path)
     try:
         raw = pd.read_csv(path, dtype={"userID": str, "assessmentItemID": str, "testId": str}, low_memory=False)
     except pd.errors.EmptyDataError:
         raise DataValidationError(str(path), "empty file") from None
     except pd.errors.ParserError as exc:
         raise DataValidationError(str(path), f"not a valid CSV: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     return validate(raw, source=str(path))
 
 
@@ -50,10 +74,12 @@ def read_kt3(path: str | Path) -> pd.DataFrame:
     file name so that train and test users never collide.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(str(path), "file not found")
+    check_text_file(path)
     source = str(path)
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

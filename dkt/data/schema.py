@@ -19,6 +19,10 @@ COLUMNS: tuple[str, ...] = (
 ITEM_COLUMNS: tuple[str, ...] = ("assessmentItemID", "testId", "KnowledgeTag")
 ANSWER_TO_PREDICT = -1
 VALID_ANSWERS = frozenset({-1, 0, 1})
+# Answers are given by students using this system: anything outside these years is a broken clock or a
+# broken export (a year-0001 timestamp would also overflow the nanosecond timestamps used downstream).
+EARLIEST = pd.Timestamp("1970-01-01")
+LATEST = pd.Timestamp("2200-01-01")
 
 
 class DataValidationError(ValueError):
@@ -99,7 +103,11 @@ def validate(
         ts = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
         if (i := _first_bad(ts.isna())) is not None:
             raise DataValidationError(source, f"bad timestamp {raw.iloc[i]!r}", row_of(i), "Timestamp")
-        out["Timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
+        naive = ts.dt.tz_localize(None)
+        if (i := _first_bad((naive < EARLIEST) | (naive >= LATEST))) is not None:
+            msg = f"timestamp {raw.iloc[i]!r} is outside {EARLIEST.year}-{LATEST.year - 1}"
+            raise DataValidationError(source, msg, row_of(i), "Timestamp")
+        out["Timestamp"] = naive.astype("datetime64[ns]")
 
     key = [c for c in ("userID", "assessmentItemID", "Timestamp") if c in out]
     if len(key) == 3:
@@ -112,3 +120,35 @@ def validate(
                 row_of(i),
             )
     return out.reset_index(drop=True)
+
+
+def check_trainable(df: pd.DataFrame, source: str) -> None:
+    """A training table a model can learn from: at least 2 rows and both correct and wrong answers."""
+    if len(df) < 2:
+        raise DataValidationError(source, f"{len(df)} row(s); training needs at least 2")
+    labels = df["answerCode"].to_numpy()
+    classes = sorted({int(a) for a in labels[labels >= 0]})
+    if len(classes) < 2:
+        what = (
+            "no labelled answers"
+            if not classes
+            else f"every answer is {classes[0]} ({('wrong', 'correct')[classes[0]]})"
+        )
+        raise DataValidationError(source, f"{what}; training needs both correct and wrong answers", column="answerCode")
+
+
+def check_disjoint_users(frames: dict[str, tuple[str, pd.DataFrame]]) -> None:
+    """No student in two of ``frames`` (name -> (source, table)): a shared student leaks into evaluation.
+
+    Names the first shared user in sorted order, so the message is the same on every run.
+    """
+    names = list(frames)
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1 :]:
+            shared = set(frames[a][1]["userID"].unique()) & set(frames[b][1]["userID"].unique())
+            if shared:
+                first = min(shared)
+                more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+                raise DataValidationError(
+                    frames[b][0], f"user {first!r} is in both {a} and {b}{more}; the sets must not share students"
+                )
