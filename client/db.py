@@ -279,7 +279,9 @@ def export_since(conn: sqlite3.Connection, since: int) -> tuple[pd.DataFrame, in
         (since,),
     ).fetchall()
     df = pd.DataFrame([tuple(r) for r in rows], columns=["id", *COLUMNS, "shown_at", "answered_at"])
-    seconds = (pd.to_datetime(df["answered_at"]) - pd.to_datetime(df["shown_at"])).dt.total_seconds()
+    # ISO 8601 with or without fractional seconds (isoformat drops ".000000"; migrated rows have none).
+    shown = pd.to_datetime(df["shown_at"], format="ISO8601")
+    seconds = (pd.to_datetime(df["answered_at"], format="ISO8601") - shown).dt.total_seconds()
     # A wall clock stepped back (NTP) between render and answer must not give a negative duration.
     df["ResponseTime"] = seconds.clip(lower=0.0).round(3)
     watermark = int(df["id"].iloc[-1]) if len(df) else since

@@ -1,12 +1,19 @@
-"""The Flask app in-process (Flask test client, CSRF on), with the inference service down."""
+"""The Flask app in-process (Flask test client, CSRF on), with the inference service down or recorded."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sqlite3
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -14,6 +21,7 @@ from flask.testing import FlaskClient
 
 from client.inference import BaseURL, InferenceClient, InferenceUnavailable
 from dkt.data.io import read_csv
+from dkt.data.schema import COLUMNS
 from tests.client.conftest import make_app
 from tests.serving.servers import PY, ROOT
 
@@ -150,3 +158,99 @@ def test_client_retries_then_gives_up_quickly(dead_url: str) -> None:
     with pytest.raises(InferenceUnavailable, match="ConnectionError"):
         client.post("/predict", {})
     assert time.monotonic() - began < 5
+
+
+class Recorder(ThreadingHTTPServer):
+    """A real HTTP server speaking the inference API's response shapes; keeps every request body.
+
+    The client's side of the time contract is what is under test here: what it sends, and when.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RecorderHandler)
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _RecorderHandler(BaseHTTPRequestHandler):
+    server: Recorder
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, body))
+        if self.path == "/predict":
+            # Distinct probabilities so one candidate is chosen deterministically.
+            preds = [
+                {**c, "probability": 0.3 + 0.4 * i / len(body["candidates"])} for i, c in enumerate(body["candidates"])
+            ]
+            out: dict[str, Any] = {"model_version": "recorder", "predictions": preds}
+        elif self.path == "/knowledge_state":
+            out = {"skills": [{"KnowledgeTag": 1, "mastery": 0.5}]}
+        else:
+            out = {"expected_score": 50.0}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_question_is_stamped_when_first_shown_and_scored_at_that_time(
+    tmp_path: Path, sim_dir: Path, recorder: Recorder
+) -> None:
+    app = make_app(tmp_path, sim_dir, recorder.url)
+    questions = pd.read_csv(sim_dir / "questions.csv", dtype=str).set_index("assessmentItemID")
+    c = app.test_client()
+    page = start(c, "ada")
+    assert "Predictions are unavailable" not in page
+
+    def current_shown_at() -> str:
+        with sqlite3.connect(tmp_path / "client.db") as conn:
+            return str(conn.execute("SELECT current_shown_at FROM students").fetchone()[0])
+
+    first_shown = current_shown_at()
+    time.sleep(0.05)
+    assert current_item(c.get("/practice").get_data(as_text=True)) == current_item(page)
+    assert current_shown_at() == first_shown  # a reload of the same question is not a new showing
+    time.sleep(1.2)  # answering takes time: the answer must not be stamped with it
+    page = answer(c, page, questions.loc[current_item(page), "answer"])
+    second_shown = current_shown_at()
+    predicts = [body for path, body in recorder.requests if path == "/predict"]
+    assert len(predicts) == 2 and all("at" in b for b in predicts)
+    page = answer(c, page, "-1")
+
+    with sqlite3.connect(tmp_path / "client.db") as conn:
+        rows = conn.execute("SELECT Timestamp, shown_at, answered_at FROM interactions ORDER BY id").fetchall()
+    (ts1, shown1, answered1), (ts2, shown2, _) = rows
+    assert (shown1, shown2) == (first_shown, second_shown)
+    assert ts1 == first_shown[:19] and ts2 == second_shown[:19]  # Timestamp = shown at, whole seconds
+    assert (datetime.fromisoformat(answered1) - datetime.fromisoformat(shown1)).total_seconds() >= 1.2
+    # The service was asked to score the second question at the time it was then shown (the render follows
+    # the choice within the same request cycle: at most the second boundary in between).
+    at = datetime.fromisoformat(predicts[1]["at"])
+    assert timedelta(0) <= datetime.fromisoformat(ts2) - at <= timedelta(seconds=1)
+    assert datetime.fromisoformat(predicts[1]["at"]) > datetime.fromisoformat(ts1)
+    runner = app.test_cli_runner()
+    out = tmp_path / "export.csv"
+    assert runner.invoke(args=["export-interactions", "--out", str(out)]).exit_code == 0
+    exported = pd.read_csv(out)
+    assert list(exported.columns) == [*COLUMNS, "ResponseTime"]
+    assert exported["ResponseTime"].iloc[0] >= 1.2
+    assert exported["Timestamp"].tolist() == [ts1, ts2]
