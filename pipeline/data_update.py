@@ -4,6 +4,9 @@ Each step reads and writes files in a per-run work folder, so a retried step
 starts from what the previous one left. Crash safety comes from the order:
 the watermark moves only after the new version is pushed and verified, and a
 re-export of rows that are already stored is removed by the merge's dedupe.
+
+Test only: ``DKT_FAULT_POINT=<step>:<point>`` makes the process SIGKILL itself at that point (the names
+are in FAULT_POINTS); the crash tests use it to kill each step at each point like a lost worker would.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,33 @@ from pipeline.store import VersionedStore, VersionError, manifest_matches
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
 DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m flask --app client export-interactions"
+FAULT_ENV = "DKT_FAULT_POINT"
+FAULT_POINTS = (
+    "export:after_command",  # the exporter wrote export.csv; export.json not yet
+    "prepare:after_pull",  # the parent set is in the work folder; nothing merged
+    "prepare:after_write",  # the merged set is written; prepare.json not yet
+    "publish:mid_upload",  # one file of the new version uploaded, the others and the manifest not
+    "publish:after_push",  # the version is stored and `latest` moved; the step has not reported back
+    "advance_watermark:before_put",  # the version is pushed; the cursor has not moved
+    "advance_watermark:after_put",  # the cursor moved; the step has not reported back
+)
+
+
+def fault_point(name: str) -> None:
+    """Test only: die here by SIGKILL, as a killed worker would, when DKT_FAULT_POINT names this point."""
+    if os.environ.get(FAULT_ENV) == name:
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _upload_then_die(store: VersionedStore) -> Callable[[str, Path], None]:
+    """An upload that SIGKILLs the process after its first file (``publish:mid_upload``)."""
+
+    def upload(key: str, path: Path) -> None:
+        store.blobs.put_file(key, path)
+        fault_point("publish:mid_upload")
+
+    return upload
 
 
 class NothingNew(Exception):
@@ -68,6 +100,7 @@ def export(work: Path, store: VersionedStore, command: str | None = None) -> dic
     if not out.is_file():
         raise RuntimeError(f"export command wrote no file {out}")
     rows = max(0, sum(1 for _ in out.open("rb")) - 1)
+    fault_point("export:after_command")
     doc = {"since": since, "watermark": next_watermark(proc.stdout, since), "rows": rows}
     write_json(work / "export.json", doc)
     return doc
@@ -81,11 +114,13 @@ def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
     if parent:
         parent_dir = work / "parent"
         store.pull("datasets", parent, parent_dir)
+    fault_point("prepare:after_pull")
     result = merge(parent_dir, new, env_float("DKT_TEST_SHARE", 0.1))
     doc: dict[str, Any] = {"parent": parent, "new_rows": result.new_rows, "added_rows": result.added_rows}
     if result.added_rows:
         doc["rows"] = write_dataset(result, work / "dataset")
         doc["version"] = default_version()
+    fault_point("prepare:after_write")
     write_json(work / "prepare.json", doc)
     return doc
 
@@ -114,7 +149,9 @@ def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
         version,
         parent=prep["parent"],
         extra={"watermark": exp["watermark"], "added_rows": prep["added_rows"], "since": exp["since"]},
+        upload=_upload_then_die(store) if os.environ.get(FAULT_ENV) == "publish:mid_upload" else None,
     )
+    fault_point("publish:after_push")
     return res.manifest
 
 
@@ -126,5 +163,7 @@ def advance_watermark(work: Path, store: VersionedStore) -> dict[str, Any]:
     if prep.get("added_rows") and (latest is None or not store.exists("datasets", prep["version"])):
         raise VersionError(f"data version {prep.get('version')} is not stored; the watermark stays")
     doc = {"watermark": exp["watermark"], "previous": exp["since"], "dataset": latest}
+    fault_point("advance_watermark:before_put")
     store.put_state(WATERMARK, doc)
+    fault_point("advance_watermark:after_put")
     return doc

@@ -213,6 +213,14 @@ def check_client_store(db: Path) -> ClientStore:
             f"the client container runs as its owner and creates the database and its WAL files there: "
             f"chmod u+rwx {folder}"
         )
+    if os.geteuid() != uid:
+        # The exporter (update_data_dag) runs as this account too; a WAL file or shared-memory index it creates
+        # would belong to it and lock out the container (or the other way round).
+        raise ValueError(
+            f"{var}={db}: folder {folder} belongs to uid {uid}, but this deploy (and the data update's exporter, "
+            f"which runs as the same account) runs as uid {os.geteuid()}; SQLite's WAL files must be writable by both "
+            f"the client container and the exporter: chown {os.geteuid()}:{os.getegid()} {folder}"
+        )
     for suffix in _DB_SIDE_FILES:
         f = folder / (db.name + suffix)
         if f.exists() and (not _writable_by(f.stat(), uid, gid) or not os.access(f, os.R_OK | os.W_OK)):

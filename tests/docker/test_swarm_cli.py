@@ -119,18 +119,28 @@ def test_an_unwritable_folder_is_refused(tmp_path: Path) -> None:
         check_client_store(folder / "client.db")
 
 
-def test_a_database_file_the_container_user_cannot_write_is_refused(tmp_path: Path) -> None:
+def test_a_folder_of_another_account_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    os.chown(folder, 4321, 4321)
+    with pytest.raises(ValueError, match=r"belongs to uid 4321, but this deploy .* runs as uid 0.*chown 0:0"):
+        check_client_store(folder / "client.db")
+
+
+def test_a_database_file_the_container_user_cannot_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test chowns files to another uid and must run as root (the CI container does)")
     folder = tmp_path / "answers"
     folder.mkdir()
     os.chown(folder, 4321, 4321)
     (folder / "client.db-wal").write_bytes(b"")  # root's, mode 644: the container user (4321) could not write it
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)  # an operator account that owns the folder
     with pytest.raises(ValueError, match=r"client.db-wal is not writable by the folder's owner 4321:4321"):
         check_client_store(folder / "client.db")
     os.chown(folder / "client.db-wal", 4321, 4321)
-    store = check_client_store(folder / "client.db")
-    assert store.compose_env() == {
+    assert check_client_store(folder / "client.db").compose_env() == {
         "DKT_CLIENT_DATA_DIR": str(folder),
         "DKT_CLIENT_DB_NAME": "client.db",
         "DKT_CLIENT_USER": "4321:4321",
