@@ -1,11 +1,21 @@
 """Feature engineering shared by every model.
 
+The time rule (docs/time-semantics.md): ``Timestamp`` is when the item was SHOWN
+to the student. A feature at position t uses only what is known before the
+student answers item t: item t itself and when it was shown, and everything
+about items before it. The answer and the response time of item t are not known
+yet; those of item t-1 are. So ``elapsed`` = Timestamp[t] - Timestamp[t-1] is
+allowed: with shown-at times it is the response time of item t-1 plus the gap
+before item t was shown. With answered-at times it would contain item t's own
+response time, which betrays its answer (a leak: tests/dkt/test_time_semantics.py
+shows a model lifted above the simulator's oracle AUC by it).
+
 Rows are ordered per user by time, then each row gets features that use only
-that row's item and the answers *before* it, so any model fed these features is
-causal by construction:
+that row's item and shown time and the answers *before* it, so any model fed
+these features is causal by construction:
 
 - categorical: item, test, skill (KnowledgeTag), item head / paper (head+mid) /
-  tail, elapsed time since the previous answer (capped at 600 s, bucketed);
+  tail, elapsed time since the previous item was shown (capped at 600 s, bucketed);
 - the previous response, as a token of (previous skill or item, previous answer);
 - continuous: the user's running accuracy and count, running accuracy on the
   same skill, elapsed time.

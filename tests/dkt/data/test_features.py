@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 
 from dkt.data.features import CONTINUOUS, FIRST, UNK, FeatureEncoder
-from dkt.data.schema import validate
+from dkt.data.schema import COLUMNS, validate
+from dkt.simulate import simulate
 
 
 def frame(rows: list[tuple]) -> pd.DataFrame:
@@ -73,3 +74,25 @@ def test_encoders_fit_on_labelled_training_rows_only() -> None:
     )
     enc = FeatureEncoder.fit(with_target)
     assert "A555001001" not in enc.vocab["item"]
+
+
+def test_features_at_t_ignore_the_answer_and_response_time_of_t() -> None:
+    """The time rule: nothing decided once item t is shown (its answer, how long it took) reaches row t."""
+    sim = simulate(6, seed=2)
+    df = validate(sim.interactions[sim.interactions["userID"] == "u00001"][list(COLUMNS)], "sim").head(40)
+    enc = FeatureEncoder.fit(sim.interactions[list(COLUMNS)])
+    base = enc.transform(df)
+    t = 25
+    # Item t answered the other way and 10 minutes more slowly: its answer changes, and every later
+    # shown-at time moves by the extra response time. Rows up to t must not change.
+    changed = df.copy()
+    changed.loc[t, "answerCode"] = 1 - changed.loc[t, "answerCode"]
+    changed.loc[t + 1 :, "Timestamp"] += pd.Timedelta(minutes=10)
+    after = enc.transform(changed)
+    before_f, after_f = base.cat | base.resp, after.cat | after.resp
+    for name in before_f:
+        np.testing.assert_array_equal(before_f[name][: t + 1], after_f[name][: t + 1], err_msg=name)
+    np.testing.assert_array_equal(base.cont[: t + 1], after.cont[: t + 1])
+    # The change is seen from t + 1 on: its previous answer and the elapsed time before it.
+    for name in ("prev_answer", "elapsed"):
+        assert before_f[name][t + 1] != after_f[name][t + 1], name
