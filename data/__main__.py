@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from dkt.bundle import default_version
 from dkt.data.schema import DataValidationError
 from pipeline import data_update
-from pipeline.blobs import StoreError
+from pipeline.blobs import StoreError, staging_dir
 from pipeline.dataset import import_initial
 from pipeline.settings import SettingsError
 from pipeline.store import VersionedStore, VersionError
@@ -65,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_empty and (v := store.pointed("datasets", "latest")):
                 print(f"store already has data set {v}; nothing pushed", file=sys.stderr)
                 return 0
-            with tempfile.TemporaryDirectory() as tmp:
-                rows = import_initial(args.src, Path(tmp))
+            # Not a plain TemporaryDirectory: a killed push would leak it; the next push removes a dead one's.
+            with staging_dir() as tmp:
+                rows = import_initial(args.src, tmp)
                 res = store.push(
                     "datasets",
-                    Path(tmp),
+                    tmp,
                     args.version or default_version(),
                     parent=store.pointed("datasets", "latest"),
                     extra={"source": str(args.src)},
