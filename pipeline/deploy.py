@@ -7,6 +7,12 @@ client reads (``DKT_INFERENCE_URL_FILE``), wait for in-flight requests to drain,
 then stop the old server. Any failure before the switch leaves the old server
 serving; a failed check after it switches back. Swarm mode hands the packed
 bento to ``pipeline.swarm`` (a rolling update).
+
+The store names what is served: a pack, deploy or verify that fails puts the production
+pointer back on the version that the live ``/metadata`` reports (only if the pointer still
+names the failed version: a promotion made meanwhile is left alone), and a verified deploy
+records ``state/serving.json`` (version, mode, ``/metadata`` URL) that ``python -m models list``
+reads to mark the version serving now.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from typing import Any
 
 import requests
 
+from pipeline.blobs import StoreError
 from pipeline.data_update import read_json, write_json
 from pipeline.settings import REPO_ROOT, SettingsError, env_float, env_path
-from pipeline.store import VersionedStore
+from pipeline.store import PointerMoved, VersionedStore, VersionError
+
+SERVING_STATE = "serving"
 
 
 class DeployError(RuntimeError):
@@ -63,7 +72,9 @@ def app_env() -> dict[str, str]:
 # -- steps ----------------------------------------------------------------------------------
 def pull_model(work: Path, store: VersionedStore) -> dict[str, Any]:
     m = store.pull("models", "production", work / "model")
-    return {"model_version": m["version"]}
+    doc = {"model_version": m["version"]}
+    write_json(work / "pull.json", doc)  # which version this run deploys, for the steps after it
+    return doc
 
 
 def pack(work: Path) -> dict[str, Any]:
@@ -296,6 +307,72 @@ def stop_local() -> None:
         stop_server(prev.get("pid"))
 
 
+# -- the store follows what is served ---------------------------------------------------------
+def metadata_url() -> str:
+    """Where the live service of this deploy mode reports its model version."""
+    if deploy_mode() == "swarm":
+        from pipeline.swarm import swarm_settings
+
+        return swarm_settings().metadata_url
+    return current_url() + "/metadata"
+
+
+def served_now(url: str, timeout: float = 5.0) -> str | None:
+    """The model version ``url`` (a ``/metadata`` endpoint) reports, or None when nothing answers it."""
+    try:
+        r = requests.get(url, timeout=timeout)
+        v = r.json().get("model_version") if r.ok else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    return str(v) if v is not None else None
+
+
+def record_serving(store: VersionedStore, version: str, url: str) -> None:
+    store.put_state(SERVING_STATE, {"model_version": version, "mode": deploy_mode(), "metadata_url": url})
+
+
+def deploying(work: Path) -> str | None:
+    """The version this run deploys (recorded by pull-model), None before it was pulled."""
+    for name in ("pack.json", "pull.json"):
+        if (work / name).is_file():
+            return str(read_json(work / name)["model_version"])
+    return None
+
+
+def production_back_on_served(store: VersionedStore, failed: str, why: str) -> str:
+    """After a failed pack/deploy/verify: point production at what is really served. Returns what happened."""
+    url = metadata_url()
+    served = served_now(url)
+    if served is None:
+        return f"nothing answers {url}; production still names {failed}"
+    if served == failed:
+        record_serving(store, served, url)
+        return f"{url} serves {failed}; production stays on it"
+    if not store.exists("models", served):
+        return f"{url} serves {served}, which is not a stored version; production still names {failed}"
+    try:
+        store.set_pointer("models", "production", served, reason=f"deploy of {failed} failed: {why}", only_if=failed)
+    except PointerMoved:
+        return f"production was moved meanwhile (not by this run); left where it is, {url} serves {served}"
+    record_serving(store, served, url)
+    return f"production pointer back on {served}, what {url} serves"
+
+
+def production_on_verified(store: VersionedStore, version: str, url: str) -> str:
+    """After a verified deploy: record it; if an earlier failed try of it reset production, move production back."""
+    record_serving(store, version, url)
+    ptr = store.pointer("models", "production") or {}
+    if ptr.get("version") == version:
+        return version
+    last = (ptr.get("log") or [{}])[-1]
+    if last.get("from") == version and str(last.get("reason", "")).startswith(f"deploy of {version} failed"):
+        with contextlib.suppress(PointerMoved):
+            store.set_pointer("models", "production", version, reason=f"deploy of {version} verified on retry",
+                              only_if=ptr.get("version"))  # fmt: skip
+            return version
+    return str(ptr.get("version"))
+
+
 FLOW = "update_inference_server"
 EXIT_USAGE = 2
 
@@ -304,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.deploy pull-model|pack|deploy|verify --run-id ID`` (the deploy DAG steps), or ``stop``."""
     import argparse
 
-    from pipeline.blobs import StoreError
-    from pipeline.store import VersionError
     from pipeline.workdir import work_dir
 
     p = argparse.ArgumentParser(prog="python -m pipeline.deploy", description=__doc__,
@@ -330,8 +405,16 @@ def main(argv: list[str] | None = None) -> int:
             doc = deploy(work, args.replicas)
         else:
             doc = verify(work)
+            doc["production"] = production_on_verified(VersionedStore.from_env(), doc["model_version"], metadata_url())
     except (DeployError, StoreError, VersionError, SettingsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        failed = deploying(work)
+        if isinstance(exc, DeployError) and failed:
+            try:
+                print(f"deploy: {production_back_on_served(VersionedStore.from_env(), failed, str(exc))}",
+                      file=sys.stderr)  # fmt: skip
+            except (StoreError, VersionError, SettingsError, OSError) as exc2:
+                print(f"error: could not put production back on what is served: {exc2}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(doc, default=str))
     return 0

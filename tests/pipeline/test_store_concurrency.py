@@ -99,7 +99,14 @@ def test_eight_concurrent_promotes_are_each_in_the_history(store: VersionedStore
         store.push("models", fake_bundle(tmp_path, f"m{i}", 64, seed=i), f"m{i}")
     store.set_pointer("models", "production", "m0", reason="first")
     start = time.time() + 4
-    procs = [cli_at("models", ["promote", f"m{i}"], start) for i in range(1, 9)]
+    # The store's move itself (``models promote`` also loads the model first, which these fake bundles are not).
+    code = (
+        "import sys, time; from pipeline.store import VersionedStore; s = VersionedStore.from_env();"
+        " time.sleep(max(0.0, {t} - time.time())); s.set_pointer('models', 'production', sys.argv[1], 'promote')"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(t=start), f"m{i}"], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(1, 9)]  # fmt: skip
     results = [(p.wait(120), *p.communicate()) for p in procs]
     assert [r[0] for r in results] == [0] * 8, results
     ptr = store.pointer("models", "production")
