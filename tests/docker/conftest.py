@@ -103,6 +103,8 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
         "DKT_STORE": "local",
         "DKT_STORE_ROOT": str(tmp_path_factory.mktemp("store")),
         "DKT_WORK_ROOT": str(tmp_path_factory.mktemp("work")),
+        # The answer store: a folder of its own, bind-mounted by the client service; the export reads the same file.
+        "DKT_CLIENT_DB": str(tmp_path_factory.mktemp("client-answers") / "client.db"),
     }
     yield env
     subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)

@@ -12,18 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 
-from pipeline.students import CSRF, DEGRADED, ITEM
+from pipeline.settings import store_settings
+from pipeline.store import VersionedStore
+from pipeline.students import CSRF, DEGRADED, ITEM, answer_key
 from pipeline.swarm_images import REPO_ROOT
 from tests.dags.airflow_runner import dags_test, migrate
 from tests.docker.conftest import swarm_cli
@@ -149,15 +154,70 @@ def deploy_dag(home: Path, env: dict[str, str], log: Path, conf: dict[str, objec
     return doc
 
 
-def test_rolling_update_rollback_and_scale_serve_every_request(
-    stack_env: dict[str, str], bundles: tuple[Path, Path], airflow_home: Path, tmp_path: Path
-) -> None:
-    v1, v2 = bundles
-    client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
-
-    first, first_s = swarm_cli(stack_env, "deploy", "--model-dir", str(v1))
+@pytest.fixture(scope="module")
+def first_deploy(stack_env: dict[str, str], bundles: tuple[Path, Path]) -> tuple[dict[str, Any], float]:
+    """The stack, deployed once for the module's tests (a deploy takes minutes)."""
+    first, first_s = swarm_cli(stack_env, "deploy", "--model-dir", str(bundles[0]))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert json.loads(first.stdout)["model_version"] == "test-v1"
+    out: dict[str, Any] = json.loads(first.stdout)
+    assert out["model_version"] == "test-v1"
+    return out, first_s
+
+
+def test_answers_given_through_the_page_reach_the_next_data_version(
+    stack_env: dict[str, str], first_deploy: tuple[dict[str, Any], float], airflow_home: Path, sim_dir: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    assert first_deploy[0]["client_db"] == stack_env["DKT_CLIENT_DB"]
+    client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
+    push = subprocess.run([sys.executable, "-m", "data", "push", str(sim_dir), "--version", "d1"], env=stack_env,
+                          cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
+    assert push.returncode == 0, push.stderr[-2000:]
+    key = answer_key(sim_dir / "questions.csv")
+    given: dict[str, list[tuple[str, int]]] = {}  # nickname -> (item, answerCode) as answered on the page
+    for n in range(3):
+        nickname = f"swarm-answers-{n}"
+        s = requests.Session()
+        token = CSRF.search(s.get(client + "/", timeout=30).text)
+        assert token
+        page = s.post(client + "/start", data={"csrf_token": token.group(1), "nickname": nickname}, timeout=30)
+        for k in range(4):
+            item, token = ITEM.search(page.text), CSRF.search(page.text)
+            assert page.status_code == 200 and item and token, page.text[:300]
+            right = (n + k) % 2 == 0
+            answer = key[item.group(1)] if right else "no"
+            form = {"csrf_token": token.group(1), "item": item.group(1), "answer": answer}
+            page = s.post(client + "/answer", data=form, timeout=30)
+            given.setdefault(nickname, []).append((item.group(1), int(right)))
+    # The container wrote the host file the export reads (one store, not a copy): the student ids are there.
+    with sqlite3.connect(stack_env["DKT_CLIENT_DB"]) as c:
+        ids = dict(c.execute("SELECT nickname, id FROM students WHERE nickname LIKE 'swarm-answers-%'").fetchall())
+    want = Counter((f"web-{ids[nick]:06d}", item, code) for nick, rows in given.items() for item, code in rows)
+    t0 = time.monotonic()
+    dags_test(airflow_home, "update_data_dag", stack_env, tmp_path / "update-data.log", timeout=600)
+    update_s = time.monotonic() - t0
+    store = VersionedStore.from_env(store_settings(stack_env))
+    latest = store.pointed("datasets", "latest")
+    assert latest != "d1"
+    store.pull("datasets", "latest", tmp_path / "latest")
+    df = pd.read_csv(tmp_path / "latest" / "interactions.csv", dtype={"userID": str, "assessmentItemID": str})
+    web = df[df["userID"].str.startswith("web-")]
+    got = Counter(zip(web["userID"], web["assessmentItemID"], web["answerCode"].astype(int), strict=True))
+    assert got == want, (want - got, got - want)
+    print(f"\n[e2e] {sum(want.values())} answers given through the swarm client's page; update_data_dag "
+          f"{update_s:.0f} s; data version {latest} holds each exactly once")  # fmt: skip
+
+
+def test_rolling_update_rollback_and_scale_serve_every_request(
+    stack_env: dict[str, str],
+    bundles: tuple[Path, Path],
+    first_deploy: tuple[dict[str, Any], float],
+    airflow_home: Path,
+    tmp_path: Path,
+) -> None:
+    _v1, v2 = bundles
+    client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
+    first_s = first_deploy[1]
 
     # 1. A new model is promoted; update_inference_server_dag rolls it out while students answer.
     with Load(client) as load:
