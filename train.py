@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 
 from dkt.bundle import BundleError
-from dkt.config import ConfigError, load_config
+from dkt.data.io import load_run_files
 from dkt.data.schema import DataValidationError
-from dkt.experiment import load_run_data, run, summary_line
-from dkt.training import TrainingError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --output-dir {args.output_dir}: exists and is not a folder", file=sys.stderr)
         return 2
     try:
+        # The data first: checking it needs only pandas, so a bad file is refused in a second, before
+        # the model code (torch) is even imported.
+        files = load_run_files(args.train_file, args.test_file, args.valid_file, args.data_format)
+    except DataValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from dkt.config import ConfigError, load_config
+    from dkt.experiment import run, split_run_files, summary_line
+    from dkt.training import TrainingError
+
+    try:
         config = load_config(args.config)
-        data = load_run_data(
-            args.train_file, args.test_file, args.valid_file, args.data_format, config.train.valid_ratio, args.seed
-        )
+        data = split_run_files(files, config.train.valid_ratio, args.seed)
         metrics = run(
             config,
             data,

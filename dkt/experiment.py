@@ -29,8 +29,8 @@ from dkt.bundle import (
 )
 from dkt.config import ExperimentConfig, load_config
 from dkt.data.features import FeatureEncoder
-from dkt.data.io import DataFormat, fingerprint, load_interactions
-from dkt.data.schema import DataValidationError, check_disjoint_users, check_trainable
+from dkt.data.io import DataFormat, RunFiles, fingerprint, load_run_files
+from dkt.data.schema import DataValidationError
 from dkt.metrics import evaluate_predictions, finite_or_none, put_metric
 from dkt.models import build_torch_model
 from dkt.predictor import load_predictor
@@ -72,22 +72,19 @@ def load_run_data(
     seed: int,
 ) -> RunData:
     """Load, check and split the run's data; every problem is a ``DataValidationError`` naming the file."""
-    full = load_interactions(train_file, fmt)
-    check_trainable(full, str(train_file))
-    test = load_interactions(test_file, fmt)
-    files = {"--train-file": (str(train_file), full)}
-    if valid_file:
-        train, valid = full, load_interactions(valid_file, fmt)
-        files["--valid-file"] = (str(valid_file), valid)
+    return split_run_files(load_run_files(train_file, test_file, valid_file, fmt), valid_ratio, seed)
+
+
+def split_run_files(files: RunFiles, valid_ratio: float, seed: int) -> RunData:
+    """Hold out validation users from the train file unless a valid file was given."""
+    if files.valid is not None:
+        train, valid = files.train, files.valid
     else:
-        train, valid = split_by_user(full, valid_ratio, seed, str(train_file))
-    files["--test-file"] = (str(test_file), test)
-    # A student in two sets makes evaluation measure memory, not prediction.
-    check_disjoint_users(files)
-    fps = {"train_file": fingerprint(full), "test": fingerprint(test)}
-    if valid_file:
-        fps["valid_file"] = fingerprint(valid)
-    return RunData(train, valid, test, fps)
+        train, valid = split_by_user(files.train, valid_ratio, seed, files.sources["--train-file"])
+    fps = {"train_file": fingerprint(files.train), "test": fingerprint(files.test)}
+    if files.valid is not None:
+        fps["valid_file"] = fingerprint(files.valid)
+    return RunData(train, valid, files.test, fps)
 
 
 def run(

@@ -3,7 +3,8 @@
 Training goes through ``train.py`` (one entry point for people and the DAG).
 The candidate and the production model are scored on the same held-out users
 (the data set's ``test.csv``) with the serving loader, and the candidate is
-promoted only if its AUC is at most ``DKT_PROMOTE_TOLERANCE`` below production's.
+promoted only if its AUC is at most ``DKT_PROMOTE_TOLERANCE`` below production's,
+and only if the stored version loads and scores a smoke batch (``dkt.verify``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from dkt.bundle import default_version, read_meta
+from dkt.bundle import BundleError, default_version, lineage, read_meta
 from pipeline.data_update import read_json, write_json
 from pipeline.settings import REPO_ROOT, env_float, env_path
 from pipeline.store import VersionedStore, VersionError, manifest_matches
@@ -67,7 +69,23 @@ def train(
     }
 
 
-def score_bundle(bundle: Path, test_file: Path) -> dict[str, float]:
+def verify_stored(store: VersionedStore, version: str) -> dict[str, Any]:
+    """Pull a stored model version into a scratch folder and check that it loads and scores a smoke batch.
+
+    What is checked is what production would point at: the stored files, not a local copy of them.
+    Raises ``BundleError`` naming the version when it does not.
+    """
+    from dkt.verify import verify_bundle  # torch and the models: only when a model is checked
+
+    with tempfile.TemporaryDirectory(prefix=f"dkt-verify-{version}-") as tmp:
+        store.pull("models", version, Path(tmp))
+        try:
+            return verify_bundle(tmp)
+        except BundleError as exc:
+            raise BundleError(f"model version {version} cannot be served: {exc}") from None
+
+
+def score_bundle(bundle: Path, test_file: Path) -> dict[str, Any]:
     """Metrics of a bundle on a test file, through the serving loader."""
     from dkt.data.io import read_csv
     from dkt.metrics import evaluate_predictions
@@ -80,7 +98,10 @@ def score_bundle(bundle: Path, test_file: Path) -> dict[str, float]:
 
 def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     """Score the candidate and the current production model on the same held-out users."""
+    from dkt.verify import verify_bundle
+
     test_file = work / "data" / "test.csv"
+    verify_bundle(work / "candidate")  # an unloadable candidate stops here, before it is stored
     doc: dict[str, Any] = {
         "candidate_version": read_meta(work / "candidate")["model_version"],
         "candidate": score_bundle(work / "candidate", test_file),
@@ -111,18 +132,25 @@ def push_model(work: Path, store: VersionedStore) -> dict[str, Any]:
         version,
         parent=store.pointed("models", "production"),
         metrics=meta.get("metrics", {}),
-        extra={"model": meta["model"], "data_version": meta["data_version"], "evaluation": ev},
+        extra={"model": meta["model"], **lineage(meta), "evaluation": ev},
     )
     return res.manifest
 
 
-def decide(candidate: dict[str, float], production: dict[str, float] | None, tolerance: float) -> tuple[bool, str]:
-    c = candidate.get(METRIC, float("nan"))
+def _metric(doc: dict[str, Any]) -> float:
+    """The decision metric, NaN when undefined (``None`` in JSON since metrics carry a reason instead of NaN)."""
+    v = doc.get(METRIC)
+    return float(v) if isinstance(v, int | float) else math.nan
+
+
+def decide(candidate: dict[str, Any], production: dict[str, Any] | None, tolerance: float) -> tuple[bool, str]:
+    c = _metric(candidate)
     if math.isnan(c):
-        return False, f"candidate {METRIC} is undefined"
+        why = candidate.get(f"{METRIC}_reason")
+        return False, f"candidate {METRIC} is undefined" + (f" ({why})" if why else "")
     if not production:
         return True, f"no production model yet; candidate {METRIC} {c:.4f}"
-    p = production.get(METRIC, float("nan"))
+    p = _metric(production)
     if math.isnan(p) or c >= p - tolerance:
         return True, f"candidate {METRIC} {c:.4f} vs production {p:.4f} (tolerance {tolerance})"
     return False, f"candidate {METRIC} {c:.4f} is worse than production {p:.4f} by more than {tolerance}"
@@ -155,5 +183,6 @@ def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None
     if current != ev["production_version"]:
         # Someone promoted meanwhile; the comparison no longer holds.
         raise NotPromoted(f"production moved from {ev['production_version']} to {current} during this run")
+    verify_stored(store, ev["candidate_version"])  # BundleError: a model that does not load is never promoted
     doc = store.set_pointer("models", "production", ev["candidate_version"], reason=why)
     return {"promoted": ev["candidate_version"], "reason": why, "previous": current, "pointer": doc}

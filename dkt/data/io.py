@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from dkt.data.schema import COLUMNS, DataValidationError, validate
+from dkt.data.schema import COLUMNS, DataValidationError, check_disjoint_users, check_trainable, validate
 
 DataFormat = Literal["csv", "kt3"]
 # KT benchmark files carry no clock; answers are spaced evenly so elapsed-time features stay defined.
@@ -134,3 +135,31 @@ def fingerprint(df: pd.DataFrame) -> str:
     h = hashlib.sha256()
     h.update(pd.util.hash_pandas_object(df.loc[:, list(COLUMNS)], index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass
+class RunFiles:
+    """The input files of one training run, loaded and checked (before any model code is imported)."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    valid: pd.DataFrame | None
+    sources: dict[str, str]  # flag -> path, e.g. {"--train-file": "data/train.csv"}
+
+
+def load_run_files(
+    train_file: str | Path, test_file: str | Path, valid_file: str | Path | None, fmt: DataFormat = "csv"
+) -> RunFiles:
+    """Load a run's files and check what training needs: a trainable train file and no shared students."""
+    train = load_interactions(train_file, fmt)
+    check_trainable(train, str(train_file))
+    frames = {"--train-file": (str(train_file), train)}
+    valid = None
+    if valid_file:
+        valid = load_interactions(valid_file, fmt)
+        frames["--valid-file"] = (str(valid_file), valid)
+    test = load_interactions(test_file, fmt)
+    frames["--test-file"] = (str(test_file), test)
+    # A student in two sets makes evaluation measure memory, not prediction.
+    check_disjoint_users(frames)
+    return RunFiles(train, test, valid, {flag: src for flag, (src, _) in frames.items()})
