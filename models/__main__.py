@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from dkt.bundle import BundleError, read_meta
+from dkt.bundle import BundleError, lineage, read_meta
 from pipeline import retrain
 from pipeline.blobs import StoreError
 from pipeline.settings import SettingsError
@@ -75,13 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "push":
             meta = read_meta(args.bundle)
+            if args.promote:  # production only ever names a model that loads and scores (dkt.verify)
+                from dkt.verify import verify_bundle
+
+                verify_bundle(args.bundle)
             res = store.push(
                 "models",
                 args.bundle,
                 meta["model_version"],
                 parent=store.pointed("models", "production"),
                 metrics=meta.get("metrics", {}),
-                extra={"model": meta["model"], "data_version": meta["data_version"]},
+                extra={"model": meta["model"], **lineage(meta)},
                 move_pointers=("latest", "production") if args.promote else ("latest",),
             )
             print(json.dumps({"version": res.version, "promoted": args.promote}))
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"version": m["version"], "dest": str(args.dest)}))
             return 0
         if args.cmd == "promote":
+            retrain.verify_stored(store, args.version)
             doc = store.set_pointer("models", "production", args.version, reason="manual promote")
             print(json.dumps({"production": doc["version"], "previous": doc["history"][:1]}))
             return 0
