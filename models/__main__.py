@@ -56,23 +56,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def list_models(store: VersionedStore) -> int:
+    """Stored versions, oldest first, with lineage and marks: production, latest, and serving (what the live
+    service's /metadata reports, at the URL the last deploy recorded). A corrupt manifest is reported, exit 2."""
+    from pipeline.deploy import SERVING_STATE, served_now
+
+    prod = store.pointed("models", "production")
+    latest = store.pointed("models", "latest")
+    serving_doc = store.get_state(SERVING_STATE) or {}
+    url = serving_doc.get("metadata_url")
+    serving = served_now(str(url), timeout=3) if url else None
+    recorded = serving_doc.get("model_version")
+    errors: list[str] = []
+    versions = store.versions("models", errors)
+    for m in versions:
+        marks = [n for n, v in (("production", prod), ("latest", latest), ("serving", serving)) if v == m["version"]]
+        if serving is None and url and recorded == m["version"]:
+            marks.append(f"serving at the last deploy ({url} does not answer now)")
+        auc = m.get("metrics", {}).get("test_auc")
+        auc_s = f"{auc:.4f}" if isinstance(auc, float) else "?"
+        code = m.get("code_commit") or m.get("code_version")
+        config = m.get("config_hash")
+        tail = f"  <- {', '.join(marks)}" if marks else ""
+        print(
+            f"{m['version']}  model={m.get('model')}  test_auc={auc_s}  data={m.get('data_version')}"
+            f"  code={str(code)[:12] if code else None}  seed={m.get('seed')}"
+            f"  config={str(config).removeprefix('sha256:')[:12] if config else None}  created={m['created_at']}{tail}"
+        )
+    if serving and serving not in {m["version"] for m in versions}:
+        print(f"serving: {serving} ({url}), which is not a stored version")
+    if serving and prod and serving != prod:
+        print(f"note: production names {prod} but {url} serves {serving} (a deploy is pending or failed)",
+              file=sys.stderr)  # fmt: skip
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 2 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         store = VersionedStore.from_env()
         if args.cmd == "list":
-            prod = store.pointed("models", "production")
-            latest = store.pointed("models", "latest")
-            for m in store.versions("models"):
-                marks = [n for n, v in (("production", prod), ("latest", latest)) if v == m["version"]]
-                auc = m.get("metrics", {}).get("test_auc")
-                auc_s = f"{auc:.4f}" if isinstance(auc, float) else "?"
-                tail = f"  <- {', '.join(marks)}" if marks else ""
-                print(
-                    f"{m['version']}  model={m.get('model')}  test_auc={auc_s}  data={m.get('data_version')}"
-                    f"  created={m['created_at']}{tail}"
-                )
-            return 0
+            return list_models(store)
         if args.cmd == "push":
             meta = read_meta(args.bundle)
             if args.promote:  # production only ever names a model that loads and scores (dkt.verify)
