@@ -4,6 +4,11 @@ pull_model (production) -> pack (packer.py) -> deploy -> verify (/metadata repor
 else the previous server is restored). $DKT_DEPLOY_MODE: local (default; blue/green bentoml serve and
 a client URL switch) or swarm (rolling update). Scheduled on the model asset.
 
+The store names what is served: when pack, deploy or verify fails, the step puts the production
+pointer back on the version the live ``/metadata`` reports (unless production was promoted again
+meanwhile) and says so in its log; a verified deploy records ``state/serving.json``, which
+``python -m models list`` uses to mark the version serving now.
+
 Param ``replicas`` (swarm mode): also scale inference to that many replicas; trigger the DAG with
 ``{"replicas": 5}`` to scale (the same model redeploys as a no-op). Empty keeps the current count.
 """

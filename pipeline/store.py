@@ -132,16 +132,6 @@ def lease_seconds() -> float:
     return ttl
 
 
-def bundle_lineage(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a model version was made from, as recorded in its bundle.json: shown by ``models list``."""
-    return {
-        "data_version": meta.get("data_version"),
-        "code_version": meta.get("code_version"),
-        "seed": meta.get("seed"),
-        "config": meta.get("config") or meta.get("model"),
-    }
-
-
 @dataclass
 class PushResult:
     kind: Kind

@@ -1,4 +1,4 @@
-"""A real S3 HTTP endpoint for tests: moto's server in a subprocess, with a versioned bucket."""
+"""A real S3 HTTP endpoint for tests: moto's server app in a subprocess, with a versioned bucket."""
 
 from __future__ import annotations
 
@@ -15,6 +15,28 @@ from pathlib import Path
 import boto3
 
 from tests.serving.servers import free_port
+
+# moto's threaded server checks If-Match / If-None-Match and then writes, without a lock between the two;
+# S3 itself makes a conditional write atomic. The store's concurrency rests on that guarantee, so the test
+# server serialises conditional writes (and only those) to give the same one.
+LAUNCHER = """
+import os, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.threaded_moto_server import MotoRequestHandler
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+os.environ.setdefault("MOTO_PORT", sys.argv[2])
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+
+def atomic_conditional_writes(environ, start_response):
+    if environ.get("REQUEST_METHOD") == "PUT" and ("HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ):
+        with lock:
+            return list(app(environ, start_response))
+    return app(environ, start_response)
+
+run_simple(sys.argv[1], int(sys.argv[2]), atomic_conditional_writes, threaded=True, request_handler=MotoRequestHandler)
+"""
 
 CREDS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -37,7 +59,7 @@ class S3Server:
 def moto_server(log: Path, bucket: str = "dkt-test") -> Iterator[S3Server]:
     port = free_port()
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "127.0.0.1", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **CREDS})  # fmt: skip
     try:
         server = S3Server(f"http://127.0.0.1:{port}", bucket)
