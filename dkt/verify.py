@@ -66,7 +66,7 @@ def verify_bundle(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, A
     except BundleError:
         raise
     except Exception as exc:  # any failure to load (corrupt weights, bad config, missing file) means "unloadable"
-        raise BundleError(f"{bundle_dir}: the model does not load: {type(exc).__name__}: {exc}") from None
+        raise BundleError(f"{bundle_dir}: the model does not load: {_one_line(exc)}") from None
     try:
         batch = smoke_batch(predictor.catalog)
         rows = predictor.predict_rows(batch)
@@ -79,11 +79,15 @@ def verify_bundle(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, A
     except BundleError as exc:
         raise BundleError(f"{bundle_dir}: {exc}") from None
     except Exception as exc:  # same reasoning: a model that cannot score must not be served
-        raise BundleError(
-            f"{bundle_dir}: the model does not score a smoke batch: {type(exc).__name__}: {exc}"
-        ) from None
+        raise BundleError(f"{bundle_dir}: the model does not score a smoke batch: {_one_line(exc)}") from None
     return {"smoke_rows": len(batch), "p_min": float(np.min(rows)), "p_max": float(np.max(rows))}
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (an undefined figure must be null)")
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: errors are one line (torch's unpickling errors run to a dozen)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from dkt.bundle import LINEAGE_KEYS, read_meta
 from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
 from models.__main__ import main as models_cli
@@ -113,3 +115,98 @@ def test_candidate_with_a_taken_version_is_refused_not_mistaken_for_a_retry(
     assert models_cli(["evaluate", "--run-id", "run-3"]) == 0
     assert models_cli(["push-candidate", "--run-id", "run-3"]) == 2  # other files under test-v1
     assert manifest_matches(store.manifest("models", "test-v1"), lstm_bundle)  # the stored version is untouched
+
+
+# -- nothing unloadable is promoted ---------------------------------------------------------------
+def broken_copy(bundle: Path, dest: Path, version: str, how: str) -> Path:
+    """A copy of a good bundle under another version, broken the way disks, bugs and bad data break them."""
+    shutil.copytree(bundle, dest)
+    meta_file = dest / "bundle.json"
+    text = json.dumps({**json.loads(meta_file.read_text()), "model_version": version})
+    if how == "garbage-weights":
+        (dest / "weights.pt").write_bytes(b"\x00not a torch file\x00" * 64)
+    elif how == "nan-weights":  # loads fine, but every probability is NaN
+        state = torch.load(dest / "weights.pt", weights_only=True)
+        torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+                   dest / "weights.pt")  # fmt: skip
+    elif how == "nan-metric":  # what train.py wrote before metrics became null with a reason
+        text = text.replace('"test_auc": ', '"test_auc": NaN, "_was": ', 1)
+    else:
+        raise ValueError(how)
+    meta_file.write_text(text)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("garbage-weights", "the model does not load"),
+        ("nan-weights", "is not a finite number in [0, 1]"),
+        ("nan-metric", "NaN is not a JSON number"),
+    ],
+)
+def test_push_promote_refuses_a_bundle_that_does_not_load_and_score(
+    store: VersionedStore, lstm_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, says: str
+) -> None:
+    bad = broken_copy(lstm_bundle, tmp_path / "bad", "bad-v1", how)
+    assert models_cli(["push", str(bad), "--promote"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0] and str(bad) in err[0], err
+    assert store.pointed("models", "production") is None and not store.exists("models", "bad-v1")
+    assert models_cli(["push", str(lstm_bundle), "--promote"]) == 0  # a good one goes through
+    assert store.pointed("models", "production") == "test-v1"
+
+
+def test_promote_refuses_a_stored_version_that_does_not_load(
+    store: VersionedStore, lstm_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models_cli(["push", str(lstm_bundle), "--promote"]) == 0
+    # A plain push (latest only, never served) may store it: e.g. to keep it for a post-mortem.
+    assert models_cli(["push", str(broken_copy(lstm_bundle, tmp_path / "bad", "bad-v2", "garbage-weights"))]) == 0
+    capsys.readouterr()
+    assert models_cli(["promote", "bad-v2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: model version bad-v2 cannot be served" in err and "the model does not load" in err
+    assert store.pointed("models", "production") == "test-v1"
+
+
+def test_retrain_dag_never_promotes_a_candidate_that_does_not_load(
+    store: VersionedStore,
+    lstm_bundle: Path,
+    sim_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
+    # Broken before evaluation: the evaluate step stops it, nothing is stored.
+    stage("run-5", broken_copy(lstm_bundle, tmp_path / "b5", "cand-v5", "nan-weights"), sim_dir)
+    assert models_cli(["evaluate", "--run-id", "run-5"]) == 2
+    assert "is not a finite number" in capsys.readouterr().err
+    # Broken after a good evaluation (a disk, a bad copy): stored, but the promote step checks the stored files.
+    good = tmp_path / "good"
+    shutil.copytree(lstm_bundle, good)
+    meta = json.loads((good / "bundle.json").read_text())
+    (good / "bundle.json").write_text(json.dumps({**meta, "model_version": "cand-v6"}))
+    work = stage("run-6", good, sim_dir)
+    assert models_cli(["evaluate", "--run-id", "run-6"]) == 0
+    (work / "candidate" / "weights.pt").write_bytes(b"\x00truncated")
+    assert models_cli(["push-candidate", "--run-id", "run-6"]) == 0
+    capsys.readouterr()
+    assert models_cli(["promote-if-better", "--run-id", "run-6"]) == 2  # a failure, not a skip: someone must look
+    assert "model version cand-v6 cannot be served" in capsys.readouterr().err
+    assert store.pointed("models", "production") is None
+
+
+def test_manifest_carries_the_lineage(store: VersionedStore, lstm_bundle: Path) -> None:
+    assert models_cli(["push", str(lstm_bundle), "--promote"]) == 0
+    meta, manifest = read_meta(lstm_bundle), store.manifest("models", "test-v1")
+    assert {k: manifest[k] for k in LINEAGE_KEYS} == {k: meta[k] for k in LINEAGE_KEYS}
+    assert manifest["seed"] == 1 and manifest["config_hash"].startswith("sha256:")
+    assert manifest["code_commit"] == "unknown" or len(manifest["code_commit"]) == 40
+
+
+def test_decide_treats_a_null_auc_as_undefined() -> None:
+    ok, why = decide({"auc": None, "auc_reason": "only one class in evaluation labels (all correct)"}, None, 0.0)
+    assert not ok and "undefined (only one class" in why
+    assert decide({"auc": 0.7}, {"auc": None}, 0.0)[0]  # production unmeasurable here: the candidate may go
