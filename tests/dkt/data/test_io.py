@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from dkt.data.io import fingerprint, load_interactions, read_kt3
-from dkt.data.schema import validate
+from dkt.data.io import fingerprint, load_interactions, load_run_files, read_csv, read_kt3
+from dkt.data.schema import DataValidationError, validate
 from tests.conftest import ASSIST2009
 
 
@@ -66,3 +67,30 @@ def test_fingerprint_depends_on_content(sim_dir: Path) -> None:
     changed = df.copy()
     changed.loc[0, "answerCode"] = 1 - changed.loc[0, "answerCode"]
     assert fingerprint(changed) != fingerprint(df)
+
+
+@pytest.mark.parametrize("reader", [read_csv, read_kt3])
+def test_binary_and_non_utf8_files_are_refused_in_one_line(tmp_path: Path, reader: Callable[[Path], object]) -> None:
+    binary = tmp_path / "weights.pt"
+    binary.write_bytes(b"\x80\x02}q\x00(X\x06\x00\x00\x00lstm.w")
+    with pytest.raises(DataValidationError, match=r"weights\.pt: binary file \(NUL byte at offset 4\), not text"):
+        reader(binary)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("3\n5,5,7\n1,0,1\n# élève\n".encode("latin-1"))
+    with pytest.raises(DataValidationError, match=r"latin1\.csv: not UTF-8 text \(byte 0xe9 cannot be decoded\)"):
+        reader(latin1)
+    with pytest.raises(DataValidationError, match=r": not a file"):
+        reader(tmp_path)
+
+
+def test_run_files_are_checked_together(tmp_path: Path) -> None:
+    header = "userID,assessmentItemID,testId,answerCode,Timestamp,KnowledgeTag\n"
+    train = tmp_path / "train.csv"
+    train.write_text(header + "a,A1,T1,1,2020-01-01 00:00:00,1\nb,A1,T1,0,2020-01-01 00:01:00,1\n")
+    test = tmp_path / "test.csv"
+    test.write_text(header + "c,A1,T1,1,2020-01-01 00:00:00,1\n")
+    files = load_run_files(train, test, None)
+    assert files.valid is None and files.sources == {"--train-file": str(train), "--test-file": str(test)}
+    test.write_text(header + "b,A1,T1,1,2020-01-02 00:00:00,1\n")
+    with pytest.raises(DataValidationError, match="user 'b' is in both --train-file and --test-file"):
+        load_run_files(train, test, None)
