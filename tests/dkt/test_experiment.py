@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dkt.bundle import BundleError, read_meta
+from dkt.bundle import LINEAGE_KEYS, BundleError, config_hash, read_meta
 from dkt.data.io import read_csv
 from dkt.metrics import auc
 from dkt.predictor import load_predictor
@@ -27,6 +27,12 @@ def test_bundle_has_the_documented_files_and_keys(lstm_bundle: Path) -> None:
     meta = read_meta(lstm_bundle)
     assert meta["model"] == "lstm" and meta["kind"] == "sequence" and meta["model_version"] == "test-v1"
     assert {"code_version", "data_version", "data_fingerprint", "created_at", "max_seq_len"} <= set(meta)
+    assert set(LINEAGE_KEYS) <= set(meta) and meta["seed"] == 1
+    assert meta["config_hash"] == config_hash(json.loads((lstm_bundle / "config.json").read_text()))
+    # bundle.json is written last (after the smoke check): nothing in the folder is newer.
+    newest = max(p.stat().st_mtime_ns for p in lstm_bundle.iterdir() if p.name != "bundle.json")
+    assert (lstm_bundle / "bundle.json").stat().st_mtime_ns >= newest
+    assert not list(lstm_bundle.glob("*.tmp"))
     metrics = json.loads((lstm_bundle / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
     assert metrics["device"] == "cpu" and metrics["n_params"] > 0
