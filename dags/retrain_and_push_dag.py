@@ -2,6 +2,8 @@
 
 pull_data -> train -> evaluate (candidate and production on the same held-out users) -> push_candidate
 -> promote_if_better (AUC drop at most $DKT_PROMOTE_TOLERANCE; emits the model asset when it promotes).
+Nothing unloadable is promoted: evaluate refuses a candidate that does not load and score a smoke batch,
+and promote_if_better pulls the stored version and checks it again (dkt.verify); either fails the task.
 The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
 want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Scheduled on the data asset.
 """
