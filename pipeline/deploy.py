@@ -313,7 +313,10 @@ def metadata_url() -> str:
     if deploy_mode() == "swarm":
         from pipeline.swarm import swarm_settings
 
-        return swarm_settings().metadata_url
+        try:
+            return swarm_settings().metadata_url
+        except ValueError as exc:  # the swarm settings name the variable; keep it one clean error line
+            raise SettingsError(str(exc)) from None
     return current_url() + "/metadata"
 
 
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print(f"deploy: {production_back_on_served(VersionedStore.from_env(), failed, str(exc))}",
                       file=sys.stderr)  # fmt: skip
-            except (StoreError, VersionError, SettingsError, OSError) as exc2:
+            except (StoreError, ValueError, OSError) as exc2:
                 print(f"error: could not put production back on what is served: {exc2}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(doc, default=str))

@@ -417,6 +417,8 @@ class VersionedStore:
             by_dir.setdefault(top, {})[rest] = mtime
         removed: list[str] = []
         for top, files in by_dir.items():
+            if top != POINTERS and (not VERSION_RE.match(top) or "" in files):
+                continue  # not a version folder this store wrote: not ours to remove
             if top == POINTERS or MANIFEST in files:
                 if LEASE in files and (got := self._lease_doc(f"{kind}/{top}/{LEASE}")) and lease_is_dead(got[0], ttl):
                     self.blobs.delete(f"{kind}/{top}/{LEASE}")  # its pusher was killed right after completing
