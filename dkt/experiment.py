@@ -24,6 +24,7 @@ from dkt.bundle import (
     config_hash,
     default_version,
     item_catalog,
+    read_meta,
     utc_now,
     write_json,
 )
@@ -116,6 +117,7 @@ def run(
     dev = resolve_device(device)
     encoder = FeatureEncoder.fit(data.train)
     config_doc = config.model_dump(mode="json")
+    hashed_config = config_doc
     write_json(out / "config.json", config_doc)
     write_json(out / "encoder.json", encoder.to_dict())
     write_json(out / "catalog.json", item_catalog(data.train[data.train["answerCode"] >= 0]))
@@ -126,9 +128,14 @@ def run(
         file=sys.stderr,
     )
     if config.model == "ensemble":
-        from dkt.models.ensemble import train_ensemble
+        from dkt.models.ensemble import ENSEMBLE_FILE, train_ensemble
 
         fit = train_ensemble(config, data, out, epochs, device, seed, config_dir or Path("config"), progress)
+        # The ensemble's config names its members' config files; their content is what must be hashed.
+        members = json.loads((out / ENSEMBLE_FILE).read_text())["members"]
+        hashed_config = config_doc | {
+            "member_config_hashes": [read_meta(out / m["dir"])["config_hash"] for m in members]
+        }
     elif config.model == "lgbm":
         from dkt.models.lgbm import train_lgbm
 
@@ -175,7 +182,7 @@ def run(
         "code_commit": commit,
         "code_dirty": dirty,
         "code_version": code_version(commit) + (".dirty" if dirty else ""),
-        "config_hash": config_hash(config_doc),
+        "config_hash": config_hash(hashed_config),
         "seed": seed,
         "created_at": utc_now(),
         "data_fingerprint": data.fingerprints,

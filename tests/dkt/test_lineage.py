@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dkt.bundle import UNKNOWN, code_commit, code_version, config_hash
-from tests.conftest import ROOT
+from dkt.bundle import UNKNOWN, code_commit, code_version, config_hash, read_meta
+from tests.conftest import ROOT, TINY_LSTM
 
 PROBE = (
     "import json; from dkt.bundle import code_commit, code_version; print(json.dumps([code_commit(), code_version()]))"
@@ -58,3 +58,19 @@ def test_config_hash_is_canonical() -> None:
     b = {"train": {"epochs": 3, "lr": 0.002}, "model": "lstm"}
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash({**a, "train": {"lr": 0.002, "epochs": 4}})
+
+
+def test_ensemble_config_hash_covers_its_members_configs(sim_dir: Path, tmp_path: Path) -> None:
+    # The ensemble config only names its members' files: hashing it alone would miss a change inside them.
+    from dkt.experiment import load_run_data, run
+
+    (tmp_path / "m.json").write_text(json.dumps({**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}))
+    (tmp_path / "e.json").write_text(json.dumps({"model": "ensemble", "members": [{"config": "m.json"}]}))
+    data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
+    run(tmp_path / "e.json", data, tmp_path / "out", device="cpu", seed=1, progress=False)
+    meta, member = read_meta(tmp_path / "out"), read_meta(tmp_path / "out" / "members" / "00-lstm")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    member_config = json.loads((tmp_path / "out" / "members" / "00-lstm" / "config.json").read_text())
+    assert member["config_hash"] == config_hash(member_config)
+    assert meta["config_hash"] == config_hash(config | {"member_config_hashes": [member["config_hash"]]})
+    assert meta["config_hash"] != config_hash(config)
