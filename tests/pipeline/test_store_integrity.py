@@ -196,3 +196,18 @@ def test_conditional_writes_of_the_backend(store: VersionedStore) -> None:
     for t in threads:
         t.join()
     assert b.get_bytes("state/k.json") == b"30"
+
+
+def test_list_says_when_the_recorded_service_does_not_answer(
+    store: VersionedStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.deploy import SERVING_STATE
+    from tests.serving.servers import free_port
+
+    store.push("models", small(tmp_path, "m1"), "m1")
+    url = f"http://127.0.0.1:{free_port()}/metadata"  # nothing listens there
+    store.put_state(SERVING_STATE, {"model_version": "m1", "mode": "local", "metadata_url": url})
+    capsys.readouterr()
+    assert models_cli(["list"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.endswith(f"<- latest, serving at the last deploy ({url} does not answer now)"), line
