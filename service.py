@@ -300,6 +300,9 @@ class DKTService:
             # Lineage: what the served model was trained on, by which code, how.
             "data_version": meta.get("data_version"),
             "code_version": meta.get("code_version"),
+            "code_commit": meta.get("code_commit"),
+            "code_dirty": meta.get("code_dirty"),
+            "config_hash": meta.get("config_hash"),
             "seed": meta.get("seed"),
             "config": self.config,
             "data_fingerprint": meta.get("data_fingerprint"),

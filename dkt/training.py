@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dkt.config import TrainParams
 from dkt.data.features import FeatureFrame
-from dkt.data.sequences import Batcher, make_windows, to_device
+from dkt.data.sequences import Batcher, make_windows, scoring_windows, to_device
 from dkt.metrics import auc
 from dkt.scoring import autocast, score_windows
 
@@ -104,7 +104,8 @@ def fit_sequence_model(
     model.to(device)
     train_b, valid_b = Batcher(train_ff), Batcher(valid_ff)
     train_w = make_windows(train_ff, params.max_seq_len, params.stride)
-    valid_w = make_windows(valid_ff, params.max_seq_len, max(1, params.max_seq_len // 2))
+    # Validation is scored like the test set and the service (one window rule: dkt.data.sequences.window_start).
+    valid_w = scoring_windows(valid_ff, params.max_seq_len)
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
     steps_per_epoch = math.ceil(n_windows / params.batch_size)
     total = steps_per_epoch * epochs

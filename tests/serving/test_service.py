@@ -61,6 +61,8 @@ def test_metadata_and_readyz(service: Server, packed) -> None:
     assert meta["model_tag"] == packed.model_tag
     # lineage: code, seed and the training config, as the bundle records them
     assert meta["code_version"] == bundle["code_version"] and meta["seed"] == bundle["seed"] == 1
+    assert meta["code_commit"] == bundle["code_commit"] and meta["config_hash"] == bundle["config_hash"]
+    assert meta["config_hash"].startswith("sha256:")
     assert meta["config"] == json.loads((packed.bundle / "config.json").read_text())
     assert meta["config"]["model"] == "lstm"
 
