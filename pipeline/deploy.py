@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from pipeline.blobs import StoreError
+from pipeline.blobs import StoreError, pid_alive
 from pipeline.data_update import read_json, write_json
 from pipeline.settings import REPO_ROOT, SettingsError, env_float, env_path
 from pipeline.store import PointerMoved, VersionedStore, VersionError
@@ -179,20 +179,8 @@ def switch_url(url: str) -> None:
 
 
 def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (we started it and nobody reaped it) counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    """Whether the server process ``pid`` still runs (a zombie we have not reaped counts as gone)."""
+    return bool(pid) and pid_alive(int(pid or 0))
 
 
 def start_server(model_tag: str, port: int) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
@@ -37,3 +39,12 @@ def lstm_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
     run(parse_config(TINY_LSTM), data, out, device="cpu", seed=1, model_version="test-v1", progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds sync cost, and on a busy CPU it costs 10x or more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,13 +8,11 @@ teeth: with answered-at timestamps (the old semantics) an LSTM goes above it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from dkt.config import load_config
 from dkt.data.schema import COLUMNS, validate
@@ -46,12 +44,8 @@ class Split:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
+def one_thread(one_torch_thread: None) -> None:
     """Small models: a second intra-op thread only adds sync cost on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

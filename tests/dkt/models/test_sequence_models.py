@@ -6,7 +6,6 @@ through the same encoding that training and serving use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +55,8 @@ class SimData:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds sync cost, and on a busy CPU it costs 10x or more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread: None) -> None:
+    """Small models: a second intra-op thread only adds sync cost on a busy CPU."""
 
 
 @pytest.fixture(scope="module")
