@@ -24,7 +24,7 @@ test-setup:: setup
 
 test: test-setup ## install what tests need and run every test (slow ones too)
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	mk/run-tests.sh $(PY) $(PYTEST_ARGS)
 
 test-fast: setup ## fast tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

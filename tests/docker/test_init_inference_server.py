@@ -57,6 +57,8 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         **stack_env,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "DKT_AIRFLOW_PORT": str(free_port()),
+        # make test runs this suite beside the others, whose Airflow schedulers serve logs on the default 8793
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "DKT_APP_PYTHON": sys.executable,
         "DKT_TASK_RETRIES": "0",
     }
