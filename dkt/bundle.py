@@ -121,7 +121,7 @@ def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(f"{bundle_dir}: not a complete model bundle ({BUNDLE_FILE} missing)")
     try:
-        meta = json.loads(path.read_text(), parse_constant=_no_nan)
+        meta = json.loads(path.read_text(), parse_constant=refuse_nan)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
@@ -131,5 +131,6 @@ def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _no_nan(name: str) -> Any:
+def refuse_nan(name: str) -> Any:
+    """``json.loads(..., parse_constant=refuse_nan)``: NaN / Infinity in a file are an error, never a number."""
     raise ValueError(f"{name} is not a JSON number (an undefined figure must be null)")

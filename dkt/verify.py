@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dkt.bundle import BundleError, read_meta
+from dkt.bundle import BundleError, read_meta, refuse_nan
 
 SMOKE_ITEMS = 8
 SMOKE_START = pd.Timestamp("2020-01-01 09:00:00")
@@ -58,7 +58,7 @@ def verify_bundle(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, A
     metrics_file = bundle_dir / "metrics.json"
     if metrics_file.is_file():
         try:
-            json.loads(metrics_file.read_text(), parse_constant=_refuse_constant)
+            json.loads(metrics_file.read_text(), parse_constant=refuse_nan)
         except ValueError as exc:
             raise BundleError(f"{metrics_file}: {exc}") from None
     try:
@@ -81,10 +81,6 @@ def verify_bundle(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, A
     except Exception as exc:  # same reasoning: a model that cannot score must not be served
         raise BundleError(f"{bundle_dir}: the model does not score a smoke batch: {_one_line(exc)}") from None
     return {"smoke_rows": len(batch), "p_min": float(np.min(rows)), "p_max": float(np.max(rows))}
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (an undefined figure must be null)")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

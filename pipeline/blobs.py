@@ -61,12 +61,19 @@ def host_tag() -> str:
     return hashlib.sha1(f"{socket.gethostname()}|{_boot_id()}".encode()).hexdigest()[:8]
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None when unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None
+
+
 def pid_start(pid: int) -> str:
     """The process's start time in clock ticks since boot ('' if unknown): tells a reused pid from the original."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else ""
 
 
 def pid_alive(pid: int, start: str = "") -> bool:
@@ -79,9 +86,8 @@ def pid_alive(pid: int, start: str = "") -> bool:
         return False
     except PermissionError:
         pass
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = _proc_stat(pid)
+    if fields is None:
         return True
     if fields[0] == "Z":
         return False
