@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dkt.bundle import lineage
 from dkt.data.schema import COLUMNS
 from dkt.predictor import Predictor, load_predictor
 
@@ -297,13 +298,8 @@ class DKTService:
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
-            # Lineage: what the served model was trained on, by which code, how.
-            "data_version": meta.get("data_version"),
-            "code_version": meta.get("code_version"),
-            "code_commit": meta.get("code_commit"),
-            "code_dirty": meta.get("code_dirty"),
-            "config_hash": meta.get("config_hash"),
-            "seed": meta.get("seed"),
+            # Lineage (data version, code commit, config hash, seed): the keys the store manifest carries too.
+            **lineage(meta),
             "config": self.config,
             "data_fingerprint": meta.get("data_fingerprint"),
             "metrics": meta.get("metrics", {}),
