@@ -67,9 +67,10 @@ def code_commit() -> tuple[str, bool | None]:
     return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
 
 
-def code_version(commit: str | None = None) -> str:
-    """Package version plus the short commit (``+unknown`` outside a checkout), ``.dirty`` when uncommitted."""
-    dirty: bool | None = None
+def code_version(commit: str | None = None, dirty: bool | None = None) -> str:
+    """Package version plus the short commit (``+unknown`` outside a checkout), ``.dirty`` when uncommitted.
+
+    Without ``commit`` both are read from the checkout (``code_commit``)."""
     if commit is None:
         commit, dirty = code_commit()
     short = commit[:12] if commit != UNKNOWN else UNKNOWN

@@ -181,7 +181,7 @@ def run(
         "data_version": data_version or data.fingerprints["train_file"],
         "code_commit": commit,
         "code_dirty": dirty,
-        "code_version": code_version(commit) + (".dirty" if dirty else ""),
+        "code_version": code_version(commit, dirty),
         "config_hash": config_hash(hashed_config),
         "seed": seed,
         "created_at": utc_now(),
