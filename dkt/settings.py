@@ -1,0 +1,746 @@
+"""Every environment variable the product reads, declared once: type, default, unit, one line of doc.
+
+Grouped by component. Python code reads a group with ``load(ServiceSettings)`` (a ``SettingsError`` naming
+the variable on a bad value) or ``load_or_exit(...)`` (``error: ...`` on stderr, exit 2: start-up code).
+Variables read by shell scripts, Dockerfiles, haproxy or the compose file are declared here too (their
+``reader`` says who), so that the README table generated from this module lists everything an operator sets.
+
+    python -m dkt.settings show         # the effective settings per group, secrets masked
+    python -m dkt.settings markdown     # the README table (``--write README.md`` replaces it between markers)
+
+Self-contained on purpose (stdlib, pydantic, pydantic-settings): the DAG files import it from Airflow's venv.
+An empty variable counts as unset, as every reader did before this module existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+README_BEGIN = "<!-- settings:begin -->"
+README_END = "<!-- settings:end -->"
+MASK = "********"
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the product cannot use; the message names it and says why."""
+
+
+def _flag(value: Any) -> Any:
+    # The service's historical reading of DKT_ACCESS_LOG: only these three strings turn it off.
+    return value if isinstance(value, bool) else str(value) not in ("0", "false", "no")
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+# The mapping the next load() reads instead of os.environ (tests, and callers that build a child's environment).
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("dkt_settings_env", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _ENVIRON.get()
+        if environ is None:
+            return super()._load_env_vars()
+        # What the base class does with os.environ under this module's config: exact names, empty = unset.
+        return {k: v for k, v in environ.items() if v}
+
+
+def env(
+    name: str,
+    default: Any = None,
+    doc: str = "",
+    unit: str = "",
+    reader: str = "",
+    secret: bool = False,
+    **constraints: Any,
+) -> Any:
+    """A field read from environment variable ``name``; ``reader`` names a non-Python reader (shown in the docs)."""
+    extra = {"unit": unit, "reader": reader, "secret": secret}
+    return Field(default, validation_alias=name, description=doc, json_schema_extra=extra, **constraints)
+
+
+class Group(BaseSettings):
+    """One component's variables. Subclasses set ``title`` (the heading in ``show`` and the README)."""
+
+    title: ClassVar[str] = ""
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, extra="ignore", populate_by_name=True, frozen=False
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env file and no secrets dir: the environment is the one source, as it was before.
+        return init_settings, _MappingEnvSource(settings_cls)
+
+    @classmethod
+    def variables(cls) -> dict[str, FieldInfo]:
+        """Environment variable name -> field, in declaration order."""
+        return {str(f.validation_alias): f for f in cls.model_fields.values()}
+
+    def env_values(self) -> dict[str, Any]:
+        """Environment variable name -> effective value (secrets stay ``SecretStr``)."""
+        by_alias = {str(f.validation_alias): name for name, f in type(self).model_fields.items()}
+        return {var: getattr(self, name) for var, name in by_alias.items()}
+
+
+# -- client (Flask app, client/) ----------------------------------------------------------------------------
+class ClientSettings(Group):
+    title: ClassVar[str] = "client"
+    client_db: str = env(
+        "DKT_CLIENT_DB",
+        "var/client.db",
+        "the SQLite answer store (relative: to the working directory;"
+        " the swarm and the exporter resolve it against the repository root)",
+        "path",
+    )
+    questions: str = env(
+        "DKT_QUESTIONS",
+        "data/sim/questions.csv",
+        "the question bank (CSV) the client serves; baked into the swarm client image",
+        "path",
+    )
+    inference_url: str | None = env(
+        "DKT_INFERENCE_URL",
+        None,
+        "the inference service's base URL; unset: http://127.0.0.1:3000 for the client,"
+        " http://127.0.0.1:$DKT_SERVE_PORT for `pipeline.deploy`",
+        "URL",
+    )
+    inference_url_file: str | None = env(
+        "DKT_INFERENCE_URL_FILE",
+        None,
+        "a file holding the current inference URL (blue/green deploys rewrite it); unset: none for the client,"
+        " $DKT_RUN_DIR/inference_url for deploy and `make up`",
+        "path",
+    )
+    target_difficulty: float = env(
+        "DKT_TARGET_DIFFICULTY",
+        0.7,
+        "the probability of a correct answer the next question aims at",
+        "probability",
+        gt=0.0,
+        lt=1.0,
+    )
+    inference_timeout_s: float = env(
+        "DKT_INFERENCE_TIMEOUT_S",
+        2.0,
+        "timeout of one request to the inference service; the page waits at most retries x this",
+        "s",
+    )
+    inference_retries: int = env("DKT_INFERENCE_RETRIES", 3, "attempts per inference request", "attempts")
+    candidate_pool: int = env("DKT_CANDIDATE_POOL", 120, "unanswered items scored to pick the next question", "items")
+    secret_key: SecretStr | None = env(
+        "DKT_SECRET_KEY",
+        None,
+        "Flask session/CSRF secret; unset: a random key per process (refused when DKT_ENV=production);"
+        " the swarm generates one into var/swarm/client_secret_key",
+        secret=True,
+    )
+    environment: str = env("DKT_ENV", "", "`production` makes DKT_SECRET_KEY mandatory (the client image sets it)")
+    client_port: int = env(
+        "DKT_CLIENT_PORT",
+        8000,
+        "the client's port: `make up` binds 127.0.0.1 to it; in the swarm the proxy reaches the client container on it",
+        "port",
+    )
+
+
+# -- service (service.py, BentoML) --------------------------------------------------------------------------
+class ServiceSettings(Group):
+    title: ClassVar[str] = "service"
+    model_tag: str = env(
+        "DKT_MODEL_TAG", "dkt-model:latest", "the BentoML model the service loads (packer.py sets it for the build)"
+    )
+    max_history: int = env(
+        "DKT_MAX_HISTORY", 10_000, "answers accepted per request; features use all of them", "answers"
+    )
+    max_candidates: int = env("DKT_MAX_CANDIDATES", 500, "candidate items accepted per request", "items")
+    max_body_bytes: int = env(
+        "DKT_MAX_BODY_BYTES", 4 * 1024 * 1024, "largest request body; larger ones get 413", "bytes"
+    )
+    max_batch_size: int = env(
+        "DKT_MAX_BATCH_SIZE", 64, "requests the micro-batcher merges into one model call", "requests"
+    )
+    service_timeout_s: int = env("DKT_SERVICE_TIMEOUT_S", 30, "BentoML's request timeout", "s")
+    torch_threads: int = env(
+        "DKT_TORCH_THREADS",
+        1,
+        "torch intra-op threads (batching already fills a core; more spin-wait on a busy host);"
+        " also bench/naive_server.py",
+        "threads",
+    )
+    access_log: Flag = env("DKT_ACCESS_LOG", True, "one log line per request; `0`, `false` or `no` turn it off")
+    model_name: str = env("DKT_MODEL_NAME", "dkt-model", "the BentoML model name packer.py stores bundles under")
+
+
+# -- store (pipeline/store.py, `python -m data`, `python -m models`) ---------------------------------------
+class StoreSettings(Group):
+    title: ClassVar[str] = "store"
+    kind: Literal["local", "s3"] = env(
+        "DKT_STORE", "local", "where data sets and models are stored: `local` (a folder) or `s3`"
+    )
+    root: Path = env("DKT_STORE_ROOT", REPO_ROOT / "var" / "store", "the local store's folder", "path")
+    bucket: str = env("DKT_S3_BUCKET", "", "the S3 bucket (required with DKT_STORE=s3)")
+    prefix: str = env("DKT_S3_PREFIX", "", "key prefix inside the bucket (slashes at either end dropped)")
+    endpoint_url: str | None = env(
+        "DKT_S3_ENDPOINT_URL", None, "S3 endpoint (MinIO, moto); unset: AWS_ENDPOINT_URL, else AWS", "URL"
+    )
+    aws_endpoint_url: str | None = env(
+        "AWS_ENDPOINT_URL", None, "boto3's own endpoint variable; used when DKT_S3_ENDPOINT_URL is unset", "URL"
+    )
+    region: str | None = env("AWS_DEFAULT_REGION", None, "the bucket's region (boto3's default when unset)")
+    aws_access_key_id: SecretStr | None = env(
+        "AWS_ACCESS_KEY_ID", None, "S3 credentials (boto3 reads them itself; or an instance role / ~/.aws)", secret=True
+    )
+    aws_secret_access_key: SecretStr | None = env(
+        "AWS_SECRET_ACCESS_KEY", None, "S3 credentials, with AWS_ACCESS_KEY_ID", secret=True
+    )
+    lease_seconds: float = env(
+        "DKT_STORE_LEASE_SECONDS", 30.0, "how long a store lock lasts without renewal", "s", ge=1, allow_inf_nan=False
+    )
+
+    @model_validator(mode="after")
+    def _derive(self) -> StoreSettings:
+        self.prefix = self.prefix.strip("/")
+        # boto3 reads AWS_ENDPOINT_URL itself, but naming it here lets the error messages say which store is used.
+        if self.endpoint_url is None and self.aws_endpoint_url:
+            self.endpoint_url = self.aws_endpoint_url
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("DKT_STORE=s3 needs DKT_S3_BUCKET (the bucket name)")
+        return self
+
+
+# -- pipeline (data update, retrain, deploy: pipeline/, the DAG tasks' CLIs) -------------------------------
+class PipelineSettings(Group):
+    title: ClassVar[str] = "pipeline"
+    work_root: Path = env("DKT_WORK_ROOT", REPO_ROOT / "var" / "work", "per-run work folders of the DAG steps", "path")
+    run_dir: Path = env(
+        "DKT_RUN_DIR", REPO_ROOT / "run", "pids, logs and serving state of `make up` and local deploys", "path"
+    )
+    bentoml_home: Path = env(
+        "BENTOML_HOME", REPO_ROOT / "var" / "bentoml", "BentoML's model and bento store (BentoML reads it too)", "path"
+    )
+    test_share: float = env(
+        "DKT_TEST_SHARE", 0.1, "share of the students a data update puts in the test split", "fraction"
+    )
+    export_cmd: str | None = env(
+        "DKT_EXPORT_CMD",
+        None,
+        "the exporter the data update runs (shell words); unset: `<python> -m flask --app client export-interactions`",
+    )
+    fault_point: str | None = env(
+        "DKT_FAULT_POINT",
+        None,
+        "tests only: the data update SIGKILLs itself at this named point (pipeline/data_update.py)",
+    )
+    deploy_mode: Literal["local", "swarm"] = env(
+        "DKT_DEPLOY_MODE",
+        "local",
+        "`local`: blue/green `bentoml serve` on this host; `swarm`: a rolling update of the stack",
+    )
+    serve_port: int = env("DKT_SERVE_PORT", 3000, "first port of the local blue/green pair", "port")
+    verify_timeout: float = env(
+        "DKT_VERIFY_TIMEOUT", 60.0, "how long deploy's verify step waits for /metadata to show the new version", "s"
+    )
+    ready_timeout: float = env("DKT_READY_TIMEOUT", 180.0, "how long a new local server may take to pass /readyz", "s")
+    drain_seconds: float = env(
+        "DKT_DRAIN_SECONDS", 5.0, "how long the old local server keeps serving after the switch", "s"
+    )
+
+
+# -- training (pipeline/retrain.py, `make up`'s first model) ----------------------------------------------
+class TrainingSettings(Group):
+    title: ClassVar[str] = "training"
+    config: Path = env(
+        "DKT_TRAIN_CONFIG",
+        REPO_ROOT / "config" / "lstm.json",
+        "the model config retraining and `make up` train with",
+        "path",
+    )
+    epochs: int | None = env(
+        "DKT_TRAIN_EPOCHS", None, "epochs per training; unset: the config's (`make up` sets 3)", "epochs"
+    )
+    device: str = env("DKT_TRAIN_DEVICE", "auto", "train.py --device: auto, cpu, cuda, cuda:N")
+    promote_tolerance: float = env(
+        "DKT_PROMOTE_TOLERANCE",
+        0.005,
+        "a candidate is promoted unless its AUC is more than this below production's",
+        "AUC",
+    )
+
+
+# -- `make up` (pipeline/stack.py) -------------------------------------------------------------------------
+class StackSettings(Group):
+    title: ClassVar[str] = "make up (one host)"
+    var_dir: Path = env(
+        "DKT_VAR_DIR",
+        REPO_ROOT / "var",
+        "where `make up` keeps the store, client database, Airflow home, BentoML store",
+        "path",
+    )
+    sim_dir: Path = env(
+        "DKT_SIM_DIR", REPO_ROOT / "data" / "sim", "where `make up` simulates the initial data set", "path"
+    )
+    sim_users: int = env("DKT_SIM_USERS", 500, "students in `make up`'s initial data set", "students")
+    airflow_venv: Path = env(
+        "DKT_AIRFLOW_VENV",
+        REPO_ROOT / ".venv-airflow",
+        "Airflow's virtualenv (also init_for_train_server.sh, bench/cycle_bench.py)",
+        "path",
+    )
+    airflow_home: Path | None = env(
+        "AIRFLOW_HOME", None, "Airflow's home (Airflow reads it too); unset: $DKT_VAR_DIR/airflow for `make up`", "path"
+    )
+    airflow_port: int = env(
+        "DKT_AIRFLOW_PORT", 8080, "Airflow api-server / UI port (init_for_inference_server.sh: 8081)", "port"
+    )
+    airflow_host: str = env(
+        "DKT_AIRFLOW_HOST", "127.0.0.1", "the api-server's bind address; 0.0.0.0 lets a remote edge worker in"
+    )
+    dags_folder: Path | None = env(
+        "AIRFLOW__CORE__DAGS_FOLDER", None, "Airflow's DAG folder; unset: dags/ of this repository", "path"
+    )
+    jwt_secret: SecretStr | None = env(
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        None,
+        "the api-server's JWT key edge workers sign with; unset: generated once into var/secrets/airflow_jwt_secret",
+        secret=True,
+    )
+
+
+# -- Airflow DAGs (dags/, run in .venv-airflow) ---------------------------------------------------------
+class AirflowSettings(Group):
+    title: ClassVar[str] = "airflow DAGs"
+    app_python: Path = env(
+        "DKT_APP_PYTHON", REPO_ROOT / ".venv" / "bin" / "python", "the app venv's python every task runs", "path"
+    )
+    train_queue: str = env(
+        "DKT_TRAIN_QUEUE", "train", "queue of the train-host tasks (and of the edge worker serving them)"
+    )
+    train_executor: Literal["local", "edge"] = env(
+        "DKT_TRAIN_EXECUTOR",
+        "local",
+        "`local`: every task runs on the scheduler host; `edge`: train-queue tasks go to the Edge executor (GPU host)",
+    )
+    task_retries: int = env("DKT_TASK_RETRIES", 2, "retries of a failed task", "retries")
+    retry_delay_seconds: int = env("DKT_RETRY_DELAY_SECONDS", 30, "wait before a retry", "s")
+    update_schedule: str = env("DKT_UPDATE_SCHEDULE", "@daily", "update_data_dag's schedule (cron or preset)")
+
+
+# -- train host (init_for_train_server.sh) ----------------------------------------------------------------
+class TrainHostSettings(Group):
+    title: ClassVar[str] = "train host"
+    airflow_url: str = env(
+        "DKT_AIRFLOW_URL",
+        "http://127.0.0.1:8081",
+        "the inference host's Airflow api-server as seen from the train host",
+        "URL",
+        reader="init_for_train_server.sh",
+    )
+    jwt_secret_file: str = env(
+        "DKT_AIRFLOW_JWT_SECRET_FILE",
+        "var/secrets/airflow_jwt_secret",
+        "a copy of the inference host's JWT secret file",
+        "path",
+        reader="init_for_train_server.sh",
+    )
+    edge_hostname: str | None = env(
+        "DKT_EDGE_HOSTNAME",
+        None,
+        "the worker's name in Airflow; unset: the fully qualified host name",
+        reader="init_for_train_server.sh",
+    )
+    worker_wait: int = env(
+        "DKT_WORKER_WAIT", 120, "how long to wait for the worker to register", "s", reader="init_for_train_server.sh"
+    )
+    torch_cuda_index: str = env(
+        "DKT_TORCH_CUDA_INDEX",
+        "https://download.pytorch.org/whl/cu126",
+        "pip index of the CUDA torch build",
+        "URL",
+        reader="init_for_train_server.sh",
+    )
+
+
+# -- swarm (pipeline/swarm.py) ------------------------------------------------------------------------------
+class SwarmSettings(Group):
+    title: ClassVar[str] = "swarm"
+    registry: str = env("DKT_REGISTRY", "127.0.0.1:5000", "registry the images are pushed to and the swarm pulls from")
+    stack: str | None = env("DKT_STACK", None, "the stack name; unset: config/swarm.json's `stack` (dkt)")
+    stack_config: Path = env(
+        "DKT_STACK_CONFIG", REPO_ROOT / "config" / "swarm.json", "image specs and service names", "path"
+    )
+    compose_file: Path = env("DKT_COMPOSE_FILE", REPO_ROOT / "docker-compose.yml", "the stack file", "path")
+    base_image: str = env(
+        "DKT_BASE_IMAGE",
+        "local/python:3.11-bookworm",
+        "base of every image (python:3.11-slim where a registry is reachable)",
+    )
+    client_host_port: int = env(
+        "DKT_CLIENT_HOST_PORT", 8080, "host port the proxy publishes the client on (compose file)", "port"
+    )
+    inference_host_port: int = env(
+        "DKT_INFERENCE_HOST_PORT", 3000, "host port the proxy publishes inference on (compose file)", "port"
+    )
+    client_url: str | None = env(
+        "DKT_CLIENT_URL",
+        None,
+        "the client as the host reaches it; unset: http://127.0.0.1:$DKT_CLIENT_HOST_PORT",
+        "URL",
+    )
+    metadata_url: str | None = env(
+        "DKT_METADATA_URL",
+        None,
+        "inference /metadata through the proxy; unset: http://127.0.0.1:$DKT_INFERENCE_HOST_PORT/metadata",
+        "URL",
+    )
+    timeout: float = env("DKT_SWARM_TIMEOUT", 300.0, "how long to wait for a rollout or a scale", "s", gt=0)
+    pip_find_links: str | None = env(
+        "PIP_FIND_LINKS", None, "pip's wheel folders; the first local one is the default of DKT_WHEELS_DIR"
+    )
+    wheels_dir: Path | None = env(
+        "DKT_WHEELS_DIR",
+        None,
+        "where the CPU torch wheel is; unset: the first local PIP_FIND_LINKS folder, else /opt/wheels",
+        "path",
+    )
+    build_ca: Path = env(
+        "DKT_BUILD_CA", Path("/etc/ssl/certs/ca-certificates.crt"), "CA bundle pip trusts inside image builds", "path"
+    )
+    inference_replicas: int = env(
+        "DKT_INFERENCE_REPLICAS",
+        3,
+        "inference replicas (`pipeline.swarm deploy --replicas` sets it)",
+        "replicas",
+        reader="docker-compose.yml",
+    )
+    inference_cpus: str = env(
+        "DKT_INFERENCE_CPUS", "1.0", "CPU limit per inference replica", "CPUs", reader="docker-compose.yml"
+    )
+    inference_memory: str = env(
+        "DKT_INFERENCE_MEMORY",
+        "1536M",
+        "memory limit per inference replica",
+        "bytes (Docker units)",
+        reader="docker-compose.yml",
+    )
+    client_db_name: str = env(
+        "DKT_CLIENT_DB_NAME",
+        "client.db",
+        "the database's file name inside the client container's /data (set from DKT_CLIENT_DB)",
+        reader="docker-compose.yml",
+    )
+    client_data_dir: str | None = env(
+        "DKT_CLIENT_DATA_DIR",
+        None,
+        "host folder bind-mounted at /data (set by `pipeline.swarm deploy` from DKT_CLIENT_DB)",
+        "path",
+        reader="docker-compose.yml",
+    )
+    client_user: str | None = env(
+        "DKT_CLIENT_USER",
+        None,
+        "uid:gid the client container runs as (set by `pipeline.swarm deploy`: the folder's owner)",
+        reader="docker-compose.yml",
+    )
+    client_node: str | None = env(
+        "DKT_CLIENT_NODE",
+        None,
+        "swarm node holding the folder (set by `pipeline.swarm deploy`)",
+        reader="docker-compose.yml",
+    )
+    inference_image: str | None = env(
+        "DKT_INFERENCE_IMAGE",
+        None,
+        "inference image reference (set by `pipeline.swarm deploy`)",
+        reader="docker-compose.yml",
+    )
+    client_image: str | None = env(
+        "DKT_CLIENT_IMAGE", None, "client image reference (set by `pipeline.swarm deploy`)", reader="docker-compose.yml"
+    )
+    proxy_image: str | None = env(
+        "DKT_PROXY_IMAGE", None, "proxy image reference (set by `pipeline.swarm deploy`)", reader="docker-compose.yml"
+    )
+
+    @model_validator(mode="after")
+    def _derive(self) -> SwarmSettings:
+        if self.wheels_dir is None:
+            first = (self.pip_find_links or "").split()[:1]
+            local = first and not first[0].startswith(("http://", "https://"))
+            self.wheels_dir = Path(first[0].removeprefix("file://")) if local else Path("/opt/wheels")
+        # The compose file publishes on these host ports: follow them unless the URLs are given outright.
+        self.client_url = self.client_url or f"http://127.0.0.1:{self.client_host_port}"
+        self.metadata_url = self.metadata_url or f"http://127.0.0.1:{self.inference_host_port}/metadata"
+        return self
+
+
+# -- containers (docker/*.Dockerfile, docker/haproxy.cfg; set by the images or the compose file) -------------
+class ContainerSettings(Group):
+    title: ClassVar[str] = "containers"
+    port: int = env(
+        "DKT_PORT",
+        8000,
+        "the port the client (8000) or inference (3000) container serves on",
+        "port",
+        reader="docker/*.Dockerfile",
+    )
+    model_version: str | None = env(
+        "DKT_MODEL_VERSION",
+        None,
+        "the model version baked into an inference image (a label for operators)",
+        reader="docker/inference.Dockerfile",
+    )
+    gunicorn_workers: int = env(
+        "GUNICORN_WORKERS",
+        2,
+        "gunicorn workers of the client container",
+        "processes",
+        reader="docker/client.Dockerfile",
+    )
+    gunicorn_threads: int = env(
+        "GUNICORN_THREADS",
+        4,
+        "threads per gunicorn worker of the client container",
+        "threads",
+        reader="docker/client.Dockerfile",
+    )
+    proxy_client_port: int = env(
+        "DKT_PROXY_CLIENT_PORT", 8080, "the proxy's client port", "port", reader="docker/haproxy.cfg"
+    )
+    proxy_inference_port: int = env(
+        "DKT_PROXY_INFERENCE_PORT", 3000, "the proxy's inference port", "port", reader="docker/haproxy.cfg"
+    )
+    client_service: str = env(
+        "DKT_CLIENT_SERVICE", "client", "the client's service name the proxy resolves", reader="docker/haproxy.cfg"
+    )
+    inference_service: str = env(
+        "DKT_INFERENCE_SERVICE",
+        "inference",
+        "the inference service name the proxy resolves",
+        reader="docker/haproxy.cfg",
+    )
+    inference_port: int = env(
+        "DKT_INFERENCE_PORT",
+        3000,
+        "the inference containers' port the proxy sends to",
+        "port",
+        reader="docker/haproxy.cfg",
+    )
+    client_health_path: str = env(
+        "DKT_CLIENT_HEALTH_PATH", "/", "the client path the proxy checks", reader="docker/haproxy.cfg"
+    )
+
+
+# -- tests and benchmarks (tests/, bench/) --------------------------------------------------------------------
+class DevSettings(Group):
+    title: ClassVar[str] = "tests and benchmarks"
+    bundle: Path | None = env("DKT_BUNDLE", None, "the bundle bench/naive_server.py serves (required there)", "path")
+    e2e_diag_dir: Path = env(
+        "DKT_E2E_DIAG_DIR",
+        Path("/tmp"),
+        "where the swarm end-to-end test writes diagnostics",
+        "path",
+        reader="tests/docker",
+    )
+    screenshot_dir: Path | None = env(
+        "DKT_SCREENSHOT_DIR", None, "keep the browser test's screenshots here", "path", reader="tests/client"
+    )
+
+
+GROUPS: tuple[type[Group], ...] = (
+    ClientSettings,
+    ServiceSettings,
+    StoreSettings,
+    PipelineSettings,
+    TrainingSettings,
+    StackSettings,
+    AirflowSettings,
+    TrainHostSettings,
+    SwarmSettings,
+    ContainerSettings,
+    DevSettings,
+)
+
+G = TypeVar("G", bound=Group)
+
+
+@contextmanager
+def _environ(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "int_parsing" or kind == "int_from_float":
+        return "not an integer"
+    if kind == "float_parsing":
+        return "not a number"
+    if kind == "finite_number":
+        return "not a finite number"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected', 'one of the listed values')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        words = {"greater_than": "above", "greater_than_equal": "at least", "less_than": "below"}
+        bound = next(iter(ctx.values()))
+        return f"expected a value {words.get(kind, 'at most')} {bound}"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def load(cls: type[G], environ: Mapping[str, str] | None = None, **overrides: Any) -> G:
+    """The group's settings from ``environ`` (default: ``os.environ``); ``overrides`` (field names) win.
+
+    A bad value raises ``SettingsError`` with one line: ``NAME='value': what is wrong``."""
+    with _environ(environ):
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else ""
+            if name in cls.model_fields:  # given as an override by field name
+                name = str(cls.model_fields[name].validation_alias)
+            if not name:  # a check across fields: its message names the variables
+                raise SettingsError(_problem(err)) from None
+            raw = err.get("input")
+            shown = MASK if cls.variables().get(name) and _is_secret(cls.variables()[name]) else raw
+            raise SettingsError(f"{name}={shown!r}: {_problem(err)}") from None
+
+
+def load_or_exit(cls: type[G], environ: Mapping[str, str] | None = None) -> G:
+    """``load`` for start-up code: a bad value prints ``error: ...`` (one line) and exits 2."""
+    try:
+        return load(cls, environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _is_secret(f: FieldInfo) -> bool:
+    extra = f.json_schema_extra
+    return bool(isinstance(extra, dict) and extra.get("secret"))
+
+
+def _meta(f: FieldInfo, key: str) -> str:
+    extra = f.json_schema_extra
+    return str(extra.get(key) or "") if isinstance(extra, dict) else ""
+
+
+def shown(value: Any) -> str:
+    """A value as ``show`` prints it: secrets masked, paths under the repository relative to it."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        return MASK if value.get_secret_value() else "(unset)"
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return str(value.relative_to(REPO_ROOT)) or "."
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _type_name(f: FieldInfo) -> str:
+    ann = f.annotation
+    text = ann.__name__ if isinstance(ann, type) else str(ann)
+    text = re.sub(r"typing\.|pydantic\.types\.|pathlib\.|\| None|Optional\[(.*)\]", lambda m: m.group(1) or "", text)
+    text = text.replace("SecretStr", "secret").replace("Literal", "one of ").replace("NoneType", "")
+    text = text.replace("Annotated[bool, BeforeValidator(func=<function _flag at", "flag").strip(" |")
+    return "flag" if text.startswith("flag") else text
+
+
+def _default(f: FieldInfo) -> str:
+    return "(none)" if f.default is None else ("(empty)" if f.default == "" else shown(f.default))
+
+
+def markdown() -> str:
+    """The README's table of variables, one section per group."""
+    lines = [
+        "Generated by `python -m dkt.settings markdown --write README.md` from `dkt/settings.py`; "
+        "paths are relative to the repository root; an empty variable counts as unset.",
+        "",
+    ]
+    for group in GROUPS:
+        lines += [f"**{group.title}**", ""]
+        lines += ["| variable | type | default | unit | meaning |", "|---|---|---|---|---|"]
+        for name, f in group.variables().items():
+            doc = (f.description or "").replace("|", "\\|")
+            if reader := _meta(f, "reader"):
+                doc += f" (read by {reader})"
+            if _is_secret(f):
+                doc += "; secret: masked by `show`"
+            cells = [f"`{name}`", _type_name(f), f"`{_default(f)}`", _meta(f, "unit"), doc]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_table(text: str, table: str) -> str:
+    """``text`` with what lies between the settings markers replaced by ``table``."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise SettingsError(f"no {README_BEGIN} ... {README_END} markers")
+    return text[: start + len(README_BEGIN)] + "\n" + table + text[end:]
+
+
+def show(environ: Mapping[str, str] | None = None) -> str:
+    """The effective settings per group, secrets masked; a bad value raises ``SettingsError``."""
+    out: list[str] = []
+    for group in GROUPS:
+        s = load(group, environ)
+        out.append(f"[{s.title}]")
+        values = s.env_values()
+        width = max(map(len, values))
+        out += [f"  {name.ljust(width)}  {shown(value)}" for name, value in values.items()]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m dkt.settings", description="The product's environment variables (dkt/settings.py)."
+    )
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("show", help="the effective settings per group, secrets masked (default)")
+    md = sub.add_parser("markdown", help="the README table of variables")
+    md.add_argument("--write", type=Path, metavar="FILE", help="replace the table between the markers in FILE")
+    p.add_argument("--markdown", action="store_true", help="same as the `markdown` command")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "markdown" or args.markdown:
+            table = markdown()
+            target: Path | None = getattr(args, "write", None)
+            if target is None:
+                sys.stdout.write(table)
+            else:
+                target.write_text(replace_table(target.read_text(), table))
+            return 0
+        sys.stdout.write(show())
+    except (SettingsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
