@@ -1,56 +1,11 @@
-"""Batch inference: P(correct) for every row to predict (answerCode -1).
+"""Batch inference over a file: ``python inference.py ...`` is ``dkt infer ...``.
 
-    python inference.py --model-dir models/local/lstm --data-file data/sim/test_to_predict.csv \
-        --output predictions.csv
-
-Writes ``id,prediction``: ``id`` numbers the answerCode -1 rows 0, 1, 2, ... in file
-order (the submission format of the original competition), ``prediction`` is the
-probability that the answer will be correct, given the rows of that user before it.
+The name the project is known by, kept as a thin entry point; the command lives in dkt/commands/infer.py.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from dkt.bundle import BundleError
-from dkt.data.io import read_csv
-from dkt.data.schema import ANSWER_TO_PREDICT, DataValidationError
-from dkt.predictor import load_predictor
-
-
-def predict_file(model_dir: Path, data_file: Path, device: str = "cpu") -> pd.DataFrame:
-    df = read_csv(data_file)
-    targets = np.flatnonzero(df["answerCode"].to_numpy() == ANSWER_TO_PREDICT)
-    if len(targets) == 0:
-        raise DataValidationError(str(data_file), "no rows with answerCode -1 to predict")
-    prob = load_predictor(model_dir, device=device).predict_rows(df)
-    return pd.DataFrame({"id": np.arange(len(targets)), "prediction": prob[targets]})
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, type=Path, help="a model bundle written by train.py")
-    p.add_argument("--data-file", required=True, type=Path, help="canonical CSV with answerCode -1 rows")
-    p.add_argument("--output", required=True, type=Path, help="where to write id,prediction")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    args = p.parse_args(argv)
-    try:
-        out = predict_file(args.model_dir, args.data_file, args.device)
-    except (DataValidationError, BundleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-    out.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.replace(args.output)
-    print(f"wrote {len(out):,} predictions to {args.output}")
-    return 0
-
+from dkt.commands.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Simulated students answering the item bank, following a known learning model.
 
-    python -m dkt.simulate --users 1000 --out data/sim
+    dkt simulate --users 1000 --out data/sim     (python -m dkt.simulate is the same)
 
 Each student has an ability, a learning rate and a forgetting time. Knowledge of
 a skill grows with practice (more after a correct answer), transfers a little to
@@ -19,7 +19,6 @@ leak test (tests/dkt/test_time_semantics.py) relies on that.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from dkt.cli import Parser
 from dkt.data.schema import COLUMNS
 from dkt.itembank import LEVELS, OPERATIONS, SKILLS, build_item_bank
 from dkt.metrics import auc
@@ -167,7 +167,7 @@ def write(sim: Simulation, out: Path, test_ratio: float = 0.2, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="dkt simulate", description=__doc__)
     p.add_argument("--users", type=int, default=1000, help="number of students (default 1000)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

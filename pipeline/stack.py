@@ -1,9 +1,9 @@
 """``make up`` / ``make down``: the whole product on one machine, started idempotently.
 
-    python -m pipeline.stack up      # data, first model, BentoML service, client, Airflow; prints URLs
-    python -m pipeline.stack down    # stops everything `up` started
-    python -m pipeline.stack status
-    python -m pipeline.stack airflow-env  # shell exports of the executor settings (init_for_inference_server.sh)
+    dkt stack up      # data, first model, BentoML service, client, Airflow; prints URLs
+    dkt stack down    # stops everything `up` started
+    dkt stack status
+    dkt stack airflow-env  # shell exports of the executor settings (init_for_inference_server.sh)
 
 Every step checks before it acts, so running ``up`` again only starts what is not
 running. Runtime state: pids and logs in ``run/``, data in ``var/`` (store, client
@@ -12,7 +12,6 @@ database, Airflow home, BentoML store). Settings: see docs/pipeline.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from dkt.cli import Parser
 from pipeline import deploy
 from pipeline.settings import REPO_ROOT, env_path
 from pipeline.store import VersionedStore
@@ -108,10 +108,10 @@ def ensure_data(store: VersionedStore) -> None:
     if not (SIM_DIR / "train.csv").is_file():
         users = os.environ.get("DKT_SIM_USERS", "500")
         say(f"simulating {users} students into {SIM_DIR}")
-        py("-m", "dkt.simulate", "--users", users, "--out", str(SIM_DIR), "--seed", "0")
+        py("-m", "dkt", "simulate", "--users", users, "--out", str(SIM_DIR), "--seed", "0")
     if store.pointed("datasets", "latest") is None:
         say("pushing the initial data set")
-        py("-m", "data", "push", str(SIM_DIR))
+        py("-m", "dkt", "data", "push", str(SIM_DIR))
 
 
 def ensure_model(store: VersionedStore) -> None:
@@ -123,10 +123,10 @@ def ensure_model(store: VersionedStore) -> None:
     config = os.environ.get("DKT_TRAIN_CONFIG", str(REPO_ROOT / "config" / "lstm.json"))
     epochs = os.environ["DKT_TRAIN_EPOCHS"]
     say(f"training the first model ({config}, {epochs} epochs)")
-    py("train.py", "--config", config, "--train-file", str(data / "train.csv"), "--test-file",
+    py("-m", "dkt", "train", "--config", config, "--train-file", str(data / "train.csv"), "--test-file",
        str(data / "test.csv"), "--output-dir", str(work / "model"), "--epochs", epochs,
        "--data-version", store.pointed("datasets", "latest") or "")  # fmt: skip
-    py("-m", "models", "push", str(work / "model"), "--promote")
+    py("-m", "dkt", "models", "push", str(work / "model"), "--promote")
 
 
 def ensure_service(store: VersionedStore) -> str:
@@ -138,7 +138,7 @@ def ensure_service(store: VersionedStore) -> str:
     say(f"packing and serving model {prod}")
     run_id = f"up-{prod}"
     for step in ("pull-model", "pack", "deploy", "verify"):
-        py("-m", "pipeline.deploy", step, "--run-id", run_id)
+        py("-m", "dkt", "deploy", step, "--run-id", run_id)
     return deploy.current_url()
 
 
@@ -272,18 +272,24 @@ def status() -> int:
 
 
 def airflow_env() -> int:
-    """Print the executor settings as shell exports: ``eval "$(python -m pipeline.stack airflow-env)"``."""
+    """Print the executor settings as shell exports: ``eval "$(dkt stack airflow-env)"``."""
     for key, value in executor_env().items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.stack", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("command", choices=["up", "down", "status", "airflow-env"])
-    args = p.parse_args(argv)
-    return {"up": up, "down": down, "status": status, "airflow-env": airflow_env}[args.command]()
+    commands = {
+        "up": (up, "start what is not running: data, first model, inference service, client, Airflow"),
+        "down": (down, "stop everything `up` started"),
+        "status": (status, "what runs, and the model version served"),
+        "airflow-env": (airflow_env, "the executor settings as shell exports (init_for_inference_server.sh)"),
+    }
+    p = Parser(prog="dkt stack", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
+    for name, (_, text) in commands.items():
+        sub.add_parser(name, help=text, description=text)
+    return commands[p.parse_args(argv).command][0]()
 
 
 if __name__ == "__main__":

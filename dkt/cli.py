@@ -1,0 +1,99 @@
+"""``dkt``: the project's one command line (installed by ``make setup``; ``python -m dkt`` is the same).
+
+    dkt train --config config/lstm.json --train-file F --test-file F --output-dir DIR
+    dkt infer --model-dir DIR --data-file F --output F
+    dkt simulate --users 1000 --out data/sim
+    dkt pack --model-dir DIR [--no-bento]
+    dkt serve [--model-dir DIR] [--host H] [--port P]
+    dkt data list | push DIR | pull [latest|V] --dest DIR | export|prepare|publish|advance-watermark --run-id ID
+    dkt models list | push BUNDLE [--promote] | pull | promote V | rollback | <retrain step> --run-id ID
+    dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
+    dkt stack up | down | status | airflow-env
+    dkt swarm deploy | scale | status | down
+
+Every command has ``--help``. One style throughout: options are ``--kebab-case``, what a command acts on
+is positional. Exit codes: 0 done; 2 bad input, with one line ``error: ...`` on stderr and no traceback;
+99 nothing to do (a skip for Airflow: no new data, a candidate not promoted).
+
+A command's code is imported only when it runs, so ``dkt --help`` starts no torch, pandas or BentoML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line ``error: PROG: what is wrong``, exit 2.
+
+    argparse's own (a usage block, then ``PROG: error: ...``) spreads one mistake over several lines;
+    every command of ``dkt`` builds its parser from this class, so bad flags read the same everywhere."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function"; the function takes the arguments after the command name, returns the exit code
+    help: str
+
+    def run(self, argv: list[str]) -> int:
+        module, func = self.target.split(":")
+        return int(getattr(importlib.import_module(module), func)(argv) or 0)
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("dkt.commands.train:main", "train a model and write a model bundle (train.py)"),
+    "infer": Command("dkt.commands.infer:main", "batch inference: P(correct) of the answerCode -1 rows (inference.py)"),
+    "simulate": Command("dkt.simulate:main", "simulate students: the product's embedded data set"),
+    "pack": Command("packer:main", "put a model bundle into the BentoML store and build the Bento (packer.py)"),
+    "serve": Command("dkt.commands.serve:main", "run the inference service (bentoml serve of service.py)"),
+    "data": Command("data.cli:main", "versioned data sets in the store, and the update_data_dag steps"),
+    "models": Command("models.cli:main", "versioned models in the store, promotion, and the retrain DAG steps"),
+    "deploy": Command("pipeline.deploy:main", "the update_inference_server_dag steps, and stopping the local service"),
+    "stack": Command("pipeline.stack:main", "the whole product on this machine (make up / make down)"),
+    "swarm": Command("pipeline.swarm:main", "the product as a Docker Swarm stack"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
+    return "usage: dkt COMMAND [ARGS...]   (dkt COMMAND --help for each)\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("error: dkt: a command is required (see dkt --help)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    name, args = argv[0], argv[1:]
+    if name in ("-h", "--help"):
+        title, rest_of_doc = __doc__.split("\n\n", 1)
+        print(f"{title}\n\n{usage()}\n{rest_of_doc.rstrip()}")
+        return 0
+    if name == "--version":
+        from dkt import __version__
+
+        print(f"dkt {__version__}")
+        return 0
+    command = COMMANDS.get(name)
+    if command is None:
+        print(f"error: dkt: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return command.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Run the inference service: ``bentoml serve service:DKTService`` from this checkout.
+
+    dkt serve [--model-dir DIR] [--host 127.0.0.1] [--port 3000]
+
+Serves the model ``$DKT_MODEL_TAG`` (default ``dkt-model:latest``) of BentoML's store (``$BENTOML_HOME``).
+With ``--model-dir``, that bundle is packed into the store first (``dkt pack --model-dir DIR --no-bento``),
+so it is the one served. The process becomes ``bentoml serve`` (same pid, same signals), which is what
+``make serving-up`` records in its pid file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dkt.cli import Parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="dkt serve", description=__doc__)
+    p.add_argument("--model-dir", type=Path, help="a model bundle to pack and serve (default: the store's latest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=3000, help="port to listen on, 1-65535 (default 3000)")
+    args = p.parse_args(argv)
+    if args.model_dir is not None:
+        import packer  # BentoML: imported only when a bundle is to be packed
+
+        if rc := packer.main(["--model-dir", str(args.model_dir), "--no-bento"]):
+            return rc
+    argv_serve = [sys.executable, "-m", "bentoml", "serve", "service:DKTService", "--working-dir", str(ROOT),
+                  "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    sys.stdout.flush()
+    os.execv(sys.executable, argv_serve)

@@ -1,0 +1,150 @@
+"""Versioned models in the store (local folder or S3; see docs/pipeline.md).
+
+    dkt models list
+    dkt models push BUNDLE_DIR [--promote]     # version = the bundle's model_version
+    dkt models pull production --dest DIR      # or latest, or a version
+    dkt models promote VERSION                 # point production at a stored version
+    dkt models rollback                        # production back to the previous one
+    dkt models pull-data|train|evaluate|push-candidate|promote-if-better --run-id ID   (retrain DAG steps)
+
+Exit codes: 0 done, 2 bad input or store error, 99 candidate not promoted (a skip for Airflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dkt.bundle import BundleError, lineage, read_meta
+from dkt.cli import Parser
+from pipeline import retrain
+from pipeline.blobs import StoreError
+from pipeline.settings import SettingsError
+from pipeline.store import VersionedStore, VersionError
+from pipeline.workdir import work_dir
+
+EXIT_SKIP = 99
+FLOW = "retrain_and_push"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(prog="dkt models", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list stored model versions with their test AUC")
+    push = sub.add_parser("push", help="push a model bundle folder as a new version; moves latest")
+    push.add_argument("bundle", type=Path)
+    push.add_argument("--promote", action="store_true", help="also point production at it")
+    pull = sub.add_parser("pull", help="download a version (or latest / production) and check its hashes")
+    pull.add_argument("ref", nargs="?", default="production")
+    pull.add_argument("--dest", type=Path, required=True)
+    promote = sub.add_parser("promote", help="point production at a stored version")
+    promote.add_argument("version")
+    sub.add_parser("rollback", help="point production back at the version before it")
+    for step in ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better"):
+        s = sub.add_parser(step, help=f"retrain_and_push_dag step: {step}")
+        s.add_argument("--run-id", required=True, help="the DAG run id; names the work folder")
+        if step == "train":
+            s.add_argument(
+                "--config", type=Path, help="experiment config (default $DKT_TRAIN_CONFIG or config/lstm.json)"
+            )
+            s.add_argument("--epochs", type=int, help="maximum epochs (default $DKT_TRAIN_EPOCHS or the config's)")
+        if step == "promote-if-better":
+            s.add_argument("--tolerance", type=float, help="allowed AUC drop (default $DKT_PROMOTE_TOLERANCE or 0.005)")
+    return p.parse_args(argv)
+
+
+def list_models(store: VersionedStore) -> int:
+    """Stored versions, oldest first, with lineage and marks: production, latest, and serving (what the live
+    service's /metadata reports, at the URL the last deploy recorded). A corrupt manifest is reported, exit 2."""
+    from pipeline.deploy import SERVING_STATE, served_now
+
+    prod = store.pointed("models", "production")
+    latest = store.pointed("models", "latest")
+    serving_doc = store.get_state(SERVING_STATE) or {}
+    url = serving_doc.get("metadata_url")
+    serving = served_now(str(url), timeout=3) if url else None
+    recorded = serving_doc.get("model_version")
+    errors: list[str] = []
+    versions = store.versions("models", errors)
+    for m in versions:
+        marks = [n for n, v in (("production", prod), ("latest", latest), ("serving", serving)) if v == m["version"]]
+        if serving is None and url and recorded == m["version"]:
+            marks.append(f"serving at the last deploy ({url} does not answer now)")
+        auc = m.get("metrics", {}).get("test_auc")
+        auc_s = f"{auc:.4f}" if isinstance(auc, float) else "?"
+        code = m.get("code_commit") or m.get("code_version")
+        config = m.get("config_hash")
+        tail = f"  <- {', '.join(marks)}" if marks else ""
+        print(
+            f"{m['version']}  model={m.get('model')}  test_auc={auc_s}  data={m.get('data_version')}"
+            f"  code={str(code)[:12] if code else None}  seed={m.get('seed')}"
+            f"  config={str(config).removeprefix('sha256:')[:12] if config else None}  created={m['created_at']}{tail}"
+        )
+    if serving and serving not in {m["version"] for m in versions}:
+        print(f"serving: {serving} ({url}), which is not a stored version")
+    if serving and prod and serving != prod:
+        print(f"note: production names {prod} but {url} serves {serving} (a deploy is pending or failed)",
+              file=sys.stderr)  # fmt: skip
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        store = VersionedStore.from_env()
+        if args.cmd == "list":
+            return list_models(store)
+        if args.cmd == "push":
+            meta = read_meta(args.bundle)
+            if args.promote:  # production only ever names a model that loads and scores (dkt.verify)
+                from dkt.verify import verify_bundle
+
+                verify_bundle(args.bundle)
+            res = store.push(
+                "models",
+                args.bundle,
+                meta["model_version"],
+                parent=store.pointed("models", "production"),
+                metrics=meta.get("metrics", {}),
+                extra={"model": meta["model"], **lineage(meta)},
+                move_pointers=("latest", "production") if args.promote else ("latest",),
+            )
+            print(json.dumps({"version": res.version, "promoted": args.promote}))
+            return 0
+        if args.cmd == "pull":
+            m = store.pull("models", args.ref, args.dest)
+            print(json.dumps({"version": m["version"], "dest": str(args.dest)}))
+            return 0
+        if args.cmd == "promote":
+            retrain.verify_stored(store, args.version)
+            doc = store.set_pointer("models", "production", args.version, reason="manual promote")
+            print(json.dumps({"production": doc["version"], "previous": doc["history"][:1]}))
+            return 0
+        if args.cmd == "rollback":
+            doc = store.rollback("models", "production")
+            print(json.dumps({"production": doc["version"], "reason": doc["reason"]}))
+            return 0
+        work = work_dir(FLOW, args.run_id)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.cmd == "pull-data":
+            doc = retrain.pull_data(work, store)
+        elif args.cmd == "train":
+            doc = retrain.train(work, args.config, args.epochs)
+        elif args.cmd == "evaluate":
+            doc = retrain.evaluate(work, store)
+        elif args.cmd == "push-candidate":
+            doc = retrain.push_model(work, store)
+        else:
+            doc = retrain.promote_if_better(work, store, args.tolerance)
+        print(json.dumps({k: v for k, v in doc.items() if k != "files"}, default=str))
+        return 0
+    except retrain.NotPromoted as exc:
+        print(f"skip: not promoted: {exc}", file=sys.stderr)
+        return EXIT_SKIP
+    except (BundleError, StoreError, VersionError, SettingsError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
