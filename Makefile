@@ -13,9 +13,11 @@ PYTEST_ARGS ?=
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# pyproject.toml is a prerequisite: a changed entry point or package list reinstalls (the `dkt` command).
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
 setup:: $(VENV)/.installed ## create the app virtualenv
