@@ -47,7 +47,7 @@ def test_tag_for_rejects_unusable_versions(bad: str) -> None:
 
 def test_real_stack_config_loads() -> None:
     cfg = load_stack_config(CONFIG)
-    assert cfg.images["inference"].sources == ["dkt", "service.py"]
+    assert cfg.images["inference"].sources == ["dkt", "serving", "service.py"]
     assert {"inference", "client", "proxy"} <= set(cfg.services)
 
 
@@ -88,6 +88,7 @@ def test_inference_context_copies_service_and_package(tmp_path: Path) -> None:
     ctx = assemble_context(spec, tmp_path / "ctx")
     assert (ctx / "src" / "service.py").read_text() == (REPO_ROOT / "service.py").read_text()
     assert (ctx / "src" / "dkt" / "predictor.py").is_file()
+    assert (ctx / "src" / "serving" / "batcher.py").is_file()  # what service.py stands on (serving/)
     assert not list(ctx.rglob("__pycache__"))
 
 

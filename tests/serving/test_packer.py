@@ -96,5 +96,6 @@ def test_bento_holds_only_the_service_code_whatever_lies_under_var(lstm_bundle: 
     bento_tag = r.stdout.strip().splitlines()[-1].split(": ", 1)[1]
     src = home / "bentos" / bento_tag.replace(":", "/") / "src"
     got = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    want = {"service.py", "bentofile.yaml"} | {p.relative_to(ROOT).as_posix() for p in (ROOT / "dkt").rglob("*.py")}
+    code = [p for package in ("dkt", "serving") for p in (ROOT / package).rglob("*.py")]
+    want = {"service.py", "bentofile.yaml"} | {p.relative_to(ROOT).as_posix() for p in code}
     assert got == want, sorted(got ^ want)[:10]

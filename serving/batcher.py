@@ -1,0 +1,67 @@
+"""Adaptive micro-batching: the jobs of concurrent requests are merged into one model call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+J = TypeVar("J")
+
+
+class MicroBatcher(Generic[J]):
+    """Jobs that arrive while the model is busy are merged into its next call.
+
+    The batch size follows the load: one job when requests come one at a time (no
+    waiting window, so no added latency), up to ``max_batch_size`` under concurrency.
+    The queue only carries (job, future) pairs; nothing about a request outlives it.
+    ``fn`` maps a list of jobs to one result (a list of floats) per job, in order.
+    """
+
+    def __init__(self, fn: Callable[[list[J]], list[list[float]]], max_batch_size: int):
+        self.fn = fn
+        self.max_batch_size = max(1, max_batch_size)
+        self.queue: asyncio.Queue[tuple[J, asyncio.Future[list[float]]]] | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    async def submit(self, job: J) -> list[float]:
+        if self.queue is None or self.worker is None or self.worker.done():
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.create_task(self._run(self.queue))
+        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((job, future))
+        return await future
+
+    async def _run(self, queue: asyncio.Queue[tuple[J, asyncio.Future[list[float]]]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            batch = [(job, fut) for job, fut in batch if not fut.done()]  # callers that gave up
+            if not batch:
+                continue
+            try:
+                results = await asyncio.to_thread(self.fn, [job for job, _ in batch])
+            except Exception:
+                # One bad job must not fail the others: run each alone, so only its own caller sees the error.
+                for job, fut in batch:
+                    try:
+                        result = await asyncio.to_thread(self.fn, [job])
+                    except Exception as e:
+                        _settle(fut, error=e)
+                    else:
+                        _settle(fut, result=result[0])
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                _settle(fut, result=result)
+
+
+def _settle(
+    fut: asyncio.Future[list[float]], result: list[float] | None = None, error: BaseException | None = None
+) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result or [])
