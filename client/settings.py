@@ -1,45 +1,35 @@
-"""Client settings: environment variables with documented defaults, overridable by ``create_app(config)``."""
+"""Client settings: ``ClientSettings`` of dkt/settings.py (environment), overridable by ``create_app(config)``."""
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from typing import Any
 
+from dkt.settings import ClientSettings, load_or_exit, stop
+
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "DKT_CLIENT_DB": "var/client.db",
-    "DKT_QUESTIONS": "data/sim/questions.csv",
-    "DKT_INFERENCE_URL": "http://127.0.0.1:3000",
-    "DKT_INFERENCE_URL_FILE": "",
-    "DKT_TARGET_DIFFICULTY": 0.7,
-    "DKT_INFERENCE_TIMEOUT_S": 2.0,  # per attempt; the page never waits much longer than attempts x this
-    "DKT_INFERENCE_RETRIES": 3,
-    "DKT_CANDIDATE_POOL": 120,  # unanswered items scored to pick the next question
-}
+# Defaults that differ by consumer (pipeline.deploy falls back to DKT_SERVE_PORT): the client's own.
+CLIENT_FALLBACKS: dict[str, Any] = {"DKT_INFERENCE_URL": "http://127.0.0.1:3000", "DKT_INFERENCE_URL_FILE": ""}
+# Read here, but not app.config entries: the secret becomes SECRET_KEY, the others only matter at start-up.
+NOT_IN_CONFIG = ("DKT_SECRET_KEY", "DKT_ENV", "DKT_CLIENT_PORT")
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        raw = os.environ.get(key)
-        if raw is None or raw == "":
-            cfg[key] = default
-            continue
-        try:
-            cfg[key] = type(default)(raw)
-        except ValueError as e:
-            raise SystemExit(f"env {key}={raw!r}: expected {type(default).__name__}") from e
-    cfg.update(overrides or {})
-    target = float(cfg["DKT_TARGET_DIFFICULTY"])
-    if not 0.0 < target < 1.0:
-        raise SystemExit(f"DKT_TARGET_DIFFICULTY must be between 0 and 1, got {target}")
-    secret = cfg.get("SECRET_KEY") or os.environ.get("DKT_SECRET_KEY")
+    """The Flask config: every client variable (``overrides`` win, validated alike) plus ``SECRET_KEY``.
+
+    A bad value stops start-up with ``error: NAME='value': ...`` on stderr and exit 2."""
+    overrides = dict(overrides or {})
+    declared = ClientSettings.variables()
+    s = load_or_exit(ClientSettings, None, **{k: v for k, v in overrides.items() if k in declared})
+    cfg = {k: v for k, v in s.env_values().items() if k not in NOT_IN_CONFIG}
+    cfg.update({k: v for k, v in CLIENT_FALLBACKS.items() if cfg[k] is None})
+    cfg.update(overrides)
+    secret = cfg.get("SECRET_KEY") or (s.secret_key.get_secret_value() if s.secret_key else "")
     if not secret:
-        if os.environ.get("DKT_ENV") == "production":
-            raise SystemExit("DKT_SECRET_KEY must be set when DKT_ENV=production")
+        if s.environment == "production":
+            stop("DKT_SECRET_KEY must be set when DKT_ENV=production")
         # Sessions (and CSRF tokens) then last only as long as this process: fine for local use only.
         log.warning("DKT_SECRET_KEY is not set: using a random key for this process (set it in production)")
         secret = secrets.token_hex(32)

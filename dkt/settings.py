@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -629,13 +629,33 @@ def load(cls: type[G], environ: Mapping[str, str] | None = None, **overrides: An
             raise SettingsError(f"{name}={shown!r}: {_problem(err)}") from None
 
 
-def load_or_exit(cls: type[G], environ: Mapping[str, str] | None = None) -> G:
+def group_of(name: str) -> type[Group]:
+    """The group declaring environment variable ``name``; ``KeyError`` for an undeclared one."""
+    for group in GROUPS:
+        if name in group.variables():
+            return group
+    raise KeyError(f"{name} is not declared in dkt/settings.py")
+
+
+def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The effective value of one declared variable (its whole group is validated, as at start-up)."""
+    group = group_of(name)
+    field = next(k for k, f in group.model_fields.items() if f.validation_alias == name)
+    return getattr(load(group, environ), field)
+
+
+def load_or_exit(cls: type[G], environ: Mapping[str, str] | None = None, **overrides: Any) -> G:
     """``load`` for start-up code: a bad value prints ``error: ...`` (one line) and exits 2."""
     try:
-        return load(cls, environ)
+        return load(cls, environ, **overrides)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        stop(str(exc))
+
+
+def stop(problem: str) -> NoReturn:
+    """Stop start-up over a setting: ``error: <problem>`` on stderr, exit 2, no traceback."""
+    print(f"error: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _is_secret(f: FieldInfo) -> bool:
