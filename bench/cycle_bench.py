@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
-from pipeline.students import answering, client_server, run_students  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.students import answering, client_server, run_students  # noqa: E402
 
 
 def sh(argv: list[str], env: dict[str, str], log: Path) -> float:
@@ -83,15 +77,15 @@ def main() -> int:
     py = sys.executable
     print(f"setting up in {tmp} ...", file=sys.stderr)
     sh([airflow, "db", "migrate"], env, logs / "migrate.log")
-    sh([py, "-m", "dkt.simulate", "--users", str(args.users), "--out", str(tmp / "sim"), "--seed", "0"], env,
+    sh([py, "-m", "dkt", "simulate", "--users", str(args.users), "--out", str(tmp / "sim"), "--seed", "0"], env,
        logs / "sim.log")  # fmt: skip
-    sh([py, "-m", "data", "push", str(tmp / "sim")], env, logs / "push.log")
-    sh([py, "train.py", "--config", args.config, "--train-file", str(tmp / "sim" / "train.csv"), "--test-file",
-        str(tmp / "sim" / "test.csv"), "--output-dir", str(tmp / "m0"), "--epochs", "1", "--model-version", "v0",
-        "--no-progress"], env, logs / "train0.log")  # fmt: skip
-    sh([py, "-m", "models", "push", str(tmp / "m0"), "--promote"], env, logs / "pushm.log")
+    sh([py, "-m", "dkt", "data", "push", str(tmp / "sim")], env, logs / "push.log")
+    sh([py, "-m", "dkt", "train", "--config", args.config, "--train-file", str(tmp / "sim" / "train.csv"),
+        "--test-file", str(tmp / "sim" / "test.csv"), "--output-dir", str(tmp / "m0"), "--epochs", "1",
+        "--model-version", "v0", "--no-progress"], env, logs / "train0.log")  # fmt: skip
+    sh([py, "-m", "dkt", "models", "push", str(tmp / "m0"), "--promote"], env, logs / "pushm.log")
     for step in ("pull-model", "pack", "deploy", "verify"):
-        sh([py, "-m", "pipeline.deploy", step, "--run-id", "initial"], env, logs / f"initial-{step}.log")
+        sh([py, "-m", "dkt", "deploy", step, "--run-id", "initial"], env, logs / f"initial-{step}.log")
     figures: dict[str, float] = {}
     questions = tmp / "sim" / "questions.csv"
     try:

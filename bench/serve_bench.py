@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port  # noqa: E402
 
 
 @contextmanager
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         env = {**os.environ, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
         pack = subprocess.run(
-            [PY, "packer.py", "--model-dir", str(args.model_dir), "--no-bento"],
+            [PY, "-m", "dkt", "pack", "--model-dir", str(args.model_dir), "--no-bento"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -151,17 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         env["DKT_MODEL_TAG"] = pack.stdout.strip().splitlines()[-1].split(": ", 1)[1]
         bento_port, naive_port = free_port(), free_port()
-        bento_cmd = [
-            PY,
-            "-m",
-            "bentoml",
-            "serve",
-            "service:DKTService",
-            "--port",
-            str(bento_port),
-            "--host",
-            "127.0.0.1",
-        ]
+        bento_cmd = [PY, "-m", "dkt", "serve", "--port", str(bento_port), "--host", "127.0.0.1"]
         naive_cmd = [PY, "-m", "gunicorn", "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{naive_port}"]
         naive_cmd.append("bench.naive_server:create_app()")
         naive_env = {**env, "DKT_BUNDLE": str(args.model_dir.resolve())}

@@ -103,7 +103,7 @@ def test_three_dags_in_order_on_s3(sim_dir: Path, tmp_path: Path, monkeypatch: p
             "DKT_DRAIN_SECONDS": "1",
             "DKT_EXPORT_CMD": f"{shlex.quote(sys.executable)} -m pipeline.file_export --source {inbox}",
         }
-        push = subprocess.run([sys.executable, "-m", "data", "push", str(sim_dir), "--version", "seed"],
+        push = subprocess.run([sys.executable, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed"],
                               env={**airflow_env(home, env)}, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
         assert push.returncode == 0, push.stderr
         try:

@@ -14,10 +14,10 @@ import requests
 
 from pipeline import deploy
 from pipeline.store import VersionedStore
-from pipeline.students import answering, client_server, run_students
 from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import ROOT, dags_test, migrate
 from tests.serving.servers import free_port
+from tests.support.students import answering, client_server, run_students
 
 
 def py(env: dict[str, str], *args: str) -> None:
@@ -52,10 +52,10 @@ def test_students_then_three_dags_then_new_model_served(
     full = {**os.environ, **env}
     home = tmp_path / "airflow"
     migrate(home)
-    py(full, "-m", "data", "push", str(sim_dir), "--version", "seed")
-    py(full, "-m", "models", "push", str(lstm_bundle), "--promote")
+    py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
+    py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
     for step in ("pull-model", "pack", "deploy", "verify"):
-        py(full, "-m", "pipeline.deploy", step, "--run-id", "initial")
+        py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
     try:
         with client_server(full, client_port, tmp_path / "client.log") as base:
             first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)

@@ -49,7 +49,7 @@ def test_simulation_is_deterministic_and_learnable() -> None:
 def test_cli_writes_valid_canonical_files(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     res = subprocess.run(
-        [sys.executable, "-m", "dkt.simulate", "--users", "20", "--out", str(out), "--seed", "1"],
+        [sys.executable, "-m", "dkt", "simulate", "--users", "20", "--out", str(out), "--seed", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,

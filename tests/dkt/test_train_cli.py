@@ -242,7 +242,7 @@ def is_commit_of_this_checkout(sha: str) -> bool:
 def test_same_data_version_and_seed_reproduce_the_model(tmp_path: Path) -> None:
     sim = tmp_path / "sim"
     res = subprocess.run(
-        [sys.executable, "-m", "dkt.simulate", "--users", "40", "--out", str(sim), "--seed", "11"],
+        [sys.executable, "-m", "dkt", "simulate", "--users", "40", "--out", str(sim), "--seed", "11"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

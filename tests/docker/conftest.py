@@ -107,7 +107,7 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
         "DKT_CLIENT_DB": str(tmp_path_factory.mktemp("client-answers") / "client.db"),
     }
     yield env
-    subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "dkt", "swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
     refs = subprocess.run(
         ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry}/dkt-inference"],
         capture_output=True,
@@ -121,6 +121,6 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
 def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.swarm", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "dkt", "swarm", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
     )
     return proc, time.monotonic() - t0

@@ -81,7 +81,7 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.count("already running") == 3 and served_version(env) == "test-v1"
 
-        push = sh([sys.executable, "-m", "models", "push", str(v2), "--promote"], env)
+        push = sh([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env)
         assert push.returncode == 0, push.stderr[-2000:]
         t0 = time.monotonic()
         deadline = t0 + 120  # the dag-processor may not have parsed the DAG files yet

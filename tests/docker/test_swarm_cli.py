@@ -17,7 +17,7 @@ from pipeline.swarm_service import RolloutFailed
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.swarm", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+        [sys.executable, "-m", "dkt", "swarm", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
     )
 
 

@@ -2,7 +2,7 @@
 
 Students answer questions through the client (the proxy's published port -> client -> inference by
 service name) without pause while update_inference_server_dag (swarm mode, `airflow dags test`)
-moves inference to a newly promoted model version, while ``python -m pipeline.swarm deploy`` deploys
+moves inference to a newly promoted model version, while ``dkt swarm deploy`` deploys
 an image whose readiness check fails, and while the DAG's ``replicas`` param scales inference down.
 Every request must succeed and show a model version; figures are printed (run with -s to see them).
 """
@@ -28,10 +28,10 @@ import requests
 
 from pipeline.settings import store_settings
 from pipeline.store import VersionedStore
-from pipeline.students import CSRF, DEGRADED, ITEM, answer_key
 from pipeline.swarm_images import REPO_ROOT
 from tests.dags.airflow_runner import dags_test, migrate
 from tests.docker.conftest import swarm_cli
+from tests.support.students import CSRF, DEGRADED, ITEM, answer_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -170,7 +170,7 @@ def test_answers_given_through_the_page_reach_the_next_data_version(
 ) -> None:  # fmt: skip
     assert first_deploy[0]["client_db"] == stack_env["DKT_CLIENT_DB"]
     client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
-    push = subprocess.run([sys.executable, "-m", "data", "push", str(sim_dir), "--version", "d1"], env=stack_env,
+    push = subprocess.run([sys.executable, "-m", "dkt", "data", "push", str(sim_dir), "--version", "d1"], env=stack_env,
                           cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
     assert push.returncode == 0, push.stderr[-2000:]
     key = answer_key(sim_dir / "questions.csv")
@@ -223,7 +223,7 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     with Load(client) as load:
         time.sleep(3)
         started = time.monotonic()
-        push = subprocess.run([sys.executable, "-m", "models", "push", str(v2), "--promote"], env=stack_env,
+        push = subprocess.run([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env=stack_env,
                               cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
         assert push.returncode == 0, push.stderr[-2000:]
         out = deploy_dag(airflow_home, stack_env, tmp_path / "deploy-v2.log")["result"]

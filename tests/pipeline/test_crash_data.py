@@ -1,7 +1,7 @@
 """Crash tests: real processes killed with SIGKILL, then nothing lost, nothing duplicated, and a rerun completes.
 
 The answers come from the real client (gunicorn, answered over HTTP), the export from its real exporter
-(``flask --app client export-interactions``), the steps are ``python -m data <step>`` as update_data_dag runs
+(``flask --app client export-interactions``), the steps are ``dkt data <step>`` as update_data_dag runs
 them. Each crashed process dies at a named point (``DKT_FAULT_POINT``, pipeline/data_update.py) or is killed from
 outside. More answers arrive while the pipeline is down; then the DAG's retry of the same run, or a new run,
 must leave every answer exactly once in the latest data version. Run with -s to see the table of results.
@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 import requests
 
-from data.__main__ import main as data_cli
+from data.cli import main as data_cli
 from pipeline.data_update import FAULT_ENV, FAULT_POINTS
 from pipeline.store import VersionedStore
-from pipeline.students import CSRF, ITEM, answer_key, client_server, run_students
 from pipeline.workdir import work_dir
 from tests.serving.servers import free_port
+from tests.support.students import CSRF, ITEM, answer_key, client_server, run_students
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def pipeline_env(
 
 def step_process(step: str, run_id: str, fault: str | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
-    argv = [sys.executable, "-m", "data", step, "--run-id", run_id]
+    argv = [sys.executable, "-m", "dkt", "data", step, "--run-id", run_id]
     return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

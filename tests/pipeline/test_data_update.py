@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data.__main__ import main as data_cli
+from data.cli import main as data_cli
 from dkt.data.io import read_csv
 from pipeline.dataset import KEY
 from pipeline.store import VersionedStore

@@ -118,7 +118,7 @@ def test_failed_deploy_puts_production_back_on_the_served_model(
     assert store.get_state(deploy.SERVING_STATE)["metadata_url"] == service.url + "/metadata"
     assert (run / "inference_url").read_text().strip() == service.url  # the client was never switched
 
-    from models.__main__ import main as models_cli
+    from models.cli import main as models_cli
 
     capsys.readouterr()
     assert models_cli(["list"]) == 0

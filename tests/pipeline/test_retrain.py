@@ -12,7 +12,7 @@ import torch
 from dkt.bundle import LINEAGE_KEYS, read_meta
 from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
-from models.__main__ import main as models_cli
+from models.cli import main as models_cli
 from pipeline.retrain import decide
 from pipeline.store import VersionedStore, manifest_matches
 from pipeline.workdir import work_dir

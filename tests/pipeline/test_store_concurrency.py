@@ -1,6 +1,6 @@
 """The store under races and crashes, on both backends, with real processes.
 
-Each test starts the project's real CLIs (``python -m models`` / ``python -m data``) as
+Each test starts the project's real CLIs (``dkt models`` / ``dkt data``) as
 separate processes: N pushes of one version released at the same instant, 8 promotes at
 once, and pushes killed with SIGKILL in the middle of their upload, then run again.
 """
@@ -23,9 +23,7 @@ from tests.serving.servers import ROOT
 
 pytestmark = pytest.mark.slow  # real processes, 5-30 s each
 
-GATE = (
-    "import sys, time; from {mod}.__main__ import main; time.sleep(max(0.0, {t} - time.time())); sys.exit(main({argv}))"
-)
+GATE = "import sys, time; from {mod}.cli import main; time.sleep(max(0.0, {t} - time.time())); sys.exit(main({argv}))"
 
 
 def cli_at(mod: str, argv: list[str], start: float) -> subprocess.Popen:
@@ -36,12 +34,13 @@ def cli_at(mod: str, argv: list[str], start: float) -> subprocess.Popen:
 
 
 def cli(mod: str, argv: list[str], **kw: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", mod, *argv], cwd=ROOT, env={**os.environ, **kw},  # type: ignore[dict-item]
+    return subprocess.Popen([sys.executable, "-m", "dkt", mod, *argv], cwd=ROOT, env={**os.environ, **kw},  # type: ignore[dict-item]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def run_cli(mod: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", mod, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "dkt", mod, *argv]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def fake_bundle(root: Path, version: str, size: int, seed: int, files: int = 1) -> Path:
@@ -187,8 +186,8 @@ def test_data_push_killed_leaves_no_staging_folder_after_the_next_run(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert list(tmp.glob("dkt-staging*")), "the kill left no staging folder: nothing was tested"
-    done = subprocess.run([sys.executable, "-m", "data", "push", str(sim_dir), "--version", "d-killed"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp)})  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "dkt", "data", "push", str(sim_dir), "--version", "d-killed"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert list(tmp.iterdir()) == []
     assert store.pointed("datasets", "latest") == "d-killed"

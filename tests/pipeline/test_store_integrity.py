@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from data.__main__ import main as data_cli
-from models.__main__ import main as models_cli
+from data.cli import main as data_cli
+from models.cli import main as models_cli
 from pipeline.blobs import StoreError
 from pipeline.store import CorruptError, PointerMoved, VersionedStore
 

@@ -1,4 +1,4 @@
-"""Simulated students using the real client over HTTP: for the end-to-end test and the cycle benchmark.
+"""Simulated students using the real client over HTTP: for the end-to-end tests and the cycle benchmark.
 
 Each student is a browser-like session: start with a nickname, then read the current
 question from /practice and post an answer (right with probability ``skill``, using the
@@ -26,7 +26,7 @@ import requests
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
 DEGRADED = 'id="predictions-unavailable"'
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
