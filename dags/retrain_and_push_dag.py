@@ -31,9 +31,9 @@ with DAG(
     tags=["dkt", "model"],
     doc_md=__doc__,
 ):
-    pull = cli("pull_data", "-m models pull-data", timeout_minutes=15, train_host=True)
-    train = cli("train", "-m models train", timeout_minutes=120, train_host=True)
-    evaluate = cli("evaluate", "-m models evaluate", timeout_minutes=30, train_host=True)
-    push = cli("push_candidate", "-m models push-candidate", timeout_minutes=15, train_host=True)
-    promote = cli("promote_if_better", "-m models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])
+    pull = cli("pull_data", "-m dkt models pull-data", timeout_minutes=15, train_host=True)
+    train = cli("train", "-m dkt models train", timeout_minutes=120, train_host=True)
+    evaluate = cli("evaluate", "-m dkt models evaluate", timeout_minutes=30, train_host=True)
+    push = cli("push_candidate", "-m dkt models push-candidate", timeout_minutes=15, train_host=True)
+    promote = cli("promote_if_better", "-m dkt models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])
     pull >> train >> evaluate >> push >> promote

@@ -29,9 +29,9 @@ with DAG(
     tags=["dkt", "data"],
     doc_md=__doc__,
 ):
-    export = cli("export", "-m data export", timeout_minutes=15)
-    prepare = cli("prepare", "-m data prepare", timeout_minutes=15)
-    publish = cli("publish", "-m data publish", timeout_minutes=15, outlets=[DATA_ASSET])
+    export = cli("export", "-m dkt data export", timeout_minutes=15)
+    prepare = cli("prepare", "-m dkt data prepare", timeout_minutes=15)
+    publish = cli("publish", "-m dkt data publish", timeout_minutes=15, outlets=[DATA_ASSET])
     # none_failed: when publish is skipped (nothing new) the cursor still moves past the exported rows.
-    advance = cli("advance_watermark", "-m data advance-watermark", timeout_minutes=5, trigger_rule="none_failed")
+    advance = cli("advance_watermark", "-m dkt data advance-watermark", timeout_minutes=5, trigger_rule="none_failed")
     export >> prepare >> publish >> advance

@@ -1,13 +1,13 @@
 """update_inference_server_dag: a newly promoted model -> the inference service, with no failed request.
 
-pull_model (production) -> pack (packer.py) -> deploy -> verify (/metadata reports the new version,
+pull_model (production) -> pack (dkt pack) -> deploy -> verify (/metadata reports the new version,
 else the previous server is restored). $DKT_DEPLOY_MODE: local (default; blue/green bentoml serve and
 a client URL switch) or swarm (rolling update). Scheduled on the model asset.
 
 The store names what is served: when pack, deploy or verify fails, the step puts the production
 pointer back on the version the live ``/metadata`` reports (unless production was promoted again
 meanwhile) and says so in its log; a verified deploy records ``state/serving.json``, which
-``python -m models list`` uses to mark the version serving now.
+``dkt models list`` uses to mark the version serving now.
 
 Param ``replicas`` (swarm mode): also scale inference to that many replicas; trigger the DAG with
 ``{"replicas": 5}`` to scale (the same model redeploys as a no-op). Empty keeps the current count.
@@ -45,12 +45,12 @@ with DAG(
         )
     },
 ):
-    pull = cli("pull_model", "-m pipeline.deploy pull-model", timeout_minutes=15)
-    pack = cli("pack", "-m pipeline.deploy pack", timeout_minutes=20)
+    pull = cli("pull_model", "-m dkt deploy pull-model", timeout_minutes=15)
+    pack = cli("pack", "-m dkt deploy pack", timeout_minutes=20)
     deploy = cli(
         "deploy",
-        "-m pipeline.deploy deploy{% if params.replicas %} --replicas {{ params.replicas | int }}{% endif %}",
+        "-m dkt deploy deploy{% if params.replicas %} --replicas {{ params.replicas | int }}{% endif %}",
         timeout_minutes=15,
     )
-    verify = cli("verify", "-m pipeline.deploy verify", timeout_minutes=10)
+    verify = cli("verify", "-m dkt deploy verify", timeout_minutes=10)
     pull >> pack >> deploy >> verify

@@ -69,7 +69,7 @@ def test_dags_import_without_errors(tmp_path: Path) -> None:
     assert info["dags"]["update_inference_server_dag"]["timetable"] == "AssetTriggeredTimetable"
     # Operators scale inference by triggering the deploy DAG with {"replicas": N}; empty keeps the count.
     assert info["dags"]["update_inference_server_dag"]["params"] == {"replicas": None}
-    assert info["deploy_commands"]["5"].endswith("-m pipeline.deploy deploy --replicas 5 --run-id 'r1'")
+    assert info["deploy_commands"]["5"].endswith("-m dkt deploy deploy --replicas 5 --run-id 'r1'")
     assert "--replicas" not in info["deploy_commands"]["None"]
     for dag in info["dags"].values():
         assert all(t["retries"] == 2 and t["timeout"] > 0 for t in dag["tasks"].values())
