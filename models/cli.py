@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def list_models(store: VersionedStore) -> int:
     """Stored versions, oldest first, with lineage and marks: production, latest, and serving (what the live
     service's /metadata reports, at the URL the last deploy recorded). A corrupt manifest is reported, exit 2."""
-    from pipeline.deploy import SERVING_STATE, served_now
+    from pipeline.deploy_served import SERVING_STATE, served_now
 
     prod = store.pointed("models", "production")
     latest = store.pointed("models", "latest")

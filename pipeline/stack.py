@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from dkt.cli import Parser
-from pipeline import deploy
+from pipeline import deploy_local
 from pipeline.settings import REPO_ROOT, env_path
 from pipeline.store import VersionedStore
 
@@ -38,7 +38,7 @@ EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
 
 def defaults() -> dict[str, str]:
     """The environment every component gets: explicit values win, these fill the gaps."""
-    run = deploy.run_dir()
+    run = deploy_local.run_dir()
     d = {
         "DKT_STORE_ROOT": str(VAR / "store"),
         "BENTOML_HOME": str(VAR / "bentoml"),
@@ -65,14 +65,14 @@ def py(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def pid_file(name: str) -> Path:
-    return deploy.run_dir() / "pids" / f"{name}.pid"
+    return deploy_local.run_dir() / "pids" / f"{name}.pid"
 
 
 def running(name: str) -> int | None:
     f = pid_file(name)
     if f.is_file():
         pid = int(f.read_text().strip() or 0)
-        if deploy.alive(pid):
+        if deploy_local.alive(pid):
             return pid
     return None
 
@@ -81,7 +81,7 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     if pid := running(name):
         say(f"{name} already running (pid {pid})")
         return pid
-    logs = deploy.run_dir() / "logs"
+    logs = deploy_local.run_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{name}.log").open("ab") as out:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=out,
@@ -101,7 +101,9 @@ def wait_http(url: str, timeout: float, name: str) -> None:
         except requests.RequestException:
             pass
         time.sleep(1)
-    raise SystemExit(f"error: {name} did not answer at {url} within {timeout:.0f}s; see {deploy.run_dir() / 'logs'}")
+    raise SystemExit(
+        f"error: {name} did not answer at {url} within {timeout:.0f}s; see {deploy_local.run_dir() / 'logs'}"
+    )
 
 
 def ensure_data(store: VersionedStore) -> None:
@@ -131,15 +133,15 @@ def ensure_model(store: VersionedStore) -> None:
 
 def ensure_service(store: VersionedStore) -> str:
     prod = store.pointed("models", "production")
-    st = deploy.read_state()
-    if st.get("model_version") == prod and deploy.alive(st.get("pid")):
+    st = deploy_local.read_state()
+    if st.get("model_version") == prod and deploy_local.alive(st.get("pid")):
         say(f"inference service already serving {prod} at {st['url']}")
         return str(st["url"])
     say(f"packing and serving model {prod}")
     run_id = f"up-{prod}"
     for step in ("pull-model", "pack", "deploy", "verify"):
         py("-m", "dkt", "deploy", step, "--run-id", run_id)
-    return deploy.current_url()
+    return deploy_local.current_url()
 
 
 def secret(name: str, nbytes: int = 24) -> str:
@@ -254,10 +256,10 @@ Stop everything with: make down
 def down() -> int:
     for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-api-server", "client"):
         if pid := running(name):
-            deploy.stop_server(pid)
+            deploy_local.stop_server(pid)
             say(f"stopped {name} (pid {pid})")
         pid_file(name).unlink(missing_ok=True)
-    deploy.stop_local()
+    deploy_local.stop_local()
     say("stopped the inference service")
     return 0
 
@@ -265,8 +267,8 @@ def down() -> int:
 def status() -> int:
     for name in ("client", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor"):
         print(f"{name:24s} {'pid ' + str(pid) if (pid := running(name)) else 'stopped'}")
-    st = deploy.read_state()
-    alive = deploy.alive(st.get("pid"))
+    st = deploy_local.read_state()
+    alive = deploy_local.alive(st.get("pid"))
     print(f"{'inference':24s} {st.get('model_version') if alive else 'stopped'} {st.get('url', '') if alive else ''}")
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import deploy
+from pipeline import deploy, deploy_served
 from pipeline.store import VersionedStore
 from pipeline.workdir import work_dir
 from tests.serving.fixtures import Packed
@@ -68,13 +68,13 @@ def test_a_verified_retry_moves_production_back_to_the_version_a_failed_try_rese
         tiny_version(store, tmp_path, v)
     store.set_pointer("models", "production", "v2", reason="promote")
     store.set_pointer("models", "production", "v1", reason="deploy of v2 failed: not ready", only_if="v2")
-    assert deploy.production_on_verified(store, "v2", "http://127.0.0.1:9/metadata") == "v2"
+    assert deploy_served.production_on_verified(store, "v2", "http://127.0.0.1:9/metadata") == "v2"
     assert store.pointed("models", "production") == "v2"
-    assert store.get_state(deploy.SERVING_STATE)["model_version"] == "v2"
+    assert store.get_state(deploy_served.SERVING_STATE)["model_version"] == "v2"
     # A pointer someone else moved is not touched by a late verify of another version.
     tiny_version(store, tmp_path, "v3")
     store.set_pointer("models", "production", "v3", reason="manual promote")
-    assert deploy.production_on_verified(store, "v2", "http://127.0.0.1:9/metadata") == "v3"
+    assert deploy_served.production_on_verified(store, "v2", "http://127.0.0.1:9/metadata") == "v3"
     assert store.pointed("models", "production") == "v3"
 
 
@@ -115,7 +115,7 @@ def test_failed_deploy_puts_production_back_on_the_served_model(
     assert "production pointer back on test-v1" in err
     ptr = store.pointer("models", "production")
     assert ptr["version"] == "test-v1" and ptr["log"][-1]["reason"].startswith("deploy of broken-v2 failed")
-    assert store.get_state(deploy.SERVING_STATE)["metadata_url"] == service.url + "/metadata"
+    assert store.get_state(deploy_served.SERVING_STATE)["metadata_url"] == service.url + "/metadata"
     assert (run / "inference_url").read_text().strip() == service.url  # the client was never switched
 
     from models.cli import main as models_cli

@@ -201,7 +201,7 @@ def test_conditional_writes_of_the_backend(store: VersionedStore) -> None:
 def test_list_says_when_the_recorded_service_does_not_answer(
     store: VersionedStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.deploy import SERVING_STATE
+    from pipeline.deploy_served import SERVING_STATE
     from tests.serving.servers import free_port
 
     store.push("models", small(tmp_path, "m1"), "m1")

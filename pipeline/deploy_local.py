@@ -1,0 +1,194 @@
+"""Local deploy mode: a blue/green switch between two ``bentoml serve`` processes on this machine.
+
+Start the new model on the other port, wait for ``/readyz``, check that ``/metadata`` reports the new
+version, atomically rewrite the URL file the client reads (``DKT_INFERENCE_URL_FILE``, default
+``$DKT_RUN_DIR/inference_url``), let in-flight requests drain, then stop the old server. A failure before
+the switch leaves the old server serving; ``restore_previous`` switches back after one. What serves now is
+recorded in ``$DKT_RUN_DIR/serving.json`` (pid, port, URL, model tag and version, and the previous server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dkt.bundle import write_json
+from dkt.settings import REPO_ROOT, ClientSettings, PipelineSettings, load
+from pipeline.blobs import pid_alive
+
+
+class DeployError(RuntimeError):
+    """The new model could not be served; the message says which step failed."""
+
+
+def run_dir() -> Path:
+    return load(PipelineSettings).run_dir
+
+
+def url_file() -> Path:
+    return Path(load(ClientSettings).inference_url_file or run_dir() / "inference_url")
+
+
+def state_file() -> Path:
+    return run_dir() / "serving.json"
+
+
+def app_env() -> dict[str, str]:
+    """The environment of the app processes deploy starts (packer.py, bentoml serve, pipeline.swarm)."""
+    return {**os.environ, "BENTOML_HOME": str(load(PipelineSettings).bentoml_home)}
+
+
+def base_port() -> int:
+    return load(PipelineSettings).serve_port
+
+
+def read_state() -> dict[str, Any]:
+    p = state_file()
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def write_state(doc: dict[str, Any]) -> None:
+    state_file().parent.mkdir(parents=True, exist_ok=True)
+    write_json(state_file(), doc)
+
+
+def current_url() -> str:
+    f = url_file()
+    if f.is_file() and f.read_text().strip():
+        return f.read_text().strip()
+    return load(ClientSettings).inference_url or f"http://127.0.0.1:{base_port()}"
+
+
+def switch_url(url: str) -> None:
+    f = url_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text(url + "\n")
+    tmp.replace(f)  # atomic: the client never reads half a URL
+
+
+def alive(pid: int | None) -> bool:
+    """Whether the server process ``pid`` still runs (a zombie we have not reaped counts as gone)."""
+    return bool(pid) and pid_alive(int(pid or 0))
+
+
+def start_server(model_tag: str, port: int) -> dict[str, Any]:
+    logs = run_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"bentoml-{port}.log"
+    env = {**app_env(), "DKT_MODEL_TAG": model_tag}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [str(bentoml), "serve", "service:DKTService", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("ab") as out:
+        # Own session: the server outlives the Airflow task that started it and is stopped as a group.
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    return {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log)}
+
+
+def stop_server(pid: int | None, grace: float = 30.0) -> None:
+    if not alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.2)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def wait_ready(server: dict[str, Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(server["pid"]):
+            raise DeployError(f"bentoml serve on port {server['port']} exited; see {server['log']}")
+        try:
+            if requests.get(server["url"] + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise DeployError(f"bentoml serve on port {server['port']} not ready after {timeout:.0f}s; see {server['log']}")
+
+
+def wait_metadata(url: str, version: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            r = requests.get(url + "/metadata", timeout=5)
+            last = r.json() if r.ok else f"HTTP {r.status_code}"
+            if isinstance(last, dict) and str(last.get("model_version")) == version:
+                return last
+        except (requests.RequestException, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise DeployError(f"{url}/metadata does not report model_version {version}: {last}")
+        time.sleep(1)
+
+
+def switch_local(model_tag: str, version: str) -> dict[str, Any]:
+    old = read_state()
+    if old.get("model_tag") == model_tag and alive(old.get("pid")) and current_url() == old.get("url"):
+        print(f"deploy: {model_tag} already serving at {old['url']}", file=sys.stderr)
+        return old
+    # Blue/green: alternate between the base port and the next one.
+    port = base_port() + 1 if old.get("port") == base_port() else base_port()
+    if old.get("port") == port and alive(old.get("pid")):
+        port = base_port() if port != base_port() else base_port() + 1
+    new = start_server(model_tag, port)
+    print(f"deploy: started {model_tag} on {new['url']} (pid {new['pid']})", file=sys.stderr)
+    timing = load(PipelineSettings)
+    try:
+        wait_ready(new, timing.ready_timeout)
+        wait_metadata(new["url"], version, timeout=30)
+    except DeployError:
+        stop_server(new["pid"])
+        raise
+    switch_url(new["url"])
+    doc = {**new, "model_version": version, "started_at": time.time(), "previous": _strip(old)}
+    write_state(doc)
+    print(f"deploy: client switched to {new['url']}", file=sys.stderr)
+    if old.get("pid") and old.get("pid") != new["pid"]:
+        # Requests that read the old URL just before the switch finish before the old server goes.
+        time.sleep(timing.drain_seconds)
+        stop_server(old["pid"])
+        print(f"deploy: stopped the previous server (pid {old['pid']})", file=sys.stderr)
+    return doc
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "previous"}
+
+
+def restore_previous() -> str:
+    """Serve the previous model again (restarting it if it was already stopped) and switch back."""
+    cur = read_state()
+    prev = cur.get("previous") or {}
+    if not prev.get("model_tag"):
+        raise DeployError("no previous server to restore")
+    doc = switch_local(prev["model_tag"], str(prev.get("model_version")))
+    return f"{prev['model_tag']} at {doc['url']}"
+
+
+def stop_local() -> None:
+    st = read_state()
+    stop_server(st.get("pid"))
+    if (prev := st.get("previous")) and prev.get("pid"):
+        stop_server(prev.get("pid"))
