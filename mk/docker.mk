@@ -18,13 +18,13 @@ swarm-up: setup docker-engine ## deploy or roll the stack to MODEL_DIR (a model 
 	@test -n "$(MODEL_DIR)" || { echo "usage: make swarm-up MODEL_DIR=path/to/bundle" >&2; exit 2; }
 	docker_manual/start_docker.sh --swarm
 	docker_manual/start_registry.sh
-	$(PY) -m pipeline.swarm deploy --model-dir "$(MODEL_DIR)"
+	$(VENV)/bin/dkt swarm deploy --model-dir "$(MODEL_DIR)"
 
 swarm-scale: setup ## scale inference to REPLICAS
-	$(PY) -m pipeline.swarm scale --replicas $(REPLICAS)
+	$(VENV)/bin/dkt swarm scale --replicas $(REPLICAS)
 
 swarm-status: setup ## services, replicas, served model version
-	$(PY) -m pipeline.swarm status
+	$(VENV)/bin/dkt swarm status
 
 swarm-down: setup ## remove the stack
-	$(PY) -m pipeline.swarm down
+	$(VENV)/bin/dkt swarm down

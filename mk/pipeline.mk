@@ -15,13 +15,13 @@ setup:: $(AIRFLOW_VENV)/.installed
 test-setup:: $(AIRFLOW_VENV)/.installed
 
 up:: $(AIRFLOW_VENV)/.installed
-	$(PY) -m pipeline.stack up
+	$(VENV)/bin/dkt stack up
 
 down::
-	@if [ -x $(PY) ]; then $(PY) -m pipeline.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m dkt stack down; fi
 
 pipeline-status: ## what `make up` started and what it serves
-	$(PY) -m pipeline.stack status
+	$(VENV)/bin/dkt stack status
 
 cycle-bench: setup ## time one retraining cycle, new interactions -> new model served
 	$(PY) bench/cycle_bench.py
