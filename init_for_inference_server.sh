@@ -60,7 +60,7 @@ if ((stop)); then
   done
   step "removing the stack"
   if [[ -x .venv/bin/python ]] && docker info >/dev/null 2>&1; then
-    .venv/bin/python -m pipeline.swarm down
+    .venv/bin/python -m dkt swarm down
   fi
   exit 0
 fi
@@ -90,7 +90,7 @@ if [[ $airflow -eq 1 ]]; then
   export DKT_DEPLOY_MODE=swarm
   export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:${DKT_AIRFLOW_PORT:-8081}/execution/"
   # [core] executor (and, with DKT_TRAIN_EXECUTOR=edge, the edge API and its shared JWT secret).
-  executor_env="$(.venv/bin/python -m pipeline.stack airflow-env)"
+  executor_env="$(.venv/bin/dkt stack airflow-env)"
   eval "$executor_env"
   mkdir -p "$AIRFLOW_HOME"
   if [[ ! -x .venv-airflow/bin/airflow ]]; then
@@ -122,7 +122,7 @@ fi
 
 if [[ -n "$model_dir" ]]; then
   step "stack: deploy $model_dir"
-  .venv/bin/python -m pipeline.swarm deploy --model-dir "$model_dir"
+  .venv/bin/dkt swarm deploy --model-dir "$model_dir"
 else
   step "stack: not deployed now (give --model-dir, or promote a model: update_inference_server_dag)"
 fi

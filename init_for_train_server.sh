@@ -96,6 +96,7 @@ if [[ $app -eq 1 ]]; then
     .venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "$torch_pin"
   fi
   .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q --no-deps -e .  # the dkt command (.venv/bin/dkt)
   .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"
 fi
 
