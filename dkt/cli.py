@@ -10,6 +10,7 @@
     dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
     dkt stack up | down | status | airflow-env
     dkt swarm deploy | scale | status | down
+    dkt settings [show | markdown [--write README.md]]
 
 Every command has ``--help``. One style throughout: options are ``--kebab-case``, what a command acts on
 is positional. Exit codes: 0 done; 2 bad input, with one line ``error: ...`` on stderr and no traceback;
@@ -64,6 +65,7 @@ COMMANDS: dict[str, Command] = {
     "deploy": Command("pipeline.deploy:main", "the update_inference_server_dag steps, and stopping the local service"),
     "stack": Command("pipeline.stack:main", "the whole product on this machine (make up / make down)"),
     "swarm": Command("pipeline.swarm:main", "the product as a Docker Swarm stack"),
+    "settings": Command("dkt.settings:main", "the environment variables: effective values (secrets masked), docs"),
 }
 
 

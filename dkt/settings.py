@@ -14,7 +14,6 @@ An empty variable counts as unset, as every reader did before this module existe
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import re
 import sys
@@ -26,6 +25,8 @@ from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dkt.cli import Parser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README_BEGIN = "<!-- settings:begin -->"
@@ -737,9 +738,7 @@ def show(environ: Mapping[str, str] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m dkt.settings", description="The product's environment variables (dkt/settings.py)."
-    )
+    p = Parser(prog="dkt settings", description="The product's environment variables (dkt/settings.py).")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("show", help="the effective settings per group, secrets masked (default)")
     md = sub.add_parser("markdown", help="the README table of variables")

@@ -127,13 +127,11 @@ EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.deploy pull-model|pack|deploy|verify --run-id ID`` (the deploy DAG steps), or ``stop``."""
-    import argparse
-
+    """``dkt deploy pull-model|pack|deploy|verify --run-id ID`` (the deploy DAG steps), or ``stop``."""
+    from dkt.cli import Parser
     from pipeline.workdir import work_dir
 
-    p = argparse.ArgumentParser(prog="python -m pipeline.deploy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = Parser(prog="dkt deploy", description=__doc__)
     p.add_argument("step", choices=["pull-model", "pack", "deploy", "verify", "stop"])
     p.add_argument("--run-id", help="the DAG run id; names the work folder (all steps but stop)")
     p.add_argument("--replicas", type=int, help="deploy only, swarm mode: inference replicas (default: keep)")

@@ -55,6 +55,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from dkt.cli import Parser
 from pipeline.swarm_images import (
     REPO_ROOT,
     DockerError,
@@ -489,8 +490,8 @@ def _model_args(p: argparse.ArgumentParser, allow_image: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.swarm",
+    p = Parser(
+        prog="dkt swarm",
         description="Build, push and roll out the DKT stack on Docker Swarm (settings: see docs/docker.md).",
     )
     sub = p.add_subparsers(dest="command", required=True)
