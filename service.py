@@ -37,16 +37,7 @@ from serving.batcher import MicroBatcher
 from serving.body_limit import BodyLimit
 from serving.frames import job_frames
 from serving.schema import Interaction, Item, Job, Timestamp
-from serving.settings import (
-    ACCESS_LOG,
-    MAX_BATCH_SIZE,
-    MAX_BODY_BYTES,
-    MAX_CANDIDATES,
-    MAX_HISTORY,
-    MODEL_TAG,
-    SERVICE_TIMEOUT_S,
-    TORCH_THREADS,
-)
+from serving.settings import settings
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
 
@@ -64,22 +55,22 @@ info_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="dkt_service",
-    traffic={"timeout": SERVICE_TIMEOUT_S, "max_concurrency": 256},
+    traffic={"timeout": settings.service_timeout_s, "max_concurrency": 256},
     workers=1,
     endpoints={"readyz": "/readyz", "livez": "/livez"},
-    logging={"access": {"enabled": ACCESS_LOG}},
+    logging={"access": {"enabled": settings.access_log}},
 )
 class DKTService:
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        torch.set_num_threads(max(1, TORCH_THREADS))
+        torch.set_num_threads(max(1, settings.torch_threads))
         self.model_dir = Path(self.model_ref.path)
         self.predictor: Predictor = load_predictor(self.model_dir, device="cpu")
         self.tag = str(self.model_ref.tag)
         config_file = self.model_dir / "config.json"  # every bundle carries the config it was trained with
         self.config: dict[str, Any] | None = json.loads(config_file.read_text()) if config_file.is_file() else None
-        self.batcher: MicroBatcher[Job] = MicroBatcher(self._infer, MAX_BATCH_SIZE)
+        self.batcher: MicroBatcher[Job] = MicroBatcher(self._infer, settings.max_batch_size)
 
     def metadata(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -95,7 +86,11 @@ class DKTService:
             "max_seq_len": self.predictor.max_seq_len,
             "n_params": meta.get("n_params"),
             "created_at": meta.get("created_at"),
-            "limits": {"max_history": MAX_HISTORY, "max_candidates": MAX_CANDIDATES, "max_body_bytes": MAX_BODY_BYTES},
+            "limits": {
+                "max_history": settings.max_history,
+                "max_candidates": settings.max_candidates,
+                "max_body_bytes": settings.max_body_bytes,
+            },
         }
 
     def _infer(self, jobs: list[Job]) -> list[list[float]]:
@@ -117,8 +112,8 @@ class DKTService:
     @bentoml.api(route="/predict")
     async def predict(
         self,
-        candidates: Annotated[list[Item], Field(min_length=1, max_length=MAX_CANDIDATES)],
-        history: Annotated[list[Interaction], Field(max_length=MAX_HISTORY)] = [],  # noqa: B006 (copied by pydantic)
+        candidates: Annotated[list[Item], Field(min_length=1, max_length=settings.max_candidates)],
+        history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006 (pydantic copies)
         at: Timestamp | None = None,
     ) -> dict[str, Any]:
         """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``."""
@@ -133,8 +128,8 @@ class DKTService:
     @bentoml.api(route="/knowledge_state")
     async def knowledge_state(
         self,
-        history: Annotated[list[Interaction], Field(max_length=MAX_HISTORY)] = [],  # noqa: B006
-        tags: Annotated[list[int], Field(max_length=MAX_CANDIDATES)] | None = None,
+        history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
+        tags: Annotated[list[int], Field(max_length=settings.max_candidates)] | None = None,
     ) -> dict[str, Any]:
         """Mastery per KnowledgeTag: P(correct) on a typical item of that skill, asked now."""
         cands = self.predictor.catalog_candidates(tags)
@@ -150,8 +145,8 @@ class DKTService:
     @bentoml.api(route="/score")
     async def score(
         self,
-        questions: Annotated[list[Item], Field(min_length=1, max_length=MAX_CANDIDATES)],
-        history: Annotated[list[Interaction], Field(max_length=MAX_HISTORY)] = [],  # noqa: B006
+        questions: Annotated[list[Item], Field(min_length=1, max_length=settings.max_candidates)],
+        history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
     ) -> dict[str, Any]:
         """Expected score out of 100 on a question set: the mean P(correct) of its questions."""
         prob = await self._score(Job(history=history, candidates=questions))
@@ -164,4 +159,4 @@ class DKTService:
         }
 
 
-DKTService.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+DKTService.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

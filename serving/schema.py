@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from serving.settings import MAX_CANDIDATES, MAX_HISTORY
+from serving.settings import settings
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
@@ -52,7 +52,7 @@ def _no_duplicates(history: list[Interaction]) -> None:
 
 
 class HistoryRequest(BaseModel):
-    history: list[Interaction] = Field(default_factory=list, max_length=MAX_HISTORY)
+    history: list[Interaction] = Field(default_factory=list, max_length=settings.max_history)
 
     @model_validator(mode="after")
     def _check(self) -> HistoryRequest:
@@ -63,5 +63,5 @@ class HistoryRequest(BaseModel):
 class Job(HistoryRequest):
     """One student's history and the items to score after it: the unit the batcher merges."""
 
-    candidates: list[Item] = Field(default_factory=list, max_length=MAX_CANDIDATES)
+    candidates: list[Item] = Field(default_factory=list, max_length=settings.max_candidates)
     at: Timestamp | None = None
