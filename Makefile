@@ -1,5 +1,7 @@
 # `make up` runs the whole product locally; `make test` installs what tests need and runs them.
-# Each area adds to the double-colon targets in mk/*.mk (setup::, test-setup::, up::, down::).
+# Each area adds to the double-colon targets in mk/*.mk (up::, down::) and to SETUP_PARTS / TEST_SETUP_PARTS,
+# the independent things `make setup` / `make test-setup` install (make runs a double-colon target's rules one
+# after another even with -j, so the parts are plain prerequisites that install side by side).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
@@ -7,8 +9,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
+SETUP_PARTS := $(VENV)/.installed
+TEST_SETUP_PARTS :=
+# `make test-fast`: unit and component tests; no Docker, no browser, no Airflow run, no live server, no real
+# training beyond the tiny session bundle. tests/conftest.py adds these markers from the fixtures a test uses.
+FAST_TESTS := not slow and not docker and not browser
+# Two pytest workers (pytest-xdist): the suites are CPU-bound on one core each; 2 = this project's CI machine.
+TEST_WORKERS ?= 2
 
-.PHONY: help setup test test-fast lint up down bench
+.PHONY: help setup test-setup test test-fast lint up down bench
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -20,16 +29,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
-setup:: $(VENV)/.installed ## create the app virtualenv
-
-test-setup:: setup
-
-test: test-setup ## install what tests need and run every test (slow ones too)
+test: ## install what tests need (all parts at once) and run every test, Docker and browser included
+	@$(MAKE) --no-print-directory -j4 test-setup
 	$(PY) -m ruff check .
-	mk/run-tests.sh $(PY) $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) mk/run-tests.sh $(PY) $(PYTEST_ARGS)
 
-test-fast: setup ## fast tests only
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: setup ## unit and component tests (no Docker, browser, Airflow run or live server): under 2 min
+	$(PY) -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup ## ruff
 	$(PY) -m ruff check .
@@ -40,3 +46,8 @@ up:: setup ## set everything up and run the product locally
 down:: ## stop everything `make up` started
 
 include $(wildcard mk/*.mk)
+
+# After the includes: every area has added its parts.
+setup: $(SETUP_PARTS) ## create the virtualenvs (app, Airflow)
+
+test-setup: $(SETUP_PARTS) $(TEST_SETUP_PARTS) ## install what the tests need (-j installs the parts side by side)

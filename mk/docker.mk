@@ -6,7 +6,7 @@ REPLICAS ?= 3
 .PHONY: docker-engine docker-base swarm-up swarm-scale swarm-status swarm-down
 
 # The e2e test needs an engine; where none can be started (no root, no apt) it is skipped with a reason.
-test-setup:: docker-engine
+TEST_SETUP_PARTS += docker-engine
 
 docker-engine: ## install and start a Docker engine when missing (root + apt)
 	@docker_manual/start_docker.sh || echo "warning: no Docker engine; tests marked docker will be skipped"

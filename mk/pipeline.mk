@@ -10,9 +10,7 @@ $(AIRFLOW_VENV)/.installed: requirements-airflow.txt
 
 airflow-venv: $(AIRFLOW_VENV)/.installed ## create the Airflow virtualenv (.venv-airflow)
 
-setup:: $(AIRFLOW_VENV)/.installed
-
-test-setup:: $(AIRFLOW_VENV)/.installed
+SETUP_PARTS += $(AIRFLOW_VENV)/.installed
 
 up:: $(AIRFLOW_VENV)/.installed
 	$(VENV)/bin/dkt stack up

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # `make test`'s runner: the Docker suite (mostly waiting on image builds and rolling updates) runs beside
-# the rest (CPU-bound on about one core), so both cores work and the wall time is about the longer of the two.
+# the rest, which runs on TEST_WORKERS pytest-xdist workers (tests sharing the live `bentoml serve` stay on
+# one worker: --dist loadgroup, see tests/conftest.py). The wall time is about the longer of the two runs.
 # Usage: mk/run-tests.sh PYTHON [pytest args...]. Exits non-zero when either run fails, "no tests" (5) included.
 set -uo pipefail
 py=$1
 shift
+workers=${TEST_WORKERS:-2}
 logdir=$(mktemp -d -t dkt-tests.XXXXXX)
-"$py" -m pytest tests/docker "$@" >"$logdir/docker.log" 2>&1 &
+start=$SECONDS
+("$py" -m pytest tests/docker "$@" >"$logdir/docker.log" 2>&1; echo "$? $((SECONDS - start))" >"$logdir/docker.rc") &
 docker_pid=$!
-"$py" -m pytest --ignore=tests/docker "$@" 2>&1 | tee "$logdir/main.log"
+"$py" -m pytest --ignore=tests/docker -n "$workers" --dist loadgroup "$@" 2>&1 | tee "$logdir/main.log"
 main_rc=${PIPESTATUS[0]}
+main_s=$((SECONDS - start))
 echo "== waiting for tests/docker (running alongside; log $logdir/docker.log)"
 wait "$docker_pid"
-docker_rc=$?
+read -r docker_rc docker_s <"$logdir/docker.rc" || { docker_rc=1 docker_s="?"; }  # killed before it could write
 cat "$logdir/docker.log"
 
 # One closing line over both runs, from each run's pytest summary (its last line).
@@ -20,6 +24,7 @@ count() { tail -n 1 "$logdir/$1.log" | grep -oE "[0-9]+ $2" | grep -oE '^[0-9]+'
 passed=$(($(count main passed) + $(count docker passed)))
 failed=$(($(count main failed) + $(count docker failed) + $(count main error) + $(count docker error)))
 skipped=$(($(count main skipped) + $(count docker skipped)))
-echo "pytest exit codes: main $main_rc, docker $docker_rc"
+echo "pytest exit codes: main $main_rc, docker $docker_rc (5 = no tests ran: a failure too)"
+echo "wall time: main suite ${main_s} s on $workers workers, docker suite ${docker_s} s beside it"
 echo "total: $passed passed, $failed failed, $skipped skipped"
 [ "$main_rc" -eq 0 ] && [ "$docker_rc" -eq 0 ]

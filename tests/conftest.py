@@ -26,6 +26,38 @@ TINY_LSTM = {
 }
 
 
+# What each marker means is decided by what a test uses, not by what its author remembered to write: a test that
+# asks for one of these fixtures gets the marker, so `make test-fast` (-m "not slow and not docker and not browser")
+# can never pull in a live server, a Docker engine or Chromium by accident.
+IMPLIED_MARKERS = {
+    "service": ("slow",),  # a live `bentoml serve`
+    "packed": ("slow",),  # packer.py in a subprocess, a Bento built
+    "browser_page": ("slow", "browser"),  # headless Chromium
+    "swarm": ("slow", "docker"),  # a Docker engine in swarm mode
+}
+# Tests that share the live `bentoml serve` run on one xdist worker, so the suite starts it once, not per worker.
+SHARED_SERVICE_GROUP = "bentoml-service"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives headless Chromium (Debian's chromium; make test-setup)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marks in IMPLIED_MARKERS.items():
+            if fixture in used:
+                for mark in marks:
+                    item.add_marker(mark)
+        if used & {"service", "packed"}:
+            item.add_marker(pytest.mark.xdist_group(SHARED_SERVICE_GROUP))
+    # Modules holding slow tests first (collection order kept inside each module, so module fixtures are made
+    # once): with parallel workers the long tests start early instead of forming the tail of the run.
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}  # type: ignore[attr-defined]
+    items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)
+
+
 @pytest.fixture(scope="session")
 def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sim")
