@@ -1,0 +1,88 @@
+"""The images a deploy rolls out: the model packed into the BentoML store, then the runtime, client, proxy and
+inference images built (each skipped when unchanged) and pushed to the registry (pipeline/swarm_images.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.swarm_images import (
+    REPO_ROOT,
+    DockerError,
+    build_hashed_image,
+    build_inference_image,
+    image_exists,
+    run,
+)
+from pipeline.swarm_settings import SwarmSettings
+from pipeline.swarm_stack import Stack
+
+
+def say(msg: str) -> None:
+    print(f"[swarm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_model(model_dir: Path | None, model_tag: str | None) -> tuple[str, str]:
+    """(bentoml model tag, model version). A bundle dir is packed first with packer.py."""
+    if model_tag:
+        if ":" not in model_tag:
+            raise ValueError(f"--model-tag {model_tag!r}: expected NAME:VERSION, e.g. dkt-model:v2")
+        bundle_version = None
+    else:
+        assert model_dir is not None
+        meta_file = model_dir / "bundle.json"
+        if not meta_file.is_file():
+            raise ValueError(f"{model_dir}: not a model bundle (no bundle.json)")
+        bundle_version = str(json.loads(meta_file.read_text())["model_version"])
+        say(f"packing {model_dir} with packer.py")
+        out = run(
+            [sys.executable, str(REPO_ROOT / "packer.py"), "--model-dir", str(model_dir), "--no-bento"], cwd=REPO_ROOT
+        )
+        tags = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("model:")]
+        if not tags:
+            raise DockerError(f"packer.py printed no `model: TAG` line for {model_dir}")
+        model_tag = tags[-1]
+    version = bundle_version or model_tag.split(":", 1)[1]
+    return model_tag, version
+
+
+def ensure_base_image(settings: SwarmSettings) -> None:
+    if image_exists(settings.base_image) or not settings.base_image.startswith("local/"):
+        return  # a public base (python:3.11-slim) is pulled by docker build itself
+    say(f"building base image {settings.base_image} (debootstrap, about a minute)")
+    env = {**os.environ, "DKT_BASE_IMAGE": settings.base_image}
+    run([str(REPO_ROOT / "docker_manual" / "build_base_image.sh")], env=env)
+
+
+def build(
+    settings: SwarmSettings, model_dir: Path | None = None, model_tag: str | None = None, with_model: bool = True
+) -> dict[str, Any]:
+    """Build and push every image; returns their refs and timings."""
+    stack = Stack(settings)
+    t0 = time.monotonic()
+    # The model first: a bad bundle fails in seconds, before any image is built.
+    model = resolve_model(model_dir, model_tag) if with_model else None
+    ensure_base_image(settings)
+    base = {"BASE_IMAGE": settings.base_image}
+    images: dict[str, Any] = {}
+    common = {"ca_bundle": settings.build_ca, "wheels_dir": settings.wheels_dir, "questions": settings.questions}
+    for key, prefix in (("inference-runtime", "r"), ("client", "c"), ("proxy", "p")):
+        spec = stack.config.images[key]
+        say(f"image {spec.name}: build (skipped when unchanged) and push")
+        ref, built = build_hashed_image(spec, settings.registry, base, prefix=prefix, **common)
+        images[key] = ref
+        say(f"image {spec.name}: {ref} ({'built' if built else 'unchanged'})")
+    result: dict[str, Any] = {"images": images}
+    if model is not None:
+        tag, version = model
+        say(f"image inference for {tag}: build and push")
+        images["inference"] = build_inference_image(
+            stack.config.images["inference"], settings.registry, images["inference-runtime"], tag, version
+        )
+        result.update(model_tag=tag, model_version=version)
+    result["build_seconds"] = round(time.monotonic() - t0, 1)
+    return result
