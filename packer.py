@@ -1,6 +1,6 @@
 """Put a model bundle into the BentoML model store and build the serving Bento around it.
 
-    python packer.py --model-dir artifacts/lstm
+    dkt pack --model-dir artifacts/lstm       (python packer.py ... is the same)
 
 Prints ``model: <model tag>`` and, on the last line, ``bento: <bento tag>``.
 The store is ``$BENTOML_HOME`` (BentoML's default: ~/bentoml). The Bento holds
@@ -10,7 +10,6 @@ without any network access.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from dkt.bundle import BundleError, read_meta
+from dkt.cli import Parser
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_NAME = os.environ.get("DKT_MODEL_NAME", "dkt-model")
@@ -130,8 +130,8 @@ def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", required=True, type=Path, help="model bundle written by train.py")
+    ap = Parser(prog="dkt pack", description=__doc__)
+    ap.add_argument("--model-dir", required=True, type=Path, help="model bundle written by dkt train")
     ap.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the store (env DKT_MODEL_NAME)")
     ap.add_argument("--bentofile", type=Path, default=ROOT / "bentofile.yaml", help="Bento build file")
     ap.add_argument("--no-bento", action="store_true", help="only put the model into the store")
