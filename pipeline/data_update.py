@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dkt.bundle import default_version
+from dkt.bundle import default_version, write_json
 from pipeline.dataset import merge, read_new_interactions, write_dataset
 from pipeline.settings import REPO_ROOT, env_float
 from pipeline.store import VersionedStore, VersionError, manifest_matches
@@ -64,12 +64,6 @@ class NothingNew(Exception):
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def current_watermark(store: VersionedStore) -> str:
