@@ -8,8 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dkt.models import TORCH_MODELS, model_names, torch_model_classes
-from dkt.models.base import build_config
+from dkt.models import kind_class, model_names
 
 
 class ConfigError(ValueError):
@@ -66,9 +65,8 @@ class ExperimentConfig(BaseModel):
             raise ValueError("an ensemble needs at least one entry in 'members'")
         if self.model != "ensemble" and self.members:
             raise ValueError("'members' is only for model 'ensemble'")
-        if self.model in TORCH_MODELS:
-            # Bad model_params fail here, naming the config file, not after the data is loaded.
-            build_config(torch_model_classes(self.model)[0], self.model_params)
+        # Bad model_params fail here, naming the config file, not after the data is loaded.
+        kind_class(self.model).check_params(self.model_params)
         return self
 
 

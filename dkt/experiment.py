@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from dkt.bundle import (
     BUNDLE_FILE,
@@ -24,7 +23,6 @@ from dkt.bundle import (
     config_hash,
     default_version,
     item_catalog,
-    read_meta,
     utc_now,
     write_json,
 )
@@ -33,18 +31,12 @@ from dkt.data.features import FeatureEncoder
 from dkt.data.io import DataFormat, RunFiles, fingerprint, load_run_files
 from dkt.data.schema import DataValidationError
 from dkt.metrics import evaluate_predictions, finite_or_none, put_metric
-from dkt.models import build_torch_model
+from dkt.models.interface import RunData, TrainJob, kind_class
 from dkt.predictor import load_predictor
-from dkt.training import count_params, fit_sequence_model, resolve_device, seed_everything
+from dkt.training import resolve_device, seed_everything
 from dkt.verify import verify_bundle
 
-
-@dataclass
-class RunData:
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    test: pd.DataFrame
-    fingerprints: dict[str, str]
+__all__ = ["RunData", "load_run_data", "run", "split_by_user", "split_run_files", "summary_line"]
 
 
 def split_by_user(
@@ -117,7 +109,6 @@ def run(
     dev = resolve_device(device)
     encoder = FeatureEncoder.fit(data.train)
     config_doc = config.model_dump(mode="json")
-    hashed_config = config_doc
     write_json(out / "config.json", config_doc)
     write_json(out / "encoder.json", encoder.to_dict())
     write_json(out / "catalog.json", item_catalog(data.train[data.train["answerCode"] >= 0]))
@@ -127,55 +118,29 @@ def run(
         f"(valid {data.valid['userID'].nunique():,} users) on {dev}",
         file=sys.stderr,
     )
-    if config.model == "ensemble":
-        from dkt.models.ensemble import ENSEMBLE_FILE, train_ensemble
-
-        fit = train_ensemble(config, data, out, epochs, device, seed, config_dir or Path("config"), progress)
-        # The ensemble's config names its members' config files; their content is what must be hashed.
-        members = json.loads((out / ENSEMBLE_FILE).read_text())["members"]
-        hashed_config = config_doc | {
-            "member_config_hashes": [read_meta(out / m["dir"])["config_hash"] for m in members]
-        }
-    elif config.model == "lgbm":
-        from dkt.models.lgbm import train_lgbm
-
-        fit = train_lgbm(config, encoder, data.train, data.valid, out, seed)
-    else:
-        model = build_torch_model(config.model, config.model_params, encoder.sizes())
-
-        def save(m: torch.nn.Module, epoch: int, valid_auc: float) -> None:
-            torch.save(m.state_dict(), out / "weights.pt.tmp")
-            (out / "weights.pt.tmp").replace(out / "weights.pt")
-
-        result = fit_sequence_model(
-            model,
-            encoder.transform(data.train),
-            encoder.transform(data.valid),
-            config.train,
-            dev,
-            seed,
-            epochs,
-            on_improve=save,
-            progress=progress,
-        )
-        fit = {
-            "kind": "sequence",
-            "n_params": count_params(model),
-            "train_seconds": result.train_seconds,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "seconds_per_epoch": result.train_seconds / max(1, result.epochs_run),
-            "valid_auc": result.best_valid_auc,
-            "selected_by": result.selected_by,
-            "selection_reason": result.selection_reason,
-            "history": result.history,
-        }
+    kind = kind_class(config.model)
+    # An ensemble trains its members through this same function, with this run's settings.
+    member = partial(run, data=data, epochs=epochs, device=device, seed=seed, progress=progress)
+    job = TrainJob(
+        config=config,
+        encoder=encoder,
+        data=data,
+        out_dir=out,
+        epochs=epochs,
+        device=device,
+        seed=seed,
+        config_dir=config_dir or Path("config"),
+        progress=progress,
+        train_member=lambda path, out_dir: member(path, output_dir=out_dir),
+    )
+    fit = kind.train(job)
+    hashed_config = kind.hashed_config(config_doc, out)
 
     commit, dirty = code_commit()
     meta = {
         "format": BUNDLE_FORMAT,
         "model": config.model,
-        "kind": fit["kind"],
+        "kind": kind.bundle_kind,
         "model_version": model_version or default_version(),
         # Lineage (dkt.bundle.LINEAGE_KEYS): what this model was made from, also copied into the store manifest.
         "data_version": data_version or data.fingerprints["train_file"],

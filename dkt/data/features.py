@@ -159,14 +159,7 @@ class FeatureEncoder:
             "prev_item_resp": np.where(has_prev & prev_known, FIRST + 2 * prev_item + prev_a, UNK),
         }
         cont = np.stack(
-            [
-                (cum_c + 1.0) / (cum_n + 2.0),
-                np.log1p(cum_n) / np.log1p(1000.0),
-                (tag_c + 1.0) / (tag_n + 2.0),
-                np.log1p(tag_n) / np.log1p(100.0),
-                np.nan_to_num(elapsed, nan=0.0) / ELAPSED_CAP_S,
-            ],
-            axis=1,
+            [*count_features(cum_n, cum_c, tag_n, tag_c), np.nan_to_num(elapsed, nan=0.0) / ELAPSED_CAP_S], axis=1
         ).astype(np.float32)
         return FeatureFrame(
             users=user[starts],
@@ -177,6 +170,20 @@ class FeatureEncoder:
             resp=resp,
             cont=cont,
         )
+
+
+def count_features(n: np.ndarray, correct: np.ndarray, tag_n: np.ndarray, tag_correct: np.ndarray) -> list[np.ndarray]:
+    """The running-count columns of ``CONTINUOUS`` (all but elapsed_s) from labelled answers before each row.
+
+    One formula for the whole-table encoding here and for a student's state updated one answer at a
+    time (``dkt.models.inputs.StudentFeatures``).
+    """
+    return [
+        (correct + 1.0) / (n + 2.0),
+        np.log1p(n) / np.log1p(1000.0),
+        (tag_correct + 1.0) / (tag_n + 2.0),
+        np.log1p(tag_n) / np.log1p(100.0),
+    ]
 
 
 def _group_cumsum_exclusive(x: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_fractions, check_positive_ints
+from dkt.models.interface import register
+from dkt.models.sequence import SequenceKind
 
 
 @dataclass
@@ -73,3 +75,10 @@ class BertKTModel(nn.Module):
             use_cache=False,
         ).last_hidden_state
         return self.head(torch.cat([h, query], dim=-1))
+
+
+@register
+class BertKTKind(SequenceKind):
+    name = "bert"
+    config_class = BertKTConfig
+    module_class = BertKTModel

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_fractions, check_positive_ints
+from dkt.models.interface import register
+from dkt.models.sequence import SequenceKind
 
 
 @dataclass
@@ -62,3 +64,10 @@ class DKVMNModel(nn.Module):
             reads.append(torch.bmm(w_read.unsqueeze(1), memory).squeeze(1))
         read = torch.stack(reads, dim=1)  # (B, T, V)
         return self.head(torch.cat([read, query], dim=-1))
+
+
+@register
+class DKVMNKind(SequenceKind):
+    name = "dkvmn"
+    config_class = DKVMNConfig
+    module_class = DKVMNModel

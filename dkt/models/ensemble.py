@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.optimize import minimize
 
-from dkt.bundle import BundleError, write_json
-from dkt.config import ConfigError, ExperimentConfig, load_config
+from dkt.bundle import BundleError, read_meta, write_json
+from dkt.config import ConfigError, load_config
 from dkt.metrics import auc
-from dkt.predictor import Job, Predictor, load_predictor, resolve_at
+from dkt.models.inputs import Job, resolve_at
+from dkt.models.interface import ModelKind, Predictor, TrainJob, register
+from dkt.predictor import load_predictor
 from dkt.training import resolve_device
-
-if TYPE_CHECKING:
-    from dkt.experiment import RunData
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"
@@ -84,24 +84,17 @@ def member_dir_name(i: int, model: str) -> str:
     return f"{i:02d}-{model}"
 
 
-def train_ensemble(
-    config: ExperimentConfig,
-    data: RunData,
-    out_dir: Path,
-    epochs: int | None,
-    device: str,
-    seed: int,
-    config_dir: Path,
-    progress: bool,
-) -> dict[str, Any]:
-    """Train every member into ``out_dir/members/`` and write ``ensemble.json``; returns the fit summary."""
-    from dkt.experiment import run  # the ensemble trains its members through the same entry point as any model
+def train_ensemble(job: TrainJob) -> dict[str, Any]:
+    """Train every member into ``out_dir/members/`` and write ``ensemble.json``; returns the fit summary.
 
+    Members are trained by ``job.train_member``: the same entry point as any model (``dkt.experiment.run``).
+    """
+    config, data, out_dir = job.config, job.data, job.out_dir
     params = parse_params(config.model_params)
     # Read every member config first so a typo fails before hours of training.
     member_cfgs = []
     for i, m in enumerate(config.members):
-        path = Path(m.config) if Path(m.config).is_absolute() else config_dir / m.config
+        path = Path(m.config) if Path(m.config).is_absolute() else job.config_dir / m.config
         cfg = load_config(path)
         if cfg.model == "ensemble":
             raise ConfigError(f"{path}: members[{i}] is itself an ensemble; list its members here instead")
@@ -111,21 +104,13 @@ def train_ensemble(
     for i, (path, cfg) in enumerate(member_cfgs):
         name = member_dir_name(i, cfg.model)
         print(f"ensemble member {i + 1}/{len(member_cfgs)}: {cfg.model} ({path})", file=sys.stderr, flush=True)
-        metrics = run(
-            path,
-            data,
-            out_dir / MEMBERS_DIR / name,
-            epochs=epochs,
-            device=device,
-            seed=seed,
-            progress=progress,
-        )
+        metrics = job.train_member(path, out_dir / MEMBERS_DIR / name)
         names.append(name)
         member_metrics.append(metrics)
 
     valid_y = data.valid["answerCode"].to_numpy()
     labelled = valid_y >= 0
-    dev = str(resolve_device(device))
+    dev = str(resolve_device(job.device))
     probs = [load_predictor(out_dir / MEMBERS_DIR / n, device=dev).predict_rows(data.valid) for n in names]
     if params.fit_weights and len(np.unique(valid_y[labelled])) == 2:
         weights = fit_weights([p[labelled] for p in probs], valid_y[labelled].astype(np.float64))
@@ -138,7 +123,6 @@ def train_ensemble(
     ens = weighted_mean(probs, weights)
     train_seconds = float(sum(m["train_seconds"] for m in member_metrics))
     return {
-        "kind": "ensemble",
         "n_params": int(sum(m["n_params"] for m in member_metrics)),
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds,
@@ -150,6 +134,14 @@ def train_ensemble(
             for n, w, m in zip(names, weights, member_metrics, strict=True)
         ],
     }
+
+
+@dataclass(frozen=True)
+class EnsembleState:
+    """The time of the student's last answer (for the default ``at``) and each member's own state."""
+
+    last: pd.Timestamp | None
+    members: tuple[Any, ...]
 
 
 class EnsemblePredictor(Predictor):
@@ -178,3 +170,40 @@ class EnsemblePredictor(Predictor):
         fixed = [(h, c, resolve_at(h, at)) for h, c, at in jobs]
         per_member = [m.predict_candidates_batch(fixed) for m in self.members]
         return [weighted_mean([p[j] for p in per_member], self.weights) for j in range(len(jobs))]
+
+    # ------------------------------------------------------------ incremental form: one state per member
+
+    def initial_state(self) -> EnsembleState:
+        return EnsembleState(last=None, members=tuple(m.initial_state() for m in self.members))
+
+    def step(self, state: EnsembleState, answer: Mapping[str, Any]) -> EnsembleState:
+        members = tuple(m.step(s, answer) for m, s in zip(self.members, state.members, strict=True))
+        return EnsembleState(last=pd.Timestamp(answer["Timestamp"]), members=members)
+
+    def score(self, state: EnsembleState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
+        if len(candidates) == 0:
+            return np.zeros(0)
+        # Fixed once here, so members that default it to "now" all see the same time (as the batch form).
+        at = resolve_at(pd.DataFrame({"Timestamp": [] if state.last is None else [state.last]}), at)
+        probs = [m.score(s, candidates, at) for m, s in zip(self.members, state.members, strict=True)]
+        return weighted_mean(probs, self.weights)
+
+
+@register
+class EnsembleKind(ModelKind):
+    name = "ensemble"
+    bundle_kind = "ensemble"
+
+    @classmethod
+    def train(cls, job: TrainJob) -> dict[str, Any]:
+        return train_ensemble(job)
+
+    @classmethod
+    def load(cls, bundle_dir: Path, meta: dict[str, Any], device: str = "cpu") -> EnsemblePredictor:
+        return EnsemblePredictor(bundle_dir, meta, device=device)
+
+    @classmethod
+    def hashed_config(cls, config_doc: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+        """The ensemble's config names its members' config files; their content is what must be hashed."""
+        members = json.loads((out_dir / ENSEMBLE_FILE).read_text())["members"]
+        return config_doc | {"member_config_hashes": [read_meta(out_dir / m["dir"])["config_hash"] for m in members]}

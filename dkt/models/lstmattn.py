@@ -22,6 +22,8 @@ from dkt.models.base import (
     check_fractions,
     check_positive_ints,
 )
+from dkt.models.interface import register
+from dkt.models.sequence import SequenceKind
 
 
 @dataclass
@@ -75,3 +77,10 @@ class LSTMAttnModel(nn.Module):
         for layer in self.attn:
             h = layer(h, src_mask=mask, is_causal=True)
         return self.head(torch.cat([self.norm(h), query], dim=-1))
+
+
+@register
+class LSTMAttnKind(SequenceKind):
+    name = "lstmattn"
+    config_class = LSTMAttnConfig
+    module_class = LSTMAttnModel

@@ -22,6 +22,8 @@ from dkt.models.base import (
     check_fractions,
     check_positive_ints,
 )
+from dkt.models.interface import register
+from dkt.models.sequence import SequenceKind
 
 
 @dataclass
@@ -80,3 +82,10 @@ class SaintModel(nn.Module):
         for layer in self.decoder:
             dec = layer(dec, enc, tgt_mask=mask, memory_mask=mask, tgt_is_causal=True, memory_is_causal=True)
         return self.head(torch.cat([self.dec_norm(dec), query], dim=-1))
+
+
+@register
+class SaintKind(SequenceKind):
+    name = "saint"
+    config_class = SaintConfig
+    module_class = SaintModel

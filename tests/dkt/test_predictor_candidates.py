@@ -7,23 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from torch import nn
 
 from dkt.config import parse_config
 from dkt.data.io import read_csv
 from dkt.experiment import load_run_data, run
-from dkt.predictor import Predictor, SequencePredictor, load_predictor
-
-
-class Wrapped(nn.Module):
-    """Hides the LSTM's type so the predictor takes its generic window path for any sequence model."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, batch: dict) -> object:
-        return self.inner(batch)
+from dkt.models.sequence import SequencePredictor
+from dkt.predictor import Predictor, load_predictor
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +56,11 @@ def test_batched_candidates_match_generic(predictor: SequencePredictor, jobs: li
 
 
 def test_window_path_for_other_sequence_models_matches_generic(lstm_bundle: Path, jobs: list) -> None:
-    p = load_predictor(lstm_bundle)
-    assert isinstance(p, SequencePredictor)
-    p.model = Wrapped(p.model).eval()
+    lstm = load_predictor(lstm_bundle)
+    assert isinstance(lstm, SequencePredictor)
+    # The LSTM model behind the generic predictor of every sequence kind: its window path, not the LSTM's own.
+    p = SequencePredictor(lstm.bundle_dir, lstm.meta, lstm.config, lstm.encoder, lstm.model)
+    assert type(p).score_candidate_windows is not type(lstm).score_candidate_windows
     for (history, cands, at), got in zip(jobs, p.predict_candidates_batch(jobs), strict=True):
         np.testing.assert_allclose(got, generic(p, history, cands, at), atol=1e-5)
 

@@ -17,15 +17,8 @@ from dkt.data.features import FeatureEncoder
 from dkt.data.schema import COLUMNS, validate
 from dkt.experiment import RunData, run
 from dkt.metrics import auc, evaluate_predictions
-from dkt.models.lgbm import (
-    STAT_KEYS,
-    LGBMPredictor,
-    TargetStats,
-    causal_features,
-    out_of_fold_stats,
-    parse_params,
-    sort_rows,
-)
+from dkt.models.lgbm import LGBMPredictor, parse_params
+from dkt.models.lgbm_features import STAT_KEYS, TargetStats, causal_features, out_of_fold_stats, sort_rows
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 

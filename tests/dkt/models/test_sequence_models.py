@@ -21,13 +21,15 @@ from dkt.data.features import CATEGORICAL, FIRST, RESPONSE, FeatureEncoder, Feat
 from dkt.data.schema import COLUMNS, validate
 from dkt.data.sequences import PAD_ROW, Batcher, make_windows
 from dkt.metrics import auc
-from dkt.models import TORCH_MODELS, build_torch_model
+from dkt.models import kind_class, model_names
+from dkt.models.sequence import SequenceKind
 from dkt.scoring import score_windows
 from dkt.simulate import simulate
 from dkt.training import fit_sequence_model, seed_everything
 
 REPO = Path(__file__).resolve().parents[3]
-MODELS = sorted(TORCH_MODELS)
+# Every registered torch sequence kind: a new kind is checked here without being listed (SMALL must size it).
+MODELS = sorted(n for n in model_names() if issubclass(kind_class(n), SequenceKind))
 NEW_MODELS = ["bert", "dkvmn", "lstmattn", "saint"]
 SEQ_LEN = 50
 BATCH_LEN = 200  # window of the batch-level tests: long enough for real padding, within every max_positions
@@ -39,6 +41,12 @@ SMALL: dict[str, dict[str, Any]] = {
     "saint": {"n_enc_layers": 1, "n_dec_layers": 1},
     "dkvmn": {"memory_size": 8, "key_dim": 16, "value_dim": 32},
 }
+
+
+def build_torch_model(name: str, params: dict[str, Any], sizes: dict[str, int]) -> nn.Module:
+    kind = kind_class(name)
+    assert issubclass(kind, SequenceKind)
+    return kind.build(params, sizes)
 
 
 def small_params(name: str) -> dict[str, Any]:
