@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from dkt.bundle import default_version, write_json
+from dkt.settings import PipelineSettings, load
 from pipeline.dataset import merge, read_new_interactions, write_dataset
-from pipeline.settings import REPO_ROOT, env_float
+from pipeline.settings import REPO_ROOT
 from pipeline.store import VersionedStore, VersionError, manifest_matches
 
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
 DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m flask --app client export-interactions"
-FAULT_ENV = "DKT_FAULT_POINT"
+FAULT_ENV = "DKT_FAULT_POINT"  # declared in dkt/settings.py (PipelineSettings.fault_point); the crash tests set it
 FAULT_POINTS = (
     "export:after_command",  # the exporter wrote export.csv; export.json not yet
     "prepare:after_pull",  # the parent set is in the work folder; nothing merged
@@ -43,7 +44,7 @@ FAULT_POINTS = (
 
 def fault_point(name: str) -> None:
     """Test only: die here by SIGKILL, as a killed worker would, when DKT_FAULT_POINT names this point."""
-    if os.environ.get(FAULT_ENV) == name:
+    if load(PipelineSettings).fault_point == name:
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -83,7 +84,7 @@ def export(work: Path, store: VersionedStore, command: str | None = None) -> dic
     """Ask the client for every interaction after the stored watermark."""
     work.mkdir(parents=True, exist_ok=True)
     since = current_watermark(store)
-    cmd = shlex.split(command or os.environ.get("DKT_EXPORT_CMD") or DEFAULT_EXPORT_CMD)
+    cmd = shlex.split(command or load(PipelineSettings).export_cmd or DEFAULT_EXPORT_CMD)
     out = work / EXPORT_FILE
     # No watermark yet: the exporter's own default ("from the beginning").
     argv = [*cmd, *(["--since", since] if since else []), "--out", str(out)]
@@ -109,7 +110,7 @@ def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
         parent_dir = work / "parent"
         store.pull("datasets", parent, parent_dir)
     fault_point("prepare:after_pull")
-    result = merge(parent_dir, new, env_float("DKT_TEST_SHARE", 0.1))
+    result = merge(parent_dir, new, load(PipelineSettings).test_share)
     doc: dict[str, Any] = {"parent": parent, "new_rows": result.new_rows, "added_rows": result.added_rows}
     if result.added_rows:
         doc["rows"] = write_dataset(result, work / "dataset")
@@ -143,7 +144,7 @@ def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
         version,
         parent=prep["parent"],
         extra={"watermark": exp["watermark"], "added_rows": prep["added_rows"], "since": exp["since"]},
-        upload=_upload_then_die(store) if os.environ.get(FAULT_ENV) == "publish:mid_upload" else None,
+        upload=_upload_then_die(store) if load(PipelineSettings).fault_point == "publish:mid_upload" else None,
     )
     fault_point("publish:after_push")
     return res.manifest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from dkt.bundle import BundleError, default_version, lineage, read_meta
+from dkt.settings import TrainingSettings, load
 from pipeline.data_update import read_json, write_json
-from pipeline.settings import REPO_ROOT, env_float, env_path
+from pipeline.settings import REPO_ROOT
 from pipeline.store import VersionedStore, VersionError, manifest_matches
 
-DEFAULT_TOLERANCE = 0.005
 METRIC = "auc"
 
 
@@ -41,8 +40,9 @@ def train(
 ) -> dict[str, Any]:
     """Train a candidate bundle into ``work/candidate`` with train.py (same flags a person would use)."""
     data_manifest = read_json(work / "data" / "manifest.json")
-    config = config or env_path("DKT_TRAIN_CONFIG", REPO_ROOT / "config" / "lstm.json")
-    epochs = epochs or (int(os.environ["DKT_TRAIN_EPOCHS"]) if os.environ.get("DKT_TRAIN_EPOCHS") else None)
+    settings = load(TrainingSettings)
+    config = config or settings.config
+    epochs = epochs or settings.epochs
     version = default_version()
     out = work / "candidate"
     argv = [
@@ -53,7 +53,7 @@ def train(
         "--output-dir", str(out),
         "--model-version", version,
         "--data-version", data_manifest["version"],
-        "--device", device or os.environ.get("DKT_TRAIN_DEVICE", "auto"),
+        "--device", device or settings.device,
         "--no-progress",
     ]  # fmt: skip
     if epochs:
@@ -175,7 +175,7 @@ def load_evaluation(work: Path, store: VersionedStore) -> dict[str, Any]:
 
 def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None = None) -> dict[str, Any]:
     ev = load_evaluation(work, store)
-    tol = tolerance if tolerance is not None else env_float("DKT_PROMOTE_TOLERANCE", DEFAULT_TOLERANCE)
+    tol = tolerance if tolerance is not None else load(TrainingSettings).promote_tolerance
     ok, why = decide(ev["candidate"], ev.get("production"), tol)
     if not ok:
         raise NotPromoted(why)

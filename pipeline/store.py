@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import re
@@ -57,7 +56,7 @@ from pipeline.blobs import (
     sha256_file,
     sweep_tmp,
 )
-from pipeline.settings import StoreSettings, env_float, store_settings
+from pipeline.settings import StoreSettings, store_settings
 
 Kind = Literal["datasets", "models"]
 MANIFEST = "manifest.json"
@@ -69,7 +68,6 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 POINTER_HISTORY = 20
 POINTER_LOG = 500  # moves kept in a pointer's log (the oldest are dropped beyond this)
 CAS_ATTEMPTS = 200
-DEFAULT_LEASE_SECONDS = 30.0
 
 
 class VersionError(ValueError):
@@ -124,12 +122,8 @@ def count_rows(path: Path) -> int | None:
 
 
 def lease_seconds() -> float:
-    ttl = env_float("DKT_STORE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
-    if not math.isfinite(ttl) or ttl < 1:
-        from pipeline.settings import SettingsError
-
-        raise SettingsError(f"environment variable DKT_STORE_LEASE_SECONDS: expected at least 1, got {ttl}")
-    return ttl
+    """DKT_STORE_LEASE_SECONDS (finite, at least 1: dkt/settings.py checks it)."""
+    return store_settings().lease_seconds
 
 
 @dataclass

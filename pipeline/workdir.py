@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.settings import REPO_ROOT, env_path
+from dkt.settings import PipelineSettings, load
 
 
 def work_root() -> Path:
-    return env_path("DKT_WORK_ROOT", REPO_ROOT / "var" / "work")
+    return load(PipelineSettings).work_root
 
 
 def work_dir(flow: str, run_id: str) -> Path:
