@@ -15,6 +15,7 @@ An empty variable counts as unset, as every reader did before this module existe
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -653,10 +654,27 @@ def load_or_exit(cls: type[G], environ: Mapping[str, str] | None = None, **overr
         stop(str(exc))
 
 
+class BadSetting(SystemExit):
+    """Exit 2 over a setting; ``str()`` is the problem (the line ``stop`` printed), for callers and tests."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(2)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.problem
+
+
 def stop(problem: str) -> NoReturn:
     """Stop start-up over a setting: ``error: <problem>`` on stderr, exit 2, no traceback."""
     print(f"error: {problem}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise BadSetting(problem)
+
+
+def is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether declared variable ``name`` has a (non-empty) value: for code that fills gaps in a child's env."""
+    group_of(name)  # only declared variables
+    return bool((os.environ if environ is None else environ).get(name))
 
 
 def _is_secret(f: FieldInfo) -> bool:

@@ -24,13 +24,15 @@ from pathlib import Path
 import requests
 
 from dkt.cli import Parser
+from dkt.settings import AirflowSettings, ClientSettings, StackSettings, TrainingSettings, is_set, load_or_exit
 from pipeline import deploy_local
-from pipeline.settings import REPO_ROOT, env_path
+from pipeline.settings import REPO_ROOT
 from pipeline.store import VersionedStore
 
-VAR = env_path("DKT_VAR_DIR", REPO_ROOT / "var")
-SIM_DIR = env_path("DKT_SIM_DIR", REPO_ROOT / "data" / "sim")
-AIRFLOW_VENV = env_path("DKT_AIRFLOW_VENV", REPO_ROOT / ".venv-airflow")
+_SETTINGS = load_or_exit(StackSettings)
+VAR = _SETTINGS.var_dir
+SIM_DIR = _SETTINGS.sim_dir
+AIRFLOW_VENV = _SETTINGS.airflow_venv
 # DKT_TRAIN_EXECUTOR=edge: the train-host tasks go to this executor (provider apache-airflow-providers-edge3),
 # served by `airflow edge worker` on the GPU host (init_for_train_server.sh); the rest stays on LocalExecutor.
 EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
@@ -50,7 +52,7 @@ def defaults() -> dict[str, str]:
         "DKT_TRAIN_EPOCHS": "3",
         "AIRFLOW_HOME": str(VAR / "airflow"),
     }
-    return {k: v for k, v in d.items() if not os.environ.get(k)}
+    return {k: v for k, v in d.items() if not is_set(k)}
 
 
 def say(msg: str) -> None:
@@ -108,7 +110,7 @@ def wait_http(url: str, timeout: float, name: str) -> None:
 
 def ensure_data(store: VersionedStore) -> None:
     if not (SIM_DIR / "train.csv").is_file():
-        users = os.environ.get("DKT_SIM_USERS", "500")
+        users = str(load_or_exit(StackSettings).sim_users)
         say(f"simulating {users} students into {SIM_DIR}")
         py("-m", "dkt", "simulate", "--users", users, "--out", str(SIM_DIR), "--seed", "0")
     if store.pointed("datasets", "latest") is None:
@@ -122,8 +124,8 @@ def ensure_model(store: VersionedStore) -> None:
     work = VAR / "work" / "initial"
     data = work / "data"
     store.pull("datasets", "latest", data)
-    config = os.environ.get("DKT_TRAIN_CONFIG", str(REPO_ROOT / "config" / "lstm.json"))
-    epochs = os.environ["DKT_TRAIN_EPOCHS"]
+    training = load_or_exit(TrainingSettings)
+    config, epochs = str(training.config), str(training.epochs)  # up() sets DKT_TRAIN_EPOCHS when it is unset
     say(f"training the first model ({config}, {epochs} epochs)")
     py("-m", "dkt", "train", "--config", config, "--train-file", str(data / "train.csv"), "--test-file",
        str(data / "test.csv"), "--output-dir", str(work / "model"), "--epochs", epochs,
@@ -154,10 +156,7 @@ def secret(name: str, nbytes: int = 24) -> str:
 
 
 def train_executor() -> str:
-    mode = os.environ.get("DKT_TRAIN_EXECUTOR", "local")
-    if mode not in ("local", "edge"):
-        raise SystemExit(f"error: DKT_TRAIN_EXECUTOR={mode!r}: expected 'local' or 'edge'")
-    return mode
+    return load_or_exit(AirflowSettings).train_executor
 
 
 def executor_env() -> dict[str, str]:
@@ -170,18 +169,21 @@ def executor_env() -> dict[str, str]:
     generated once into ``var/secrets/airflow_jwt_secret`` (copy that file to the train host)."""
     if train_executor() == "local":
         return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+    given = load_or_exit(StackSettings).jwt_secret
     return {
         "AIRFLOW__CORE__EXECUTOR": f"LocalExecutor,{EDGE_EXECUTOR}",
         "AIRFLOW__EDGE__API_ENABLED": "True",
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
-        or secret("airflow_jwt_secret", nbytes=64),  # HS512 wants a key of at least 64 bytes
+        "AIRFLOW__API_AUTH__JWT_SECRET": given.get_secret_value()
+        if given
+        else secret("airflow_jwt_secret", nbytes=64),  # HS512 wants a key of at least 64 bytes
     }
 
 
 def ensure_client() -> str:
-    port = os.environ.get("DKT_CLIENT_PORT", "8000")
+    client = load_or_exit(ClientSettings)
+    port = str(client.client_port)
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    env = {"DKT_SECRET_KEY": os.environ.get("DKT_SECRET_KEY") or secret("client_secret_key")}
+    env = {"DKT_SECRET_KEY": client.secret_key.get_secret_value() if client.secret_key else secret("client_secret_key")}
     start("client", [gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}", "client:create_app()"], env)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", 60, "client")
@@ -189,18 +191,19 @@ def ensure_client() -> str:
 
 
 def ensure_airflow() -> tuple[str, str]:
-    home = Path(os.environ["AIRFLOW_HOME"])
+    settings = load_or_exit(StackSettings)
+    home = settings.airflow_home or VAR / "airflow"  # up() sets AIRFLOW_HOME to the same when it is unset
     home.mkdir(parents=True, exist_ok=True)
-    port = os.environ.get("DKT_AIRFLOW_PORT", "8080")
+    port = str(settings.airflow_port)
     # A remote edge worker needs to reach the api-server: DKT_AIRFLOW_HOST=0.0.0.0 (or the host's address).
-    host = os.environ.get("DKT_AIRFLOW_HOST", "127.0.0.1")
+    host = settings.airflow_host
     pw_file = home / "simple_auth_manager_passwords.json.generated"
     if not pw_file.is_file():
         pw_file.touch(mode=0o600)
         pw_file.write_text(json.dumps({"admin": secrets.token_urlsafe(16)}))
     password = json.loads(pw_file.read_text())["admin"]
     env = {
-        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder or REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -248,7 +251,7 @@ Stop everything with: make down
     )
     if train_executor() == "edge":
         print(f"Train-queue tasks wait for an edge worker: on the train host run ./init_for_train_server.sh with\n"
-              f"  DKT_AIRFLOW_URL=http://<this host>:{os.environ.get('DKT_AIRFLOW_PORT', '8080')} and a copy of "
+              f"  DKT_AIRFLOW_URL=http://<this host>:{load_or_exit(StackSettings).airflow_port} and a copy of "
               f"{VAR / 'secrets' / 'airflow_jwt_secret'} (see its --help)\n")  # fmt: skip
     return 0
 
