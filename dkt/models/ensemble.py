@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from dkt.bundle import BundleError, read_meta, write_json
 from dkt.config import ConfigError, load_config
 from dkt.metrics import auc
-from dkt.models.inputs import Job, resolve_at
+from dkt.models.inputs import EMPTY_HISTORY, Job, resolve_at
 from dkt.models.interface import ModelKind, Predictor, TrainJob, register
 from dkt.predictor import load_predictor
 from dkt.training import resolve_device
@@ -157,11 +157,6 @@ class EnsemblePredictor(Predictor):
     def predict_rows(self, df: pd.DataFrame, last_only: bool = False) -> np.ndarray:
         return weighted_mean([m.predict_rows(df, last_only=last_only) for m in self.members], self.weights)
 
-    def predict_candidates(
-        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
-    ) -> np.ndarray:
-        return self.predict_candidates_batch([(history, candidates, at)])[0]
-
     def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """The weighted mean of each member's own candidate path (its window, its features), as ``predict_rows``.
 
@@ -178,13 +173,13 @@ class EnsemblePredictor(Predictor):
 
     def step(self, state: EnsembleState, answer: Mapping[str, Any]) -> EnsembleState:
         members = tuple(m.step(s, answer) for m, s in zip(self.members, state.members, strict=True))
-        return EnsembleState(last=pd.Timestamp(answer["Timestamp"]), members=members)
+        return EnsembleState(last=resolve_at(EMPTY_HISTORY, answer["Timestamp"]), members=members)
 
     def score(self, state: EnsembleState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
         if len(candidates) == 0:
             return np.zeros(0)
         # Fixed once here, so members that default it to "now" all see the same time (as the batch form).
-        at = resolve_at(pd.DataFrame({"Timestamp": [] if state.last is None else [state.last]}), at)
+        at = resolve_at(EMPTY_HISTORY if state.last is None else pd.DataFrame({"Timestamp": [state.last]}), at)
         probs = [m.score(s, candidates, at) for m, s in zip(self.members, state.members, strict=True)]
         return weighted_mean(probs, self.weights)
 

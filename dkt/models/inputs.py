@@ -146,6 +146,7 @@ def stack_frames(frames: Sequence[FeatureFrame]) -> FeatureFrame:
 
 # Only for the column types of an empty history.
 EMPTY_ANSWER = {"assessmentItemID": "", "testId": "", "answerCode": -1, "Timestamp": "2000-01-01", "KnowledgeTag": 0}
+EMPTY_HISTORY = pd.DataFrame({"Timestamp": pd.Series(dtype="datetime64[ns]")})
 
 
 def answer_frame(answer: Mapping[str, Any]) -> pd.DataFrame:
@@ -154,7 +155,7 @@ def answer_frame(answer: Mapping[str, Any]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"an answer needs {list(HISTORY_COLUMNS)}; missing {missing}")
     row = {c: [answer[c]] for c in HISTORY_COLUMNS}
-    row["Timestamp"] = [pd.Timestamp(answer["Timestamp"])]
+    row["Timestamp"] = [resolve_at(EMPTY_HISTORY, answer["Timestamp"])]  # naive UTC, as history tables hold it
     return pd.DataFrame(row).astype({"answerCode": "int64", "KnowledgeTag": "int64"})
 
 

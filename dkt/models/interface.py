@@ -16,6 +16,8 @@ ensemble and serving all go through the two classes below.
     batch form:
       ``predict_rows(df)``             every row of a canonical table, from the rows before it
       ``predict_candidates_batch(jobs)`` each (history, candidates, at) job: candidates shown at ``at``
+                                       (``predict_candidates``: one job; ``reference_candidates``: the
+                                       slow reference every faster path equals)
     incremental form (the per-student state a serving cache keeps):
       ``initial_state()``              the state of a student with no answers
       ``step(state, answer)``          the state after one more answer (a mapping with
@@ -126,10 +128,22 @@ class Predictor(ABC):
     def predict_candidates(
         self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
     ) -> np.ndarray:
-        """P(correct) for each candidate item if it were shown at ``at`` (default now) after ``history`` (one student).
+        """P(correct) of each candidate item if shown at ``at`` (default now) after ``history`` (one student)."""
+        return self.predict_candidates_batch([(history, candidates, at)])[0]
 
-        The reference path: one pseudo-user per candidate (the history, then that candidate as an
-        answerCode -1 row), scored by ``predict_rows`` exactly as ``inference.py`` scores a file.
+    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """``predict_candidates`` for several (history, candidates, at) jobs at once (serving batches requests).
+
+        By default the reference path per job; a kind with a faster way that gives the same numbers overrides this.
+        """
+        return [self.reference_candidates(history, candidates, at) for history, candidates, at in jobs]
+
+    def reference_candidates(
+        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        """The reference path of ``predict_candidates``, what every faster path is tested against: one
+        pseudo-user per candidate (the history, then that candidate as an answerCode -1 row), scored by
+        ``predict_rows`` exactly as ``inference.py`` scores a file.
         """
         if len(candidates) == 0:
             return np.zeros(0)
@@ -141,10 +155,6 @@ class Predictor(ABC):
         cand = candidate_rows(candidates, at).assign(userID=np.arange(k).astype(str))
         last = self.predict_last(pd.concat([rows, cand], ignore_index=True))
         return last.reindex(np.arange(k).astype(str)).to_numpy()
-
-    def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
-        """``predict_candidates`` for several (history, candidates, at) jobs at once (serving batches requests)."""
-        return [self.predict_candidates(history, candidates, at) for history, candidates, at in jobs]
 
     # ------------------------------------------------------------ incremental form
 

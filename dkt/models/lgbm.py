@@ -203,11 +203,6 @@ class LGBMPredictor(Predictor):
             out[rows.order] = self.booster.predict(x)
         return out
 
-    def predict_candidates(
-        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
-    ) -> np.ndarray:
-        return self.predict_candidates_batch([(history, candidates, at)])[0]
-
     def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """Each job's full history encoded once with all its candidates after it (see ``encode_candidates``).
 

@@ -89,11 +89,6 @@ class SequencePredictor(Predictor):
         out[ff.row_index] = self.score_frame(ff, last_only=last_only)
         return out
 
-    def predict_candidates(
-        self, history: pd.DataFrame, candidates: pd.DataFrame, at: pd.Timestamp | None = None
-    ) -> np.ndarray:
-        return self.predict_candidates_batch([(history, candidates, at)])[0]
-
     def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """Same results as the generic path, but each history is encoded once per job, not once per candidate.
 

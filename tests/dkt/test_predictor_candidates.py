@@ -42,7 +42,7 @@ def jobs(sim_dir: Path) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp |
 
 
 def generic(p: Predictor, history: pd.DataFrame, cands: pd.DataFrame, at: pd.Timestamp | None) -> np.ndarray:
-    return Predictor.predict_candidates(p, history, cands, at)
+    return p.reference_candidates(history, cands, at)
 
 
 def test_batched_candidates_match_generic(predictor: SequencePredictor, jobs: list) -> None:

@@ -9,6 +9,7 @@ across the places where the window rule moves on. Models are trained through the
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from dkt.config import parse_config
 from dkt.data.features import FeatureEncoder
 from dkt.data.schema import COLUMNS, validate
 from dkt.models import interface
-from dkt.models.interface import SUPPORT_MODULES, ModelKind, Predictor, RunData, TrainJob, kind_class, model_names
+from dkt.models.interface import SUPPORT_MODULES, ModelKind, RunData, TrainJob, kind_class, model_names
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 from dkt.training import seed_everything
@@ -145,21 +146,32 @@ def test_stepping_answers_gives_the_batch_scores(
     p = load_predictor(bundles[name])
     hist, cands = student
     state, stepped, worst = p.initial_state(), 0, 0.0
+    seconds = {"step": 0.0, "score": 0.0, "batch": 0.0}
     for n in PREFIXES:
+        tick = time.perf_counter()
         for row in hist.iloc[stepped:n].to_dict("records"):
             state = p.step(state, row)
+        seconds["step"] += time.perf_counter() - tick
         stepped = n
         prefix = hist.iloc[:n]
         at = hist["Timestamp"].iloc[n] if n < len(hist) else hist["Timestamp"].iloc[-1]
+        tick = time.perf_counter()
         got = p.score(state, cands, at)
+        seconds["score"] += time.perf_counter() - tick
         # The batch form serving uses (tests/dkt/test_predictor_candidates.py ties it to the reference path).
+        tick = time.perf_counter()
         batch = p.predict_candidates_batch([(prefix, cands, at)])[0]
+        seconds["batch"] += time.perf_counter() - tick
         assert got.shape == (len(cands),) and np.isfinite(got).all()
         np.testing.assert_allclose(got, batch, rtol=0, atol=1e-6, err_msg=f"{name}, {n} answers")
         worst = max(worst, float(np.abs(got - batch).max()))
-    print(f"{name}: max |incremental - batch| over {len(PREFIXES)} prefixes: {worst:.2e}")
+    print(
+        f"{name}: max |incremental - batch| over {len(PREFIXES)} prefixes: {worst:.2e}; "
+        f"ms per step {1000 * seconds['step'] / stepped:.2f}, per score {1000 * seconds['score'] / len(PREFIXES):.2f}, "
+        f"per batch call {1000 * seconds['batch'] / len(PREFIXES):.2f} ({len(cands)} candidates)"
+    )
     # ...and the reference itself once: one pseudo-user per candidate through predict_rows.
-    np.testing.assert_allclose(got, Predictor.predict_candidates(p, prefix, cands, at), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, p.reference_candidates(prefix, cands, at), rtol=0, atol=1e-6)
     # state_of: the same steps, from a history table in one call.
     np.testing.assert_array_equal(p.score(p.state_of(hist.iloc[:stepped]), cands, at), got)
 
