@@ -21,9 +21,9 @@ import yaml
 
 from dkt.bundle import BundleError, read_meta
 from dkt.cli import Parser
+from dkt.settings import ServiceSettings, load_or_exit
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL_NAME = os.environ.get("DKT_MODEL_NAME", "dkt-model")
 LABEL_VALUE = re.compile(r"[^a-zA-Z0-9._-]+")
 
 
@@ -132,10 +132,11 @@ def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="dkt pack", description=__doc__)
     ap.add_argument("--model-dir", required=True, type=Path, help="model bundle written by dkt train")
-    ap.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the store (env DKT_MODEL_NAME)")
+    ap.add_argument("--name", help="model name in the store (default: $DKT_MODEL_NAME, else dkt-model)")
     ap.add_argument("--bentofile", type=Path, default=ROOT / "bentofile.yaml", help="Bento build file")
     ap.add_argument("--no-bento", action="store_true", help="only put the model into the store")
     args = ap.parse_args(argv)
+    args.name = args.name or load_or_exit(ServiceSettings).model_name
     try:
         meta = check_bundle(args.model_dir)
         model_tag = save_model(args.model_dir, args.name, meta)

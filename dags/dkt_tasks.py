@@ -1,6 +1,7 @@
 """Shared bits of the three DKT pipelines: how a task calls the project's CLIs, and the assets they exchange.
 
-Stdlib and Airflow only: this runs in the Airflow virtualenv. The real work runs in
+Stdlib, Airflow and dkt/settings.py (self-contained: pydantic-settings, pinned in requirements-airflow.txt)
+only: this runs in the Airflow virtualenv. The real work runs in
 the app virtualenv (``DKT_APP_PYTHON``), so every task is one CLI call that a
 person can repeat by hand. Credentials never appear here: the CLIs read them from
 the worker's environment.
@@ -8,8 +9,8 @@ the worker's environment.
 
 from __future__ import annotations
 
-import os
 import shlex
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,21 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import Asset
 
 REPO = Path(__file__).resolve().parent.parent
-APP_PYTHON = os.environ.get("DKT_APP_PYTHON", str(REPO / ".venv" / "bin" / "python"))
-TRAIN_QUEUE = os.environ.get("DKT_TRAIN_QUEUE", "train")
+# Appended, not prepended: the repository's top-level folders must not shadow the Airflow venv's packages.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+from dkt.settings import AirflowSettings, load  # noqa: E402  (needs the path above)
+
+# A bad value fails the DAG import with one line naming the variable (Airflow lists it as an import error).
+SETTINGS = load(AirflowSettings)
+APP_PYTHON = str(SETTINGS.app_python)
+TRAIN_QUEUE = SETTINGS.train_queue
 # Where the train-host tasks run. "local" (default): the scheduler host's default executor, like every
 # other task. "edge": the Edge executor, i.e. the `airflow edge worker --queues $DKT_TRAIN_QUEUE` that
 # init_for_train_server.sh starts on the GPU host; the scheduler must list it in [core] executor
 # (`make up` / init_for_inference_server.sh do with the same variable).
-TRAIN_EXECUTOR = os.environ.get("DKT_TRAIN_EXECUTOR", "local")
+TRAIN_EXECUTOR = SETTINGS.train_executor
 _EXECUTORS = {"local": None, "edge": "EdgeExecutor"}
-if TRAIN_EXECUTOR not in _EXECUTORS:
-    raise ValueError(f"DKT_TRAIN_EXECUTOR={TRAIN_EXECUTOR!r}: expected one of {sorted(_EXECUTORS)}")
 EXIT_SKIP = 99  # the CLIs exit 99 for "nothing to do": the task is skipped and emits no asset event
 
 DATA_ASSET = Asset(name="dkt_dataset_latest", uri="file:///dkt/datasets/latest")
@@ -35,8 +41,8 @@ MODEL_ASSET = Asset(name="dkt_model_production", uri="file:///dkt/models/product
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "dkt",
-    "retries": int(os.environ.get("DKT_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("DKT_RETRY_DELAY_SECONDS", "30"))),
+    "retries": SETTINGS.task_retries,
+    "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
     "execution_timeout": timedelta(minutes=30),
 }
 

@@ -7,7 +7,6 @@ emits the data asset) -> advance_watermark (only after the push). Schedule: $DKT
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -17,11 +16,11 @@ from airflow.sdk import DAG
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, cli
+from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, SETTINGS, cli
 
 with DAG(
     dag_id="update_data_dag",
-    schedule=os.environ.get("DKT_UPDATE_SCHEDULE", "@daily"),
+    schedule=SETTINGS.update_schedule,
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,
