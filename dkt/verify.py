@@ -1,7 +1,7 @@
 """Is this bundle servable? Load it the way serving does and score a smoke batch.
 
-One check for every gate: ``train.py`` runs it before it writes ``bundle.json``; ``python -m models
-push --promote``, ``python -m models promote`` and the retrain DAG's promote step run it before
+One check for every gate: ``train.py`` runs it before it writes ``bundle.json``; ``dkt models
+push --promote``, ``dkt models promote`` and the retrain DAG's promote step run it before
 production may point at a model. A bundle that fails it is never promoted.
 """
 

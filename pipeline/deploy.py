@@ -1,12 +1,12 @@
 """The steps of ``update_inference_server_dag``: pull the production model -> pack -> deploy -> verify.
 
-    python -m pipeline.deploy pull-model|pack|deploy|verify --run-id ID    (one DAG step each)
-    python -m pipeline.deploy stop                                         (stop the local servers)
+    dkt deploy pull-model|pack|deploy|verify --run-id ID    (one DAG step each)
+    dkt deploy stop                                         (stop the local servers)
 
 Each step reads and writes files in the run's work folder (``pipeline.workdir``). The deploy mode
 (``DKT_DEPLOY_MODE``) picks how the packed model goes live: ``local`` is a blue/green switch on this
 machine (``pipeline.deploy_local``: a failed verify switches back), ``swarm`` hands the packed model to
-``python -m pipeline.swarm deploy`` (a rolling update that Swarm rolls back on failure). Whatever fails,
+``dkt swarm deploy`` (a rolling update that Swarm rolls back on failure). Whatever fails,
 the store is then made to name what is served (``pipeline.deploy_served``).
 """
 

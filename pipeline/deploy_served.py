@@ -2,7 +2,7 @@
 
 A pack, deploy or verify that fails puts the production pointer back on the version the live ``/metadata``
 reports (only if the pointer still names the failed version: a promotion made meanwhile is left alone). A
-verified deploy records ``state/serving.json`` (version, mode, ``/metadata`` URL), which ``python -m models
+verified deploy records ``state/serving.json`` (version, mode, ``/metadata`` URL), which ``dkt models
 list`` reads to mark the version serving now.
 """
 

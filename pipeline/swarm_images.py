@@ -165,7 +165,7 @@ def assemble_context(
         if questions is None or not questions.is_file():
             raise ValueError(
                 f"{questions}: question bank for image {spec.name} not found "
-                "(set DKT_QUESTIONS, or write one with `python -m dkt.simulate --out data/sim`)"
+                "(set DKT_QUESTIONS, or write one with `dkt simulate --out data/sim`)"
             )
         shutil.copy2(questions, ctx / "src" / "questions.csv")
     if spec.wheels:
