@@ -8,10 +8,12 @@ repo="$(pwd)"
 
 usage() {
   cat <<'USAGE'
-usage: ./init_for_inference_server.sh [--model-dir DIR] [--no-airflow] [--stop] [--help]
+usage: ./init_for_inference_server.sh [--model-dir DIR] [--replicas N] [--no-airflow] [--stop] [--help]
 
   --model-dir DIR   deploy (or roll) the stack to this model bundle now; without it the stack is
                     deployed by update_inference_server_dag when a model is promoted
+  --replicas N      inference replicas for that deploy (default: keep the running count, else 3);
+                    later deploys by the DAG keep the count
   --no-airflow      skip the Airflow virtualenv and services
   --stop            stop the Airflow services started here and remove the stack, then exit
                     (the engine, the swarm, the registry and the images stay)
@@ -32,12 +34,16 @@ env (defaults in brackets):
 USAGE
 }
 model_dir=""
+replicas=()
 airflow=1
 stop=0
 while (($#)); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --model-dir) model_dir="${2:?--model-dir needs a folder}"; shift 2 ;;
+    --replicas)
+      [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "error: --replicas needs a whole number >= 1, got '${2:-}'" >&2; exit 2; }
+      replicas=(--replicas "$2"); shift 2 ;;
     --no-airflow) airflow=0; shift ;;
     --stop) stop=1; shift ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;

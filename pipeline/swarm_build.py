@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.swarm_images import (
     REPO_ROOT,
     DockerError,
-    build_hashed_image,
+    build_hashed_images,
     build_inference_image,
     image_exists,
     run,
@@ -53,7 +53,7 @@ def resolve_model(model_dir: Path | None, model_tag: str | None) -> tuple[str, s
 def ensure_base_image(settings: SwarmSettings) -> None:
     if image_exists(settings.base_image) or not settings.base_image.startswith("local/"):
         return  # a public base (python:3.11-slim) is pulled by docker build itself
-    say(f"building base image {settings.base_image} (debootstrap, about a minute)")
+    say(f"building base image {settings.base_image} (from this host's Debian packages, else debootstrap)")
     env = {**os.environ, "DKT_BASE_IMAGE": settings.base_image}
     run([str(REPO_ROOT / "docker_manual" / "build_base_image.sh")], env=env)
 
@@ -70,12 +70,11 @@ def build(
     base = {"BASE_IMAGE": settings.base_image}
     images: dict[str, Any] = {}
     common = {"ca_bundle": settings.build_ca, "wheels_dir": settings.wheels_dir, "questions": settings.questions}
-    for key, prefix in (("inference-runtime", "r"), ("client", "c"), ("proxy", "p")):
-        spec = stack.config.images[key]
-        say(f"image {spec.name}: build (skipped when unchanged) and push")
-        ref, built = build_hashed_image(spec, settings.registry, base, prefix=prefix, **common)
+    jobs = {key: (stack.config.images[key], prefix) for key, prefix in (("inference-runtime", "r"), ("client", "c"),
+                                                                       ("proxy", "p"))}  # fmt: skip
+    say(f"images {', '.join(spec.name for spec, _ in jobs.values())}: build (skipped when unchanged) and push")
+    for key, (ref, _built) in build_hashed_images(jobs, settings.registry, base, progress=say, **common).items():
         images[key] = ref
-        say(f"image {spec.name}: {ref} ({'built' if built else 'unchanged'})")
     result: dict[str, Any] = {"images": images}
     if model is not None:
         tag, version = model

@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -233,6 +235,35 @@ def build_hashed_image(
             docker_build(ctx, ref, build_args)
     docker_push(ref)
     return ref, built
+
+
+def build_hashed_images(
+    jobs: Mapping[str, tuple[ImageSpec, str]],
+    registry: str,
+    build_args: dict[str, str],
+    *,
+    progress: Callable[[str], None] = lambda _msg: None,
+    **context: Any,
+) -> dict[str, tuple[str, bool]]:
+    """``build_hashed_image`` for each ``key: (spec, tag prefix)``, side by side; returns ``key: (ref, built)``.
+
+    The builds do not depend on each other and wait on the network (pip, apt) and the disk as much as on
+    the CPU: side by side, a first build on a busy 2-core host takes about as long as the runtime image alone.
+    Every build runs to its end; the first failure is raised after them.
+    """
+
+    def one(key: str) -> tuple[str, bool]:
+        spec, prefix = jobs[key]
+        ref, built = build_hashed_image(spec, registry, build_args, prefix=prefix, **context)
+        progress(f"image {spec.name}: {ref} ({'built' if built else 'unchanged'})")
+        return ref, built
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {key: pool.submit(one, key) for key in jobs}
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    return {key: f.result() for key, f in futures.items()}
 
 
 def build_inference_image(

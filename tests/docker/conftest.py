@@ -1,5 +1,13 @@
 """Shared by the Docker end-to-end tests: a single-node swarm, a throwaway registry, two model versions
-and the environment of a throwaway stack. Each test module gets its own (module scope)."""
+and the environment of a throwaway stack.
+
+The swarm, the registry and so every image are made once per session and shared by the test modules (an
+image whose content tag the registry already holds is not rebuilt, the way a second deploy on a host
+works); each module deploys a stack of its own. No Docker engine is a failure, never a skip: `make test`
+promises the swarm suite ran. At the end the session removes every image, container, volume and network it
+created and the registry's data, and fails when any is left (``DKT_TEST_KEEP_IMAGES=1`` keeps the images
+it built, as a build cache for the next local run).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from pipeline.swarm_images import REPO_ROOT
 from tests.serving.servers import free_port
 
 
-def docker_ok() -> str | None:
+def docker_missing() -> str | None:
     if shutil.which("docker") is None:
         return "no docker CLI (make test-setup installs docker.io as root)"
     info = subprocess.run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True)
@@ -31,11 +39,33 @@ def docker_ok() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+def docker_lines(*args: str) -> set[str]:
+    return set(subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.split())
+
+
+def docker_objects() -> dict[str, set[str]]:
+    """What the engine holds, by kind: the session compares its end with its start."""
+    return {
+        "image": docker_lines("images", "-a", "--no-trunc", "--format", "{{.ID}}"),
+        "image ref": docker_lines("images", "--format", "{{.Repository}}:{{.Tag}}") - {"<none>:<none>"},
+        "container": docker_lines("ps", "-aq", "--no-trunc"),
+        "volume": docker_lines("volume", "ls", "-q"),
+        "network": docker_lines("network", "ls", "-q", "--no-trunc"),
+    }
+
+
+def disk_usage() -> str:
+    out = subprocess.run(["docker", "system", "df", "--format", "{{.Type}} {{.Size}}"], capture_output=True, text=True)
+    return ", ".join(out.stdout.strip().splitlines())
+
+
+@pytest.fixture(scope="session")
 def swarm() -> Iterator[None]:
-    reason = docker_ok()
+    reason = docker_missing()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(f"the Docker suite needs an engine: {reason} (make test-setup starts one)", pytrace=False)
+    before = docker_objects()
+    print(f"\n[docker] before the suite: {disk_usage()}")
     state = subprocess.run(
         ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -45,9 +75,27 @@ def swarm() -> Iterator[None]:
     yield
     if created:
         subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
+    after = docker_objects()
+    new_refs = after["image ref"] - before["image ref"]
+    if os.environ.get("DKT_TEST_KEEP_IMAGES") != "1":
+        if new_refs:
+            subprocess.run(["docker", "rmi", "-f", *sorted(new_refs)], capture_output=True)
+        left_images = docker_lines("images", "-a", "--no-trunc", "--format", "{{.ID}}") - before["image"]
+        if left_images:  # untagged layers of images the session rebuilt
+            subprocess.run(["docker", "rmi", "-f", *sorted(left_images)], capture_output=True)
+    # swarm leave leaves the docker_gwbridge network its init made
+    new_nets = docker_lines("network", "ls", "-q", "--no-trunc") - before["network"]
+    if new_nets:
+        subprocess.run(["docker", "network", "rm", *sorted(new_nets)], capture_output=True)
+    left = {k: sorted(v - before[k]) for k, v in docker_objects().items()}
+    if os.environ.get("DKT_TEST_KEEP_IMAGES") == "1":
+        print(f"\n[docker] DKT_TEST_KEEP_IMAGES=1: kept {len(left['image ref'])} images: {left['image ref']}")
+        left["image"] = left["image ref"] = []
+    print(f"\n[docker] after the suite: {disk_usage()}")
+    assert not any(left.values()), f"the Docker suite left behind: { {k: v for k, v in left.items() if v} }"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def registry(swarm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("DKT_REGISTRY"):
         yield os.environ["DKT_REGISTRY"]
@@ -70,9 +118,11 @@ def registry(swarm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
+    # pytest keeps the last runs' temporary folders: without this each run would leave GBs of layers there
+    shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundles(lstm_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """v1 is the session's trained bundle; v2 the same weights under a new model version (a deploy does not
     care how a model was trained, only that its version differs and /metadata says so)."""
@@ -107,15 +157,8 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
         "DKT_CLIENT_DB": str(tmp_path_factory.mktemp("client-answers") / "client.db"),
     }
     yield env
-    subprocess.run([sys.executable, "-m", "dkt", "swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
-    refs = subprocess.run(
-        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry}/dkt-inference"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    # the per-run model images go; base, runtime, client and proxy images stay as the build cache
-    if refs:
-        subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True)
+    # The stack goes with its module; its images stay for the next module until the session removes them.
+    subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
 
 
 def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -105,3 +105,32 @@ def test_context_hash_follows_content(tmp_path: Path) -> None:
     assert context_hash(tmp_path) == first
     (tmp_path / "a" / "f.txt").write_text("two")
     assert context_hash(tmp_path) != first
+
+
+def test_images_build_side_by_side_and_a_failure_is_raised_after_all_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import pipeline.swarm_images as si
+
+    cfg = load_stack_config(CONFIG)
+    jobs = {k: (cfg.images[k], p) for k, p in (("inference-runtime", "r"), ("client", "c"), ("proxy", "p"))}
+    started = threading.Barrier(3, timeout=10)  # breaks (and fails the build) unless all three run at once
+    ended: list[str] = []
+
+    def fake(spec: ImageSpec, registry: str, args: dict[str, str], prefix: str, **_: object) -> tuple[str, bool]:
+        started.wait()
+        if spec.name == "dkt-client":
+            raise si.DockerError("client build failed")
+        ended.append(spec.name)
+        return f"{registry}/{spec.name}:{prefix}-x", True
+
+    monkeypatch.setattr(si, "build_hashed_image", fake)
+    said: list[str] = []
+    with pytest.raises(si.DockerError, match="client build failed"):
+        si.build_hashed_images(jobs, "reg:5000", {}, progress=said.append)
+    assert sorted(ended) == ["dkt-inference-runtime", "dkt-proxy"]  # the others were not cut short
+    started.reset()
+    monkeypatch.setattr(si, "build_hashed_image", lambda spec, reg, args, prefix, **_: (f"{reg}/{spec.name}", False))
+    out = si.build_hashed_images(jobs, "reg:5000", {}, progress=said.append)
+    assert out == {k: (f"reg:5000/{s.name}", False) for k, (s, _p) in jobs.items()}
+    assert "image dkt-proxy: reg:5000/dkt-proxy (unchanged)" in said
