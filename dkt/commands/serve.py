@@ -19,18 +19,19 @@ from dkt.cli import Parser
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def port_number(text: str) -> int:
-    port = int(text)
-    if not 1 <= port <= 65535:
+def port(text: str) -> int:
+    """argparse type: its name is what the error line calls a bad value ("invalid port value: '70000'")."""
+    number = int(text)
+    if not 1 <= number <= 65535:
         raise ValueError(text)
-    return port
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="dkt serve", description=__doc__)
     p.add_argument("--model-dir", type=Path, help="a model bundle to pack and serve (default: the store's latest)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=3000, help="port to listen on, 1-65535 (default 3000)")
+    p.add_argument("--port", type=port, default=3000, help="port to listen on, 1-65535 (default 3000)")
     args = p.parse_args(argv)
     if args.model_dir is not None:
         import packer  # BentoML: imported only when a bundle is to be packed
