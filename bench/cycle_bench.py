@@ -25,6 +25,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dkt.settings import StackSettings, load_or_exit  # noqa: E402
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dkt-cycle-"))
-    airflow = str(Path(os.environ.get("DKT_AIRFLOW_VENV", ROOT / ".venv-airflow")) / "bin" / "airflow")
+    airflow = str(load_or_exit(StackSettings).airflow_venv / "bin" / "airflow")
     env = {
         **os.environ,
         "DKT_STORE": "local",

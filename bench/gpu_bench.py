@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from dkt.experiment import load_run_data, run  # noqa: E402
 from dkt.predictor import load_predictor  # noqa: E402
+from dkt.settings import DevSettings, load_or_exit  # noqa: E402
 
 KINDS = ("lstm", "lstmattn", "bert", "saint", "dkvmn")
 DATA_DIRS = (ROOT / ".gpu-data", ROOT.parent / "shared" / "data" / "assist2009")
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("train.csv", "test.csv"):
         if not (folder / name).is_file():
             raise BenchError(f"{folder / name}: not found (copy shared/data/assist2009 there, see docs/gpu.md)")
-    out_json = args.json or (Path(os.environ["OUT"]) / "gpu_bench.json" if os.environ.get("OUT") else None)
+    out_dir = load_or_exit(DevSettings).out_dir
+    out_json = args.json or (out_dir / "gpu_bench.json" if out_dir else None)
 
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         work = args.work or Path(tmp)

@@ -5,20 +5,22 @@ DKT_BUNDLE=DIR gunicorn -w 1 --threads 8 'bench.naive_server:create_app()'
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import torch
 from flask import Flask, jsonify, request
 
 from dkt.data.schema import validate
 from dkt.predictor import load_predictor
+from dkt.settings import DevSettings, ServiceSettings, load_or_exit, stop
 
 
 def create_app() -> Flask:
     # Same torch threading as the service, so the comparison measures batching, not thread settings.
-    torch.set_num_threads(max(1, int(os.environ.get("DKT_TORCH_THREADS", "1"))))
-    predictor = load_predictor(os.environ["DKT_BUNDLE"])
+    torch.set_num_threads(max(1, load_or_exit(ServiceSettings).torch_threads))
+    bundle = load_or_exit(DevSettings).bundle
+    if bundle is None:
+        stop("DKT_BUNDLE: required (the model bundle this server runs)")
+    predictor = load_predictor(bundle)
     app = Flask(__name__)
 
     @app.post("/predict")

@@ -563,6 +563,9 @@ class DevSettings(Group):
         "path",
         reader="tests/docker",
     )
+    out_dir: Path | None = env(
+        "OUT", None, "bench/gpu_bench.py writes gpu_bench.json here (the device run's output folder)", "path"
+    )
     screenshot_dir: Path | None = env(
         "DKT_SCREENSHOT_DIR", None, "keep the browser test's screenshots here", "path", reader="tests/client"
     )
