@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from dkt.bundle import default_version
-from dkt.cli import Parser
+from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
 from dkt.data.schema import DataValidationError
 from pipeline import data_update
 from pipeline.blobs import StoreError, staging_dir
@@ -27,7 +27,6 @@ from pipeline.settings import SettingsError
 from pipeline.store import VersionedStore, VersionError
 from pipeline.workdir import work_dir
 
-EXIT_SKIP = 99
 FLOW = "update_data"
 
 
@@ -42,9 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pull = sub.add_parser("pull", help="download a version (or 'latest') and check its hashes")
     pull.add_argument("ref", nargs="?", default="latest")
     pull.add_argument("--dest", type=Path, required=True)
-    for step in ("export", "prepare", "publish", "advance-watermark"):
-        s = sub.add_parser(step, help=f"update_data_dag step: {step}")
-        s.add_argument("--run-id", required=True, help="the DAG run id; names the work folder")
+    add_dag_steps(sub, "update_data_dag", ("export", "prepare", "publish", "advance-watermark"))
     return p.parse_args(argv)
 
 

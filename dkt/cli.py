@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_SKIP = 99  # nothing to do: Airflow marks the task skipped (dags/dkt_tasks.py: skip_on_exit_code)
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,6 +45,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def add_dag_steps(sub: argparse._SubParsersAction, dag: str, steps: tuple[str, ...]) -> dict[str, Parser]:
+    """A DAG's tasks as subcommands (what each task runs), each with the ``--run-id`` naming its work folder."""
+    parsers = {}
+    for step in steps:
+        parsers[step] = sub.add_parser(step, help=f"{dag} step: {step}")
+        parsers[step].add_argument("--run-id", required=True, help="the DAG run id; names the work folder")
+    return parsers
 
 
 class Command(NamedTuple):  # a NamedTuple, not a dataclass: dataclasses imports inspect, a third of startup

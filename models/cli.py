@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 
 from dkt.bundle import BundleError, lineage, read_meta
-from dkt.cli import Parser
+from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
 from pipeline import retrain
 from pipeline.blobs import StoreError
 from pipeline.settings import SettingsError
 from pipeline.store import VersionedStore, VersionError
 from pipeline.workdir import work_dir
 
-EXIT_SKIP = 99
 FLOW = "retrain_and_push"
 
 
@@ -42,16 +41,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     promote = sub.add_parser("promote", help="point production at a stored version")
     promote.add_argument("version")
     sub.add_parser("rollback", help="point production back at the version before it")
-    for step in ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better"):
-        s = sub.add_parser(step, help=f"retrain_and_push_dag step: {step}")
-        s.add_argument("--run-id", required=True, help="the DAG run id; names the work folder")
-        if step == "train":
-            s.add_argument(
-                "--config", type=Path, help="experiment config (default $DKT_TRAIN_CONFIG or config/lstm.json)"
-            )
-            s.add_argument("--epochs", type=int, help="maximum epochs (default $DKT_TRAIN_EPOCHS or the config's)")
-        if step == "promote-if-better":
-            s.add_argument("--tolerance", type=float, help="allowed AUC drop (default $DKT_PROMOTE_TOLERANCE or 0.005)")
+    steps = add_dag_steps(
+        sub, "retrain_and_push_dag", ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")
+    )
+    train = steps["train"]
+    train.add_argument("--config", type=Path, help="experiment config (default $DKT_TRAIN_CONFIG or config/lstm.json)")
+    train.add_argument("--epochs", type=int, help="maximum epochs (default $DKT_TRAIN_EPOCHS or the config's)")
+    steps["promote-if-better"].add_argument(
+        "--tolerance", type=float, help="allowed AUC drop (default $DKT_PROMOTE_TOLERANCE or 0.005)"
+    )
     return p.parse_args(argv)
 
 
