@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar, Union, get_args, get_origin
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -110,8 +110,8 @@ class ClientSettings(Group):
     client_db: str = env(
         "DKT_CLIENT_DB",
         "var/client.db",
-        "the SQLite answer store (relative: to the working directory;"
-        " the swarm and the exporter resolve it against the repository root)",
+        "the SQLite answer store (WAL, created on start; relative: to the working directory, but the swarm"
+        " and the exporter resolve it against the repository root: give both the same value)",
         "path",
     )
     questions: str = env(
@@ -124,14 +124,14 @@ class ClientSettings(Group):
         "DKT_INFERENCE_URL",
         None,
         "the inference service's base URL; unset: http://127.0.0.1:3000 for the client,"
-        " http://127.0.0.1:$DKT_SERVE_PORT for `pipeline.deploy`",
+        " http://127.0.0.1:$DKT_SERVE_PORT for `dkt deploy`",
         "URL",
     )
     inference_url_file: str | None = env(
         "DKT_INFERENCE_URL_FILE",
         None,
-        "a file holding the current inference URL (blue/green deploys rewrite it); unset: none for the client,"
-        " $DKT_RUN_DIR/inference_url for deploy and `make up`",
+        "a file holding the current inference URL (blue/green deploys rewrite it; the client re-reads it when"
+        " it changes and on every retry); unset: none for the client, $DKT_RUN_DIR/inference_url for deploy",
         "path",
     )
     target_difficulty: float = env(
@@ -177,7 +177,7 @@ class ServiceSettings(Group):
     )
     max_candidates: int = env("DKT_MAX_CANDIDATES", 500, "candidate items accepted per request", "items")
     max_body_bytes: int = env(
-        "DKT_MAX_BODY_BYTES", 4 * 1024 * 1024, "largest request body; larger ones get 413", "bytes"
+        "DKT_MAX_BODY_BYTES", 4 * 1024 * 1024, "largest request body; larger ones (chunked too) get 413", "bytes"
     )
     max_batch_size: int = env(
         "DKT_MAX_BATCH_SIZE", 64, "requests the micro-batcher merges into one model call", "requests"
@@ -217,7 +217,12 @@ class StoreSettings(Group):
         "AWS_SECRET_ACCESS_KEY", None, "S3 credentials, with AWS_ACCESS_KEY_ID", secret=True
     )
     lease_seconds: float = env(
-        "DKT_STORE_LEASE_SECONDS", 30.0, "how long a store lock lasts without renewal", "s", ge=1, allow_inf_nan=False
+        "DKT_STORE_LEASE_SECONDS",
+        30.0,
+        "push lease: renewed every quarter of it; another host's lease is dead when unrenewed this long",
+        "s",
+        ge=1,
+        allow_inf_nan=False,
     )
 
     @model_validator(mode="after")
@@ -239,7 +244,11 @@ class PipelineSettings(Group):
         "DKT_RUN_DIR", REPO_ROOT / "run", "pids, logs and serving state of `make up` and local deploys", "path"
     )
     bentoml_home: Path = env(
-        "BENTOML_HOME", REPO_ROOT / "var" / "bentoml", "BentoML's model and bento store (BentoML reads it too)", "path"
+        "BENTOML_HOME",
+        REPO_ROOT / "var" / "bentoml",
+        "BentoML's model and bento store for deploys and `make up`; BentoML reads it too (its own default when"
+        " unset: ~/bentoml, for a bare `bentoml serve` or `dkt pack`)",
+        "path",
     )
     test_share: float = env(
         "DKT_TEST_SHARE", 0.1, "share of the students a data update puts in the test split", "fraction"
@@ -247,7 +256,8 @@ class PipelineSettings(Group):
     export_cmd: str | None = env(
         "DKT_EXPORT_CMD",
         None,
-        "the exporter the data update runs (shell words); unset: `<python> -m flask --app client export-interactions`",
+        "the exporter the data update runs (shell words); unset: `<python> -m flask --app client"
+        " export-interactions`; `python -m pipeline.file_export --source DIR` ingests CSV drops",
     )
     fault_point: str | None = env(
         "DKT_FAULT_POINT",
@@ -259,7 +269,7 @@ class PipelineSettings(Group):
         "local",
         "`local`: blue/green `bentoml serve` on this host; `swarm`: a rolling update of the stack",
     )
-    serve_port: int = env("DKT_SERVE_PORT", 3000, "first port of the local blue/green pair", "port")
+    serve_port: int = env("DKT_SERVE_PORT", 3000, "local blue/green ports: this one and the next", "port")
     verify_timeout: float = env(
         "DKT_VERIFY_TIMEOUT", 60.0, "how long deploy's verify step waits for /metadata to show the new version", "s"
     )
@@ -705,11 +715,12 @@ def shown(value: Any) -> str:
 
 def _type_name(f: FieldInfo) -> str:
     ann = f.annotation
-    text = ann.__name__ if isinstance(ann, type) else str(ann)
-    text = re.sub(r"typing\.|pydantic\.types\.|pathlib\.|\| None|Optional\[(.*)\]", lambda m: m.group(1) or "", text)
-    text = text.replace("SecretStr", "secret").replace("Literal", "one of ").replace("NoneType", "")
-    text = text.replace("Annotated[bool, BeforeValidator(func=<function _flag at", "flag").strip(" |")
-    return "flag" if text.startswith("flag") else text
+    if get_origin(ann) in (Union, UnionType):  # X | None: optional, shown by its default "(none)"
+        ann = next(a for a in get_args(ann) if a is not type(None))
+    if get_origin(ann) is Literal:
+        return "one of " + ", ".join(map(str, get_args(ann)))
+    names: dict[Any, str] = {SecretStr: "secret", Path: "path", bool: "flag"}
+    return names.get(ann, getattr(ann, "__name__", str(ann)))
 
 
 def _default(f: FieldInfo) -> str:
@@ -719,7 +730,7 @@ def _default(f: FieldInfo) -> str:
 def markdown() -> str:
     """The README's table of variables, one section per group."""
     lines = [
-        "Generated by `python -m dkt.settings markdown --write README.md` from `dkt/settings.py`; "
+        "Generated by `dkt settings markdown --write README.md` from `dkt/settings.py`; "
         "paths are relative to the repository root; an empty variable counts as unset.",
         "",
     ]
