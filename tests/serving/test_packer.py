@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,7 +84,8 @@ def test_bento_holds_only_the_service_code_whatever_lies_under_var(lstm_bundle: 
     # BENTOML_HOME defaults to var/bentoml inside the repo. A build's leftover temp folder there holds a
     # service.py; an unanchored include pattern once pulled it in, and the build copied itself until
     # "File name too long". A decoy of that shape must stay out of the Bento.
-    decoy = ROOT / "var" / f"decoy-{tmp_path.name}" / "src"
+    # Named by this process too: two test sessions at once (parallel engineers, xdist) share tmp_path names.
+    decoy = ROOT / "var" / f"decoy-{os.getpid()}-{tmp_path.name}" / "src"
     (decoy / "dkt").mkdir(parents=True)
     (decoy / "service.py").write_text("raise SystemExit('decoy')\n")
     (decoy / "dkt" / "stray.py").write_text("")
