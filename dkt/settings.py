@@ -78,7 +78,11 @@ class Group(BaseSettings):
 
     title: ClassVar[str] = ""
     model_config = SettingsConfigDict(
-        case_sensitive=True, env_ignore_empty=True, extra="ignore", populate_by_name=True, frozen=False
+        # Exact names; empty = unset (as every reader did); field names accepted too (load()'s overrides).
+        case_sensitive=True,
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
     )
 
     @classmethod
@@ -704,6 +708,8 @@ def shown(value: Any) -> str:
     """A value as ``show`` prints it: secrets masked, paths under the repository relative to it."""
     if value is None:
         return "(unset)"
+    if value == "":
+        return "(empty)"
     if isinstance(value, SecretStr):
         return MASK if value.get_secret_value() else "(unset)"
     if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
