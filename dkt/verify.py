@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dkt.bundle import BundleError, read_meta, refuse_nan
+from dkt.predictor import load_predictor  # light: a kind's own imports (torch, lightgbm) come when it loads
 
 SMOKE_ITEMS = 8
 SMOKE_START = pd.Timestamp("2020-01-01 09:00:00")
@@ -50,8 +51,6 @@ def verify_bundle(bundle_dir: str | Path, device: str = "cpu", meta: dict[str, A
 
     ``meta`` stands in for ``bundle.json`` (train.py checks before writing it). Returns a short summary.
     """
-    from dkt.predictor import load_predictor  # the predictor imports torch and the models: only when checking
-
     bundle_dir = Path(bundle_dir)
     if meta is None:
         meta = read_meta(bundle_dir)  # refuses a missing bundle.json and NaN / Infinity in it
