@@ -1,4 +1,4 @@
-"""What every sequence model shares: hyper-parameters of the input, the input embedding, the registry.
+"""What every sequence model shares: hyper-parameters of the input, the input embedding, the prediction head.
 
 The output contract: ``model(batch)`` returns logits of shape (batch, time), one
 per position, where position t depends only on the batch's features at

@@ -24,6 +24,7 @@ ensemble and serving all go through the two classes below.
                                        ``dkt.models.inputs.HISTORY_COLUMNS``); answers come in time order
       ``score(state, candidates, at)`` the candidates shown at ``at`` (default now, never before the last
                                        answer) after the answers stepped into ``state``
+      ``state_of(history)``            a history table's answers stepped in time order
     The contract: stepping a history's answers one by one from ``initial_state()`` and then scoring gives
     ``predict_candidates(history, candidates, at)`` (within 1e-6); ``tests/dkt/models/test_interface.py``
     checks it for every kind. States are values: ``step`` returns a new state and never changes the one
@@ -33,8 +34,11 @@ ensemble and serving all go through the two classes below.
     ``dkt.data.sequences.window_start``); LightGBM the answers themselves (its features look at the
     whole history); the ensemble one state per member.
 
-Kinds are imported when first asked for (``kind_class``): ``bert`` pulls in transformers, which would
-add seconds to every serving replica's start whatever model it serves.
+The registry: ``model_names()`` lists the modules of dkt/models that are not ``SUPPORT_MODULES`` (shared
+pieces kinds are built from), without importing them; ``kind_class(name)`` imports ``dkt.models.<name>``
+on first use, whose ``@register`` files the class. Lazily, because ``bert`` pulls in transformers, which
+would add seconds to every serving replica's start whatever model it serves. Adding a kind:
+docs/sequence-models.md, "Adding a model kind".
 """
 
 from __future__ import annotations
