@@ -43,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives headless Chromium (Debian's chromium; make test-setup)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the implied markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))

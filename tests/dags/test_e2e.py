@@ -1,5 +1,7 @@
-"""End to end on the local store: students answer through the real client, then the three DAGs run in order,
-and the service switches to the new model with no failed student request."""
+"""End to end: students answer through the real client, then the three DAGs run in order with `airflow dags test`
+on a store in a real S3 endpoint (moto over HTTP), and the service switches to the new model with no failed student
+request. One run proves both the students' loop and the three DAGs on S3 (they were two runs of the same DAGs).
+The local store backend is proven by tests/pipeline's store tests, which run every store operation on both."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pipeline import deploy
 from pipeline.store import VersionedStore
 from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import ROOT, dags_test, migrate
+from tests.pipeline.s3server import moto_server
 from tests.serving.servers import free_port
 from tests.support.students import answering, client_server, run_students
 
@@ -26,15 +29,21 @@ def py(env: dict[str, str], *args: str) -> None:
 
 
 @pytest.mark.slow
-def test_students_then_three_dags_then_new_model_served(
+def test_students_then_three_dags_on_s3_then_new_model_served(
     sim_dir: Path, lstm_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with moto_server(tmp_path / "moto.log") as s3:
+        students_then_three_dags(s3.env(prefix="e2e"), sim_dir, lstm_bundle, tmp_path, monkeypatch)
+
+
+def students_then_three_dags(
+    store_env: dict[str, str], sim_dir: Path, lstm_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}))
     client_port = free_port()
     env = {
-        "DKT_STORE": "local",
-        "DKT_STORE_ROOT": str(tmp_path / "store"),
+        **store_env,
         "DKT_WORK_ROOT": str(tmp_path / "work"),
         "DKT_RUN_DIR": str(tmp_path / "run"),
         "BENTOML_HOME": str(tmp_path / "bentoml"),
@@ -71,6 +80,7 @@ def test_students_then_three_dags_then_new_model_served(
             dags_test(home, "retrain_and_push_dag", env, tmp_path / "retrain.log")
             new_v = store.pointed("models", "production")
             assert new_v != "test-v1"
+            assert store.manifest("models", new_v)["data_version"] == data_v  # trained on what update_data published
 
             with answering(base, sim_dir / "questions.csv", seed=100) as during:
                 dags_test(home, "update_inference_server_dag", env, tmp_path / "deploy.log", timeout=600)
