@@ -128,7 +128,7 @@ fi
 
 if [[ -n "$model_dir" ]]; then
   step "stack: deploy $model_dir"
-  .venv/bin/dkt swarm deploy --model-dir "$model_dir"
+  .venv/bin/dkt swarm deploy --model-dir "$model_dir" "${replicas[@]}"
 else
   step "stack: not deployed now (give --model-dir, or promote a model: update_inference_server_dag)"
 fi

@@ -134,3 +134,28 @@ def test_images_build_side_by_side_and_a_failure_is_raised_after_all_ended(monke
     out = si.build_hashed_images(jobs, "reg:5000", {}, progress=said.append)
     assert out == {k: (f"reg:5000/{s.name}", False) for k, (s, _p) in jobs.items()}
     assert "image dkt-proxy: reg:5000/dkt-proxy (unchanged)" in said
+
+
+def test_client_context_holds_every_project_module_the_client_imports(tmp_path: Path) -> None:
+    """The client image copies a list of files (config/swarm.json): a module the client comes to import that
+    is not on the list would only show as a crash-looping container minutes into the swarm suite."""
+    import subprocess
+    import sys
+
+    spec = load_stack_config(CONFIG).images["client"]
+    questions = tmp_path / "questions.csv"
+    questions.write_text("assessmentItemID,KnowledgeTag\n")
+    ctx = assemble_context(spec, tmp_path / "ctx", ca_bundle=Path(__file__), questions=questions)
+    src = ctx / "src"
+    # Import it as gunicorn does, from the copied files only: any project module loaded from elsewhere is missing.
+    code = (
+        "import sys, client; client.create_app; import client.settings, client.db, client.tutor, client.inference\n"
+        f"src = {str(src)!r}\n"
+        "ours = ('client', 'dkt', 'serving', 'pipeline')\n"
+        "print([n for n, m in sys.modules.items() if n.split('.')[0] in ours\n"
+        "       and not (getattr(m, '__file__', None) or src).startswith(src)])"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(src), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"imported from outside the client image: {out.stdout}"
