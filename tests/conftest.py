@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,19 +62,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """``make(out)`` once per test run, however many xdist workers share it: the first worker makes it under
+    the run's base folder, the others wait on the lock and read it. Only for read-only, seeded inputs."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # each worker's base folder sits in the run's
+    out = base / name
+    with (base / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / f"{name}.done").exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a worker that failed making it left
+            out.mkdir()
+            make(out)
+            (base / f"{name}.done").touch()
+    return out
+
+
+def make_sim(out: Path) -> None:
+    write(simulate(120, seed=7), out, test_ratio=0.25, seed=7)
+
+
 @pytest.fixture(scope="session")
 def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sim")
-    write(simulate(120, seed=7), out, test_ratio=0.25, seed=7)
-    return out
+    return made_once(tmp_path_factory, "sim", make_sim)
 
 
 @pytest.fixture(scope="session")
 def lstm_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "lstm"
-    data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
-    run(parse_config(TINY_LSTM), data, out, device="cpu", seed=1, model_version="test-v1", progress=False)
-    return out
+    def train(out: Path) -> None:
+        data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
+        run(parse_config(TINY_LSTM), data, out / "lstm", device="cpu", seed=1, model_version="test-v1", progress=False)
+
+    return made_once(tmp_path_factory, "bundle", train) / "lstm"
 
 
 @pytest.fixture(scope="module")
