@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import Asset
+from airflow.sdk import DAG, Asset
 
 REPO = Path(__file__).resolve().parent.parent
 # Appended, not prepended: the repository's top-level folders must not shadow the Airflow venv's packages.
@@ -45,6 +45,21 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
     "execution_timeout": timedelta(minutes=30),
 }
+
+
+def pipeline_dag(dag_id: str, schedule: Any, doc_md: str | None, tags: list[str], **kwargs: Any) -> DAG:
+    """One of the three pipelines: no catch-up and one run at a time (each run moves a store pointer)."""
+    return DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["dkt", *tags],
+        doc_md=doc_md,
+        **kwargs,
+    )
 
 
 def cli(task_id: str, command: str, timeout_minutes: int = 30, train_host: bool = False, **kwargs: Any) -> BashOperator:

@@ -11,26 +11,14 @@ want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Schedul
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
-
-from airflow.sdk import DAG
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, MODEL_ASSET, cli
+from dkt_tasks import DATA_ASSET, MODEL_ASSET, cli, pipeline_dag
 
-with DAG(
-    dag_id="retrain_and_push_dag",
-    schedule=[DATA_ASSET],
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["dkt", "model"],
-    doc_md=__doc__,
-):
+with pipeline_dag("retrain_and_push_dag", [DATA_ASSET], __doc__, ["model"]):
     pull = cli("pull_data", "-m dkt models pull-data", timeout_minutes=15, train_host=True)
     train = cli("train", "-m dkt models train", timeout_minutes=120, train_host=True)
     evaluate = cli("evaluate", "-m dkt models evaluate", timeout_minutes=30, train_host=True)

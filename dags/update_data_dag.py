@@ -8,26 +8,14 @@ emits the data asset) -> advance_watermark (only after the push). Schedule: $DKT
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
-
-from airflow.sdk import DAG
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, DEFAULT_ARGS, SETTINGS, cli
+from dkt_tasks import DATA_ASSET, SETTINGS, cli, pipeline_dag
 
-with DAG(
-    dag_id="update_data_dag",
-    schedule=SETTINGS.update_schedule,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["dkt", "data"],
-    doc_md=__doc__,
-):
+with pipeline_dag("update_data_dag", SETTINGS.update_schedule, __doc__, ["data"]):
     export = cli("export", "-m dkt data export", timeout_minutes=15)
     prepare = cli("prepare", "-m dkt data prepare", timeout_minutes=15)
     publish = cli("publish", "-m dkt data publish", timeout_minutes=15, outlets=[DATA_ASSET])

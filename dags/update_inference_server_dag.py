@@ -16,25 +16,20 @@ Param ``replicas`` (swarm mode): also scale inference to that many replicas; tri
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import Param
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DEFAULT_ARGS, MODEL_ASSET, cli
+from dkt_tasks import MODEL_ASSET, cli, pipeline_dag
 
-with DAG(
-    dag_id="update_inference_server_dag",
-    schedule=[MODEL_ASSET],
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["dkt", "serving"],
-    doc_md=__doc__,
+with pipeline_dag(
+    "update_inference_server_dag",
+    [MODEL_ASSET],
+    __doc__,
+    ["serving"],
     params={
         "replicas": Param(
             None,
