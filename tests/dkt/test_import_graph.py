@@ -9,6 +9,7 @@ under ``if TYPE_CHECKING:`` are left out: they never run, they only name types f
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,7 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
+@cache
 def import_graph() -> dict[str, set[str]]:
     """module -> the project modules it imports (``from pkg import sub`` counts as importing ``pkg.sub``)."""
     files = module_files()
