@@ -44,6 +44,24 @@ def check_fractions(cfg: Any, names: tuple[str, ...] = ("dropout", "emb_dropout"
             raise ValueError(f"{type(cfg).__name__}.{name} must be in [0, 1), got {value!r}")
 
 
+def check_divisible(cfg: Any, name: str, by: str = "n_heads") -> None:
+    """Raise a ValueError naming the config class unless field ``name`` splits evenly over ``by`` (heads)."""
+    value, parts = getattr(cfg, name), getattr(cfg, by)
+    if value % parts:
+        raise ValueError(f"{type(cfg).__name__}: {name} ({value}) must be divisible by {by} ({parts})")
+
+
+def input_lstm(cfg: Any) -> nn.LSTM:
+    """The LSTM over the embedded (query, interaction) pairs that lstm and lstmattn both start with."""
+    return nn.LSTM(
+        2 * cfg.d_model,
+        cfg.hidden_dim,
+        num_layers=cfg.n_layers,
+        batch_first=True,
+        dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
+    )
+
+
 def build_config(cls: type, params: dict[str, Any]) -> Any:
     """Make a model config dataclass from JSON params, naming any unknown or bad key."""
     names = {f.name for f in dataclasses.fields(cls)}

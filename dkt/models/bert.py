@@ -15,7 +15,14 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_fractions, check_positive_ints
+from dkt.models.base import (
+    InputConfig,
+    InputEmbedding,
+    PredictionHead,
+    check_divisible,
+    check_fractions,
+    check_positive_ints,
+)
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind
 
@@ -33,10 +40,7 @@ class BertKTConfig(InputConfig):
         check_positive_ints(
             self, ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_heads", "ff_mult", "max_positions")
         )
-        if self.hidden_dim % self.n_heads:
-            raise ValueError(
-                f"BertKTConfig: hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
-            )
+        check_divisible(self, "hidden_dim")
         check_fractions(self)
 
 

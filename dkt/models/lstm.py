@@ -21,7 +21,7 @@ from torch import nn
 
 from dkt.data.features import FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, eval_stride, to_device, window_start
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, input_lstm
 from dkt.models.inputs import EncodedCandidates, StudentFeatures
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind, SequencePredictor
@@ -40,13 +40,7 @@ class LSTMModel(nn.Module):
     def __init__(self, cfg: LSTMConfig, sizes: dict[str, int]):
         super().__init__()
         self.inp = InputEmbedding(cfg, sizes)
-        self.lstm = nn.LSTM(
-            2 * cfg.d_model,
-            cfg.hidden_dim,
-            num_layers=cfg.n_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
-        )
+        self.lstm = input_lstm(cfg)
         self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,10 @@ from dkt.models.base import (
     InputEmbedding,
     PredictionHead,
     causal_mask,
+    check_divisible,
     check_fractions,
     check_positive_ints,
+    input_lstm,
 )
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind
@@ -36,10 +38,7 @@ class LSTMAttnConfig(InputConfig):
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("d_model", "emb_dim", "hidden_dim", "n_layers", "n_attn_layers", "n_heads"))
-        if self.hidden_dim % self.n_heads:
-            raise ValueError(
-                f"LSTMAttnConfig: hidden_dim ({self.hidden_dim}) must be divisible by n_heads ({self.n_heads})"
-            )
+        check_divisible(self, "hidden_dim")
         check_fractions(self)
 
 
@@ -47,13 +46,7 @@ class LSTMAttnModel(nn.Module):
     def __init__(self, cfg: LSTMAttnConfig, sizes: dict[str, int]):
         super().__init__()
         self.inp = InputEmbedding(cfg, sizes)
-        self.lstm = nn.LSTM(
-            2 * cfg.d_model,
-            cfg.hidden_dim,
-            num_layers=cfg.n_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
-        )
+        self.lstm = input_lstm(cfg)
         self.attn = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 cfg.hidden_dim,

@@ -19,6 +19,7 @@ from dkt.models.base import (
     InputEmbedding,
     PredictionHead,
     causal_mask,
+    check_divisible,
     check_fractions,
     check_positive_ints,
 )
@@ -39,8 +40,7 @@ class SaintConfig(InputConfig):
         check_positive_ints(
             self, ("d_model", "emb_dim", "n_enc_layers", "n_dec_layers", "n_heads", "ff_mult", "max_positions")
         )
-        if self.d_model % self.n_heads:
-            raise ValueError(f"SaintConfig: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        check_divisible(self, "d_model")
         check_fractions(self)
 
 
