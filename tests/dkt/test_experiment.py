@@ -100,6 +100,7 @@ def test_candidates_and_knowledge_state(lstm_bundle: Path, sim_dir: Path) -> Non
     assert 0 < predictor.predict_candidates(history.iloc[0:0], cands)[0] < 1
 
 
+@pytest.mark.slow  # two real trainings
 def test_training_is_deterministic_with_a_seed(sim_dir: Path, tmp_path: Path) -> None:
     from dkt.config import parse_config
     from dkt.experiment import load_run_data, run

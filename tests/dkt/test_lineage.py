@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dkt.bundle import UNKNOWN, code_commit, code_version, config_hash, read_meta
 from tests.conftest import ROOT, TINY_LSTM
 
@@ -60,6 +62,7 @@ def test_config_hash_is_canonical() -> None:
     assert config_hash(a) != config_hash({**a, "train": {"lr": 0.002, "epochs": 4}})
 
 
+@pytest.mark.slow  # trains an ensemble and its members
 def test_ensemble_config_hash_covers_its_members_configs(sim_dir: Path, tmp_path: Path) -> None:
     # The ensemble config only names its members' files: hashing it alone would miss a change inside them.
     from dkt.experiment import load_run_data, run

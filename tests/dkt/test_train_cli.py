@@ -181,6 +181,7 @@ def few_users(sim_dir: Path, tmp: Path, n: int) -> Path:
     return write(df[df["userID"].isin(sorted(df["userID"].unique())[:n])], tmp / f"train{n}.csv")
 
 
+@pytest.mark.slow  # real trainings through the CLI
 def test_training_that_diverges_writes_no_bundle(sim_dir: Path, tmp_path: Path) -> None:
     # A learning rate this large turns the weights into inf / NaN within the first steps: no epoch gives a
     # finite validation figure, so there is no model to keep.
@@ -199,6 +200,7 @@ def test_training_that_diverges_writes_no_bundle(sim_dir: Path, tmp_path: Path) 
         verify_bundle(out)
 
 
+@pytest.mark.slow  # real trainings through the CLI
 def test_undefined_auc_is_null_with_a_reason_in_every_json_and_selection_falls_back_to_loss(
     sim_dir: Path, config_file: Path, tmp_path: Path
 ) -> None:

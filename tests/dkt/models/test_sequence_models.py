@@ -222,6 +222,7 @@ def test_sequence_longer_than_positions_is_a_clear_error(name: str, data: SimDat
         model(batch_of(data.encoder.transform(one_user(data))))
 
 
+@pytest.mark.slow  # trains every kind until it learns: most of this file's time, kept out of `make test-fast`
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_from_history_beyond_item_difficulty(name: str, data: SimData) -> None:
     seed_everything(0)
