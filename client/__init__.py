@@ -1,7 +1,7 @@
 """The student web page: answer questions, see what the model thinks you know.
 
     gunicorn 'client:create_app()'
-    flask --app client export-interactions --since 0 --out new.csv
+    dkt client export-interactions --since 0 --out new.csv
 
 Every answer is graded and committed to SQLite before the page answers; then
 the inference service is asked for the knowledge state, the expected score on

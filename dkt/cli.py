@@ -7,6 +7,8 @@
     dkt serve [--model-dir DIR] [--host H] [--port P]
     dkt data list | push DIR | pull [latest|V] --dest DIR | export|prepare|publish|advance-watermark --run-id ID
     dkt models list | push BUNDLE [--promote] | pull | promote V | rollback | <retrain step> --run-id ID
+    dkt client run | export-interactions --since W --out F | routes
+    dkt file-export --source DIR --since TIMESTAMP --out F
     dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
     dkt stack up | down | status | airflow-env
     dkt swarm deploy | scale | status | down
@@ -73,6 +75,8 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("dkt.commands.serve:main", "run the inference service (bentoml serve of service.py)"),
     "data": Command("data.cli:main", "versioned data sets in the store, and the update_data_dag steps"),
     "models": Command("models.cli:main", "versioned models in the store, promotion, and the retrain DAG steps"),
+    "client": Command("client.cli:main", "the student web app: run it, export its answers (Flask's CLI)"),
+    "file-export": Command("pipeline.file_export:main", "export answers dropped as CSV files (a DKT_EXPORT_CMD)"),
     "deploy": Command("pipeline.deploy:main", "the update_inference_server_dag steps, and stopping the local service"),
     "stack": Command("pipeline.stack:main", "the whole product on this machine (make up / make down)"),
     "swarm": Command("pipeline.swarm:main", "the product as a Docker Swarm stack"),

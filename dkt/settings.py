@@ -260,8 +260,8 @@ class PipelineSettings(Group):
     export_cmd: str | None = env(
         "DKT_EXPORT_CMD",
         None,
-        "the exporter the data update runs (shell words); unset: `<python> -m flask --app client"
-        " export-interactions`; `python -m pipeline.file_export --source DIR` ingests CSV drops",
+        "the exporter the data update runs (shell words); unset: `<python> -m dkt client"
+        " export-interactions`; `dkt file-export --source DIR` ingests CSV drops",
     )
     fault_point: str | None = env(
         "DKT_FAULT_POINT",

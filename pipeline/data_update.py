@@ -29,7 +29,7 @@ from pipeline.store import VersionedStore, VersionError, manifest_matches
 
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
-DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m flask --app client export-interactions"
+DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m dkt client export-interactions"
 FAULT_ENV = "DKT_FAULT_POINT"  # declared in dkt/settings.py (PipelineSettings.fault_point); the crash tests set it
 FAULT_POINTS = (
     "export:after_command",  # the exporter wrote export.csv; export.json not yet

@@ -1,22 +1,22 @@
 """An exporter for interactions that arrive as CSV files instead of through the client database.
 
-    python -m pipeline.file_export --source DIR_OR_FILE --since WATERMARK --out FILE
+    dkt file-export --source DIR_OR_FILE --since WATERMARK --out FILE
 
-Same contract as ``flask --app client export-interactions``: every answered row after
+Same contract as ``dkt client export-interactions``: every answered row after
 ``--since`` (here a timestamp; all rows when absent), canonical columns, and the new
 cursor printed as ``watermark: <value>`` on stdout. Point
-``DKT_EXPORT_CMD`` at it (``DKT_EXPORT_CMD="python -m pipeline.file_export --source inbox/"``)
+``DKT_EXPORT_CMD`` at it (``DKT_EXPORT_CMD="dkt file-export --source inbox/"``)
 to feed the update DAG from files dropped by another system.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from dkt.cli import Parser
 from dkt.data.io import read_csv
 from dkt.data.schema import COLUMNS, DataValidationError
 from pipeline.dataset import TIME_FORMAT
@@ -41,8 +41,7 @@ def export(source: Path, since: str, out: Path) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.file_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = Parser(prog="dkt file-export", description=__doc__)
     p.add_argument("--source", type=Path, required=True, help="a canonical CSV or a folder of them")
     p.add_argument("--since", default="", help="export rows strictly after this timestamp")
     p.add_argument("--out", type=Path, required=True)

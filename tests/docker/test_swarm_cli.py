@@ -91,7 +91,7 @@ def test_bad_env_is_reported_not_raised() -> None:
 
 
 def test_client_db_defaults_to_the_clients_own_default_resolved_at_the_repository_root() -> None:
-    # the export runs `flask --app client export-interactions` from the repository root with the same variable
+    # the export runs `dkt client export-interactions` from the repository root with the same variable
     assert swarm_settings({}).client_db == REPO_ROOT / "var" / "client.db"
     assert swarm_settings({"DKT_CLIENT_DB": "var/client/c.db"}).client_db == REPO_ROOT / "var/client/c.db"
     assert swarm_settings({"DKT_CLIENT_DB": "/srv/a/c.db"}).client_db == Path("/srv/a/c.db")

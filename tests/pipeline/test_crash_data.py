@@ -1,7 +1,7 @@
 """Crash tests: real processes killed with SIGKILL, then nothing lost, nothing duplicated, and a rerun completes.
 
 The answers come from the real client (gunicorn, answered over HTTP), the export from its real exporter
-(``flask --app client export-interactions``), the steps are ``dkt data <step>`` as update_data_dag runs
+(``dkt client export-interactions``), the steps are ``dkt data <step>`` as update_data_dag runs
 them. Each crashed process dies at a named point (``DKT_FAULT_POINT``, pipeline/data_update.py) or is killed from
 outside. More answers arrive while the pipeline is down; then the DAG's retry of the same run, or a new run,
 must leave every answer exactly once in the latest data version. Run with -s to see the table of results.
