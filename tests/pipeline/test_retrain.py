@@ -17,19 +17,22 @@ from models.cli import main as models_cli
 from pipeline.retrain import decide
 from pipeline.store import VersionedStore, manifest_matches
 from pipeline.workdir import work_dir
-from tests.conftest import ROOT, TINY_LSTM
+from tests.conftest import ROOT, TINY_LSTM, made_once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def flipped_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model trained on inverted answers: really worse on the same held-out users."""
-    tmp = tmp_path_factory.mktemp("flip")
-    data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
-    data.train["answerCode"] = 1 - data.train["answerCode"]
-    data.valid["answerCode"] = 1 - data.valid["answerCode"]
-    cfg = {**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}
-    run(parse_config(cfg), data, tmp / "b", device="cpu", seed=1, model_version="flipped-v2", progress=False)
-    return tmp / "b"
+    """A model trained on inverted answers: really worse on the same held-out users (trained once per run;
+    tests copy it, see stage)."""
+
+    def train(out: Path) -> None:
+        data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
+        data.train["answerCode"] = 1 - data.train["answerCode"]
+        data.valid["answerCode"] = 1 - data.valid["answerCode"]
+        cfg = {**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}
+        run(parse_config(cfg), data, out / "b", device="cpu", seed=1, model_version="flipped-v2", progress=False)
+
+    return made_once(tmp_path_factory, "flipped", train) / "b"
 
 
 def stage(run_id: str, candidate: Path, sim_dir: Path) -> Path:
