@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from pipeline.swarm_images import REPO_ROOT
-from tests.serving.servers import free_port
+from tests.support.ports import free_port
 
 
 def docker_missing() -> str | None:
@@ -158,7 +158,7 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
     }
     yield env
     # The stack goes with its module; its images stay for the next module until the session removes them.
-    subprocess.run([sys.executable, "-m", "pipeline.swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "dkt", "swarm", "down"], env=env, cwd=REPO_ROOT, capture_output=True)
 
 
 def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -68,7 +68,7 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         first = sh([SCRIPT, "--model-dir", str(v1), "--replicas", "1"], env)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "password in" in first.stdout and served_version(env) == "test-v1"
-        status = sh([sys.executable, "-m", "pipeline.swarm", "status"], env)
+        status = sh([sys.executable, "-m", "dkt", "swarm", "status"], env)
         assert json.loads(status.stdout)["services"]["inference"]["replicas"] == 1, status.stdout[-2000:]
         pwfile = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
         assert oct(pwfile.stat().st_mode & 0o777) == "0o600"
