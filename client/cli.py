@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import sys
 
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from client import create_app
+
+
+class _Formatter(click.HelpFormatter):
+    """click's help with argparse's "usage:", the form every other dkt command prints."""
+
+    def write_usage(self, prog: str, args: str = "", prefix: str | None = None) -> None:
+        super().write_usage(prog, args, prefix="usage: " if prefix is None else prefix)
+
+
+class _Context(click.Context):
+    formatter_class = _Formatter
+
 
 def main(argv: list[str] | None = None) -> int:
-    import click
-    from flask import Flask
-    from flask.cli import FlaskGroup
-
-    from client import create_app
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         # Built here, not inside Flask's loader: a missing item bank or a bad setting is one line, not
@@ -31,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         app = Flask("client")  # --help still answers; the app's own commands need a valid setup
     group = FlaskGroup(create_app=lambda: app, load_dotenv=False, help=__doc__)
+    group.context_class = _Context
     try:
         # standalone_mode=False: click hands usage errors back instead of printing its multi-line block,
         # so `dkt client` reports them like every other dkt command (one line, exit 2).

@@ -99,6 +99,8 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str
         # Argument errors: swarm's own checks (--replicas 0, bad settings) exit 1, as before this command existed.
         "swarm": (["scale", "--replicas", "many"], {}, "invalid int value: 'many'"),
         "settings": (["show"], {"DKT_SERVE_PORT": "abc"}, "DKT_SERVE_PORT='abc'"),
+        "client": (["routes"], {"DKT_SECRET_KEY": "cli-test"}, "data/sim/questions.csv: item bank not found"),
+        "file-export": (["--source", str(tmp)], {}, "the following arguments are required: --out"),
     }
 
 
