@@ -564,12 +564,65 @@ class ContainerSettings(Group):
     client_health_path: str = env(
         "DKT_CLIENT_HEALTH_PATH", "/", "the client path the proxy checks", reader="docker/haproxy.cfg"
     )
+    base_from: Literal["auto", "host", "debootstrap"] = env(
+        "DKT_BASE_FROM",
+        "auto",
+        "how the offline base image is built: `host` copies this Debian host's installed packages (seconds),"
+        " `debootstrap` builds from the mirror (minutes), `auto` the first when it can",
+        reader="docker_manual/build_base_image.sh",
+    )
+    extra_ca_dir: Path = env(
+        "DKT_EXTRA_CA_DIR",
+        Path("/usr/local/share/ca-certificates"),
+        "extra CA certificates copied into the base image",
+        "path",
+        reader="docker_manual/build_base_image.sh",
+    )
+    swarm_addr: str = env(
+        "DKT_SWARM_ADDR",
+        "127.0.0.1",
+        "the address the single-node swarm advertises",
+        reader="docker_manual/start_docker.sh",
+    )
+    dockerd_log: Path = env(
+        "DKT_DOCKERD_LOG",
+        Path("/var/log/dockerd.log"),
+        "dockerd's log when started without systemd",
+        "path",
+        reader="docker_manual/start_docker.sh",
+    )
+    registry_root: Path = env(
+        "DKT_REGISTRY_ROOT",
+        Path("/var/lib/dkt-registry"),
+        "where the local image registry keeps its blobs",
+        "path",
+        reader="docker_manual/start_registry.sh",
+    )
+    registry_log: Path = env(
+        "DKT_REGISTRY_LOG",
+        Path("/var/log/dkt-registry.log"),
+        "the local image registry's log",
+        "path",
+        reader="docker_manual/start_registry.sh",
+    )
+    debian_mirror: str | None = env(
+        "DKT_DEBIAN_MIRROR",
+        None,
+        "the Debian mirror debootstrap uses; unset: the first URI in /etc/apt/sources.list.d/*.sources",
+        reader="docker_manual/build_base_image.sh",
+    )
 
 
 # -- tests and benchmarks (tests/, bench/) --------------------------------------------------------------------
 class DevSettings(Group):
     title: ClassVar[str] = "tests and benchmarks"
     bundle: Path | None = env("DKT_BUNDLE", None, "the bundle bench/naive_server.py serves (required there)", "path")
+    keep_images: bool = env(
+        "DKT_TEST_KEEP_IMAGES",
+        False,
+        "tests/docker keeps the images it built (a cache for local reruns); unset: removes everything it made",
+        reader="tests/docker",
+    )
     e2e_diag_dir: Path = env(
         "DKT_E2E_DIAG_DIR",
         Path("/tmp"),

@@ -35,6 +35,7 @@ NON_PYTHON = [
     "init_for_train_server.sh",
     "docker-compose.yml",
     *(str(p.relative_to(REPO_ROOT)) for p in sorted((REPO_ROOT / "docker").glob("*"))),
+    *(str(p.relative_to(REPO_ROOT)) for p in sorted((REPO_ROOT / "docker_manual").glob("*.sh"))),
 ]
 
 
