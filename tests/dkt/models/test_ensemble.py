@@ -18,6 +18,10 @@ from dkt.models.ensemble import EnsemblePredictor, fit_weights, normalise, parse
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 
+# One xdist worker runs the whole module, so the module's bundle (an LSTM and a LightGBM member trained)
+# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
+pytestmark = pytest.mark.xdist_group("test_ensemble")
+
 REPO = Path(__file__).resolve().parents[3]
 TINY_LSTM = {
     "model": "lstm",

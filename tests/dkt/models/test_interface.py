@@ -27,6 +27,10 @@ from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 from dkt.training import seed_everything
 
+# One xdist worker runs the whole module, so the module's bundles (one small training per kind)
+# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
+pytestmark = pytest.mark.xdist_group("test_interface")
+
 MAX_LEN = 8  # windows move on every 4 answers: a 30-answer history crosses the rule several times
 SMALL: dict[str, dict[str, Any]] = {
     "lstm": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16},

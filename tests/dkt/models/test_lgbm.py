@@ -22,6 +22,10 @@ from dkt.models.lgbm_features import STAT_KEYS, TargetStats, causal_features, ou
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 
+# One xdist worker runs the whole module, so the module's LightGBM training
+# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
+pytestmark = pytest.mark.xdist_group("test_lgbm")
+
 REPO = Path(__file__).resolve().parents[3]
 # One thread: tests share the machine, and LightGBM's OpenMP threads crawl when cores are oversubscribed.
 SMALL = {
