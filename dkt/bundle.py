@@ -114,6 +114,16 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def read_json_file(path: Path, what: str, error: type[ValueError] = ValueError) -> Any:
+    """A JSON file a person wrote (a config): a missing or broken file is one ``error`` naming the path."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON: {exc}") from None
+
+
 def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / BUNDLE_FILE

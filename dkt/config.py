@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dkt.bundle import read_json_file
 from dkt.models import kind_class, model_names
 
 
@@ -72,13 +72,7 @@ class ExperimentConfig(BaseModel):
 
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_json_file(path, "config file", ConfigError), str(path))
 
 
 def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:

@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from dkt.bundle import read_json_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Docker tags: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
@@ -50,12 +52,7 @@ class StackConfig(BaseModel):
 
 
 def load_stack_config(path: Path) -> StackConfig:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: stack config not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    raw = read_json_file(path, "stack config")
     try:
         cfg = StackConfig(**raw)
     except ValidationError as exc:
