@@ -39,12 +39,6 @@ def dkt(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subp
                           text=True, timeout=300)  # fmt: skip
 
 
-def dkt_all(runs: list[tuple[str, ...]], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
-    """Several independent commands side by side (each waits mostly on its imports)."""
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda args: dkt(*args, cwd=cwd), runs))
-
-
 def test_help_lists_every_command_and_imports_no_model_code(tmp_path: Path) -> None:
     t0 = time.perf_counter()
     out = dkt("--help", cwd=tmp_path)
@@ -62,11 +56,33 @@ def test_help_lists_every_command_and_imports_no_model_code(tmp_path: Path) -> N
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
 
 
+# Every command's --help in one fresh interpreter (each command's own imports, as in a process of its own): one
+# start-up instead of one per command. The installed script runs every command in the bad-input test below.
+EVERY_HELP = """
+import contextlib, io, json, sys
+from dkt.cli import COMMANDS, main
+out = {}
+for name in COMMANDS:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            code = main([name, "--help"])
+        except SystemExit as stop:
+            code = stop.code
+    out[name] = [code or 0, buf.getvalue()]
+print(json.dumps(out))
+"""
+
+
 def test_every_command_has_help_in_one_style(tmp_path: Path) -> None:
-    results = dkt_all([(name, "--help") for name in COMMANDS], tmp_path)
-    for name, out in zip(COMMANDS, results, strict=True):
-        assert out.returncode == 0, f"dkt {name} --help: {out.stderr[-2000:]}"
-        assert out.stdout.startswith(f"usage: dkt {name} "), f"dkt {name} --help: {out.stdout[:200]!r}"
+    res = subprocess.run([sys.executable, "-c", EVERY_HELP], cwd=tmp_path, env=clean_env(), capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert list(results) == list(COMMANDS)
+    for name, (code, stdout) in results.items():
+        assert code == 0, f"dkt {name} --help: exit {code}: {res.stderr[-2000:]}"
+        assert stdout.startswith(f"usage: dkt {name} "), f"dkt {name} --help: {stdout[:200]!r}"
 
 
 def test_no_command_or_an_unknown_one_is_one_error_line(tmp_path: Path) -> None:
@@ -119,6 +135,7 @@ def test_bad_input_is_one_error_line_and_exit_2_in_every_group(tmp_path: Path) -
     assert not (tmp_path / "out" / "bundle.json").exists()
 
 
+@pytest.mark.slow  # nine interpreters for four --help texts; train.py and inference.py run in tests/dkt too
 def test_thin_entry_points_run_the_same_commands() -> None:
     """``python train.py``, ``python -m data`` ... are the names the project is known by: the same code.
 
@@ -145,20 +162,29 @@ def test_thin_entry_points_run_the_same_commands() -> None:
 
 def test_data_push_and_models_list_on_a_local_store(tmp_path: Path, sim_dir: Path, lstm_bundle: Path) -> None:
     env = clean_env(DKT_STORE="local", DKT_STORE_ROOT=str(tmp_path / "store"), DKT_WORK_ROOT=str(tmp_path / "work"))
-    pushed = dkt("data", "push", sim_dir, "--version", "d1", cwd=tmp_path, env=env)
+
+    def data_group() -> list[subprocess.CompletedProcess[str]]:
+        return [dkt("data", "push", sim_dir, "--version", "d1", cwd=tmp_path, env=env),
+                dkt("data", "list", cwd=tmp_path, env=env)]  # fmt: skip
+
+    def models_group() -> list[subprocess.CompletedProcess[str]]:
+        return [dkt("models", "list", cwd=tmp_path, env=env),
+                dkt("models", "push", lstm_bundle, "--promote", cwd=tmp_path, env=env),
+                dkt("models", "list", cwd=tmp_path, env=env)]  # fmt: skip
+
+    # The two groups touch different parts of the store: side by side, each in its own order.
+    with ThreadPoolExecutor(2) as pool:
+        data_runs, model_runs = pool.submit(data_group), pool.submit(models_group)
+        (pushed, listed), (empty, promoted, models) = data_runs.result(), model_runs.result()
     assert pushed.returncode == 0, pushed.stderr
     doc = json.loads(pushed.stdout)
     assert doc["version"] == "d1" and doc["rows"]["interactions.csv"] > 0
-    listed = dkt("data", "list", cwd=tmp_path, env=env)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("d1  rows=") and listed.stdout.rstrip().endswith("<- latest")
 
-    empty = dkt("models", "list", cwd=tmp_path, env=env)
     assert (empty.returncode, empty.stdout) == (0, "")
-    promoted = dkt("models", "push", lstm_bundle, "--promote", cwd=tmp_path, env=env)
     assert promoted.returncode == 0, promoted.stderr
     assert json.loads(promoted.stdout) == {"version": "test-v1", "promoted": True}
-    models = dkt("models", "list", cwd=tmp_path, env=env)
     assert models.returncode == 0, models.stderr
     (line,) = models.stdout.splitlines()
     meta = json.loads((lstm_bundle / "bundle.json").read_text())

@@ -17,10 +17,7 @@ from dkt.metrics import auc
 from dkt.models.ensemble import EnsemblePredictor, fit_weights, normalise, parse_params, weighted_mean
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
-
-# One xdist worker runs the whole module, so the module's bundle (an LSTM and a LightGBM member trained)
-# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
-pytestmark = pytest.mark.xdist_group("test_ensemble")
+from tests.conftest import made_once
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_LSTM = {
@@ -59,10 +56,13 @@ def write_configs(folder: Path, model_params: dict[str, Any] | None = None) -> P
 
 @pytest.fixture(scope="module")
 def bundle(data: RunData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("ens")
-    out = root / "bundle"
-    metrics = run(write_configs(root / "config"), data, out, device="cpu", seed=1, progress=False)
-    return out, metrics
+    """Trained once per run, whichever xdist worker gets here first; run() returned what metrics.json holds."""
+
+    def train(root: Path) -> None:
+        run(write_configs(root / "config"), data, root / "bundle", device="cpu", seed=1, progress=False)
+
+    out = made_once(tmp_path_factory, "ensemble-module", train) / "bundle"
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 def test_ensemble_is_the_weighted_mean_of_its_members(bundle: tuple[Path, dict[str, Any]], data: RunData) -> None:

@@ -26,10 +26,7 @@ from dkt.models.interface import SUPPORT_MODULES, ModelKind, RunData, TrainJob, 
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 from dkt.training import seed_everything
-
-# One xdist worker runs the whole module, so the module's bundles (one small training per kind)
-# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
-pytestmark = pytest.mark.xdist_group("test_interface")
+from tests.conftest import made_once
 
 MAX_LEN = 8  # windows move on every 4 answers: a 30-answer history crosses the rule several times
 SMALL: dict[str, dict[str, Any]] = {
@@ -82,7 +79,12 @@ def _no_members(config: Path, out: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def bundles(data: RunData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("kinds")
+    """Trained once per run, whichever xdist worker gets here first."""
+    root = made_once(tmp_path_factory, "interface-kinds", lambda out: make_bundles(data, out))
+    return {name: root / name for name in model_names()}
+
+
+def make_bundles(data: RunData, root: Path) -> None:
     made = {name: make_bundle(name, data, root / name) for name in model_names() if name != "ensemble"}
     # The ensemble over two of them: its files point at member bundles, as train_ensemble writes them.
     ens = root / "ensemble"
@@ -95,7 +97,6 @@ def bundles(data: RunData, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     write_json(ens / "config.json", {"model": "ensemble"})
     meta = {"format": BUNDLE_FORMAT, "model": "ensemble", "kind": "ensemble", "max_seq_len": MAX_LEN}
     write_json(ens / "bundle.json", meta | {"model_version": "t"})
-    return made | {"ensemble": ens}
 
 
 @pytest.fixture(scope="module")

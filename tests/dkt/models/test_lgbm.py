@@ -21,10 +21,7 @@ from dkt.models.lgbm import LGBMPredictor, parse_params
 from dkt.models.lgbm_features import STAT_KEYS, TargetStats, causal_features, out_of_fold_stats, sort_rows
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
-
-# One xdist worker runs the whole module, so the module's LightGBM training
-# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
-pytestmark = pytest.mark.xdist_group("test_lgbm")
+from tests.conftest import made_once
 
 REPO = Path(__file__).resolve().parents[3]
 # One thread: tests share the machine, and LightGBM's OpenMP threads crawl when cores are oversubscribed.
@@ -53,10 +50,14 @@ def data() -> RunData:
 
 @pytest.fixture(scope="module")
 def bundle(data: RunData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("lgbm")
-    cfg = parse_config({"model": "lgbm", "model_params": SMALL, "train": {"max_seq_len": 500}})
-    metrics = run(cfg, data, out, seed=7, progress=False)
-    return out, metrics
+    """Trained once per run, whichever xdist worker gets here first; run() returned what metrics.json holds."""
+
+    def train(out: Path) -> None:
+        cfg = parse_config({"model": "lgbm", "model_params": SMALL, "train": {"max_seq_len": 500}})
+        run(cfg, data, out / "b", seed=7, progress=False)
+
+    out = made_once(tmp_path_factory, "lgbm-module", train) / "b"
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 def item_mean_auc(data: RunData) -> float:

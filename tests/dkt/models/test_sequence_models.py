@@ -27,10 +27,6 @@ from dkt.scoring import score_windows
 from dkt.simulate import simulate
 from dkt.training import fit_sequence_model, seed_everything
 
-# One xdist worker runs the whole module, so the module's simulated data and encoder
-# is made once per run: --dist loadgroup otherwise spreads the module's tests and each worker makes it again.
-pytestmark = pytest.mark.xdist_group("test_sequence_models")
-
 REPO = Path(__file__).resolve().parents[3]
 # Every registered torch sequence kind: a new kind is checked here without being listed (SMALL must size it).
 MODELS = sorted(n for n in model_names() if issubclass(kind_class(n), SequenceKind))
