@@ -34,7 +34,7 @@ test: ## install what tests need (all parts at once) and run every test, Docker 
 	$(PY) -m ruff check .
 	TEST_WORKERS=$(TEST_WORKERS) mk/run-tests.sh $(PY) $(PYTEST_ARGS)
 
-test-fast: setup ## unit and component tests (no Docker, browser, Airflow run or live server): under 2 min
+test-fast: setup ## unit and component tests (no Docker, browser, Airflow run or live server)
 	$(PY) -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup ## ruff
