@@ -60,8 +60,20 @@ class Simulation:
         return auc(df["answerCode"].to_numpy(), df["p_true"].to_numpy())
 
 
+Item = tuple[str, int, float]  # assessmentItemID, KnowledgeTag, difficulty
+
+
+def _items_by_test(questions: pd.DataFrame) -> dict[str, list[Item]]:
+    """Each test's items in item-bank order, looked up once (per-answer DataFrame lookups were most of the time)."""
+    by_test: dict[str, list[Item]] = {}
+    cols = questions[["assessmentItemID", "testId", "KnowledgeTag", "difficulty"]]
+    for item, test_id, tag, difficulty in cols.itertuples(index=False):
+        by_test.setdefault(test_id, []).append((item, int(tag), float(difficulty)))
+    return by_test
+
+
 def _student(
-    uid: int, questions: pd.DataFrame, tests: dict[tuple[str, int], list[str]], rng: np.random.Generator
+    uid: int, items_of: dict[str, list[Item]], tests: dict[tuple[str, int], list[str]], rng: np.random.Generator
 ) -> list[tuple]:
     ability = rng.normal(0.0, 0.8)
     learn_rate = float(np.exp(rng.normal(np.log(0.15), 0.4)))
@@ -72,21 +84,18 @@ def _student(
     frontier = dict.fromkeys(OPERATIONS, 1)
     t = float(rng.uniform(0, 90 * 86400))
     n_tests = 2 + int(rng.geometric(1 / 12))
-    q = questions.set_index("assessmentItemID")
     rows = []
     for _ in range(n_tests):
         op = OPERATIONS[int(rng.integers(len(OPERATIONS)))]
         level = frontier[op] if rng.random() > 0.2 else int(rng.integers(1, frontier[op] + 1))
         options = tests[(op, level)]
         test_id = options[int(rng.integers(len(options)))]
-        items = questions.index[questions["testId"] == test_id]
+        items = items_of[test_id]
         correct_count = 0
-        for item_pos in items:
-            item = questions.at[item_pos, "assessmentItemID"]
-            tag = int(q.at[item, "KnowledgeTag"])
+        for item, tag, difficulty in items:
             if tag in last_seen:  # forgetting: part of what was learned fades with time away
                 knowledge[tag] *= 0.55 + 0.45 * np.exp(-(t - last_seen[tag]) / forget_s)
-            logit = SLOPE * (ability + knowledge[tag] - float(q.at[item, "difficulty"]))
+            logit = SLOPE * (ability + knowledge[tag] - difficulty)
             p = GUESS + (1 - GUESS) * (1 / (1 + np.exp(-logit)))
             y = int(rng.random() < p)
             median = (RT_BASE_S + RT_PER_LEVEL_S * level) * slowness * (1.0 if y else WRONG_SLOWDOWN)
@@ -114,10 +123,11 @@ def simulate(n_users: int, seed: int = 0, progress: bool = False) -> Simulation:
     tests: dict[tuple[str, int], list[str]] = {}
     for s in SKILLS:
         tests[(s.op, s.level)] = sorted(skill_of_test.index[skill_of_test == s.tag])
+    items_of = _items_by_test(bank)
     rng = np.random.default_rng(seed + 1)
     rows: list[tuple] = []
     for uid in tqdm(range(n_users), desc="students", disable=not progress):
-        rows.extend(_student(uid, bank, tests, rng))
+        rows.extend(_student(uid, items_of, tests, rng))
     df = pd.DataFrame(rows, columns=list(COLUMNS_OUT))
     df["answerCode"] = df["answerCode"].astype("int8")
     # One user's items are shown at least RT_MIN_S + 1 s apart, so whole seconds stay strictly increasing.
