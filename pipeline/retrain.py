@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dkt.bundle import BundleError, default_version, lineage, read_meta
+from dkt.bundle import BundleError, default_version, lineage, read_meta, write_json
 from dkt.settings import TrainingSettings, load
-from pipeline.data_update import read_json, write_json
+from pipeline.data_update import read_json
 from pipeline.settings import REPO_ROOT
 from pipeline.store import VersionedStore, VersionError, manifest_matches
 
