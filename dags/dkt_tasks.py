@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Appended, not prepended: the repository's top-level folders must not shadow the Airflow venv's packages.
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+from dkt.cli import EXIT_SKIP  # noqa: E402  (needs the path above; the CLIs' "nothing to do": task skipped)
 from dkt.settings import AirflowSettings, load  # noqa: E402  (needs the path above)
 
 # A bad value fails the DAG import with one line naming the variable (Airflow lists it as an import error).
@@ -34,7 +35,6 @@ TRAIN_QUEUE = SETTINGS.train_queue
 # (`make up` / init_for_inference_server.sh do with the same variable).
 TRAIN_EXECUTOR = SETTINGS.train_executor
 _EXECUTORS = {"local": None, "edge": "EdgeExecutor"}
-EXIT_SKIP = 99  # the CLIs exit 99 for "nothing to do": the task is skipped and emits no asset event
 
 DATA_ASSET = Asset(name="dkt_dataset_latest", uri="file:///dkt/datasets/latest")
 MODEL_ASSET = Asset(name="dkt_model_production", uri="file:///dkt/models/production")
