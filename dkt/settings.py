@@ -343,6 +343,29 @@ class StackSettings(Group):
     )
 
 
+
+# -- Prometheus of `make up` (pipeline/prometheus.py, config/prometheus/) ------------------------------------
+class PrometheusSettings(Group):
+    title: ClassVar[str] = "prometheus (`make up`)"
+    port: int = env(
+        "DKT_PROMETHEUS_PORT", 9090, "the Prometheus server `make up` starts: binds 127.0.0.1 to this port", "port"
+    )
+    scrape_interval: str = env(
+        "DKT_PROMETHEUS_SCRAPE_INTERVAL",
+        "15s",
+        "how often Prometheus scrapes the service, the client and itself, and evaluates the alert rules"
+        " (a Prometheus duration: 500ms, 15s, 1m)",
+        "duration",
+        pattern=r"^[1-9][0-9]*(ms|s|m|h)$",
+    )
+    retention: str = env(
+        "DKT_PROMETHEUS_RETENTION",
+        "15d",
+        "how long Prometheus keeps samples in $DKT_VAR_DIR/prometheus/data (a Prometheus duration: 12h, 15d, 4w)",
+        "duration",
+        pattern=r"^[1-9][0-9]*(h|d|w|y)$",
+    )
+
 # -- Airflow DAGs (dags/, run in .venv-airflow) ---------------------------------------------------------
 class AirflowSettings(Group):
     title: ClassVar[str] = "airflow DAGs"
@@ -645,6 +668,7 @@ GROUPS: tuple[type[Group], ...] = (
     PipelineSettings,
     TrainingSettings,
     StackSettings,
+    PrometheusSettings,
     AirflowSettings,
     TrainHostSettings,
     SwarmSettings,
