@@ -343,7 +343,6 @@ class StackSettings(Group):
     )
 
 
-
 # -- Prometheus of `make up` (pipeline/prometheus.py, config/prometheus/) ------------------------------------
 class PrometheusSettings(Group):
     title: ClassVar[str] = "prometheus (`make up`)"
@@ -365,6 +364,7 @@ class PrometheusSettings(Group):
         "duration",
         pattern=r"^[1-9][0-9]*(h|d|w|y)$",
     )
+
 
 # -- Airflow DAGs (dags/, run in .venv-airflow) ---------------------------------------------------------
 class AirflowSettings(Group):
