@@ -19,11 +19,12 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar, Union, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -108,6 +109,38 @@ class Group(BaseSettings):
         return {var: getattr(self, name) for var, name in by_alias.items()}
 
 
+def term_ranges(text: str) -> list[tuple[date, date]]:
+    """``DKT_TERM_DATES`` as (first, last) day pairs; ValueError naming the range that does not parse."""
+    ranges = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, sep, last = part.partition("..")
+        try:
+            if not sep:
+                raise ValueError
+            lo, hi = date.fromisoformat(first.strip()), date.fromisoformat(last.strip())
+        except ValueError:
+            raise ValueError(
+                f"bad term range {part[:40]!r}: expected FIRST..LAST, e.g. 2026-09-01..2026-12-18"
+            ) from None
+        if hi < lo:
+            raise ValueError(f"term range {part[:40]!r} ends before it starts")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def _check_term_dates(text: str) -> str:
+    term_ranges(text)
+    return text
+
+
+def in_term(text: str, day: date) -> bool:
+    """Whether ``day`` falls in one of the ``DKT_TERM_DATES`` ranges (always, when none are set)."""
+    ranges = term_ranges(text)
+    return not ranges or any(lo <= day <= hi for lo, hi in ranges)
+
+
 # -- client (Flask app, client/) ----------------------------------------------------------------------------
 class ClientSettings(Group):
     title: ClassVar[str] = "client"
@@ -167,6 +200,21 @@ class ClientSettings(Group):
         8000,
         "the client's port: `make up` binds 127.0.0.1 to it; in the swarm the proxy reaches the client container on it",
         "port",
+    )
+    metrics_window_days: float = env(
+        "DKT_METRICS_WINDOW_DAYS",
+        7.0,
+        "the client's /metrics: online quality gauges (dkt_online_*) cover answers of the last this many days;"
+        " 0 = every answer logged (docs/monitoring.md)",
+        "days",
+        ge=0.0,
+    )
+    term_dates: Annotated[str, AfterValidator(_check_term_dates)] = env(
+        "DKT_TERM_DATES",
+        "",
+        "term ranges `FIRST..LAST` (ISO dates, inclusive), comma separated, e.g."
+        " `2026-09-01..2026-12-18,2027-01-06..2027-03-26`: the client's dkt_in_term is 1 inside them;"
+        " empty = always in term",
     )
 
 
