@@ -17,9 +17,12 @@ both server side. The next question is scored ``at`` the time it will be shown.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import sys
+import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -27,17 +30,19 @@ from typing import Any
 import click
 from flask import Flask, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from client import db
+from client import db, metrics
 from client.inference import BaseURL, InferenceClient
 from client.settings import load_settings
-from client.tutor import InferenceUnavailable, ItemBank, insights, unavailable
+from client.tutor import InferenceUnavailable, ItemBank, insights, logged_predictions, unavailable
 from dkt.itembank import grade
 
 NICKNAME = re.compile(r"^[\w .-]{1,32}$")
 MAX_ANSWER_CHARS = 32
 HISTORY_SENT = 500  # answers sent to the service; it keeps the last max_seq_len anyway
+METADATA_RETRY_S = 60.0  # a model version whose /metadata could not be read is asked again after this
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -61,6 +66,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     with db.connect(db_path) as conn:
         db.init(conn)
     app.extensions["dkt"] = {"bank": bank, "client": client}
+    metadata_asked: dict[str, float] = {}  # model version -> when /metadata was asked about it (inf: stored)
+    metrics_registry = metrics.registry(db_path, float(cfg["DKT_METRICS_WINDOW_DAYS"]), str(cfg["DKT_TERM_DATES"]))
 
     def conn() -> sqlite3.Connection:
         if "db" not in g:
@@ -82,6 +89,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         history = db.history(conn(), student_id, HISTORY_SENT)
         answered = db.answered_items(conn(), student_id)
         seed = zlib.crc32(f"{student_id}:{len(history)}".encode())
+        request_id = uuid.uuid4().hex  # one per page decision: sent with each of its service calls
         last = bank.item(history[-1]["assessmentItemID"]) if history else None
         try:
             nxt, shown = insights(
@@ -94,11 +102,35 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 seed,
                 # The next question is rendered right after this: it is shown (its Timestamp) about now.
                 at=db.next_timestamp(conn(), student_id),
+                request_id=request_id,
             )
         except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
             nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()
             shown = unavailable(str(e))
-        db.set_current(conn(), student_id, nxt["assessmentItemID"], shown)
+        predictions = logged_predictions(shown)
+        db.set_current(conn(), student_id, nxt["assessmentItemID"], shown, request_id, predictions)
+        for p in predictions:
+            remember_model(p["model_version"])
+
+    def remember_model(version: str) -> None:
+        """Keep the offline test AUC of a model version the first time it serves (dkt_model_test_auc).
+
+        /metadata is asked once per version and process (again after METADATA_RETRY_S if it failed), and
+        only kept when it still names that version: a deploy may switch models between the two calls."""
+        asked = metadata_asked.get(version)
+        if asked is not None and time.monotonic() - asked < METADATA_RETRY_S:
+            return
+        metadata_asked[version] = time.monotonic()
+        if version in db.known_model_versions(conn()):
+            metadata_asked[version] = math.inf
+            return
+        try:
+            meta = client.get("/metadata")
+        except InferenceUnavailable:
+            return
+        if str(meta.get("model_version")) == version:
+            db.remember_model_version(conn(), meta)
+            metadata_asked[version] = math.inf
 
     @app.get("/")
     def index() -> str | Response:
@@ -172,6 +204,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             flash(f"Not quite: {question['question'].replace('?', str(question['answer']))} (you typed {given})", "bad")
         refresh(int(row["id"]))
         return redirect(url_for("practice"))
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        """Online quality per model version and the answer flow (docs/monitoring.md), read from the store now."""
+        return Response(generate_latest(metrics_registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.post("/logout")
     def logout() -> Response:

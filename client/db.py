@@ -68,9 +68,63 @@ def _add_shown_and_answered_at(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE interactions SET shown_at = Timestamp WHERE shown_at IS NULL")
 
 
+PREDICTION_LOG_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS predictions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        student_id INTEGER NOT NULL REFERENCES students(id),
+        assessmentItemID TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('production', 'shadow')),
+        model_name TEXT,
+        model_version TEXT NOT NULL,
+        probability REAL NOT NULL CHECK (probability >= 0 AND probability <= 1),
+        predicted_at TEXT NOT NULL,
+        interaction_id INTEGER REFERENCES interactions(id),
+        answerCode INTEGER CHECK (answerCode IN (0, 1)),
+        UNIQUE (request_id, role, model_version)
+    )
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS predictions_request ON predictions(student_id, request_id)
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS predictions_interaction ON predictions(interaction_id)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS model_versions (
+        model_version TEXT PRIMARY KEY,
+        model_name TEXT,
+        test_auc REAL,
+        metadata TEXT,
+        first_seen_at TEXT NOT NULL
+    )
+    """,
+)
+
+
+def _add_prediction_log(conn: sqlite3.Connection) -> None:
+    """Version 3: the prediction log, joined with answers as they arrive; the test AUC of each served model.
+
+    One row per prediction the page acted on: the model's P(correct) for the question it chose, from the
+    service call identified by ``request_id``. ``role`` is ``production`` (what the student saw); a shadow
+    model's prediction for the same question and request sits beside it with role ``shadow``. When the
+    answer arrives, the rows of the student's current request get its ``interaction_id`` and ``answerCode``
+    in the answer's own transaction. A question shown while the service was down has no row.
+    """
+    # One statement per execute: executescript would COMMIT the migration's transaction first.
+    for statement in PREDICTION_LOG_SCHEMA:
+        conn.execute(statement)
+    if "current_request_id" not in {r[1] for r in conn.execute("PRAGMA table_info(students)")}:
+        conn.execute("ALTER TABLE students ADD COLUMN current_request_id TEXT")
+
+
 # (version, migration): applied in order to a database whose user_version is below the version.
 # Version 1 is SCHEMA as first shipped; never edit a released step, append a new one.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((2, _add_shown_and_answered_at),)
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (2, _add_shown_and_answered_at),
+    (3, _add_prediction_log),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -138,14 +192,54 @@ def student(conn: sqlite3.Connection, student_id: int) -> sqlite3.Row | None:
     return row
 
 
-def set_current(conn: sqlite3.Connection, student_id: int, item: str | None, insights: dict[str, Any] | None) -> None:
-    """The question to show next. A different question is not shown yet (shown_at cleared); the same one keeps it."""
-    # SQLite evaluates every SET expression on the row as it was: ``current_item IS ?`` compares the old item.
-    conn.execute(
-        "UPDATE students SET current_item = ?, insights = ?,"
-        " current_shown_at = CASE WHEN current_item IS ? THEN current_shown_at ELSE NULL END WHERE id = ?",
-        (item, json.dumps(insights) if insights is not None else None, item, student_id),
-    )
+def set_current(
+    conn: sqlite3.Connection,
+    student_id: int,
+    item: str | None,
+    insights: dict[str, Any] | None,
+    request_id: str | None = None,
+    predictions: list[dict[str, Any]] | None = None,
+) -> None:
+    """The question to show next. A different question is not shown yet (shown_at cleared); the same one keeps it.
+
+    ``predictions`` (each: role, model_name, model_version, probability) are what the service call
+    ``request_id`` predicted for ``item``; they are logged in the same transaction, and the student's
+    answer to ``item`` is joined to them (``record_answer``). Without them the question has no prediction.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        predicted_at = utc_now().isoformat(sep=" ")
+        for p in predictions or []:
+            conn.execute(
+                "INSERT INTO predictions (student_id, assessmentItemID, request_id, role, model_name, model_version,"
+                " probability, predicted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    student_id,
+                    item,
+                    request_id,
+                    p.get("role", "production"),
+                    p.get("model_name"),
+                    p["model_version"],
+                    float(p["probability"]),
+                    predicted_at,
+                ),
+            )
+        # SQLite evaluates every SET expression on the row as it was: ``current_item IS ?`` compares the old item.
+        conn.execute(
+            "UPDATE students SET current_item = ?, insights = ?, current_request_id = ?,"
+            " current_shown_at = CASE WHEN current_item IS ? THEN current_shown_at ELSE NULL END WHERE id = ?",
+            (
+                item,
+                json.dumps(insights) if insights is not None else None,
+                request_id if predictions else None,
+                item,
+                student_id,
+            ),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def mark_shown(conn: sqlite3.Connection, student_id: int, item: str, at: datetime | None = None) -> datetime | None:
@@ -232,14 +326,26 @@ def record_answer(
                 answered_at.isoformat(sep=" "),
             ),
         )
+        interaction_id = int(cur.lastrowid or 0)
+        # The label of the predictions made for this showing of the question (none if the service was down).
+        conn.execute(
+            "UPDATE predictions SET interaction_id = ?, answerCode = ? WHERE student_id = ? AND request_id ="
+            " (SELECT current_request_id FROM students WHERE id = ? AND current_item = ?) AND assessmentItemID = ?"
+            " AND interaction_id IS NULL",
+            (interaction_id, int(correct), student_id, student_id, question["assessmentItemID"],
+             question["assessmentItemID"]),
+        )  # fmt: skip
         # The question is consumed with its answer, atomically: if the worker dies before the page answers,
         # the form the browser sends again is refused as already answered instead of storing it twice.
-        conn.execute("UPDATE students SET current_item = NULL, current_shown_at = NULL WHERE id = ?", (student_id,))
+        conn.execute(
+            "UPDATE students SET current_item = NULL, current_shown_at = NULL, current_request_id = NULL WHERE id = ?",
+            (student_id,),
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return int(cur.lastrowid or 0)
+    return interaction_id
 
 
 def history(conn: sqlite3.Connection, student_id: int, limit: int = 1000) -> list[dict[str, Any]]:
@@ -286,3 +392,95 @@ def export_since(conn: sqlite3.Connection, since: int) -> tuple[pd.DataFrame, in
     df["ResponseTime"] = seconds.clip(lower=0.0).round(3)
     watermark = int(df["id"].iloc[-1]) if len(df) else since
     return df.loc[:, list(EXPORT_COLUMNS)], watermark
+
+
+def known_model_versions(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT model_version FROM model_versions")}
+
+
+def remember_model_version(conn: sqlite3.Connection, metadata: dict[str, Any]) -> None:
+    """Keep what the service's /metadata said about a model version the first time it was seen (its offline
+    test AUC is what the online AUC is compared with); later sightings change nothing."""
+    metrics = metadata.get("metrics") or {}
+    auc = metrics.get("test_auc") if isinstance(metrics, dict) else None
+    conn.execute(
+        "INSERT OR IGNORE INTO model_versions (model_version, model_name, test_auc, metadata, first_seen_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            str(metadata["model_version"]),
+            metadata.get("model_name"),
+            float(auc) if isinstance(auc, int | float) else None,
+            json.dumps(metadata, default=str),
+            utc_now().isoformat(sep=" "),
+        ),
+    )
+
+
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "role",
+    "model_name",
+    "model_version",
+    "probability",
+    "predicted_at",
+    "interaction_id",
+    "answerCode",
+    "KnowledgeTag",
+    "answered_at",
+)
+
+
+def scored_predictions(
+    conn: sqlite3.Connection,
+    model_version: str | None = None,
+    since: datetime | None = None,
+    after_interaction: int = 0,
+) -> pd.DataFrame:
+    """Predictions whose answer has arrived, in answer order: ``PREDICTION_COLUMNS`` plus ``day`` (the
+    answer's UTC date), the table ``dkt.quality.quality_table`` reads. ``since``: answers at or after it;
+    ``after_interaction``: answers with a larger id (an export watermark)."""
+    sql = (
+        "SELECT p.request_id, p.role, p.model_name, p.model_version, p.probability, p.predicted_at,"
+        " p.interaction_id, p.answerCode, i.KnowledgeTag, i.answered_at"
+        " FROM predictions p JOIN interactions i ON i.id = p.interaction_id WHERE p.interaction_id > ?"
+    )
+    args: list[Any] = [after_interaction]
+    if model_version is not None:
+        sql += " AND p.model_version = ?"
+        args.append(model_version)
+    if since is not None:
+        sql += " AND i.answered_at >= ?"
+        args.append(since.isoformat(sep=" "))
+    rows = conn.execute(sql + " ORDER BY p.interaction_id, p.id", args).fetchall()
+    df = pd.DataFrame([tuple(r) for r in rows], columns=list(PREDICTION_COLUMNS))
+    df["day"] = df["answered_at"].str.slice(0, 10)
+    return df
+
+
+def scored_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Answers scored per model version since the log began (a counter: it only grows)."""
+    rows = conn.execute(
+        "SELECT model_version, COUNT(*) FROM predictions WHERE interaction_id IS NOT NULL GROUP BY model_version"
+    )
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def model_test_aucs(conn: sqlite3.Connection) -> dict[str, float]:
+    rows = conn.execute("SELECT model_version, test_auc FROM model_versions WHERE test_auc IS NOT NULL")
+    return {str(r[0]): float(r[1]) for r in rows}
+
+
+def latest_model_versions(conn: sqlite3.Connection) -> dict[str, str]:
+    """role -> the model version of the latest logged prediction in that role."""
+    rows = conn.execute(
+        "SELECT role, model_version FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY role)"
+    )
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def answer_summary(conn: sqlite3.Connection) -> tuple[int, datetime | None]:
+    """How many answers are stored, and when the last one arrived (its Timestamp for rows from before
+    answered_at was recorded)."""
+    n = int(conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+    last = conn.execute("SELECT COALESCE(answered_at, Timestamp) FROM interactions ORDER BY id DESC LIMIT 1").fetchone()
+    return n, datetime.fromisoformat(last[0]) if last is not None else None

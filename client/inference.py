@@ -62,13 +62,28 @@ class InferenceClient:
             self._local.session = requests.Session()
         return self._local.session  # type: ignore[no-any-return]
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON; retries connection errors and 5xx with exponential backoff; 4xx fail at once."""
+    def post(self, path: str, body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+        """POST JSON; retries connection errors and 5xx with exponential backoff; 4xx fail at once.
+
+        ``request_id`` goes out as the ``X-Request-ID`` header (the service echoes it), so the prediction
+        log and the service's side of a call can be matched."""
+        return self._call("POST", path, body, request_id, self.retries)
+
+    def get(self, path: str) -> dict[str, Any]:
+        """GET JSON, one attempt: for information the page can do without (e.g. /metadata)."""
+        return self._call("GET", path, None, None, 1)
+
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, request_id: str | None, retries: int
+    ) -> dict[str, Any]:
+        headers = {"X-Request-ID": request_id} if request_id else None
         last = ""
-        for attempt in range(self.retries):
+        for attempt in range(retries):
             url = self.base_url.get() + path  # re-read each attempt: a model switch may have moved the service
             try:
-                r = self._session().post(url, json=body, timeout=(min(1.0, self.timeout_s), self.timeout_s))
+                r = self._session().request(
+                    method, url, json=body, headers=headers, timeout=(min(1.0, self.timeout_s), self.timeout_s)
+                )
             except requests.RequestException as e:
                 last = f"{url}: {type(e).__name__}"
                 self._local.__dict__.pop("session", None)  # drop pooled connections to a server that may be gone
@@ -78,7 +93,7 @@ class InferenceClient:
                 last = f"{url}: HTTP {r.status_code} {r.text[:200]}"
                 if 400 <= r.status_code < 500:
                     break  # our request is wrong: retrying will not help
-            if attempt + 1 < self.retries:
+            if attempt + 1 < retries:
                 time.sleep(self.backoff_s * 2**attempt)
         log.warning("inference unavailable: %s", last)
         raise InferenceUnavailable(last)

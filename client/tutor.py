@@ -60,42 +60,61 @@ def insights(
     pool_size: int,
     seed: int,
     at: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer.
 
     ``at`` is when the next question will be shown (its Timestamp to be): the service scores candidates as
-    if asked then, which is what the model was trained on (docs/time-semantics.md).
+    if asked then, which is what the model was trained on (docs/time-semantics.md). ``request_id`` is sent
+    with each call; ``shown`` carries the model's name, version and the next question's probability, which
+    the prediction log records.
     """
     pool = bank.pool(answered, pool_size, seed)
     body: dict[str, Any] = {"history": history, "candidates": [_item_body(q) for q in pool]}
     if at is not None:
         body["at"] = at
-    pred = client.post("/predict", body)
+    pred = client.post("/predict", body, request_id)
     probs = [float(p["probability"]) for p in pred["predictions"]]
     best = min(range(len(pool)), key=lambda i: (abs(probs[i] - target), pool[i]["assessmentItemID"]))
     nxt = pool[best]
-    state = client.post("/knowledge_state", {"history": history})
+    state = client.post("/knowledge_state", {"history": history}, request_id)
     skills = [
         {"tag": s["KnowledgeTag"], "name": skill_name(int(s["KnowledgeTag"])), "mastery": float(s["mastery"])}
         for s in state["skills"]
     ]
     # The current test is the one the next question belongs to: what the student is about to sit.
     test_items = [bank.by_id[i] for i in bank.by_test.get(str(nxt["testId"]), [])]
-    score = client.post("/score", {"history": history, "questions": [_item_body(q) for q in test_items]})
+    score = client.post("/score", {"history": history, "questions": [_item_body(q) for q in test_items]}, request_id)
     test_score = {"testId": nxt["testId"], "score": float(score["expected_score"]), "n": len(test_items)}
     shown = {
         "available": True,
         "next_probability": probs[best],
         "skills": skills,
         "test_score": test_score,
+        "model_name": pred.get("model_name"),
         "model_version": pred.get("model_version"),
         "target": target,
     }
     return nxt, shown
 
 
+def logged_predictions(shown: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the prediction log keeps of ``insights``' result: production's probability for the chosen question
+    (none when the service named no model version: it could not be attributed)."""
+    if not shown.get("available") or not shown.get("model_version"):
+        return []
+    return [
+        {
+            "role": "production",
+            "model_name": shown.get("model_name"),
+            "model_version": str(shown["model_version"]),
+            "probability": float(shown["next_probability"]),
+        }
+    ]
+
+
 def unavailable(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason[:200]}
 
 
-__all__ = ["InferenceUnavailable", "ItemBank", "insights", "unavailable"]
+__all__ = ["InferenceUnavailable", "ItemBank", "insights", "logged_predictions", "unavailable"]

@@ -84,7 +84,7 @@ def test_old_database_is_migrated_once_and_keeps_its_answers(tmp_path: Path) -> 
     conn = db.connect(path)
     db.init(conn)
     db.init(conn)  # idempotent: a second worker starting, or a restart
-    assert db.schema_version(conn) == db.SCHEMA_VERSION == 2
+    assert db.schema_version(conn) == db.SCHEMA_VERSION == 3
     rows = conn.execute("SELECT Timestamp, shown_at, answered_at FROM interactions ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [
         ("2024-01-01 10:00:00", "2024-01-01 10:00:00", None),
