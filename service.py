@@ -159,4 +159,26 @@ class DKTService:
         }
 
 
+class EchoRequestId:
+    """Send the caller's ``X-Request-ID`` back on the response, so a logged prediction (the client keeps the id)
+    and this service's side of the call can be matched. Headers only: the bodies are untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request_id = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        if scope["type"] != "http" or request_id is None or len(request_id) > 128:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 DKTService.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+DKTService.add_asgi_middleware(EchoRequestId)
