@@ -29,6 +29,7 @@ import sys
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
@@ -56,6 +57,18 @@ def add_dag_steps(sub: argparse._SubParsersAction, dag: str, steps: tuple[str, .
         parsers[step] = sub.add_parser(step, help=f"{dag} step: {step}")
         parsers[step].add_argument("--run-id", required=True, help="the DAG run id; names the work folder")
     return parsers
+
+
+def run_actions(
+    prog: str, description: str | None, actions: dict[str, tuple[Callable[[], int], str]], argv: list[str] | None
+) -> int:
+    """A command whose subcommands take no options (``dkt stack up``): ``actions`` maps each name to its function
+    and help line; parses ``argv`` and returns the chosen function's exit code."""
+    p = Parser(prog=prog, description=description)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(actions) + "}")
+    for name, (_, text) in actions.items():
+        sub.add_parser(name, help=text, description=text)
+    return actions[p.parse_args(argv).command][0]()
 
 
 class Command(NamedTuple):  # a NamedTuple, not a dataclass: dataclasses imports inspect, a third of startup

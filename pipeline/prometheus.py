@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from dkt.cli import Parser
+from dkt.cli import run_actions
 from dkt.settings import ClientSettings, PipelineSettings, PrometheusSettings, StackSettings, load_or_exit, stop
 from pipeline import deploy_local
 from pipeline.settings import REPO_ROOT
@@ -143,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": (status, "whether it runs, and where"),
         "config": (config, "the prometheus.yml `up` would write, on stdout"),
     }
-    p = Parser(prog="python -m pipeline.prometheus", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
-    for name, (_, text) in commands.items():
-        sub.add_parser(name, help=text, description=text)
-    return commands[p.parse_args(argv).command][0]()
+    return run_actions("python -m pipeline.prometheus", __doc__, commands, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from dkt.cli import Parser
+from dkt.cli import run_actions
 from dkt.settings import AirflowSettings, ClientSettings, StackSettings, TrainingSettings, is_set, load_or_exit
 from pipeline import deploy_local
 from pipeline.settings import REPO_ROOT
@@ -290,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": (status, "what runs, and the model version served"),
         "airflow-env": (airflow_env, "the executor settings as shell exports (init_for_inference_server.sh)"),
     }
-    p = Parser(prog="dkt stack", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
-    for name, (_, text) in commands.items():
-        sub.add_parser(name, help=text, description=text)
-    return commands[p.parse_args(argv).command][0]()
+    return run_actions("dkt stack", __doc__, commands, argv)
 
 
 if __name__ == "__main__":
