@@ -5,6 +5,7 @@
     dkt models pull production --dest DIR      # or latest, or a version
     dkt models promote VERSION                 # point production at a stored version
     dkt models rollback                        # production back to the previous one
+    dkt models quality [--by tag|day] [--model-version V] [--json] [--db F]   # online quality from the client's log
     dkt models pull-data|train|evaluate|push-candidate|promote-if-better --run-id ID   (retrain DAG steps)
 
 Exit codes: 0 done, 2 bad input or store error, 99 candidate not promoted (a skip for Airflow).
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from dkt.bundle import BundleError, lineage, read_meta
 from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
+from dkt.quality import BY
 from pipeline import retrain
 from pipeline.blobs import StoreError
 from pipeline.settings import SettingsError
@@ -41,6 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     promote = sub.add_parser("promote", help="point production at a stored version")
     promote.add_argument("version")
     sub.add_parser("rollback", help="point production back at the version before it")
+    quality = sub.add_parser(
+        "quality",
+        help="online quality per model version from the client's prediction log (docs/monitoring.md)",
+        description="AUC, log loss, accuracy, ECE and n of each model version's logged predictions against the"
+        " answers that followed, with bootstrap 95%% intervals; overall, or per KnowledgeTag or day (UTC).",
+    )
+    quality.add_argument("--db", type=Path, help="the client's answer store (default $DKT_CLIENT_DB)")
+    quality.add_argument("--model-version", help="only this model version")
+    quality.add_argument("--by", choices=BY, help="one row per model version and KnowledgeTag, or per day")
+    quality.add_argument("--json", action="store_true", help="JSON (with the reliability curves) instead of a table")
+    quality.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
+    quality.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     steps = add_dag_steps(
         sub, "retrain_and_push_dag", ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")
     )
@@ -90,8 +105,63 @@ def list_models(store: VersionedStore) -> int:
     return 2 if errors else 0
 
 
+def _fmt(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def quality_report(args: argparse.Namespace) -> int:
+    """Read the prediction log (read-only: no file is created, no schema migrated) and print the quality."""
+    import sqlite3
+
+    from client.db import scored_predictions
+    from dkt.quality import quality_table
+    from dkt.settings import ClientSettings, load
+
+    path = args.db or Path(load(ClientSettings).client_db)
+    if args.n_boot < 0:
+        raise ValueError(f"--n-boot must be >= 0, not {args.n_boot}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such client database (--db or DKT_CLIENT_DB)")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            scored = scored_predictions(conn)
+    except sqlite3.DatabaseError as exc:  # not SQLite, or a store from before the log (schema < 3)
+        raise ValueError(f"{path}: cannot read the prediction log: {exc}") from None
+    if args.model_version is not None:
+        known = sorted(scored["model_version"].unique())
+        if args.model_version not in known:
+            raise ValueError(f"{path}: no scored predictions of model version {args.model_version!r}"
+                             f" (logged: {', '.join(known) or 'none'})")  # fmt: skip
+        scored = scored[scored["model_version"] == args.model_version]
+    rows = quality_table(scored, by=args.by, n_boot=args.n_boot, seed=args.seed)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    key = {"tag": "KnowledgeTag", "day": "day", None: None}[args.by]
+    head = ["model_version", *([key] if key else []), "n", "auc", "logloss", "accuracy", "ece"]
+    table = [
+        [str(r["model_version"]), *([str(r[key])] if key else []), str(r["n"]),
+         *(_fmt(r[m], r["ci"].get(m)) for m in ("auc", "logloss", "accuracy", "ece"))]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
+    for line in [head, *table]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        print(f"(no scored predictions in {path})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cmd == "quality":  # reads the client's store, not the model store
+        try:
+            return quality_report(args)
+        except (ValueError, OSError) as exc:  # SettingsError is a ValueError
+            print(f"error: dkt models quality: {exc}", file=sys.stderr)
+            return 2
     try:
         store = VersionedStore.from_env()
         if args.cmd == "list":
