@@ -2,12 +2,17 @@
 
     gunicorn 'client:create_app()'
     dkt client export-interactions --since 0 --out new.csv
+    dkt client export-predictions --since 0 --out predictions.csv
 
 Every answer is graded and committed to SQLite before the page answers; then
 the inference service is asked for the knowledge state, the expected score on
 the current test and the next question (predicted success closest to the
 target difficulty). If the service is slow or down, the answer is still saved
 and the page says predictions are unavailable.
+
+The prediction the page acted on (the chosen question's probability, the model's name and version, the
+request id sent with the calls) is logged with the question and joined with its answer (client/db.py);
+``/metrics`` serves the online quality computed from that log (client/metrics.py, docs/monitoring.md).
 
 Time (docs/time-semantics.md): a question is stamped shown when it is first
 rendered (reloads keep that stamp) and its answer is stamped when it arrives,
@@ -233,15 +238,32 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             raise click.BadParameter("must be >= 0", param_hint="--since")
         with db.connect(db_path) as c:
             df, watermark = db.export_since(c, since)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(out)  # a crash never leaves a half-written export behind
+        _write_csv(df, out)
         click.echo(f"exported {len(df)} interactions to {out}", err=True)
         click.echo(f"watermark: {watermark}")
         sys.stdout.flush()
 
+    @app.cli.command("export-predictions")
+    @click.option("--since", type=int, default=0, show_default=True, help="watermark: answers with id > this")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file to write")
+    def export_predictions(since: int, out: Path) -> None:
+        """Write the logged predictions of the answers export-interactions writes for the same watermark (joined:
+        interaction_id, answerCode, KnowledgeTag, answered_at), so the prediction log travels with its answers."""
+        if since < 0:
+            raise click.BadParameter("must be >= 0", param_hint="--since")
+        with db.connect(db_path) as c:
+            df = db.scored_predictions(c, after_interaction=since)
+        _write_csv(df.loc[:, list(db.PREDICTION_COLUMNS)], out)
+        click.echo(f"exported {len(df)} predictions to {out}", err=True)
+
     return app
+
+
+def _write_csv(df: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)  # a crash never leaves a half-written export behind
 
 
 def _json(text: str | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 \b
     dkt client run --port 5000        (the development server; make up runs gunicorn)
     dkt client export-interactions --since WATERMARK --out F   (update_data_dag's export)
+    dkt client export-predictions --since WATERMARK --out F    (the prediction log of those answers)
     dkt client routes
 
 The app reads its settings through dkt.settings (``dkt settings show``): a bad value stops it with one line.

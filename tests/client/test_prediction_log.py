@@ -132,6 +132,14 @@ def test_each_prediction_is_logged_and_joined_with_its_answer(tmp_path: Path, si
     versions = rows(tmp_path / "client.db", "SELECT model_version, model_name, test_auc FROM model_versions")
     assert sorted((v["model_version"], v["test_auc"]) for v in versions) == [("v-a", 0.71), ("v-b", 0.64)]
     assert fake.metadata_calls == 2
+    # The log travels with the answers: the same watermark as export-interactions.
+    out = tmp_path / "predictions.csv"
+    res = app.test_cli_runner().invoke(args=["export-predictions", "--since", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    exported = pd.read_csv(out)
+    assert list(exported.columns) == list(db.PREDICTION_COLUMNS)
+    assert exported["interaction_id"].tolist() == [3, 4] and exported["answerCode"].tolist() == [1, 1]
+    assert exported["request_id"].tolist() == [log[2]["request_id"], log[3]["request_id"]]
 
 
 def test_a_question_shown_while_the_service_is_down_has_no_prediction(
