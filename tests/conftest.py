@@ -9,14 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from dkt.config import parse_config
-from dkt.experiment import load_run_data, run
-from dkt.simulate import simulate, write
-
-# Serving fixtures (a packed model, a live `bentoml serve`) shared by tests/serving and tests/client.
-pytest_plugins = ["tests.serving.fixtures"]
+# Serving fixtures (a packed model, a live `bentoml serve`) shared by tests/serving and tests/client; each xdist
+# worker's share of the run, printed at its end; the xdist_group marks below honoured under pytest 9.2.
+pytest_plugins = ["tests.serving.fixtures", "tests.support.timeline", "tests.support.xdist_groups"]
+# torch, pandas and the dkt modules are imported inside the fixtures that use them: this file is also loaded by
+# xdist's controller and by the Docker suite's pytest, which run no model code (5 CPU-s each, about 40 s on a busy
+# machine, before the first test).
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
@@ -80,6 +79,8 @@ def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callabl
 
 
 def make_sim(out: Path) -> None:
+    from dkt.simulate import simulate, write
+
     write(simulate(120, seed=7), out, test_ratio=0.25, seed=7)
 
 
@@ -91,6 +92,9 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lstm_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     def train(out: Path) -> None:
+        from dkt.config import parse_config
+        from dkt.experiment import load_run_data, run
+
         data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
         run(parse_config(TINY_LSTM), data, out / "lstm", device="cpu", seed=1, model_version="test-v1", progress=False)
 
@@ -103,6 +107,8 @@ def one_torch_thread() -> Iterator[None]:
     session bundle's training: 16 s with torch's default two threads, 1.6 s with one, the same test AUC).
     For every test in the process, shared fixtures included: with two xdist workers on two cores, one thread each
     is all the machine has. Subprocesses (train.py, bentoml serve) keep the product's own thread settings."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
