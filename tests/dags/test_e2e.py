@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 from pipeline import deploy
 from pipeline.store import VersionedStore
 from tests.conftest import TINY_LSTM
-from tests.dags.airflow_runner import ROOT, dags_test, migrate
+from tests.dags.airflow_runner import ROOT, AirflowCLI
+from tests.dags.polling import request
 from tests.pipeline.s3server import moto_server
 from tests.serving.servers import free_port
 from tests.support.students import answering, client_server, run_students
@@ -59,37 +59,42 @@ def students_then_three_dags(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     full = {**os.environ, **env}
-    home = tmp_path / "airflow"
-    migrate(home)
-    py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
-    py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
-    for step in ("pull-model", "pack", "deploy", "verify"):
-        py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
-    try:
-        with client_server(full, client_port, tmp_path / "client.log") as base:
-            first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
-            assert first.failed == 0, first.errors
-            assert first.answers == 40
+    with AirflowCLI(tmp_path / "airflow", env, tmp_path / "airflow-cli.log") as airflow:
+        # Airflow's database and start-up (the in-process execution API `dags test` runs tasks through) get
+        # ready in the background while the store and the first model's service are set up.
+        airflow.start(["db", "migrate"], tmp_path / "migrate.log")
+        airflow.start(["warm"], tmp_path / "warm.log")
+        py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
+        py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
+        for step in ("pull-model", "pack", "deploy", "verify"):
+            py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
+        try:
+            with client_server(full, client_port, tmp_path / "client.log", timeout=180) as base:
+                first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
+                assert first.failed == 0, first.errors
+                assert first.answers == 40
 
-            dags_test(home, "update_data_dag", env, tmp_path / "update.log")
-            store = VersionedStore.from_env()
-            data_v = store.pointed("datasets", "latest")
-            assert store.manifest("datasets", data_v)["added_rows"] == 40
-            assert store.get_state("watermark")["watermark"] == "40"
+                airflow.dags_test("update_data_dag", tmp_path / "update.log")
+                store = VersionedStore.from_env()
+                data_v = store.pointed("datasets", "latest")
+                assert store.manifest("datasets", data_v)["added_rows"] == 40
+                assert store.get_state("watermark")["watermark"] == "40"
 
-            dags_test(home, "retrain_and_push_dag", env, tmp_path / "retrain.log")
-            new_v = store.pointed("models", "production")
-            assert new_v != "test-v1"
-            assert store.manifest("models", new_v)["data_version"] == data_v  # trained on what update_data published
+                airflow.dags_test("retrain_and_push_dag", tmp_path / "retrain.log")
+                new_v = store.pointed("models", "production")
+                assert new_v != "test-v1"
+                # Trained on what update_data published.
+                assert store.manifest("models", new_v)["data_version"] == data_v
 
-            with answering(base, sim_dir / "questions.csv", seed=100) as during:
-                dags_test(home, "update_inference_server_dag", env, tmp_path / "deploy.log", timeout=600)
-            assert during.answers > 0
-            assert during.failed == 0, during.errors
-            url = (tmp_path / "run" / "inference_url").read_text().strip()
-            meta = requests.get(url + "/metadata", timeout=10).json()
-            assert meta["model_version"] == new_v and meta["data_version"] == data_v
-            after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9, prefix="after")
-            assert after.failed == 0 and after.answers == 3
-    finally:
-        deploy.stop_local()
+                with answering(base, sim_dir / "questions.csv", seed=100) as during:
+                    airflow.dags_test("update_inference_server_dag", tmp_path / "deploy.log", timeout=600)
+                assert during.answers > 0
+                assert during.failed == 0, during.errors
+                url = (tmp_path / "run" / "inference_url").read_text().strip()
+                meta = request(None, "GET", url + "/metadata", logs=[tmp_path / "deploy.log"]).json()
+                assert meta["model_version"] == new_v and meta["data_version"] == data_v
+                after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9,
+                                     prefix="after")  # fmt: skip
+                assert after.failed == 0 and after.answers == 3
+        finally:
+            deploy.stop_local()
