@@ -68,6 +68,7 @@ def _add_shown_and_answered_at(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE interactions SET shown_at = Timestamp WHERE shown_at IS NULL")
 
 
+ROLES = ("production", "shadow")  # production: what the student saw; shadow: scored beside it, never shown
 PREDICTION_LOG_SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS predictions (
@@ -90,6 +91,9 @@ PREDICTION_LOG_SCHEMA = (
     """,
     """
     CREATE INDEX IF NOT EXISTS predictions_interaction ON predictions(interaction_id)
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS predictions_role ON predictions(role, id)
     """,
     """
     CREATE TABLE IF NOT EXISTS model_versions (
@@ -430,39 +434,20 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 
 
-def scored_predictions(
-    conn: sqlite3.Connection,
-    model_version: str | None = None,
-    since: datetime | None = None,
-    after_interaction: int = 0,
-) -> pd.DataFrame:
-    """Predictions whose answer has arrived, in answer order: ``PREDICTION_COLUMNS`` plus ``day`` (the
-    answer's UTC date), the table ``dkt.quality.quality_table`` reads. ``since``: answers at or after it;
-    ``after_interaction``: answers with a larger id (an export watermark)."""
-    sql = (
+def scored_predictions(conn: sqlite3.Connection, after_interaction: int = 0) -> pd.DataFrame:
+    """Predictions whose answer has arrived, in answer order: ``PREDICTION_COLUMNS`` plus ``day`` (the answer's
+    UTC date), the table ``dkt.quality.quality_table`` reads. ``after_interaction``: only answers with a larger
+    id (an export watermark; the metrics collector reads on from where it stopped, as ids only grow)."""
+    rows = conn.execute(
         "SELECT p.request_id, p.role, p.model_name, p.model_version, p.probability, p.predicted_at,"
         " p.interaction_id, p.answerCode, i.KnowledgeTag, i.answered_at"
         " FROM predictions p JOIN interactions i ON i.id = p.interaction_id WHERE p.interaction_id > ?"
-    )
-    args: list[Any] = [after_interaction]
-    if model_version is not None:
-        sql += " AND p.model_version = ?"
-        args.append(model_version)
-    if since is not None:
-        sql += " AND i.answered_at >= ?"
-        args.append(since.isoformat(sep=" "))
-    rows = conn.execute(sql + " ORDER BY p.interaction_id, p.id", args).fetchall()
+        " ORDER BY p.interaction_id, p.id",
+        (after_interaction,),
+    ).fetchall()
     df = pd.DataFrame([tuple(r) for r in rows], columns=list(PREDICTION_COLUMNS))
     df["day"] = df["answered_at"].str.slice(0, 10)
     return df
-
-
-def scored_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Answers scored per model version since the log began (a counter: it only grows)."""
-    rows = conn.execute(
-        "SELECT model_version, COUNT(*) FROM predictions WHERE interaction_id IS NOT NULL GROUP BY model_version"
-    )
-    return {str(r[0]): int(r[1]) for r in rows}
 
 
 def model_test_aucs(conn: sqlite3.Connection) -> dict[str, float]:
@@ -471,11 +456,15 @@ def model_test_aucs(conn: sqlite3.Connection) -> dict[str, float]:
 
 
 def latest_model_versions(conn: sqlite3.Connection) -> dict[str, str]:
-    """role -> the model version of the latest logged prediction in that role."""
-    rows = conn.execute(
-        "SELECT role, model_version FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY role)"
-    )
-    return {str(r[0]): str(r[1]) for r in rows}
+    """role -> the model version of the latest logged prediction in that role (an index seek per role)."""
+    latest = {}
+    for role in ROLES:
+        row = conn.execute(
+            "SELECT model_version FROM predictions WHERE role = ? ORDER BY id DESC LIMIT 1", (role,)
+        ).fetchone()
+        if row is not None:
+            latest[role] = str(row[0])
+    return latest
 
 
 def answer_summary(conn: sqlite3.Connection) -> tuple[int, datetime | None]:

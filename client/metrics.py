@@ -1,23 +1,27 @@
 """The client's ``/metrics``: online quality of the served models and the answer flow, in Prometheus text format.
 
 A custom collector reads the answer store at scrape time, so every gunicorn worker reports the same
-figures (nothing is counted in one worker's memory). Every metric is described in docs/monitoring.md.
+figures: nothing is counted from the requests one worker happened to serve. Each worker keeps what it has
+read of the log and reads on from there. Every metric is described in docs/monitoring.md.
 """
 
 from __future__ import annotations
 
-import time
+import sqlite3
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import datetime, timedelta
-from typing import Any
 
+import numpy as np
+import pandas as pd
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from client import db
-from dkt.quality import quality_table
+from dkt.quality import Quality, quality
 from dkt.settings import in_term
 
 ONLINE = {
@@ -26,7 +30,48 @@ ONLINE = {
     "ece": "expected calibration error (10 equal-width bins) of the model version's logged predictions",
     "accuracy": "share of the model version's logged predictions on the right side of 0.5",
 }
-CACHE_S = 10.0  # a scrape within this long of the last one, with no new scored answer, reuses its figures
+
+
+class ScoredLog:
+    """The scored predictions this process has read, extended at each scrape by the answers committed since.
+
+    Interaction ids only grow and a prediction is joined in its answer's transaction (client/db.py), so
+    "ids above the last one read" is every new row: a scrape reads only what is new, not the whole log.
+    Rows older than the window are dropped once counted: the window only moves forward.
+    """
+
+    def __init__(self) -> None:
+        self.last_id = 0
+        self.counts: Counter[str] = Counter()  # every scored answer per model version (the counter)
+        self.names: list[str] = []  # model versions; rows hold their index (np.unique on strings is slow)
+        self.version = np.empty(0, dtype=np.int64)
+        self.p = np.empty(0)
+        self.y = np.empty(0, dtype=np.int64)
+        self.at = np.empty(0, dtype="datetime64[us]")
+
+    def update(self, conn: sqlite3.Connection, since: datetime | None) -> None:
+        new = db.scored_predictions(conn, after_interaction=self.last_id)
+        if len(new):
+            self.last_id = int(new["interaction_id"].max())
+            self.counts.update(new["model_version"].astype(str))
+            for name in new["model_version"].astype(str).unique():
+                if name not in self.names:
+                    self.names.append(name)
+            codes = new["model_version"].astype(str).map({n: i for i, n in enumerate(self.names)})
+            self.version = np.concatenate([self.version, codes.to_numpy(dtype=np.int64)])
+            self.p = np.concatenate([self.p, new["probability"].to_numpy(dtype=np.float64)])
+            self.y = np.concatenate([self.y, new["answerCode"].to_numpy(dtype=np.int64)])
+            answered = pd.to_datetime(new["answered_at"], format="ISO8601").to_numpy(dtype="datetime64[us]")
+            self.at = np.concatenate([self.at, answered])
+        if since is not None:
+            keep = self.at >= np.datetime64(since, "us")
+            if not keep.all():
+                self.version, self.p, self.y, self.at = self.version[keep], self.p[keep], self.y[keep], self.at[keep]
+
+    def online(self) -> dict[str, Quality]:
+        """Each model version's quality over the rows kept (the window)."""
+        present = np.flatnonzero(np.bincount(self.version, minlength=len(self.names)))
+        return {self.names[v]: quality(self.p[self.version == v], self.y[self.version == v]) for v in present}
 
 
 class OnlineQualityCollector(Collector):
@@ -39,32 +84,26 @@ class OnlineQualityCollector(Collector):
         self.window_days = window_days
         self.term_dates = term_dates
         self.now = now
-        self._cache: tuple[float, Any, list[dict[str, Any]]] | None = None
-
-    def _online(self, conn: Any, since: datetime | None) -> list[dict[str, Any]]:
-        """Per model version quality over the window; recomputed only when a new answer was scored."""
-        mark = (conn.execute("SELECT MAX(interaction_id) FROM predictions").fetchone()[0], since and since.date())
-        if self._cache is not None and self._cache[1] == mark and time.monotonic() - self._cache[0] < CACHE_S:
-            return self._cache[2]
-        rows = quality_table(db.scored_predictions(conn, since=since))
-        self._cache = (time.monotonic(), mark, rows)
-        return rows
+        self.log = ScoredLog()
+        self.lock = threading.Lock()  # a threaded worker may serve two scrapes at once
 
     def collect(self) -> Iterator[Metric]:
         now = self.now()
         since = now - timedelta(days=self.window_days) if self.window_days > 0 else None
-        with closing(db.connect(self.db_path)) as conn:
-            online = self._online(conn, since)
-            scored = db.scored_counts(conn)
+        with closing(db.connect(self.db_path)) as conn, self.lock:
+            self.log.update(conn, since)
+            online = self.log.online()
+            scored = dict(self.log.counts)
             test_auc = db.model_test_aucs(conn)
             n_answers, last_answer = db.answer_summary(conn)
             serving = db.latest_model_versions(conn)
         window = f" over the last {self.window_days:g} days of answers" if since else " over every logged answer"
         for metric, doc in ONLINE.items():
             family = GaugeMetricFamily(f"dkt_online_{metric}", doc + window, labels=["model_version"])
-            for row in online:
-                if row[metric] is not None:  # AUC is undefined while every answer is right (or wrong)
-                    family.add_metric([row["model_version"]], row[metric])
+            for version, q in sorted(online.items()):
+                value = getattr(q, metric)
+                if value is not None:  # AUC is undefined while every answer is right (or wrong)
+                    family.add_metric([version], value)
             yield family
         family = CounterMetricFamily(
             "dkt_scored_answers", "answers joined with a prediction of the model version", labels=["model_version"]

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import log_loss, roc_auc_score
 
 from client import db
+from client.metrics import OnlineQualityCollector
 from tests.client.conftest import make_app
 
 METRICS = {
@@ -117,3 +119,28 @@ def test_empty_store_and_term_dates(tmp_path: Path, sim_dir: Path, dead_url: str
     m = scrape(make_app(tmp_path, sim_dir, dead_url))
     y, _ = logged(tmp_path / "client.db")["v1"]
     assert (("dkt_online_auc", (("model_version", "v1"),)) in m) == (len(set(y)) == 2)
+
+
+def test_the_window_moves_with_the_clock_and_counters_keep_counting(tmp_path: Path) -> None:
+    path = tmp_path / "client.db"
+    fill(path, ["v1"] * 30, seed=5)
+    clock = [db.utc_now()]
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(OnlineQualityCollector(str(path), 1.0, "", now=lambda: clock[0]))
+
+    def values() -> dict[str, float]:
+        text = generate_latest(reg).decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    y, p = logged(path)["v1"]
+    assert values()["dkt_online_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    clock[0] += timedelta(days=2)  # the 30 answers now lie before the one-day window
+    fill(path, ["v1"] * 12, seed=6)
+    with sqlite3.connect(path) as conn:  # 12 new answers, arriving at the moved clock
+        conn.execute("UPDATE interactions SET answered_at = ? WHERE id > 30", (clock[0].isoformat(sep=" "),))
+    later = values()
+    assert later["dkt_scored_answers_total"] == 42  # counted, whatever the window
+    y, p = (v[-12:] for v in logged(path)["v1"])
+    assert later["dkt_online_logloss"] == pytest.approx(log_loss(y, p), abs=1e-9)
+    clock[0] += timedelta(days=2)
+    assert "dkt_online_logloss" not in values()
