@@ -19,43 +19,23 @@ import pytest
 import requests
 
 from pipeline import stack
-from tests.dags.airflow_runner import AIRFLOW_VENV, ROOT, airflow_env, require_airflow
+from tests.dags.airflow_runner import ROOT, require_airflow
 from tests.dags.polling import ATTEMPT_TIMEOUT, request, tails, wait_for
 from tests.serving.servers import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
 TRAIN_TASKS = {"pull_data", "train", "evaluate", "push_candidate"}
 
-ROUTING = """
-import json, os, sys
-from airflow.dag_processing.dagbag import DagBag
-out = {}
-for mode in ("local", "edge"):
-    os.environ["DKT_TRAIN_EXECUTOR"] = mode
-    sys.modules.pop("dkt_tasks", None)  # it reads the variable at import
-    bag = DagBag(sys.argv[1])
-    out[mode] = {"errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
-                 "tasks": {t.task_id: [t.queue, t.executor] for t in bag.dags["retrain_and_push_dag"].tasks}}
-print(json.dumps(out))
-"""
 
-
-def test_train_tasks_route_to_the_edge_executor(tmp_path: Path) -> None:
+def test_train_tasks_route_to_the_edge_executor(dag_info: dict[str, Any]) -> None:
     """The real retrain DAG: unset/local -> no executor (today's behaviour); edge -> EdgeExecutor, queue train."""
-    require_airflow()
-    # The executors as `DKT_TRAIN_EXECUTOR=edge make up` sets them (a task naming an unlisted one fails to load).
-    env = airflow_env(tmp_path / "home", {"AIRFLOW__CORE__EXECUTOR": f"LocalExecutor,{stack.EDGE_EXECUTOR}"})
-    proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "python"), "-c", ROUTING, str(ROOT / "dags")], env=env,
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     for mode in ("local", "edge"):
-        assert out[mode]["errors"] == {}, out[mode]["errors"]
-        tasks = out[mode]["tasks"]
-        assert {t for t, (queue, _) in tasks.items() if queue == "train"} == TRAIN_TASKS
+        assert dag_info[mode]["errors"] == {}, dag_info[mode]["errors"]
+        tasks = dag_info[mode]["dags"]["retrain_and_push_dag"]["tasks"]
+        assert {t for t, v in tasks.items() if v["queue"] == "train"} == TRAIN_TASKS
         executor = "EdgeExecutor" if mode == "edge" else None
-        assert {t: ex for t, (_, ex) in tasks.items()} == {**dict.fromkeys(TRAIN_TASKS, executor),
-                                                            "promote_if_better": None}  # fmt: skip
+        assert {t: v["executor"] for t, v in tasks.items()} == {**dict.fromkeys(TRAIN_TASKS, executor),
+                                                                 "promote_if_better": None}  # fmt: skip
 
 
 def test_executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
