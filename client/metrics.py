@@ -10,9 +10,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,34 +100,25 @@ class OnlineQualityCollector(Collector):
             serving = db.latest_model_versions(conn)
         window = f" over the last {self.window_days:g} days of answers" if since else " over every logged answer"
         for metric, doc in ONLINE.items():
-            family = GaugeMetricFamily(f"dkt_online_{metric}", doc + window, labels=["model_version"])
-            for version, q in sorted(online.items()):
-                value = getattr(q, metric)
-                if value is not None:  # AUC is undefined while every answer is right (or wrong)
-                    family.add_metric([version], value)
-            yield family
-        family = CounterMetricFamily(
-            "dkt_scored_answers", "answers joined with a prediction of the model version", labels=["model_version"]
+            # AUC is undefined while every answer is right (or wrong): no sample rather than NaN.
+            values = {v: getattr(q, metric) for v, q in online.items() if getattr(q, metric) is not None}
+            yield _family(GaugeMetricFamily, f"dkt_online_{metric}", doc + window, values)
+        yield _family(
+            CounterMetricFamily, "dkt_scored_answers", "answers joined with a prediction of the model version", scored
         )
-        for version, n in sorted(scored.items()):
-            family.add_metric([version], n)
-        yield family
-        family = GaugeMetricFamily(
+        yield _family(
+            GaugeMetricFamily,
             "dkt_model_test_auc",
             "offline test AUC of the model version, as the service's /metadata reported it when first seen",
-            labels=["model_version"],
+            test_auc,
         )
-        for version, auc in sorted(test_auc.items()):
-            family.add_metric([version], auc)
-        yield family
-        family = GaugeMetricFamily(
+        yield _family(
+            GaugeMetricFamily,
             "dkt_model_serving",
             "1 for the model version that made the latest logged prediction in each role (production, shadow)",
-            labels=["model_version", "role"],
+            {(version, role): 1 for role, version in serving.items()},
+            labels=("model_version", "role"),
         )
-        for role, version in sorted(serving.items()):
-            family.add_metric([version, role], 1)
-        yield family
         yield CounterMetricFamily("dkt_answers", "answers stored by the client", value=n_answers)
         family = GaugeMetricFamily(
             "dkt_last_answer_timestamp_seconds", "when the latest answer arrived (Unix time; absent before the first)"
@@ -139,6 +131,20 @@ class OnlineQualityCollector(Collector):
             "1 when today (UTC) falls in DKT_TERM_DATES (always 1 when unset)",
             value=int(in_term(self.term_dates, now.date())),
         )
+
+
+def _family(
+    kind: type[GaugeMetricFamily | CounterMetricFamily],
+    name: str,
+    doc: str,
+    values: Mapping[Any, float],
+    labels: tuple[str, ...] = ("model_version",),
+) -> Metric:
+    """A labelled family, one sample per key (a label value, or a tuple of them), in key order."""
+    family = kind(name, doc, labels=list(labels))
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
 
 
 def registry(db_path: str, window_days: float, term_dates: str) -> CollectorRegistry:

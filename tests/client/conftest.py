@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import HTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from flask import Flask
@@ -28,3 +33,18 @@ def make_app(tmp_path: Path, sim_dir: Path, url: str, **extra: object) -> Flask:
             **extra,
         }
     )
+
+
+S = TypeVar("S", bound=HTTPServer)
+
+
+@contextmanager
+def serving(server: S) -> Iterator[S]:
+    """A real HTTP server of the test's own (a stand-in for the inference service) on a thread, shut on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

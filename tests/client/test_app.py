@@ -7,7 +7,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from flask.testing import FlaskClient
 from client.inference import BaseURL, InferenceClient, InferenceUnavailable
 from dkt.data.io import read_csv
 from dkt.data.schema import COLUMNS
-from tests.client.conftest import make_app
+from tests.client.conftest import make_app, serving
 from tests.serving.servers import PY, ROOT
 
 
@@ -204,12 +203,8 @@ class _RecorderHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(Recorder()) as server:
+        yield server
 
 
 def test_question_is_stamped_when_first_shown_and_scored_at_that_time(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import roc_auc_score
 
 from client import db
-from tests.client.conftest import make_app
+from tests.client.conftest import make_app, serving
 from tests.client.test_app import answer, current_item, start
 from tests.serving.servers import Server
 
@@ -82,12 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake() -> Iterator[FakeService]:
-    server = FakeService()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(FakeService()) as server:
+        yield server
 
 
 def rows(path: Path, sql: str) -> list[dict[str, Any]]:
