@@ -7,7 +7,8 @@
     dkt serve [--model-dir DIR] [--host H] [--port P]
     dkt data list | push DIR | pull [latest|V] --dest DIR | export|prepare|publish|advance-watermark --run-id ID
     dkt models list | push BUNDLE [--promote] | pull | promote V | rollback | <retrain step> --run-id ID
-    dkt client run | export-interactions --since W --out F | routes
+    dkt models quality [--by tag|day] [--model-version V] [--json]
+    dkt client run | export-interactions|export-predictions --since W --out F | routes
     dkt file-export --source DIR --since TIMESTAMP --out F
     dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
     dkt stack up | down | status | airflow-env
