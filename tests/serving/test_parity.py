@@ -1,16 +1,24 @@
 """Train/serve parity: what inference.py writes for an answerCode -1 row is what /predict returns for it.
 
-For every model kind in config/ (the shipped configs, 1 epoch on small simulated data): the probability
-``inference.py`` writes for each -1 row equals what a running ``bentoml serve`` returns for the same
+For every model kind in config/ (the shipped configs made small, 1 epoch on small simulated data): the
+probability ``inference.py`` writes for each -1 row equals what a running ``bentoml serve`` returns for the same
 history (the user's rows before it), candidate and ``at`` (that row's Timestamp), within 1e-5, including
-histories three times ``max_seq_len`` long and -1 rows in the middle of a history.
+histories three times ``max_seq_len`` long and -1 rows in the middle of a history, at and around each window
+boundary.
+
+Parity needs the code paths, not a good model: each shipped config keeps its layers, heads, members and
+options, with narrower layers and a shorter ``max_seq_len`` (so a history of three windows is 60 answers, not
+600 or 3000). The seven bundles are trained, run through ``inference.py`` and packed once per test run; each
+test then starts its own ``bentoml serve``.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +29,21 @@ import requests
 from dkt.data.features import FeatureEncoder
 from dkt.data.io import read_csv
 from dkt.data.sequences import eval_stride, scoring_windows, window_start
-from dkt.experiment import RunData, load_run_data, run
+from dkt.experiment import load_run_data, run
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate, write
-from tests.serving.servers import PY, ROOT, bentoml_env, bentoml_service
+from tests.conftest import made_once
+from tests.serving.servers import ROOT, bentoml_env, bentoml_service
+from tests.support.scripts import Job, Result, ScriptBatch
 
 KINDS = ("lstm", "lstmattn", "bert", "saint", "dkvmn", "lgbm", "ensemble")
 COLS = ["assessmentItemID", "testId", "answerCode", "Timestamp", "KnowledgeTag"]
+SEQ_LEN = 20  # max_seq_len of the sequence models (shipped: 200); eval stride 10
+LGBM_LEN = 30  # lgbm's (shipped: 1000): a different length, so the ensemble's members disagree on windows
+# Narrower layers, fewer trees; only keys a shipped config has are changed (every layer count, head count,
+# dropout and option stays as shipped). max_positions still covers SEQ_LEN.
+SMALL_PARAMS = {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2, "key_dim": 8, "value_dim": 8,
+                "memory_size": 4, "max_positions": 64, "n_estimators": 30}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the windowing rule (fast)
@@ -108,38 +124,114 @@ def chain_users(df: pd.DataFrame, n: int, user: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).head(n).assign(userID=user).reset_index(drop=True)
 
 
-@dataclass
-class Parity:
-    data: RunData
-    file: Path  # canonical CSV with answerCode -1 rows
-    table: pd.DataFrame  # that file as read
+def small_configs(out: Path) -> None:
+    """config/<kind>.json for every kind, made small (SMALL_PARAMS, SEQ_LEN, LGBM_LEN), written to ``out``;
+    the ensemble's members name their configs by file, so they resolve to the small ones beside it."""
+    out.mkdir()
+    for kind in KINDS:
+        cfg = json.loads((ROOT / "config" / f"{kind}.json").read_text())
+        params = cfg.get("model_params", {})
+        cfg["model_params"] = {k: SMALL_PARAMS.get(k, v) for k, v in params.items()}
+        cfg["train"]["max_seq_len"] = LGBM_LEN if kind == "lgbm" else SEQ_LEN
+        (out / f"{kind}.json").write_text(json.dumps(cfg))
 
 
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory: pytest.TempPathFactory) -> Parity:
-    out = tmp_path_factory.mktemp("parity")
-    write(simulate(70, seed=11), out, test_ratio=0.3, seed=11)
-    data = load_run_data(out / "train.csv", out / "test.csv", None, "csv", 0.15, seed=0)
-    test = read_csv(out / "test.csv")
-    # (user, its rows, positions turned into -1; the last one ends the history)
-    lgbm_len = json.loads((ROOT / "config" / "lgbm.json").read_text())["train"]["max_seq_len"]
-    seq_len = json.loads((ROOT / "config" / "lstm.json").read_text())["train"]["max_seq_len"]
+def to_predict(test: pd.DataFrame) -> pd.DataFrame:
+    """Histories with answerCode -1 rows: two chained students three windows long, with -1 rows at and beside
+    the window boundaries (stride S = L / 2: S-1, S, L-1, L, L+S, 2L+1, ...) and at the end; three real
+    students with -1 rows at the start, the middle and the end."""
+    s = SEQ_LEN // 2
     users = sorted(test["userID"].unique())
     plans = [
-        (chain_users(test, 3 * lgbm_len + 40, "long-lgbm"), [199, 200, 437, 1999, 3 * lgbm_len + 39]),
-        (chain_users(test, 3 * seq_len + 50, "long-seq"), [99, 100, 199, 200, 299, 300, 401, 599, 3 * seq_len + 49]),
+        (chain_users(test, 3 * LGBM_LEN + 40, "long-lgbm"),
+         [SEQ_LEN - 1, SEQ_LEN, LGBM_LEN + 7, 2 * LGBM_LEN - 1, 3 * LGBM_LEN + 39]),
+        (chain_users(test, 3 * SEQ_LEN + 50, "long-seq"),
+         [s - 1, s, SEQ_LEN - 1, SEQ_LEN, SEQ_LEN + s - 1, SEQ_LEN + s, 2 * SEQ_LEN + 1, 3 * SEQ_LEN - 1,
+          3 * SEQ_LEN + 49]),
         *[(test[test["userID"] == u].reset_index(drop=True), [0, 5, 40]) for u in users[:3]],
-    ]
+    ]  # fmt: skip
     parts = []
     for rows, positions in plans:
         positions = [p for p in positions if p < len(rows)]
         rows = rows.head(positions[-1] + 1).copy()
         rows.loc[positions, "answerCode"] = -1
         parts.append(rows[["userID", *COLS]])
-    table = pd.concat(parts, ignore_index=True)
-    file = out / "to_predict.csv"
-    table.to_csv(file, index=False, date_format="%Y-%m-%d %H:%M:%S")
-    return Parity(data=data, file=file, table=read_csv(file))
+    return pd.concat(parts, ignore_index=True)
+
+
+def make_kit(out: Path) -> None:
+    """Data, seven small bundles, inference.py's file for each and a BentoML store holding all seven.
+
+    Trained here, in this process (the test is about serving, not train.py); inference.py and packer.py run as
+    the scripts they are, in two child processes side by side (tests/support/scripts.py: one start-up each)."""
+    write(simulate(40, seed=11), out / "sim", test_ratio=0.3, seed=11)
+    table = to_predict(read_csv(out / "sim" / "test.csv"))
+    table.to_csv(out / "to_predict.csv", index=False, date_format="%Y-%m-%d %H:%M:%S")
+    small_configs(out / "config")
+    data = load_run_data(out / "sim" / "train.csv", out / "sim" / "test.csv", None, "csv", 0.15, seed=0)
+    for kind in KINDS:
+        run(out / "config" / f"{kind}.json", data, out / "bundles" / kind, epochs=1, device="cpu", seed=0,
+            model_version=f"parity-{kind}", progress=False)  # fmt: skip
+    infer = [
+        Job("inference.py", ["--model-dir", str(out / "bundles" / k), "--data-file", str(out / "to_predict.csv"),
+                             "--output", str(out / "predictions" / f"{k}.csv")])
+        for k in KINDS
+    ]  # fmt: skip
+    pack = [Job("packer.py", ["--model-dir", str(out / "bundles" / k), "--no-bento"]) for k in KINDS]
+    (out / "predictions").mkdir()
+    batches = [
+        ScriptBatch.start(infer, os.environ, out / "infer-batch"),
+        ScriptBatch.start(pack, bentoml_env(out / "bentoml"), out / "pack-batch"),
+    ]
+    results = {name: batch.wait() for name, batch in zip(("infer", "pack"), batches, strict=True)}
+    (out / "results.json").write_text(
+        json.dumps({name: {k: vars(r) for k, r in zip(KINDS, rs, strict=True)} for name, rs in results.items()})
+    )
+
+
+@dataclass
+class Kit:
+    root: Path
+
+    @property
+    def file(self) -> Path:  # canonical CSV with answerCode -1 rows
+        return self.root / "to_predict.csv"
+
+    @cached_property
+    def table(self) -> pd.DataFrame:  # that file as read
+        return read_csv(self.file)
+
+    def bundle(self, kind: str) -> Path:
+        return self.root / "bundles" / kind
+
+    def result(self, step: str, kind: str) -> Result:
+        return Result(**json.loads((self.root / "results.json").read_text())[step][kind])
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    return Kit(made_once(tmp_path_factory, "parity-kit", make_kit))
+
+
+def test_small_configs_keep_every_shipped_option_and_the_long_histories(kit: Kit) -> None:
+    """What makes the small parity run stand for the shipped configs: same model kinds, members, layer and head
+    counts and options; only widths, tree counts and lengths shrink; histories still span three windows."""
+    for kind in KINDS:
+        shipped = json.loads((ROOT / "config" / f"{kind}.json").read_text())
+        small = json.loads((kit.root / "config" / f"{kind}.json").read_text())
+        assert small.keys() == shipped.keys() and small["model"] == shipped["model"]
+        assert small.get("members") == shipped.get("members")
+        assert small["model_params"].keys() == shipped["model_params"].keys()
+        changed = {k for k, v in small["model_params"].items() if v != shipped["model_params"][k]}
+        assert changed <= set(SMALL_PARAMS), changed
+        assert {k: v for k, v in small["train"].items() if k != "max_seq_len"} == {
+            k: v for k, v in shipped["train"].items() if k != "max_seq_len"
+        }
+    sizes = kit.table.groupby("userID").size()
+    assert sizes["long-lgbm"] >= 3 * LGBM_LEN and sizes["long-seq"] >= 3 * SEQ_LEN
+    minus = kit.table.groupby("userID")["answerCode"].apply(lambda a: np.flatnonzero(a.to_numpy() == -1).tolist())
+    assert minus["long-seq"][:4] == [SEQ_LEN // 2 - 1, SEQ_LEN // 2, SEQ_LEN - 1, SEQ_LEN]  # at the boundaries
+    assert all(len(m) >= 2 for m in minus)  # a -1 row mid-history in every history, not only at its end
 
 
 def requests_for(table: pd.DataFrame) -> list[tuple[int, dict]]:
@@ -169,43 +261,29 @@ def requests_for(table: pd.DataFrame) -> list[tuple[int, dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-def test_inference_file_equals_live_service(kind: str, parity: Parity, tmp_path: Path) -> None:
-    bundle = tmp_path / kind
-    run(ROOT / "config" / f"{kind}.json", parity.data, bundle, epochs=1, device="cpu", seed=0,
-        model_version=f"parity-{kind}", progress=False)  # fmt: skip
+def test_inference_file_equals_live_service(kind: str, kit: Kit, tmp_path: Path) -> None:
+    bundle = kit.bundle(kind)
     max_len = json.loads((bundle / "bundle.json").read_text())["max_seq_len"]
-    assert parity.table.groupby("userID").size().max() >= 3 * max_len  # the long case is really exercised
+    assert kit.table.groupby("userID").size().max() >= 3 * max_len  # the long case is really exercised
 
-    written_file = tmp_path / "predictions.csv"
-    cmd = ["inference.py", "--model-dir", str(bundle), "--data-file", str(parity.file), "--output", str(written_file)]
-    proc = subprocess.run(
-        [PY, *cmd],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    written = pd.read_csv(written_file)["prediction"].to_numpy()  # id order = -1 rows in file order
-    offline = load_predictor(bundle).predict_rows(parity.table)  # what inference.py computes, unrounded
-    targets = np.flatnonzero(parity.table["answerCode"].to_numpy() == -1)
+    inferred = kit.result("infer", kind)
+    assert inferred.returncode == 0, inferred.stderr[-3000:]
+    written = pd.read_csv(kit.root / "predictions" / f"{kind}.csv")["prediction"].to_numpy()  # -1 rows, file order
+    offline = load_predictor(bundle).predict_rows(kit.table)  # what inference.py computes, unrounded
+    targets = np.flatnonzero(kit.table["answerCode"].to_numpy() == -1)
     np.testing.assert_allclose(written, offline[targets], atol=1e-6)  # 6 decimals in the file
 
-    home = tmp_path / "bentoml"
-    packed = subprocess.run(
-        [PY, "packer.py", "--model-dir", str(bundle), "--no-bento"],
-        cwd=ROOT,
-        env=bentoml_env(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    packed = kit.result("pack", kind)
     assert packed.returncode == 0, packed.stderr[-3000:]
     tag = packed.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    # Its own copy of the store: `bentoml serve` writes its metrics files under BENTOML_HOME, and a test on
+    # the other xdist worker may serve from the kit at the same time.
+    home = tmp_path / "bentoml"
+    shutil.copytree(kit.root / "bentoml" / "models", home / "models", symlinks=True)
     served = {}
     with bentoml_service("service:DKTService", bentoml_env(home, tag), tmp_path / "bentoml.log") as server:
         meta = requests.get(server.url + "/metadata", timeout=30).json()
-        for idx, body in requests_for(parity.table):
+        for idx, body in requests_for(kit.table):
             r = requests.post(server.url + "/predict", json=body, timeout=120)
             assert r.status_code == 200, r.text
             served[idx] = r.json()["predictions"][0]["probability"]
