@@ -213,12 +213,13 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     return Kit(made_once(tmp_path_factory, "parity-kit", make_kit))
 
 
-def test_small_configs_keep_every_shipped_option_and_the_long_histories(kit: Kit) -> None:
+def test_small_configs_keep_every_shipped_option_and_the_long_histories(sim_dir: Path, tmp_path: Path) -> None:
     """What makes the small parity run stand for the shipped configs: same model kinds, members, layer and head
     counts and options; only widths, tree counts and lengths shrink; histories still span three windows."""
+    small_configs(tmp_path / "config")
     for kind in KINDS:
         shipped = json.loads((ROOT / "config" / f"{kind}.json").read_text())
-        small = json.loads((kit.root / "config" / f"{kind}.json").read_text())
+        small = json.loads((tmp_path / "config" / f"{kind}.json").read_text())
         assert small.keys() == shipped.keys() and small["model"] == shipped["model"]
         assert small.get("members") == shipped.get("members")
         assert small["model_params"].keys() == shipped["model_params"].keys()
@@ -227,9 +228,10 @@ def test_small_configs_keep_every_shipped_option_and_the_long_histories(kit: Kit
         assert {k: v for k, v in small["train"].items() if k != "max_seq_len"} == {
             k: v for k, v in shipped["train"].items() if k != "max_seq_len"
         }
-    sizes = kit.table.groupby("userID").size()
+    table = to_predict(read_csv(sim_dir / "test.csv"))
+    sizes = table.groupby("userID").size()
     assert sizes["long-lgbm"] >= 3 * LGBM_LEN and sizes["long-seq"] >= 3 * SEQ_LEN
-    minus = kit.table.groupby("userID")["answerCode"].apply(lambda a: np.flatnonzero(a.to_numpy() == -1).tolist())
+    minus = table.groupby("userID")["answerCode"].apply(lambda a: np.flatnonzero(a.to_numpy() == -1).tolist())
     assert minus["long-seq"][:4] == [SEQ_LEN // 2 - 1, SEQ_LEN // 2, SEQ_LEN - 1, SEQ_LEN]  # at the boundaries
     assert all(len(m) >= 2 for m in minus)  # a -1 row mid-history in every history, not only at its end
 
