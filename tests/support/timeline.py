@@ -54,7 +54,7 @@ class Worker:
     last_test: str = ""
 
 
-@dataclass
+@dataclass(eq=False)  # a pytest plugin: pluggy keeps plugins in sets, so it must stay hashable
 class Timeline:
     """Where reports arrive (xdist's controller, or the only process)."""
 
