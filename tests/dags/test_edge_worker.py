@@ -150,6 +150,7 @@ def test_edge_worker_runs_the_train_queue(airflow_edge: dict[str, Any], tmp_path
         "DKT_EDGE_HOSTNAME": name,
         "DKT_APP_PYTHON": sys.executable,
         "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
+        "DKT_WORKER_WAIT": "300",  # registration on a starved machine; the script's default is 120 s
         **STARVED_MACHINE,
     }
     worker_log = worker_home / "edge-worker.log"
@@ -157,7 +158,7 @@ def test_edge_worker_runs_the_train_queue(airflow_edge: dict[str, Any], tmp_path
 
     def script(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", str(SCRIPT), *args], env=worker_env, capture_output=True, text=True,
-                              timeout=240, start_new_session=True)  # fmt: skip
+                              timeout=420, start_new_session=True)  # fmt: skip
 
     started = script("--worker-only")
     worker_pid = int((worker_home / "edge-worker.pid").read_text()) if started.returncode == 0 else None
