@@ -6,13 +6,12 @@ import itertools
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.serving.servers import Server, bentoml_env, bentoml_service, free_port, gunicorn_client
+from tests.serving.servers import Server, bentoml_env, bentoml_service, free_port, gunicorn_client, together
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +28,29 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[object]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the module (a launch is seconds of CPU); each test gets its own context."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} not installed (make test-setup installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)  # a fresh --user-data-dir
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 860},
-        )
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield context.new_page()
+            yield chromium
         finally:
-            context.close()
+            chromium.close()
+
+
+@pytest.fixture
+def browser_page(browser: object) -> Iterator[object]:
+    # A new context is a fresh profile: no cookies, storage or cache from another test.
+    context = browser.new_context(viewport={"width": 1200, "height": 860})  # type: ignore[attr-defined]
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def client_env(tmp_path: Path, sim_dir: Path, url_file: Path) -> dict[str, str]:
@@ -128,29 +131,30 @@ def test_service_stopped_then_switched(
     page = browser_page
     url_file = tmp_path / "inference_url"
     env = bentoml_env(packed.home, packed.model_tag)  # type: ignore[attr-defined]
-    with bentoml_service("service:DKTService", env, tmp_path / "own-bentoml.log") as own:
+    own_service = bentoml_service("service:DKTService", env, tmp_path / "own-bentoml.log")
+    client = gunicorn_client(client_env(tmp_path, sim_dir, url_file), tmp_path / "gunicorn.log")
+    with together(own_service, client) as (own, web):  # booting side by side; the client reads the file per request
         url_file.write_text(own.url)
-        with gunicorn_client(client_env(tmp_path, sim_dir, url_file), tmp_path / "gunicorn.log") as web:
-            page.goto(web.url + "/")  # type: ignore[attr-defined]
-            page.fill("#nickname", "grace")  # type: ignore[attr-defined]
-            page.click("button[type=submit]")  # type: ignore[attr-defined]
-            page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
-            own.stop()  # the inference service goes away mid-session
-            submit(page, solve(page.inner_text("#question-text")))  # type: ignore[attr-defined]
-            assert page.is_visible("#predictions-unavailable")  # type: ignore[attr-defined]
-            assert "Correct!" in page.inner_text(".flash")  # type: ignore[attr-defined]
-            shot(page, tmp_path, "service-down")
-            # A second answer while the service is still down: "0" is right only when the question says so,
-            # and the page must grade it either way (the grading does not need the model).
-            zero_right = solve(page.inner_text("#question-text")) == "0"  # type: ignore[attr-defined]
-            submit(page, "0")
-            flash = page.inner_text(".flash")  # type: ignore[attr-defined]
-            assert ("Correct!" if zero_right else "Not quite") in flash, flash
-            # The pipeline's switch: the URL file now names the other (running) service.
-            url_file.write_text(service.url)
-            page.reload()  # type: ignore[attr-defined]
-            page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
-            assert f"{1 + zero_right}/2 correct" in page.inner_text("header")  # type: ignore[attr-defined]
+        page.goto(web.url + "/")  # type: ignore[attr-defined]
+        page.fill("#nickname", "grace")  # type: ignore[attr-defined]
+        page.click("button[type=submit]")  # type: ignore[attr-defined]
+        page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
+        own.stop()  # the inference service goes away mid-session
+        submit(page, solve(page.inner_text("#question-text")))  # type: ignore[attr-defined]
+        assert page.is_visible("#predictions-unavailable")  # type: ignore[attr-defined]
+        assert "Correct!" in page.inner_text(".flash")  # type: ignore[attr-defined]
+        shot(page, tmp_path, "service-down")
+        # A second answer while the service is still down: "0" is right only when the question says so,
+        # and the page must grade it either way (the grading does not need the model).
+        zero_right = solve(page.inner_text("#question-text")) == "0"  # type: ignore[attr-defined]
+        submit(page, "0")
+        flash = page.inner_text(".flash")  # type: ignore[attr-defined]
+        assert ("Correct!" if zero_right else "Not quite") in flash, flash
+        # The pipeline's switch: the URL file now names the other (running) service.
+        url_file.write_text(service.url)
+        page.reload()  # type: ignore[attr-defined]
+        page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
+        assert f"{1 + zero_right}/2 correct" in page.inner_text("header")  # type: ignore[attr-defined]
     with sqlite3.connect(tmp_path / "client.db") as conn:
         rows = conn.execute("SELECT userID, answerCode FROM interactions ORDER BY id").fetchall()
     # Both answers given while the service was down were kept, each graded as the page showed it.

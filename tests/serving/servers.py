@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,25 @@ def running(
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def together(*managers: AbstractContextManager[Server]) -> Iterator[list[Server]]:
+    """Enter ``managers`` at once, each in a thread (servers boot side by side: a test waits for the slowest
+    start-up, not for the sum); every one that started is stopped at the end, also when another failed."""
+    with ExitStack() as stack, ThreadPoolExecutor(len(managers)) as pool:
+        futures = [pool.submit(m.__enter__) for m in managers]
+        servers, errors = [], []
+        for manager, future in zip(managers, futures, strict=True):
+            try:
+                servers.append(future.result())
+            except BaseException as e:  # re-raised below, once every started one is registered
+                errors.append(e)
+            else:
+                stack.push(manager)
+        if errors:
+            raise errors[0]
+        yield servers
 
 
 def bentoml_env(home: Path, model_tag: str | None = None) -> dict[str, str]:
