@@ -2,6 +2,8 @@
 # `make test`'s runner: the Docker suite (mostly waiting on image builds and rolling updates) runs beside
 # the rest, which runs on TEST_WORKERS pytest-xdist workers (tests sharing the live `bentoml serve` stay on
 # one worker: --dist loadgroup, see tests/conftest.py). The wall time is about the longer of the two runs.
+# Each run ends with its time and CPU per worker (tests/support/timeline.py) and leaves a per-test timeline
+# (JSON lines: worker, test, phase, start, stop, CPU) in the log folder, to see where a slow run spent its time.
 # Usage: mk/run-tests.sh PYTHON [pytest args...]. Exits non-zero when either run fails, "no tests" (5) included.
 set -uo pipefail
 py=$1
@@ -9,9 +11,11 @@ shift
 workers=${TEST_WORKERS:-2}
 logdir=$(mktemp -d -t dkt-tests.XXXXXX)
 start=$SECONDS
-("$py" -m pytest tests/docker "$@" >"$logdir/docker.log" 2>&1; echo "$? $((SECONDS - start))" >"$logdir/docker.rc") &
+("$py" -m pytest tests/docker --timeline "$logdir/docker-timeline.jsonl" "$@" >"$logdir/docker.log" 2>&1
+ echo "$? $((SECONDS - start))" >"$logdir/docker.rc") &
 docker_pid=$!
-"$py" -m pytest --ignore=tests/docker -n "$workers" --dist loadgroup "$@" 2>&1 | tee "$logdir/main.log"
+"$py" -m pytest --ignore=tests/docker -n "$workers" --dist loadgroup --timeline "$logdir/main-timeline.jsonl" "$@" 2>&1 |
+  tee "$logdir/main.log"
 main_rc=${PIPESTATUS[0]}
 main_s=$((SECONDS - start))
 echo "== waiting for tests/docker (running alongside; log $logdir/docker.log)"
