@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,24 @@ from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import ROOT, AirflowCLI
 from tests.dags.polling import request
 from tests.pipeline.s3server import moto_server
-from tests.serving.servers import free_port
+from tests.support.ports import free_port
 from tests.support.students import answering, client_server, run_students
+
+
+class Phases:
+    """Wall seconds per phase, printed with the test's output (shown on failure, or with -s)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.rows: list[str] = []
+
+    def done(self, what: str) -> None:
+        now = time.monotonic()
+        self.rows.append(f"{now - self.last:6.1f} s  {what}")
+        self.last = now
+
+    def __str__(self) -> str:
+        return "\n".join(["[e2e] phases:", *self.rows])
 
 
 def py(env: dict[str, str], *args: str) -> None:
@@ -59,35 +76,41 @@ def students_then_three_dags(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     full = {**os.environ, **env}
+    phases = Phases()
     with AirflowCLI(tmp_path / "airflow", env, tmp_path / "airflow-cli.log") as airflow:
         # Airflow's database and start-up (the in-process execution API `dags test` runs tasks through) get
         # ready in the background while the store and the first model's service are set up.
         airflow.start(["db", "migrate"], tmp_path / "migrate.log")
         airflow.start(["warm"], tmp_path / "warm.log")
-        py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
-        py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
-        for step in ("pull-model", "pack", "deploy", "verify"):
-            py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
-        try:
+        try:  # from here on a server may run: the inference service is stopped whatever happens
+            py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
+            py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
+            for step in ("pull-model", "pack", "deploy", "verify"):
+                py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
+            phases.done("seed data and first model pushed, packed, served (Airflow migrating and warming meanwhile)")
             with client_server(full, client_port, tmp_path / "client.log", timeout=180) as base:
                 first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
                 assert first.failed == 0, first.errors
                 assert first.answers == 40
+                phases.done("client started, 40 answers")
 
                 airflow.dags_test("update_data_dag", tmp_path / "update.log")
                 store = VersionedStore.from_env()
                 data_v = store.pointed("datasets", "latest")
                 assert store.manifest("datasets", data_v)["added_rows"] == 40
                 assert store.get_state("watermark")["watermark"] == "40"
+                phases.done("update_data_dag")
 
                 airflow.dags_test("retrain_and_push_dag", tmp_path / "retrain.log")
                 new_v = store.pointed("models", "production")
                 assert new_v != "test-v1"
                 # Trained on what update_data published.
                 assert store.manifest("models", new_v)["data_version"] == data_v
+                phases.done("retrain_and_push_dag")
 
                 with answering(base, sim_dir / "questions.csv", seed=100) as during:
                     airflow.dags_test("update_inference_server_dag", tmp_path / "deploy.log", timeout=600)
+                phases.done(f"update_inference_server_dag, {during.answers} answers meanwhile ({during.failed} failed)")
                 assert during.answers > 0
                 assert during.failed == 0, during.errors
                 url = (tmp_path / "run" / "inference_url").read_text().strip()
@@ -98,3 +121,4 @@ def students_then_three_dags(
                 assert after.failed == 0 and after.answers == 3
         finally:
             deploy.stop_local()
+            print(phases)

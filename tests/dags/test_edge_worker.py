@@ -21,7 +21,7 @@ import requests
 from pipeline import stack
 from tests.dags.airflow_runner import ROOT, require_airflow
 from tests.dags.polling import ATTEMPT_TIMEOUT, request, tails, wait_for
-from tests.serving.servers import free_port
+from tests.support.ports import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
 TRAIN_TASKS = {"pull_data", "train", "evaluate", "push_candidate"}
