@@ -1,14 +1,12 @@
 # The client image: the Flask app under gunicorn. It reaches inference by service name
 # (DKT_INFERENCE_URL, default http://inference:3000 inside the stack).
-# Build context is assembled by `python -m pipeline.swarm build`: requirements.txt, src/ (client code + data).
+# Build context is assembled by pipeline/swarm_images.py: venv.tar (the app venv's files for the client's pins),
+# src/ (client code + data).
 ARG BASE_IMAGE=local/python:3.11-bookworm
 FROM ${BASE_IMAGE}
 
-ARG PIP_INDEX_URL=https://pypi.org/simple
-ARG PIP_EXTRA_INDEX_URL=
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DKT_INFERENCE_URL=http://inference:3000 \
     DKT_CLIENT_DB=/data/client.db \
     DKT_QUESTIONS=/app/questions.csv \
@@ -17,11 +15,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     GUNICORN_WORKERS=2 \
     GUNICORN_THREADS=4
 
-COPY build-ca.crt /etc/ssl/certs/dkt-build-ca.crt
-COPY requirements.txt /tmp/requirements.txt
-RUN python3 -m venv /opt/venv \
- && PIP_CERT=/etc/ssl/certs/dkt-build-ca.crt pip install --no-cache-dir -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt \
+# The app venv's installed files for the client's pins, as in docker/inference-runtime.Dockerfile (no pip here).
+# dkt-venv-finish checks the files are for this python and makes /opt/venv a venv around them.
+ADD venv.tar /opt/venv/
+COPY requirements.txt /opt/venv/requirements.txt
+COPY venv-finish.sh /usr/local/bin/dkt-venv-finish
+RUN dkt-venv-finish \
  && useradd --system --create-home --home-dir /home/dkt dkt \
  && mkdir -p /data && chown dkt /data
 

@@ -69,19 +69,22 @@ def build(
     ensure_base_image(settings)
     base = {"BASE_IMAGE": settings.base_image}
     images: dict[str, Any] = {}
-    common = {"ca_bundle": settings.build_ca, "wheels_dir": settings.wheels_dir, "questions": settings.questions}
     jobs = {key: (stack.config.images[key], prefix) for key, prefix in (("inference-runtime", "r"), ("client", "c"),
                                                                        ("proxy", "p"))}  # fmt: skip
     say(f"images {', '.join(spec.name for spec, _ in jobs.values())}: build (skipped when unchanged) and push")
-    for key, (ref, _built) in build_hashed_images(jobs, settings.registry, base, progress=say, **common).items():
+    for key, (ref, _built) in build_hashed_images(
+        jobs, settings.registry, base, progress=say, questions=settings.questions
+    ).items():
         images[key] = ref
     result: dict[str, Any] = {"images": images}
     if model is not None:
         tag, version = model
         say(f"image inference for {tag}: build and push")
+        t_inference = time.monotonic()
         images["inference"] = build_inference_image(
             stack.config.images["inference"], settings.registry, images["inference-runtime"], tag, version
         )
+        say(f"image inference: {images['inference']} ({time.monotonic() - t_inference:.0f} s)")
         result.update(model_tag=tag, model_version=version)
     result["build_seconds"] = round(time.monotonic() - t0, 1)
     return result

@@ -14,12 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import Distribution, distributions
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, Field, ValidationError
 
 from dkt.bundle import read_json_file
@@ -28,6 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Docker tags: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
 _TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+# Where the Dockerfiles put the distributions copied from the app venv (docker/inference-runtime.Dockerfile).
+IMAGE_VENV = "/opt/venv"
+# The first line pip writes into a console script: the absolute path of the python it installed with.
+_SCRIPT = re.compile(rb"#!/\S*/python[0-9.]*\r?\n")
 
 
 class DockerError(RuntimeError):
@@ -39,9 +48,9 @@ class ImageSpec(BaseModel):
     dockerfile: str
     sources: list[str] = []
     files: list[str] = []
+    # The pins of requirements.txt the image needs: their installed distributions are copied from the app venv.
     requirements_include: list[str] | None = None
     requirements_exclude: list[str] = []
-    wheels: bool = False
     questions: bool = False  # the item bank (questions.csv) the client serves
 
 
@@ -126,16 +135,126 @@ def _copy_tree(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _link(src: Path, dst: Path) -> None:
+    """A hard link where it can (the 1.4 GB of torch & co. is not copied on every build), else a copy; either way
+    the file keeps its mtime, which the copied bytecode is checked against."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def venv_closure(pins: Sequence[str], site: Path) -> list[Distribution]:
+    """The distributions installed in ``site`` that ``pins`` need: each pin checked against the installed version,
+    then their dependencies' closure, markers (extras included) evaluated as pip did when it installed them.
+    ValueError naming a pin the venv does not satisfy or a dependency it lacks."""
+    dists = distributions(path=[str(site)])
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in dists if d.metadata["Name"]}
+    hint = "make setup installs requirements.txt into the app venv"
+    todo: list[tuple[Requirement, str]] = []
+    for line in pins:
+        req = Requirement(line)
+        dist = installed.get(canonicalize_name(req.name))
+        if dist is None or not req.specifier.contains(dist.version, prereleases=True):
+            found = f"{dist.version} is installed" if dist else "it is not installed"
+            raise ValueError(f"requirements.txt pins {line} but in {site} {found} ({hint})")
+        todo.append((req, line))
+    seen: dict[str, Distribution] = {}
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        req, wanted_by = todo.pop()
+        name = canonicalize_name(req.name)
+        if (name, frozenset(req.extras)) in done:
+            continue
+        done.add((name, frozenset(req.extras)))
+        dist = installed.get(name)
+        if dist is None:
+            raise ValueError(f"{wanted_by} needs {req} but it is not installed in {site} ({hint})")
+        seen[name] = dist
+        envs = [{"extra": e} for e in ("", *req.extras)]
+        for dep in map(Requirement, dist.requires or []):
+            if dep.marker is None or any(dep.marker.evaluate(e) for e in envs):
+                todo.append((dep, f"{dist.metadata['Name']} {dist.version}"))
+    return [seen[n] for n in sorted(seen)]
+
+
+class VenvFiles:
+    """The files pip installed in the app venv ``prefix`` (default: the running interpreter's) for ``pins``.
+
+    An image gets them as they are (``copy_to``), not a second resolution of the pins by a `pip install` inside
+    `docker build`, which took most of the 8 minutes the runtime image took on a busy 2-core host: the files each
+    distribution's RECORD lists, the bytecode pip compiled included (a replica imports torch and bentoml twice
+    at start), and its scripts with their ``#!`` pointed at the image's venv. ``digest`` stands for their content
+    at the cost of reading the RECORD files (each lists every file's sha256), not 1.4 GB, so a deploy that finds
+    the image already built decides so in a second: a changed pin or reinstall changes it.
+    The image's python must be the venv's minor version (the Dockerfiles check it), and its C library at least as
+    new as the one the venv's wheels need, which holds for a base image made from the host's packages.
+    """
+
+    def __init__(self, pins: Sequence[str], prefix: Path | None = None):
+        self.prefix = prefix or Path(sys.prefix)
+        if not (self.prefix / "pyvenv.cfg").is_file():
+            raise ValueError(
+                f"{self.prefix} is no virtualenv: build the images with the app venv's python (.venv/bin/dkt)"
+            )
+        site = Path(
+            sysconfig.get_path("purelib", "venv", vars={"base": str(self.prefix), "platbase": str(self.prefix)})
+        )
+        self.files: dict[Path, Path] = {}  # path in the venv -> installed file
+        h = hashlib.sha256(sys.implementation.cache_tag.encode())
+        for dist in venv_closure(pins, site):
+            h.update(f"{dist.metadata['Name']} {dist.version}\0".encode() + (dist.read_text("RECORD") or "").encode())
+            for rel in dist.files or []:
+                src = Path(os.path.normpath(dist.locate_file(rel)))
+                if not src.is_relative_to(self.prefix):
+                    raise ValueError(f"{src}: {dist.metadata['Name']} installed a file outside {self.prefix}")
+                self.files[src.relative_to(self.prefix)] = src
+        self.digest = h.hexdigest()
+
+    def copy_to(self, dest: Path) -> None:
+        """Lay the files out as a venv in ``dest`` (hard links where it can: 1.4 GB is not copied per build)."""
+        for rel, src in self.files.items():
+            if not src.is_file():
+                raise ValueError(f"{src}: listed in its distribution's RECORD but missing; reinstall it (make setup)")
+            dst = dest / rel
+            if rel.parts[0] == "bin" and _SCRIPT.match(text := src.read_bytes()):
+                # a console script (`bentoml`): its #! names the python pip ran with, the image has its own
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f"#!{IMAGE_VENV}/bin/python".encode() + text[text.find(b"\n") :])
+                shutil.copystat(src, dst)
+            else:
+                _link(src, dst)
+
+    def write_tar(self, tar: Path) -> None:
+        """The venv as one tar file, which the Dockerfile ADDs: 40,000 files sent and COPYed one by one took the
+        legacy builder 281 s, one file 137 s (busy 2-core host). Owned by root, as pip run as root leaves them."""
+        with tempfile.TemporaryDirectory(prefix="venv-", dir=tar.parent) as stage:  # gone before the build
+            self.copy_to(Path(stage))
+            run(["tar", "-cf", str(tar), "--owner=0", "--group=0", "--numeric-owner", "-C", stage, "."])
+
+
+def image_pins(spec: ImageSpec, repo: Path = REPO_ROOT) -> list[str] | None:
+    """The pins of requirements.txt whose installed distributions ``spec``'s image gets; None: no Python deps."""
+    if spec.requirements_include is None and not spec.requirements_exclude:
+        return None
+    lines = (repo / "requirements.txt").read_text().splitlines()
+    return filter_requirements(lines, spec.requirements_include, spec.requirements_exclude)
+
+
 def assemble_context(
     spec: ImageSpec,
     ctx: Path,
     *,
     repo: Path = REPO_ROOT,
-    ca_bundle: Path | None = None,
-    wheels_dir: Path | None = None,
     questions: Path | None = None,
+    venv: VenvFiles | None = None,
 ) -> Path:
-    """Fill ``ctx`` with what the Dockerfile of ``spec`` copies; ValueError naming anything missing."""
+    """Fill ``ctx`` with what the Dockerfile of ``spec`` copies; ValueError naming anything missing.
+
+    The Python distributions (venv.tar) go in only when ``venv`` is given (``build_hashed_image`` gives them once it
+    knows the image must be built); the pins always do: `cat /opt/venv/requirements.txt` says what an image holds.
+    """
     ctx.mkdir(parents=True, exist_ok=True)
     dockerfile = repo / spec.dockerfile
     if not dockerfile.is_file():
@@ -151,15 +270,10 @@ def assemble_context(
         if not src.is_file():
             raise ValueError(f"{src}: file named in config/swarm.json for image {spec.name} does not exist")
         shutil.copy2(src, ctx / src.name)
-    if spec.requirements_include is not None or spec.requirements_exclude:
-        lines = filter_requirements(
-            (repo / "requirements.txt").read_text().splitlines(), spec.requirements_include, spec.requirements_exclude
-        )
-        (ctx / "requirements.txt").write_text("\n".join(lines) + "\n")
-        ca = ca_bundle or Path("/etc/ssl/certs/ca-certificates.crt")
-        if not ca.is_file():
-            raise ValueError(f"{ca}: CA bundle for pip inside the build not found (set DKT_BUILD_CA)")
-        shutil.copy2(ca, ctx / "build-ca.crt")
+    if (pins := image_pins(spec, repo)) is not None:
+        (ctx / "requirements.txt").write_text("\n".join(pins) + "\n")
+        if venv is not None:
+            venv.write_tar(ctx / "venv.tar")
     if spec.questions:
         if questions is None or not questions.is_file():
             raise ValueError(
@@ -167,13 +281,6 @@ def assemble_context(
                 "(set DKT_QUESTIONS, or write one with `dkt simulate --out data/sim`)"
             )
         shutil.copy2(questions, ctx / "src" / "questions.csv")
-    if spec.wheels:
-        (ctx / "wheels").mkdir(exist_ok=True)
-        for whl in sorted(wheels_dir.glob("*.whl")) if wheels_dir and wheels_dir.is_dir() else []:
-            try:  # a hard link keeps the 190 MB torch wheel from being copied on every build
-                os.link(whl, ctx / "wheels" / whl.name)
-            except OSError:
-                shutil.copy2(whl, ctx / "wheels" / whl.name)
     return ctx
 
 
@@ -215,20 +322,20 @@ def build_hashed_image(
     build_args: dict[str, str],
     *,
     repo: Path = REPO_ROOT,
-    ca_bundle: Path | None = None,
-    wheels_dir: Path | None = None,
     questions: Path | None = None,
     prefix: str = "c",
 ) -> tuple[str, bool]:
     """Build (unless present) and push an image tagged by its context hash. Returns (ref, built)."""
+    pins = image_pins(spec, repo)
+    venv = VenvFiles(pins) if pins is not None else None
     with tempfile.TemporaryDirectory(prefix=f"dkt-{spec.name}-") as tmp:
-        ctx = assemble_context(
-            spec, Path(tmp), repo=repo, ca_bundle=ca_bundle, wheels_dir=wheels_dir, questions=questions
-        )
-        h = hashlib.sha256((context_hash(ctx) + json.dumps(build_args, sort_keys=True)).encode()).hexdigest()[:12]
-        ref = f"{registry}/{spec.name}:{prefix}-{h}"
+        ctx = assemble_context(spec, Path(tmp), repo=repo, questions=questions)
+        content = context_hash(ctx) + (venv.digest if venv else "") + json.dumps(build_args, sort_keys=True)
+        ref = f"{registry}/{spec.name}:{prefix}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
         built = not image_exists(ref)
         if built:
+            if venv is not None:
+                venv.write_tar(ctx / "venv.tar")
             docker_build(ctx, ref, build_args)
     docker_push(ref)
     return ref, built
@@ -251,8 +358,11 @@ def build_hashed_images(
 
     def one(key: str) -> tuple[str, bool]:
         spec, prefix = jobs[key]
+        t0 = time.monotonic()
         ref, built = build_hashed_image(spec, registry, build_args, prefix=prefix, **context)
-        progress(f"image {spec.name}: {ref} ({'built' if built else 'unchanged'})")
+        progress(
+            f"image {spec.name}: {ref} ({'built' if built else 'unchanged'}, pushed; {time.monotonic() - t0:.0f} s)"
+        )
         return ref, built
 
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:

@@ -28,8 +28,6 @@ class SwarmSettings:
     client_url: str
     metadata_url: str
     timeout: float
-    wheels_dir: Path
-    build_ca: Path
     questions: Path
     client_db: Path  # the answer store: the client service bind-mounts its folder, the exporter reads it
     secret_key: str | None
@@ -55,8 +53,6 @@ def swarm_settings(env: Mapping[str, str] | None = None) -> SwarmSettings:
         client_url=str(s.client_url),
         metadata_url=str(s.metadata_url),
         timeout=s.timeout,
-        wheels_dir=Path(s.wheels_dir or "/opt/wheels"),
-        build_ca=s.build_ca,
         # A DKT_QUESTIONS that is given is taken as given (relative: to the working directory), as before.
         questions=Path(c.questions) if "questions" in c.model_fields_set else at_root(c.questions),
         client_db=at_root(c.client_db),

@@ -21,9 +21,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_settings_defaults_and_find_links() -> None:
-    s = swarm_settings({"PIP_FIND_LINKS": "/some/wheels /other"})
-    assert (s.registry, s.client_url, s.wheels_dir) == ("127.0.0.1:5000", "http://127.0.0.1:8080", Path("/some/wheels"))
+def test_settings_defaults() -> None:
+    s = swarm_settings({})
+    assert (s.registry, s.client_url) == ("127.0.0.1:5000", "http://127.0.0.1:8080")
     assert swarm_settings({"DKT_REGISTRY": "reg.example:5000", "DKT_SWARM_TIMEOUT": "90"}).timeout == 90
 
 

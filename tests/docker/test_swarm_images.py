@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from pipeline.swarm_images import (
+    IMAGE_VENV,
     REPO_ROOT,
     ImageSpec,
+    VenvFiles,
     assemble_context,
     context_hash,
     filter_requirements,
+    image_pins,
     load_stack_config,
     tag_for,
 )
@@ -67,20 +72,81 @@ def test_bad_stack_config_names_file_and_field(tmp_path: Path, content: str, mes
     assert str(path) in str(info.value)
 
 
-def test_runtime_context_has_filtered_pins_ca_and_wheels(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"wheel")
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+def fake_venv(root: Path, dists: dict[str, tuple[str, list[str], dict[str, str]]]) -> Path:
+    """A venv holding ``name: (version, Requires-Dist lines, {path: content})`` as pip lays them out."""
+    site = root / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (root / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    for name, (version, requires, files) in dists.items():
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"] + [
+            f"Requires-Dist: {r}" for r in requires
+        ]
+        (info / "METADATA").write_text("\n".join(meta) + "\n")
+        record = [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
+        for rel, content in files.items():
+            (site / rel).parent.mkdir(parents=True, exist_ok=True)
+            (site / rel).write_text(content)
+            record.append(f"{rel},sha256=x,{len(content)}")
+        (info / "RECORD").write_text("\n".join(record) + "\n")
+    return root
+
+
+def test_venv_files_are_the_pins_closure_with_scripts_pointed_at_the_image(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    fake_venv(venv, {
+        "app": ("1.0", ["dep>=2", "extra-only; extra == 'x'", "win-only; sys_platform == 'win32'"],
+                {"app/__init__.py": "A", "app/__pycache__/__init__.cpython-311.pyc": "bytecode",
+                 "../../../bin/app": f"#!{venv}/bin/python\nimport app\n"}),
+        "dep": ("2.1", [], {"dep.py": "D"}),
+        "extra-only": ("1", [], {"e.py": "E"}),
+        "unrelated": ("1", [], {"u.py": "U"}),
+    })  # fmt: skip
+    files = VenvFiles(["app==1.0"], prefix=venv)
+    site = Path("lib/python3.11/site-packages")
+    assert site / "app/__pycache__/__init__.cpython-311.pyc" in files.files and Path("bin/app") in files.files
+    assert not any(p.name in ("e.py", "u.py") for p in files.files), "only what pip installed for the pins"
+    files.copy_to(tmp_path / "ctx")
+    assert (tmp_path / "ctx/bin/app").read_text() == f"#!{IMAGE_VENV}/bin/python\nimport app\n"
+    assert (tmp_path / "ctx" / site / "dep.py").stat().st_ino == (venv / site / "dep.py").stat().st_ino  # linked
+    (tmp_path / "ctx2").mkdir()
+    files.write_tar(tmp_path / "ctx2" / "venv.tar")
+    with tarfile.open(tmp_path / "ctx2" / "venv.tar") as tar:
+        script = tar.getmember("./bin/app")
+        assert (script.uid, script.gid) == (0, 0) and tar.extractfile(script).read().startswith(b"#!/opt/venv/")  # type: ignore[union-attr]
+    assert [p.name for p in (tmp_path / "ctx2").iterdir()] == ["venv.tar"]
+    first = files.digest
+    (venv / site / "dep-2.1.dist-info/RECORD").write_text("dep.py,sha256=y,1\n")  # a reinstall changes the RECORD
+    assert VenvFiles(["app==1.0"], prefix=venv).digest != first
+
+
+def test_venv_files_refuse_a_venv_that_does_not_match_the_pins(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path / "venv", {"app": ("1.0", ["dep>=2"], {}), "dep": ("1.5", [], {})})
+    with pytest.raises(ValueError, match=r"requirements.txt pins app==2.0 but in .*site-packages 1.0 is installed"):
+        VenvFiles(["app==2.0"], prefix=venv)
+    with pytest.raises(ValueError, match=r"pins nothere==1 but .* it is not installed \(make setup"):
+        VenvFiles(["nothere==1"], prefix=venv)
+    shutil.rmtree(venv / "lib/python3.11/site-packages/dep-1.5.dist-info")
+    with pytest.raises(ValueError, match=r"app 1.0 needs dep>=2 but it is not installed"):
+        VenvFiles(["app==1.0"], prefix=venv)
+    with pytest.raises(ValueError, match="is no virtualenv"):
+        VenvFiles(["app==1.0"], prefix=tmp_path)
+
+
+def test_runtime_image_gets_the_app_venvs_torch_and_bentoml_not_the_clients(tmp_path: Path) -> None:
     spec = load_stack_config(CONFIG).images["inference-runtime"]
-    ctx = assemble_context(spec, tmp_path / "ctx", ca_bundle=ca, wheels_dir=wheels)
-    reqs = (ctx / "requirements.txt").read_text().splitlines()
-    assert "torch==2.13.0" in reqs and any(r.startswith("bentoml==") for r in reqs)
-    assert not any(r.lower().startswith(("flask", "gunicorn")) for r in reqs)
-    assert (ctx / "wheels" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").read_bytes() == b"wheel"
-    assert (ctx / "build-ca.crt").read_text() == ca.read_text()
-    assert "FROM ${BASE_IMAGE}" in (ctx / "Dockerfile").read_text()
+    pins = image_pins(spec)
+    assert pins is not None and "torch==2.13.0" in pins and not any(p.lower().startswith("flask") for p in pins)
+    ctx = assemble_context(spec, tmp_path / "ctx")
+    assert (ctx / "requirements.txt").read_text().splitlines() == pins and not (ctx / "venv.tar").exists()
+    assert (ctx / "venv-finish.sh").is_file() and "FROM ${BASE_IMAGE}" in (ctx / "Dockerfile").read_text()
+    names = {
+        p.parts[3]
+        for p in VenvFiles(pins).files
+        if len(p.parts) > 4 and p.parts[:3] == ("lib", "python3.11", "site-packages")
+    }
+    assert {"torch", "bentoml", "lightgbm"} <= names and "flask" not in names
 
 
 def test_inference_context_copies_service_and_package(tmp_path: Path) -> None:
@@ -133,7 +199,7 @@ def test_images_build_side_by_side_and_a_failure_is_raised_after_all_ended(monke
     monkeypatch.setattr(si, "build_hashed_image", lambda spec, reg, args, prefix, **_: (f"{reg}/{spec.name}", False))
     out = si.build_hashed_images(jobs, "reg:5000", {}, progress=said.append)
     assert out == {k: (f"reg:5000/{s.name}", False) for k, (s, _p) in jobs.items()}
-    assert "image dkt-proxy: reg:5000/dkt-proxy (unchanged)" in said
+    assert any(m.startswith("image dkt-proxy: reg:5000/dkt-proxy (unchanged, pushed; ") for m in said)
 
 
 def test_client_context_holds_every_project_module_the_client_imports(tmp_path: Path) -> None:
@@ -145,7 +211,7 @@ def test_client_context_holds_every_project_module_the_client_imports(tmp_path: 
     spec = load_stack_config(CONFIG).images["client"]
     questions = tmp_path / "questions.csv"
     questions.write_text("assessmentItemID,KnowledgeTag\n")
-    ctx = assemble_context(spec, tmp_path / "ctx", ca_bundle=Path(__file__), questions=questions)
+    ctx = assemble_context(spec, tmp_path / "ctx", questions=questions)
     src = ctx / "src"
     # Import it as gunicorn does, from the copied files only: any project module loaded from elsewhere is missing.
     code = (
