@@ -3,6 +3,7 @@ started the way `make up` starts it, scraping a real Prometheus text endpoint an
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -114,6 +115,8 @@ def test_make_up_prometheus_scrapes_and_evaluates_the_rules(
     Gauge("dkt_online_auc", "online AUC", ["model_version"], registry=registry).labels("v1").set(0.71)
     Gauge("dkt_model_test_auc", "offline test AUC", ["model_version"], registry=registry).labels("v1").set(0.80)
     Gauge("dkt_online_ece", "online ECE", ["model_version"], registry=registry).labels("v1").set(0.2)
+    serving = Gauge("dkt_model_serving", "served version", ["model_version", "role"], registry=registry)
+    serving.labels("v1", "production").set(1)  # the AUC alert is about production only
     Counter("dkt_scored_answers", "scored answers", ["model_version"], registry=registry).labels("v1").inc(40)
 
     port = free_port()
@@ -195,3 +198,25 @@ def test_up_refuses_a_port_another_process_holds(
         " `systemctl disable --now prometheus`, or choose another port)"
     ]
     assert not (tmp_path / "run" / "pids" / "prometheus.pid").exists()
+
+
+def test_the_client_metrics_pass_promtool_and_hold_every_dkt_series_the_rules_read(
+    tmp_path: Path, sim_dir: Path
+) -> None:
+    """The alert rules and the client's /metrics agree on names: a renamed metric would leave an alert that can
+    never fire. The exposition itself passes `promtool check metrics` (Prometheus's own linter)."""
+    from client import db
+    from tests.client.conftest import make_app
+    from tests.client.test_metrics import fill
+
+    fill(tmp_path / "client.db", ["v1"] * 20, seed=1)
+    meta = {"model_name": "lstm", "model_version": "v1", "metrics": {"test_auc": 0.75}}
+    db.remember_model_version(db.connect(tmp_path / "client.db"), meta)  # as the page does on a version's first use
+    app = make_app(tmp_path, sim_dir, f"http://127.0.0.1:{free_port()}")
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    lint = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    exposed = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    used = set(re.findall(r"\bdkt_[a-z_]+", (CONFIG / "alerts.yml").read_text()))
+    assert used and used <= exposed, f"alerts.yml reads {sorted(used - exposed)}, which the client does not expose"
