@@ -140,8 +140,13 @@ def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
     meta = json.loads((second / "bundle.json").read_text())
     (second / "bundle.json").write_text(json.dumps({**meta, "model_version": "test-v2"}))
     run = tmp_path / "run"
+    # The store already holds test-v1's model and Bento (the session's packer run): v1's pack step takes the
+    # path of a redeploy (both reused), v2's builds its own, so both ways through `pack` are walked.
+    home = tmp_path / "bentoml"
+    for part in ("models", "bentos"):
+        shutil.copytree(packed.home / part, home / part, symlinks=True)
     for k, v in {"DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_DEPLOY_MODE": "local",
-                 "BENTOML_HOME": str(tmp_path / "bentoml"), "DKT_SERVE_PORT": str(free_port()),
+                 "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port()),
                  "DKT_DRAIN_SECONDS": "0", "DKT_READY_TIMEOUT": "240"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)
     servers = []
@@ -157,6 +162,8 @@ def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
             state = json.loads((run / "serving.json").read_text())
             servers.append(state["pid"])
             url = (run / "inference_url").read_text().strip()
+            assert json.loads((work_dir(deploy.FLOW, version) / "pack.json").read_text())["bento_tag"] == (
+                f"dkt-service:{version}")  # fmt: skip
             assert verified["model_version"] == version and verified["production"] == version
             assert url == state["url"] == verified["url"]
             assert requests.get(url + "/metadata", timeout=10).json()["model_version"] == version
@@ -164,6 +171,8 @@ def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
             assert (serving["model_version"], serving["mode"], serving["metadata_url"]) == (
                 version, "local", url + "/metadata")  # fmt: skip
         assert state["previous"]["model_version"] == "test-v1" and state["previous"]["port"] != state["port"]
+        bento_yaml = Path("bentos", *packed.bento_tag.split(":"), "bento.yaml")
+        assert (home / bento_yaml).read_text() == (packed.home / bento_yaml).read_text()  # v1's was reused
         assert not deploy_local.alive(servers[0])  # the old server was stopped after the switch
         assert deploy_local.alive(servers[1])
     finally:
