@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from dkt.bundle import LINEAGE_KEYS, BundleError, read_meta
 from dkt.verify import verify_bundle
 from tests.conftest import ROOT, TINY_LSTM
-from tests.support.scripts import Job, ScriptBatch
+from tests.support.scripts import Job, Result, ScriptBatch
 
 TINY = {**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 1}}
 
@@ -123,32 +124,52 @@ def shared_student(sim: Path, tmp: Path) -> tuple[Path, Path, Path, list[str]]:
     return f, sim / "test.csv", tmp / "out", [f"user '{moved}' is in both --train-file and --test-file"]
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        one_user,
-        one_row,
-        year_0001,
-        binary,
-        not_utf8,
-        all_correct,
-        empty,
-        header_only,
-        missing,
-        missing_test_file,
-        output_dir_is_a_file,
-        shared_student,
-    ],
-)
-def test_bad_input_is_one_error_line_exit_2_and_no_bundle(
-    case: Case, sim_dir: Path, config_file: Path, tmp_path: Path
-) -> None:
-    train, test, out, expected = case(sim_dir, tmp_path)
-    res = train_cli("--config", config_file, "--train-file", train, "--test-file", test, "--output-dir", out)
+CASES: list[Case] = [
+    one_user,
+    one_row,
+    year_0001,
+    binary,
+    not_utf8,
+    all_correct,
+    empty,
+    header_only,
+    missing,
+    missing_test_file,
+    output_dir_is_a_file,
+    shared_student,
+]
+
+
+@dataclass
+class Refusal:
+    result: Result
+    out: Path
+    expected: list[str]
+
+
+@pytest.fixture(scope="module")
+def refusals(sim_dir: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Refusal]:
+    """train.py on every bad input, one after another in one child process (tests/support/scripts.py: each run
+    is train.py as __main__ with its own argv, so one interpreter start-up serves all twelve)."""
+    made = {}
+    for case in CASES:
+        train, test, out, expected = case(sim_dir, tmp_path_factory.mktemp(case.__name__))
+        argv = ["--device", "cpu", "--no-progress", "--config", str(config_file), "--train-file", str(train),
+                "--test-file", str(test), "--output-dir", str(out)]  # fmt: skip
+        made[case.__name__] = (Job("train.py", argv), out, expected)
+    batch = ScriptBatch.start([job for job, _, _ in made.values()], os.environ, tmp_path_factory.mktemp("batch"))
+    results = batch.wait()
+    return {name: Refusal(r, out, exp) for (name, (_, out, exp)), r in zip(made.items(), results, strict=True)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_is_one_error_line_exit_2_and_no_bundle(case: Case, refusals: dict[str, Refusal]) -> None:
+    refusal = refusals[case.__name__]
+    res, out = refusal.result, refusal.out
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for text in expected:
+    for text in refusal.expected:
         assert text in lines[0], (text, lines[0])
     assert res.stdout == ""
     assert not (out / "bundle.json").exists()
