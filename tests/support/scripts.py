@@ -86,7 +86,12 @@ class ScriptBatch:
         return cls(proc, results, log)
 
     def wait(self, timeout: float = 900) -> list[Result]:
-        rc = self.proc.wait(timeout=timeout)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # no child left behind by a test that gave up on it
+            self.proc.wait()
+            raise
         if rc != 0 or not self.results_file.is_file():
             raise RuntimeError(f"the script batch exited with {rc}:\n{self.log.read_text()[-3000:]}")
         return [Result(**r) for r in json.loads(self.results_file.read_text())]
