@@ -21,3 +21,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         suffix = "@" + "_".join(sorted(groups))
         if groups and not item.nodeid.endswith(suffix):
             item._id = NodeId.parse(item.nodeid + suffix)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist registers the mark; without it (-p no:xdist, a single process) --strict-markers would stop collection.
+    config.addinivalue_line("markers", "xdist_group(name): run on the same xdist worker as the group's other tests")
