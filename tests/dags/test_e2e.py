@@ -40,9 +40,19 @@ class Phases:
         return "\n".join(["[e2e] phases:", *self.rows])
 
 
-def py(env: dict[str, str], *args: str) -> None:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{args}: {proc.stderr[-3000:]}"
+def py(env: dict[str, str], *commands: list[str]) -> None:
+    """The app's CLI commands, side by side: pass several only when they are independent."""
+    procs = [(args, subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)) for args in commands]  # fmt: skip
+    try:
+        for args, proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{args}: {err[-3000:]}"
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.slow
@@ -83,10 +93,11 @@ def students_then_three_dags(
         airflow.start(["db", "migrate"], tmp_path / "migrate.log")
         airflow.start(["warm"], tmp_path / "warm.log")
         try:  # from here on a server may run: the inference service is stopped whatever happens
-            py(full, "-m", "dkt", "data", "push", str(sim_dir), "--version", "seed")
-            py(full, "-m", "dkt", "models", "push", str(lstm_bundle), "--promote")
+            # The seed data and the first model go to different parts of the store: pushed at the same time.
+            py(full, ["-m", "dkt", "data", "push", str(sim_dir), "--version", "seed"],
+               ["-m", "dkt", "models", "push", str(lstm_bundle), "--promote"])  # fmt: skip
             for step in ("pull-model", "pack", "deploy", "verify"):
-                py(full, "-m", "dkt", "deploy", step, "--run-id", "initial")
+                py(full, ["-m", "dkt", "deploy", step, "--run-id", "initial"])
             phases.done("seed data and first model pushed, packed, served (Airflow migrating and warming meanwhile)")
             with client_server(full, client_port, tmp_path / "client.log", timeout=180) as base:
                 first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
