@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dkt import tracking
 from dkt.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
@@ -100,7 +101,29 @@ def run(
     if not isinstance(config, ExperimentConfig):
         config_dir = Path(config).parent
         config = load_config(config)
-    out = Path(output_dir)
+    # Recorded in MLflow when a tracking server is configured (dkt/tracking.py); never fails the training.
+    params = tracking.flat_params(config.model_dump(mode="json"))
+    params |= {"seed": str(seed), "epochs": str(epochs), "device": device, "output_dir": str(output_dir)}
+    with tracking.training_run(config.model, params) as tracked:
+        return _train(
+            config, data, Path(output_dir), epochs, device, seed, model_version, data_version, config_dir, progress,
+            tracked,
+        )  # fmt: skip
+
+
+def _train(
+    config: ExperimentConfig,
+    data: RunData,
+    out: Path,
+    epochs: int | None,
+    device: str,
+    seed: int,
+    model_version: str | None,
+    data_version: str | None,
+    config_dir: Path | None,
+    progress: bool,
+    tracked: tracking.TrackedRun,
+) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: --output-dir exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +197,7 @@ def run(
     write_json(out / "metrics.json", metrics)
     if fit.get("history"):
         write_json(out / "history.json", finite_or_none(fit["history"]))
+    meta |= tracked.record(meta, metrics, fit.get("history") or [], out)
     write_json(out / BUNDLE_FILE, meta | {"metrics": metrics})  # last: from here on the folder is a bundle
     return metrics
 

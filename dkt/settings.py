@@ -414,6 +414,40 @@ class PrometheusSettings(Group):
     )
 
 
+# -- MLflow tracking (dkt/tracking.py: every training run; pipeline/mlflow_server.py: `make up`'s server) -----
+class MlflowSettings(Group):
+    title: ClassVar[str] = "mlflow tracking"
+    tracking_uri: str | None = env(
+        "DKT_MLFLOW_TRACKING_URI",
+        None,
+        "the MLflow tracking server every training run is recorded in (http://host:port); unset: runs are not"
+        " tracked and each training says so in one warning line; `make up` sets it to the server it starts",
+        "URL",
+        pattern=r"^https?://[^/\s]+",
+    )
+    experiment: str = env("DKT_MLFLOW_EXPERIMENT", "dkt", "the MLflow experiment training runs are recorded under")
+    timeout: float = env(
+        "DKT_MLFLOW_TIMEOUT",
+        10.0,
+        "how long a training waits for the tracking server to answer its first request before going on untracked",
+        "s",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    port: int = env(
+        "DKT_MLFLOW_PORT",
+        5050,
+        "the tracking server `make up` starts: binds 127.0.0.1 to this port (not MLflow's 5000: DKT_REGISTRY's)",
+        "port",
+    )
+    venv: Path = env(
+        "DKT_MLFLOW_VENV",
+        REPO_ROOT / ".venv-mlflow",
+        "the tracking server's own virtualenv (`mlflow` conflicts with the app's gunicorn; `make mlflow-venv`)",
+        "path",
+    )
+
+
 # -- Airflow DAGs (dags/, run in .venv-airflow) ---------------------------------------------------------
 class AirflowSettings(Group):
     title: ClassVar[str] = "airflow DAGs"
