@@ -37,6 +37,10 @@ TRAIN_EXECUTOR = SETTINGS.train_executor
 _EXECUTORS = {"local": None, "edge": "EdgeExecutor"}
 
 DATA_ASSET = Asset(name="dkt_dataset_latest", uri="file:///dkt/datasets/latest")
+# Emitted by update_data_dag's drift task only when the new version calls for retraining (its PSI against
+# production's training data reaches DKT_DRIFT_PSI_THRESHOLD, or there is no production model): what
+# retrain_and_push_dag is scheduled on. The data asset still marks every new version.
+DRIFT_ASSET = Asset(name="dkt_dataset_drifted", uri="file:///dkt/datasets/drifted")
 MODEL_ASSET = Asset(name="dkt_model_production", uri="file:///dkt/models/production")
 
 DEFAULT_ARGS: dict[str, Any] = {

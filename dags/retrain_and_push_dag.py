@@ -5,7 +5,8 @@ pull_data -> train -> evaluate (candidate and production on the same held-out us
 Nothing unloadable is promoted: evaluate refuses a candidate that does not load and score a smoke batch,
 and promote_if_better pulls the stored version and checks it again (dkt.verify); either fails the task.
 The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
-want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Scheduled on the data asset.
+want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Scheduled on the drift asset:
+update_data_dag emits it when a new data version drifted past $DKT_DRIFT_PSI_THRESHOLD (docs/monitoring.md#drift).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, MODEL_ASSET, cli, pipeline_dag
+from dkt_tasks import DRIFT_ASSET, MODEL_ASSET, cli, pipeline_dag
 
-with pipeline_dag("retrain_and_push_dag", [DATA_ASSET], __doc__, ["model"]):
+with pipeline_dag("retrain_and_push_dag", [DRIFT_ASSET], __doc__, ["model"]):
     pull = cli("pull_data", "-m dkt models pull-data", timeout_minutes=15, train_host=True)
     train = cli("train", "-m dkt models train", timeout_minutes=120, train_host=True)
     evaluate = cli("evaluate", "-m dkt models evaluate", timeout_minutes=30, train_host=True)

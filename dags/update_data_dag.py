@@ -3,6 +3,9 @@
 export (since the watermark) -> prepare (validate, merge, dedupe) -> publish (push, move latest;
 emits the data asset) -> advance_watermark (only after the push). Schedule: $DKT_UPDATE_SCHEDULE
 (default @daily). Re-running after a crash at any step neither loses nor duplicates rows.
+Beside advance_watermark, drift writes the new version's drift report against production's training
+data (datasets/<version>/drift.json, and the task log) and emits the drift asset, which starts
+retrain_and_push_dag, only when its PSI reaches $DKT_DRIFT_PSI_THRESHOLD (else it is skipped).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
-from dkt_tasks import DATA_ASSET, SETTINGS, cli, pipeline_dag
+from dkt_tasks import DATA_ASSET, DRIFT_ASSET, SETTINGS, cli, pipeline_dag
 
 with pipeline_dag("update_data_dag", SETTINGS.update_schedule, __doc__, ["data"]):
     export = cli("export", "-m dkt data export", timeout_minutes=15)
@@ -21,4 +24,6 @@ with pipeline_dag("update_data_dag", SETTINGS.update_schedule, __doc__, ["data"]
     publish = cli("publish", "-m dkt data publish", timeout_minutes=15, outlets=[DATA_ASSET])
     # none_failed: when publish is skipped (nothing new) the cursor still moves past the exported rows.
     advance = cli("advance_watermark", "-m dkt data advance-watermark", timeout_minutes=5, trigger_rule="none_failed")
+    drift = cli("drift", "-m dkt data drift", timeout_minutes=15, outlets=[DRIFT_ASSET])
     export >> prepare >> publish >> advance
+    publish >> drift

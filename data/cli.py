@@ -3,11 +3,13 @@
     dkt data list
     dkt data push data/sim            # a folder with train.csv and test.csv
     dkt data pull latest --dest DIR
-    dkt data export|prepare|publish|advance-watermark --run-id ID   (the update_data_dag steps)
+    dkt data drift [VERSION] [--reference V] [--json]   # drift against production's training data
+    dkt data export|prepare|publish|advance-watermark|drift --run-id ID   (the update_data_dag steps)
 
 Store settings come from the environment: DKT_STORE (local|s3), DKT_STORE_ROOT,
 DKT_S3_BUCKET, DKT_S3_PREFIX, DKT_S3_ENDPOINT_URL / AWS_ENDPOINT_URL, AWS credentials.
-Exit codes: 0 done, 2 bad input or store error, 99 nothing new to publish (a skip for Airflow).
+Exit codes: 0 done, 2 bad input or store error, 99 nothing new to publish, or (drift --run-id) a drift
+below DKT_DRIFT_PSI_THRESHOLD: no retraining (a skip for Airflow: the drift asset is not emitted).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from dkt.bundle import default_version
+from dkt.bundle import BundleError, default_version
 from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
 from dkt.data.schema import DataValidationError
 from pipeline import data_update
@@ -42,7 +44,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pull.add_argument("ref", nargs="?", default="latest")
     pull.add_argument("--dest", type=Path, required=True)
     add_dag_steps(sub, "update_data_dag", ("export", "prepare", "publish", "advance-watermark"))
+    drift = sub.add_parser(
+        "drift",
+        help="drift of a data version against production's training data (PSI per feature, production's AUC)",
+        description="Population stability index of the answer rate, the item and KnowledgeTag mix, response time"
+        " and history length of the version's new answers against the data production trained on, and"
+        " production's AUC on them (docs/monitoring.md#drift). With --run-id (the update_data_dag step): the"
+        " latest version's report is stored beside it (datasets/<version>/drift.json), and the exit is 99 (skip:"
+        " no retraining) unless retraining is called for.",
+    )
+    drift.add_argument("version", nargs="?", default="latest", help="data version (default: latest)")
+    drift.add_argument("--reference", help="compare with this data version's train.csv instead")
+    drift.add_argument("--json", action="store_true", help="the report as JSON instead of a table")
+    drift.add_argument("--run-id", help="the DAG run id: store the report, exit 99 when no retraining is due")
     return p.parse_args(argv)
+
+
+def drift(store: VersionedStore, args: argparse.Namespace) -> int:
+    """Print a data version's drift report; as the DAG step, also store it and skip when no retraining is due."""
+    from pipeline import drift as drift_report  # pandas work and, for production's AUC, torch: only here
+
+    work = work_dir(FLOW, args.run_id) if args.run_id else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    report = drift_report.drift_report(store, args.version, args.reference, work)
+    if args.run_id:
+        print(f"stored {store.blobs.url}/{drift_report.store_report(store, report)}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else drift_report.table(report))
+    if args.run_id and not report["retrain"]:
+        print(f"skip: no retraining: {report['reason']}", file=sys.stderr)
+        return EXIT_SKIP
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             m = store.pull("datasets", args.ref, args.dest)
             print(json.dumps({"version": m["version"], "dest": str(args.dest), "rows": m.get("rows", {})}))
             return 0
+        if args.cmd == "drift":
+            return drift(store, args)
         work = work_dir(FLOW, args.run_id)
         step = {
             "export": data_update.export,
@@ -89,6 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     except data_update.NothingNew as exc:
         print(f"skip: {exc}", file=sys.stderr)
         return EXIT_SKIP
-    except (DataValidationError, StoreError, VersionError, SettingsError, OSError, RuntimeError) as exc:
+    except (DataValidationError, StoreError, VersionError, SettingsError, BundleError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

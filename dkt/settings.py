@@ -329,6 +329,22 @@ class PipelineSettings(Group):
     drain_seconds: float = env(
         "DKT_DRAIN_SECONDS", 5.0, "how long the old local server keeps serving after the switch", "s"
     )
+    drift_psi_threshold: float = env(
+        "DKT_DRIFT_PSI_THRESHOLD",
+        0.2,
+        "a new data version triggers retraining when a feature's population stability index against production's"
+        " training data reaches this (0.2: the usual 'significant shift'; 0: retrain on every new version;"
+        " docs/monitoring.md#drift)",
+        "PSI",
+        ge=0.0,
+    )
+    drift_min_answers: int = env(
+        "DKT_DRIFT_MIN_ANSWERS",
+        200,
+        "fewer new answers than this never trigger retraining by drift (PSI of a small sample is mostly noise)",
+        "answers",
+        ge=1,
+    )
 
 
 # -- training (pipeline/retrain.py, `make up`'s first model) ----------------------------------------------
