@@ -6,6 +6,7 @@
     dkt pack --model-dir DIR [--no-bento]
     dkt serve [--model-dir DIR] [--host H] [--port P]
     dkt data list | push DIR | pull [latest|V] --dest DIR | export|prepare|publish|advance-watermark --run-id ID
+    dkt data drift [V] [--reference V] [--json]
     dkt models list | push BUNDLE [--promote] | pull | promote V | rollback | <retrain step> --run-id ID
     dkt models quality [--by tag|day] [--model-version V] [--json]
     dkt client run | export-interactions|export-predictions --since W --out F | routes
