@@ -103,7 +103,9 @@ def run(
         config = load_config(config)
     # Recorded in MLflow when a tracking server is configured (dkt/tracking.py); never fails the training.
     params = tracking.flat_params(config.model_dump(mode="json"))
-    params |= {"seed": str(seed), "epochs": str(epochs), "device": device, "output_dir": str(output_dir)}
+    params |= {"seed": str(seed), "device": device, "output_dir": str(output_dir)}
+    if epochs is not None:  # --epochs over the config's train.epochs
+        params["epochs"] = str(epochs)
     with tracking.training_run(config.model, params) as tracked:
         return _train(
             config, data, Path(output_dir), epochs, device, seed, model_version, data_version, config_dir, progress,

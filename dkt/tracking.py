@@ -88,8 +88,13 @@ class TrackedRun:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
-        points = curve_points(history, now) + [
-            (key, value, now, 0) for key, value in metrics.items() if _number(value) is not None
+        points = curve_points(history, now)
+        curves = {key for key, *_ in points}
+        # metrics.json's valid_auc is the selected epoch's: under the curve's name it would add a point at step 0.
+        points += [
+            (f"selected_{key}" if key in curves else key, value, now, 0)
+            for key, value in metrics.items()
+            if _number(value) is not None
         ]
         tags = {key: str(meta[key]) for key in LINEAGE_TAGS if meta.get(key) is not None}
         tags |= {key: str(value) for key, value in metrics.items() if isinstance(value, str)}  # device, reasons

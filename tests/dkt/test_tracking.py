@@ -202,6 +202,7 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: str, sim_dir: 
             (h["epoch"], pytest.approx(h[key])) for h in history
         ], key
     assert run.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
+    assert run.data.metrics["selected_valid_auc"] == pytest.approx(metrics["valid_auc"])  # the chosen epoch's
     assert run.data.metrics["test_acc"] == pytest.approx(metrics["test_acc"])
 
     tags = run.data.tags
