@@ -49,7 +49,7 @@ while (($#)); do
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-step() { echo "==> $*"; }
+step() { echo "==> $(date +%H:%M:%S) $*"; }  # timed: the test suite prints where a set-up spends its time
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"  # also holds the services' pid files
 # One answer store for the swarm client and the Airflow export alike; a folder of its own, because the client
 # container bind-mounts the whole folder (pipeline.swarm refuses a folder holding anything else).

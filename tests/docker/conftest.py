@@ -167,3 +167,9 @@ def swarm_cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProc
         [sys.executable, "-m", "dkt", "swarm", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True
     )
     return proc, time.monotonic() - t0
+
+
+def timeline(output: str) -> str:
+    """The time-stamped progress lines of a deploy (`[swarm HH:MM:SS]`) or of the init script (`==> HH:MM:SS`):
+    where a phase spent its time, printed with -s."""
+    return "\n".join(ln for ln in output.splitlines() if ln.startswith(("[swarm ", "==> ")))

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from pipeline.swarm_images import REPO_ROOT
+from tests.docker.conftest import timeline
 from tests.serving.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -65,8 +66,10 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
     try:
         # One replica: this test is about the host's set-up and the scheduler's DAG run; rolling updates over
         # several replicas under load are test_swarm_e2e's (each replica costs a model load on a shared CPU).
+        t_first = time.monotonic()
         first = sh([SCRIPT, "--model-dir", str(v1), "--replicas", "1"], env)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        print(f"\n[init] first run, {time.monotonic() - t_first:.0f} s:\n" + timeline(first.stdout + first.stderr))
         assert "password in" in first.stdout and served_version(env) == "test-v1"
         status = sh([sys.executable, "-m", "dkt", "swarm", "status"], env)
         assert json.loads(status.stdout)["services"]["inference"]["replicas"] == 1, status.stdout[-2000:]
@@ -97,8 +100,9 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
             assert time.monotonic() < deadline, f"the DAG run is still {state}"
             time.sleep(5)
         print(f"\n[init] promoted -> DAG run {state} through the scheduler in {time.monotonic() - t0:.0f} s")
-        logs = sorted((tmp_path / "airflow" / "logs").rglob("task_id=deploy/*.log"))
-        assert state == "success", logs[-1].read_text()[-4000:] if logs else "no deploy log"
+        # On failure: the end of every task's log (the step that failed may be pull or pack, not deploy).
+        logs = sorted((tmp_path / "airflow" / "logs").rglob("task_id=*/*.log"))
+        assert state == "success", "\n".join(f"== {f}\n{f.read_text()[-2500:]}" for f in logs) or "no task log"
         assert served_version(env) == "test-v2"
     finally:
         stop = sh([SCRIPT, "--stop"], env, timeout=300)
