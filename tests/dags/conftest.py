@@ -31,6 +31,8 @@ for mode in ("local", "edge"):
                                   "outlets": [o.name for o in t.outlets],
                                   "timeout": t.execution_timeout.total_seconds()} for t in d.tasks},
             "timetable": type(d.timetable).__name__,
+            "schedule_assets": sorted(a.name for a in getattr(getattr(d.timetable, "asset_condition", None),
+                                                              "objects", ())),
             "params": d.params.dump(),
         }
     serve = bag.dags.get("update_inference_server_dag")

@@ -21,6 +21,10 @@ def test_dags_import_without_errors(dag_info: dict[str, Any]) -> None:
     }
     assert retrain["promote_if_better"]["outlets"] == ["dkt_model_production"]
     assert info["dags"]["update_data_dag"]["tasks"]["publish"]["outlets"] == ["dkt_dataset_latest"]
+    # Retraining starts on drift (docs/monitoring.md#drift): the drift task emits the asset the retrain DAG waits on.
+    assert info["dags"]["update_data_dag"]["tasks"]["drift"]["outlets"] == ["dkt_dataset_drifted"]
+    assert info["dags"]["retrain_and_push_dag"]["schedule_assets"] == ["dkt_dataset_drifted"]
+    assert info["dags"]["update_inference_server_dag"]["schedule_assets"] == ["dkt_model_production"]
     assert info["dags"]["retrain_and_push_dag"]["timetable"] == "AssetTriggeredTimetable"
     assert info["dags"]["update_inference_server_dag"]["timetable"] == "AssetTriggeredTimetable"
     # Operators scale inference by triggering the deploy DAG with {"replicas": N}; empty keeps the count.
