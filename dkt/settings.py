@@ -437,7 +437,8 @@ class MlflowSettings(Group):
         "DKT_MLFLOW_TRACKING_URI",
         None,
         "the MLflow tracking server every training run is recorded in (http://host:port); unset: runs are not"
-        " tracked and each training says so in one warning line; `make up` sets it to the server it starts",
+        " tracked and each training says so in one warning line; `make up` sets it to the server it starts"
+        " (docs/tracking.md)",
         "URL",
         pattern=r"^https?://[^/\s]+",
     )
@@ -767,6 +768,7 @@ GROUPS: tuple[type[Group], ...] = (
     TrainingSettings,
     StackSettings,
     PrometheusSettings,
+    MlflowSettings,
     AirflowSettings,
     TrainHostSettings,
     SwarmSettings,

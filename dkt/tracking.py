@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,9 @@ class TrackedRun:
                 self.client.log_artifact(self.run_id, str(out / name))
 
     def end(self, status: str) -> None:
-        self._call("ending the run", lambda: self.client.set_terminated(self.run_id, status))
+        # MLflow prints the run's address on stdout; train.py's stdout is its metrics line (a public interface).
+        with redirect_stdout(sys.stderr):
+            self._call("ending the run", lambda: self.client.set_terminated(self.run_id, status))
 
 
 LINEAGE_TAGS = ("model_version", "data_version", "code_commit", "code_dirty", "code_version", "config_hash", "seed")

@@ -179,6 +179,7 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: str, sim_dir: 
     res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert warnings_of(res.stderr) == [], res.stderr[-3000:]
+    assert len(res.stdout.splitlines()) == 1, res.stdout  # the metrics line only: MLflow's run link goes to stderr
 
     meta = read_meta(out)
     metrics = json.loads((out / "metrics.json").read_text())
