@@ -19,9 +19,8 @@ from pathlib import Path
 
 from dkt.cli import run_actions
 from dkt.settings import MlflowSettings, StackSettings, StoreSettings, load_or_exit, stop
-from pipeline import deploy_local
 from pipeline.prometheus import port_taken
-from pipeline.stack import pid_file, running, say, start, wait_http
+from pipeline.stack import running, start, stop_part, wait_http
 
 NAME = "mlflow"  # the pid and log name under $DKT_RUN_DIR
 INSTALL_HINT = "`make mlflow-venv` creates it"
@@ -78,10 +77,7 @@ def up() -> int:
 
 
 def down() -> int:
-    if pid := running(NAME):
-        deploy_local.stop_server(pid)
-        say(f"stopped {NAME} (pid {pid})")
-    pid_file(NAME).unlink(missing_ok=True)
+    stop_part(NAME)
     return 0
 
 

@@ -256,12 +256,17 @@ Stop everything with: make down
     return 0
 
 
+def stop_part(name: str) -> None:
+    """Stop what ``start(name, ...)`` started, if it runs, and forget its pid."""
+    if pid := running(name):
+        deploy_local.stop_server(pid)
+        say(f"stopped {name} (pid {pid})")
+    pid_file(name).unlink(missing_ok=True)
+
+
 def down() -> int:
     for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-api-server", "client"):
-        if pid := running(name):
-            deploy_local.stop_server(pid)
-            say(f"stopped {name} (pid {pid})")
-        pid_file(name).unlink(missing_ok=True)
+        stop_part(name)
     deploy_local.stop_local()
     say("stopped the inference service")
     return 0
