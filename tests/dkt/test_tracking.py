@@ -9,18 +9,18 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 from dkt.bundle import read_meta
 from dkt.settings import MlflowSettings, load
 from dkt.tracking import curve_points, flat_params, training_run
-from pipeline.mlflow_server import server_argv
+from pipeline.blobs import pid_alive
+from pipeline.mlflow_server import artifacts_destination
 from tests.conftest import ROOT, TINY_LSTM
 from tests.support.ports import free_port
 
@@ -129,50 +129,72 @@ def test_params_and_curves_flatten_what_mlflow_can_store() -> None:
     ]
 
 
+def test_artifacts_go_where_the_store_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DKT_VAR_DIR", str(tmp_path))
+    monkeypatch.delenv("DKT_STORE", raising=False)
+    assert artifacts_destination() == (str(tmp_path / "mlflow" / "artifacts"), {})
+    monkeypatch.setenv("DKT_STORE", "s3")
+    monkeypatch.setenv("DKT_S3_BUCKET", "b")
+    monkeypatch.setenv("DKT_S3_PREFIX", "/dkt/")
+    monkeypatch.setenv("DKT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert artifacts_destination() == ("s3://b/dkt/mlflow", {"MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
+
+
 # -- slow: a real tracking server, the real CLI -------------------------------------------------------------
 
 
+@dataclass
+class Server:
+    uri: str
+    var_dir: Path  # make up's $DKT_VAR_DIR: the SQLite database and the artifacts under mlflow/
+
+
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` as ``make up`` starts it (pipeline/mlflow_server.server_argv), on a free port, SQLite and
-    artifacts in a temporary folder. Fails (never skips) without .venv-mlflow: ``make test-setup`` makes it."""
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The tracking server of ``make up``, started and stopped by the commands mk/mlflow.mk runs
+    (``python -m pipeline.mlflow_server up`` / ``down``) from .venv-mlflow, on a free port, state in a temporary
+    folder. Fails (never skips) without .venv-mlflow: ``make setup`` / ``make test-setup`` create it."""
     exe = load(MlflowSettings).venv / "bin" / "mlflow"
     assert exe.is_file(), f"{exe} missing: `make mlflow-venv` (part of make setup / test-setup) creates it"
-    state = tmp_path_factory.mktemp("mlflow")
+    base = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    log = (state / "server.log").open("wb")
-    argv = server_argv(exe, port, state / "mlflow.db", str(state / "artifacts"))
-    proc = subprocess.Popen(argv, cwd=state, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # the first start migrates the SQLite schema: long on a busy machine
+    env = {
+        **os.environ,
+        "DKT_VAR_DIR": str(base / "var"),
+        "DKT_RUN_DIR": str(base / "run"),
+        "DKT_MLFLOW_PORT": str(port),
+    }
+
+    def part(action: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pipeline.mlflow_server", action]
+        # `up` waits up to 300 s for /health: the first start migrates the SQLite schema, long on a busy machine.
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+    up = part("up")
+    log = base / "run" / "logs" / "mlflow.log"
     try:
-        while True:
-            assert proc.poll() is None, f"mlflow server exited {proc.returncode}: {(state / 'server.log').read_text()}"
-            try:
-                if requests.get(f"{uri}/health", timeout=10).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # not listening yet, or slow under load: until the deadline
-            assert time.monotonic() < deadline, f"no /health in 300 s: {(state / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield uri
+        assert up.returncode == 0, up.stderr + (log.read_text()[-3000:] if log.is_file() else "")
+        uri = f"http://127.0.0.1:{port}"
+        assert f"runs       {uri}" in up.stdout, up.stdout  # the address `make up` prints
+        yield Server(uri, base / "var")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        pid_file = base / "run" / "pids" / "mlflow.pid"
+        pid = int(pid_file.read_text()) if pid_file.is_file() else None
+        down = part("down")
+        assert down.returncode == 0, down.stderr
+        assert not pid_file.exists()
+        assert pid is None or not pid_alive(pid)  # stopped, not only forgotten (a zombie counts as gone)
 
 
 @pytest.mark.slow
-def test_cli_training_is_recorded_on_a_real_server(mlflow_server: str, sim_dir: Path, tmp_path: Path) -> None:
+def test_cli_training_is_recorded_on_a_real_server(mlflow_server: Server, sim_dir: Path, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     out = tmp_path / "bundle"
-    env = {**os.environ, "DKT_MLFLOW_TRACKING_URI": mlflow_server, "DKT_MLFLOW_EXPERIMENT": "test-tracking"}
+    uri = mlflow_server.uri
+    env = {**os.environ, "DKT_MLFLOW_TRACKING_URI": uri, "DKT_MLFLOW_EXPERIMENT": "test-tracking"}
     argv = [sys.executable, "train.py", "--device", "cpu", "--no-progress", "--config", str(config),
             "--train-file", str(sim_dir / "train.csv"), "--test-file", str(sim_dir / "test.csv"),
             "--output-dir", str(out), "--data-version", "data-v7", "--model-version", "model-v3"]  # fmt: skip
@@ -184,11 +206,11 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: str, sim_dir: 
     meta = read_meta(out)
     metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("test-tracking")
     assert experiment is not None
     [run] = client.search_runs([experiment.experiment_id])
-    assert meta["mlflow_run_id"] == run.info.run_id and meta["mlflow_tracking_uri"] == mlflow_server
+    assert meta["mlflow_run_id"] == run.info.run_id and meta["mlflow_tracking_uri"] == uri
     assert run.info.status == "FINISHED"
 
     params = run.data.params
@@ -214,3 +236,6 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: str, sim_dir: 
     assert tags["mlflow.runName"] == "lstm"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "metrics.json", "history.json"} <= artifacts
+    # The server proxies them into the store's folder, as `make up` configures it.
+    stored = mlflow_server.var_dir / "mlflow" / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
+    assert json.loads((stored / "metrics.json").read_text()) == metrics
