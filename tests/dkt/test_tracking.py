@@ -239,3 +239,29 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: Server, sim_di
     # The server proxies them into the store's folder, as `make up` configures it.
     stored = mlflow_server.var_dir / "mlflow" / "artifacts" / experiment.experiment_id / run.info.run_id / "artifacts"
     assert json.loads((stored / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.slow
+def test_failed_training_and_ensemble_members_on_a_real_server(
+    mlflow_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No training needed: the runs ``dkt.experiment.run`` opens for an ensemble whose second member raises."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("DKT_MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("DKT_MLFLOW_EXPERIMENT", "test-failures")
+    with pytest.raises(RuntimeError, match="member diverged"), training_run("ensemble", {"model": "ensemble"}) as top:
+        with training_run("lstm", {"model": "lstm"}) as first:
+            pass
+        with training_run("sakt", {"model": "sakt"}) as second:
+            raise RuntimeError("member diverged")
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = {
+        r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("test-failures").experiment_id])
+    }
+    assert {top.run_id, first.run_id, second.run_id} == set(runs)
+    assert [runs[r].info.status for r in (top.run_id, first.run_id, second.run_id)] == ["FAILED", "FINISHED", "FAILED"]
+    assert runs[first.run_id].data.tags["mlflow.parentRunId"] == top.run_id
+    assert runs[second.run_id].data.tags["mlflow.parentRunId"] == top.run_id
+    assert runs[second.run_id].data.params == {"model": "sakt"}
+    assert "mlflow.parentRunId" not in runs[top.run_id].data.tags
