@@ -552,18 +552,6 @@ class SwarmSettings(Group):
         "URL",
     )
     timeout: float = env("DKT_SWARM_TIMEOUT", 300.0, "how long to wait for a rollout or a scale", "s", gt=0)
-    pip_find_links: str | None = env(
-        "PIP_FIND_LINKS", None, "pip's wheel folders; the first local one is the default of DKT_WHEELS_DIR"
-    )
-    wheels_dir: Path | None = env(
-        "DKT_WHEELS_DIR",
-        None,
-        "where the CPU torch wheel is; unset: the first local PIP_FIND_LINKS folder, else /opt/wheels",
-        "path",
-    )
-    build_ca: Path = env(
-        "DKT_BUILD_CA", Path("/etc/ssl/certs/ca-certificates.crt"), "CA bundle pip trusts inside image builds", "path"
-    )
     inference_replicas: int = env(
         "DKT_INFERENCE_REPLICAS",
         3,
@@ -621,10 +609,6 @@ class SwarmSettings(Group):
 
     @model_validator(mode="after")
     def _derive(self) -> SwarmSettings:
-        if self.wheels_dir is None:
-            first = (self.pip_find_links or "").split()[:1]
-            local = first and not first[0].startswith(("http://", "https://"))
-            self.wheels_dir = Path(first[0].removeprefix("file://")) if local else Path("/opt/wheels")
         # The compose file publishes on these host ports: follow them unless the URLs are given outright.
         self.client_url = self.client_url or f"http://127.0.0.1:{self.client_host_port}"
         self.metadata_url = self.metadata_url or f"http://127.0.0.1:{self.inference_host_port}/metadata"

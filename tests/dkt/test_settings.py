@@ -219,9 +219,8 @@ def test_values_keep_their_historical_meaning() -> None:
     # Only these three strings turned the access log off in service.py; anything else left it on.
     assert [load(ServiceSettings, {"DKT_ACCESS_LOG": v}).access_log for v in ("0", "false", "no")] == [False] * 3
     assert [load(ServiceSettings, {"DKT_ACCESS_LOG": v}).access_log for v in ("1", "yes", "off")] == [True] * 3
-    swarm = load(SwarmSettings, {"PIP_FIND_LINKS": "file:///w/heels https://x", "DKT_INFERENCE_HOST_PORT": "3100"})
-    assert (swarm.wheels_dir, swarm.metadata_url) == (Path("/w/heels"), "http://127.0.0.1:3100/metadata")
-    assert load(SwarmSettings, {"PIP_FIND_LINKS": "https://x"}).wheels_dir == Path("/opt/wheels")
+    swarm = load(SwarmSettings, {"DKT_INFERENCE_HOST_PORT": "3100"})
+    assert swarm.metadata_url == "http://127.0.0.1:3100/metadata"
     assert load(TrainingSettings, {}).epochs is None and load(TrainingSettings, {"DKT_TRAIN_EPOCHS": "3"}).epochs == 3
 
 
