@@ -42,9 +42,11 @@ from tests.support.students import CSRF, DEGRADED, ITEM, answer_key
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 MODEL_RE = re.compile(r'<p class="foot">Model ([^<]+)</p>')
-# Students answering without pause: enough that well over MIN_DURING_UPDATE requests go through during a rollout.
+# Students answering without pause: enough that well over MIN_DURING_UPDATE requests go through during a rollout
+# (1,178 in 140 s on 2 replicas at load 5-8; the floor leaves room for a CI machine twice as busy, where each
+# request is slower: the property is 0 failed among requests sent all through the update, not a rate).
 STUDENTS = 6
-MIN_DURING_UPDATE = 1000
+MIN_DURING_UPDATE = 500
 REPLICAS = 2  # see the module's docstring
 
 
