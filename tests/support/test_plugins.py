@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.serving.servers import ROOT
 
 # Six tests of a group that must share a worker, beside six free ones; each group test records its worker.
@@ -28,6 +30,7 @@ def test_free(i):
 """
 
 
+@pytest.mark.slow  # a nested pytest and its two xdist workers: 12 CPU-s, 6% of `make test-fast`; `make test` runs it
 def test_an_xdist_group_runs_on_one_worker_and_the_timeline_names_both(tmp_path: Path) -> None:
     (tmp_path / "test_project.py").write_text(PROJECT)
     seen, timeline = tmp_path / "workers.txt", tmp_path / "timeline.jsonl"
