@@ -25,9 +25,8 @@ import yaml
 
 from dkt.cli import run_actions
 from dkt.settings import ClientSettings, PipelineSettings, PrometheusSettings, StackSettings, load_or_exit, stop
-from pipeline import deploy_local
 from pipeline.settings import REPO_ROOT
-from pipeline.stack import pid_file, running, say, start, wait_http
+from pipeline.stack import running, say, start, stop_part, wait_http
 
 CONFIG_DIR = REPO_ROOT / "config" / "prometheus"
 TEMPLATE = CONFIG_DIR / "prometheus.yml"
@@ -119,10 +118,7 @@ def up() -> int:
 
 
 def down() -> int:
-    if pid := running(NAME):
-        deploy_local.stop_server(pid)
-        say(f"stopped {NAME} (pid {pid})")
-    pid_file(NAME).unlink(missing_ok=True)
+    stop_part(NAME)
     return 0
 
 
