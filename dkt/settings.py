@@ -216,6 +216,20 @@ class ClientSettings(Group):
         " `2026-09-01..2026-12-18,2027-01-06..2027-03-26`: the client's dkt_in_term is 1 inside them;"
         " empty = always in term",
     )
+    operator_token: SecretStr | None = env(
+        "DKT_OPERATOR_TOKEN",
+        None,
+        "the token /operator/login takes (the operator page, until operator accounts exist); unset: the page"
+        " answers 404 to everyone without an operator session (docs/monitoring.md#operator-page)",
+        secret=True,
+    )
+    prometheus_url: str | None = env(
+        "DKT_PROMETHEUS_URL",
+        None,
+        "the Prometheus server the operator page asks for the service's latency (its query API), e.g."
+        " http://127.0.0.1:9090; unset: the page says Prometheus is not configured",
+        "URL",
+    )
 
 
 # -- service (service.py, BentoML) --------------------------------------------------------------------------
@@ -223,6 +237,12 @@ class ServiceSettings(Group):
     title: ClassVar[str] = "service"
     model_tag: str = env(
         "DKT_MODEL_TAG", "dkt-model:latest", "the BentoML model the service loads (packer.py sets it for the build)"
+    )
+    shadow_model_tag: str = env(
+        "DKT_SHADOW_MODEL_TAG",
+        "",
+        "a second BentoML model scored beside production on /predict and reported as `shadow`, never what the"
+        " page shows (docs/monitoring.md); empty = no shadow; one that does not load stops the service",
     )
     max_history: int = env(
         "DKT_MAX_HISTORY", 10_000, "answers accepted per request; features use all of them", "answers"
@@ -363,8 +383,38 @@ class TrainingSettings(Group):
     promote_tolerance: float = env(
         "DKT_PROMOTE_TOLERANCE",
         0.005,
-        "a candidate is promoted unless its AUC is more than this below production's",
+        "promotion gates: promoted when the upper 95% bound of production's AUC minus the candidate's is at most"
+        " this (docs/pipeline.md#promotion-gates)",
         "AUC",
+    )
+    holdout_fraction: float = env(
+        "DKT_HOLDOUT_FRACTION",
+        0.1,
+        "retrain gate: the newest share of the data version's answers (by Timestamp) held out of training",
+        "share",
+        gt=0,
+        lt=1,
+    )
+    gate_min_answers: int = env(
+        "DKT_GATE_MIN_ANSWERS",
+        500,
+        "retrain gate: fewer time-holdout answers than this: the user-split test set decides",
+        "answers",
+        ge=1,
+    )
+    shadow_min_answers: int = env(
+        "DKT_SHADOW_MIN_ANSWERS",
+        200,
+        "shadow gate: answers both production and the shadow scored before it decides",
+        "answers",
+        ge=1,
+    )
+    gate_bootstrap: int = env(
+        "DKT_GATE_BOOTSTRAP",
+        1000,
+        "promotion gates: paired bootstrap resamples of the AUC difference",
+        "resamples",
+        ge=100,
     )
 
 
@@ -482,6 +532,9 @@ class AirflowSettings(Group):
     task_retries: int = env("DKT_TASK_RETRIES", 2, "retries of a failed task", "retries")
     retry_delay_seconds: int = env("DKT_RETRY_DELAY_SECONDS", 30, "wait before a retry", "s")
     update_schedule: str = env("DKT_UPDATE_SCHEDULE", "@daily", "update_data_dag's schedule (cron or preset)")
+    promote_shadow_schedule: str = env(
+        "DKT_PROMOTE_SHADOW_SCHEDULE", "@hourly", "promote_shadow_dag's schedule (cron or preset)"
+    )
 
 
 # -- train host (init_for_train_server.sh) ----------------------------------------------------------------
@@ -538,6 +591,12 @@ class SwarmSettings(Group):
     )
     inference_host_port: int = env(
         "DKT_INFERENCE_HOST_PORT", 3000, "host port the proxy publishes inference on (compose file)", "port"
+    )
+    prometheus_host_port: int = env(
+        "DKT_PROMETHEUS_HOST_PORT",
+        9090,
+        "host port the stack's Prometheus publishes on (compose file; mode host, like the proxy's)",
+        "port",
     )
     client_url: str | None = env(
         "DKT_CLIENT_URL",
@@ -605,6 +664,12 @@ class SwarmSettings(Group):
     )
     proxy_image: str | None = env(
         "DKT_PROXY_IMAGE", None, "proxy image reference (set by `pipeline.swarm deploy`)", reader="docker-compose.yml"
+    )
+    prometheus_image: str | None = env(
+        "DKT_PROMETHEUS_IMAGE",
+        None,
+        "the stack's Prometheus image reference (set by `pipeline.swarm deploy`)",
+        reader="docker-compose.yml",
     )
 
     @model_validator(mode="after")
