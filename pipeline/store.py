@@ -62,7 +62,8 @@ Kind = Literal["datasets", "models"]
 MANIFEST = "manifest.json"
 LEASE = ".push-lease.json"
 POINTERS = "_pointers"
-POINTER_NAMES: dict[str, tuple[str, ...]] = {"datasets": ("latest",), "models": ("latest", "production")}
+# models/shadow: the candidate served beside production, logged, never shown (pipeline/promotions.py); may be unset.
+POINTER_NAMES: dict[str, tuple[str, ...]] = {"datasets": ("latest",), "models": ("latest", "production", "shadow")}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 POINTER_HISTORY = 20
@@ -87,10 +88,10 @@ class PointerMoved(VersionError):
 
 
 def check_version_name(version: str) -> str:
-    if not isinstance(version, str) or not VERSION_RE.match(version) or version in ("latest", "production"):
+    if not isinstance(version, str) or not VERSION_RE.match(version) or version in ("latest", "production", "shadow"):
         raise VersionError(
             f"bad version name {version!r}: use letters, digits, '.', '_', '-' (not starting with '.', '_' or '-'),"
-            " and not 'latest' or 'production'"
+            " and not 'latest', 'production' or 'shadow'"
         )
     return version
 
@@ -345,6 +346,17 @@ class VersionedStore:
                     "history": rest}  # fmt: skip
 
         return self._move(kind, name, make)
+
+    def clear_pointer(self, kind: Kind, name: str) -> str | None:
+        """Remove a pointer (``models/shadow``: no shadow any more); returns the version it named, if any.
+
+        A delete, not a compare-and-swap: a move racing it may be undone, which only an operator's
+        ``dkt models shadow --clear`` or a shadow promotion does, one at a time."""
+        key = self._pointer_key(kind, name)
+        old = self.pointed(kind, name)
+        if old is not None:
+            self.blobs.delete(key)
+        return old
 
     # -- versions -------------------------------------------------------------------------
     def resolve(self, kind: Kind, ref: str) -> str:
