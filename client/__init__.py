@@ -38,7 +38,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from client import db, metrics
+from client import db, metrics, operator
 from client.inference import BaseURL, InferenceClient
 from client.settings import load_settings
 from client.tutor import InferenceUnavailable, ItemBank, insights, logged_predictions, unavailable
@@ -61,6 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,  # a student may leave a question open for hours
     )
     CSRFProtect(app)
+    app.register_blueprint(operator.bp)  # /operator: the operator page (client/operator.py, docs/monitoring.md)
     bank = ItemBank(str(cfg["DKT_QUESTIONS"]))
     client = InferenceClient(
         BaseURL(str(cfg["DKT_INFERENCE_URL"]), str(cfg["DKT_INFERENCE_URL_FILE"])),
