@@ -1,5 +1,6 @@
-"""The images a deploy rolls out: the model packed into the BentoML store, then the runtime, client, proxy and
-inference images built (each skipped when unchanged) and pushed to the registry (pipeline/swarm_images.py)."""
+"""The images a deploy rolls out: the model packed into the BentoML store, then the runtime, client, proxy,
+Prometheus and inference images built (each skipped when unchanged) and pushed to the registry
+(pipeline/swarm_images.py)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def build(
     ensure_base_image(settings)
     base = {"BASE_IMAGE": settings.base_image}
     images: dict[str, Any] = {}
-    jobs = {key: (stack.config.images[key], prefix) for key, prefix in (("inference-runtime", "r"), ("client", "c"),
-                                                                       ("proxy", "p"))}  # fmt: skip
+    prefixes = {"inference-runtime": "r", "client": "c", "proxy": "p", "prometheus": "m"}  # tag: m-<hash> (monitoring)
+    jobs = {key: (stack.config.images[key], prefix) for key, prefix in prefixes.items()}
     say(f"images {', '.join(spec.name for spec, _ in jobs.values())}: build (skipped when unchanged) and push")
     for key, (ref, _built) in build_hashed_images(
         jobs, settings.registry, base, progress=say, questions=settings.questions

@@ -52,6 +52,9 @@ class ImageSpec(BaseModel):
     requirements_include: list[str] | None = None
     requirements_exclude: list[str] = []
     questions: bool = False  # the item bank (questions.csv) the client serves
+    # Executables of this host copied into the context's bin/ (found on PATH): the Prometheus image gets the Debian
+    # package's binary, so no image is pulled and nothing is downloaded during the build.
+    binaries: list[str] = []
 
 
 class StackConfig(BaseModel):
@@ -68,10 +71,10 @@ def load_stack_config(path: Path) -> StackConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{path}: {where}: {first['msg']}") from None
-    for key in ("inference-runtime", "inference", "client", "proxy"):
+    for key in ("inference-runtime", "inference", "client", "proxy", "prometheus"):
         if key not in cfg.images:
             raise ValueError(f"{path}: images.{key} is missing")
-    for key in ("inference", "client", "proxy"):
+    for key in ("inference", "client", "proxy", "prometheus"):
         if key not in cfg.services:
             raise ValueError(f"{path}: services.{key} is missing")
     return cfg
@@ -270,6 +273,14 @@ def assemble_context(
         if not src.is_file():
             raise ValueError(f"{src}: file named in config/swarm.json for image {spec.name} does not exist")
         shutil.copy2(src, ctx / src.name)
+    for name in spec.binaries:
+        if (found := shutil.which(name)) is None:
+            from pipeline.prometheus import INSTALL_HINT  # the one executable an image takes from the host so far
+
+            hint = f" ({INSTALL_HINT})" if name == "prometheus" else ""
+            where = f"image {spec.name} is not on PATH"
+            raise ValueError(f"{name}: executable named in config/swarm.json for {where}{hint}")
+        _copy_tree(Path(found).resolve(), ctx / "bin" / name)
     if (pins := image_pins(spec, repo)) is not None:
         (ctx / "requirements.txt").write_text("\n".join(pins) + "\n")
         if venv is not None:

@@ -89,7 +89,7 @@ def deploy(
     cs = client_store
     say(f"client answers: {cs.db} (bind mount of {cs.folder}, container user {cs.uid}:{cs.gid})")
     stack_deploy(settings, stack, images, n, client_store)
-    for key in ("client", "proxy"):
+    for key in ("client", "proxy", "prometheus"):
         wait_for_rollout(stack.service(key), images[key], settings.timeout, progress=say)
     st = wait_for_rollout(
         inference,
@@ -105,6 +105,7 @@ def deploy(
         "images": images,
         "model_version": meta.get("model_version"),
         "client_db": str(client_store.db),
+        "prometheus": settings.prometheus_url,
         "inference": st.as_dict(),
         "build_seconds": built["build_seconds"],
         "rollout_seconds": round(rollout_s, 1),
@@ -129,7 +130,12 @@ def status(settings: SwarmSettings) -> dict[str, Any]:
     for key in stack.config.services:
         name = stack.service(key)
         services[key] = service_state(name).as_dict() if service_exists(name) else None
-    out: dict[str, Any] = {"stack": stack.name, "services": services, "client_db": str(settings.client_db)}
+    out: dict[str, Any] = {
+        "stack": stack.name,
+        "services": services,
+        "client_db": str(settings.client_db),
+        "prometheus": settings.prometheus_url,
+    }
     try:
         out["metadata"] = fetch_metadata(settings)
     except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -27,6 +27,7 @@ class SwarmSettings:
     base_image: str
     client_url: str
     metadata_url: str
+    prometheus_url: str  # the stack's Prometheus as this host reaches it (its published port)
     timeout: float
     questions: Path
     client_db: Path  # the answer store: the client service bind-mounts its folder, the exporter reads it
@@ -52,6 +53,7 @@ def swarm_settings(env: Mapping[str, str] | None = None) -> SwarmSettings:
         base_image=s.base_image,
         client_url=str(s.client_url),
         metadata_url=str(s.metadata_url),
+        prometheus_url=f"http://127.0.0.1:{s.prometheus_host_port}",
         timeout=s.timeout,
         # A DKT_QUESTIONS that is given is taken as given (relative: to the working directory), as before.
         questions=Path(c.questions) if "questions" in c.model_fields_set else at_root(c.questions),

@@ -57,6 +57,7 @@ def stack_deploy(
         "DKT_INFERENCE_IMAGE": images["inference"],
         "DKT_CLIENT_IMAGE": images["client"],
         "DKT_PROXY_IMAGE": images["proxy"],
+        "DKT_PROMETHEUS_IMAGE": images["prometheus"],
         "DKT_INFERENCE_REPLICAS": str(replicas),
         "DKT_SECRET_KEY": client_secret(settings),
     }

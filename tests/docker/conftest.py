@@ -144,6 +144,7 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
         "DKT_STACK": stack,
         "DKT_CLIENT_HOST_PORT": str(free_port()),
         "DKT_INFERENCE_HOST_PORT": str(free_port()),
+        "DKT_PROMETHEUS_HOST_PORT": str(free_port()),  # not 9090: `make up`'s Prometheus may hold it
         "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
         "DKT_SWARM_TIMEOUT": "600",

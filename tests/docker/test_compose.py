@@ -38,14 +38,15 @@ def test_health_checks_tolerate_a_busy_host(stack: dict[str, Any]) -> None:
         assert int(check["retries"]) >= 3, name
 
 
-def test_only_the_single_proxy_publishes_and_in_host_mode(stack: dict[str, Any]) -> None:
+def test_only_the_single_proxy_and_prometheus_publish_and_in_host_mode(stack: dict[str, Any]) -> None:
     services = stack["services"]
     publishers = [name for name, svc in services.items() if svc.get("ports")]
-    assert publishers == ["proxy"]
-    assert services["proxy"]["deploy"]["replicas"] == 1
-    assert all(p["mode"] == "host" for p in services["proxy"]["ports"])
-    # two tasks cannot hold one host port: the proxy must stop before it starts again
-    assert services["proxy"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert publishers == ["proxy", "prometheus"]
+    for name in publishers:
+        assert services[name]["deploy"]["replicas"] == 1
+        assert all(p["mode"] == "host" for p in services[name]["ports"])
+        # two tasks cannot hold one host port: the task must stop before it starts again
+        assert services[name]["deploy"]["update_config"]["order"] == "stop-first"
 
 
 def test_client_reaches_inference_by_service_name_on_the_overlay(stack: dict[str, Any]) -> None:

@@ -64,13 +64,56 @@ def dump_diagnostics(env: dict[str, str], phase: str) -> Path:
         return done.stdout + done.stderr
 
     with out.open("w") as f:
-        for svc in ("inference", "client", "proxy"):
+        for svc in ("inference", "client", "proxy", "prometheus"):
             name = f"{env['DKT_STACK']}_{svc}"
             f.write(f"\n$ docker service ps {name}\n" + sh(["docker", "service", "ps", "--no-trunc", name]))
             label = f"label=com.docker.swarm.service.name={name}"
             for cid in sh(["docker", "ps", "-aq", "--filter", label]).split():
                 f.write(f"\n$ docker logs {cid}\n" + sh(["docker", "logs", "--timestamps", "--tail", "2000", cid]))
     return out
+
+
+def task_addresses(env: dict[str, str], service: str) -> set[str]:
+    """The address of every running task of a stack service on the stack's overlay network: what `tasks.<service>`
+    resolves to inside the stack, asked of the engine instead of its DNS."""
+    stack = env["DKT_STACK"]
+    label = f"label=com.docker.swarm.service.name={stack}_{service}"
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", label], capture_output=True, text=True, check=True).stdout
+    addresses = set()
+    for cid in ids.split():
+        fmt = "{{json .NetworkSettings.Networks}}"
+        nets = json.loads(subprocess.run(["docker", "inspect", "-f", fmt, cid], capture_output=True, text=True,
+                                         check=True).stdout)  # fmt: skip
+        addresses.add(nets[f"{stack}_dkt"]["IPAddress"])
+    return addresses
+
+
+def wait_until_prometheus_scrapes_every_task(env: dict[str, str], replicas: int) -> dict[str, dict[str, float]]:
+    """Ask the stack's Prometheus (its query API, on the published port) for `up` of the inference and client jobs
+    until it lists exactly the running tasks (``replicas`` inference replicas, one client), each answering: 1.
+    Targets follow `tasks.<service>` DNS every 10 s and are scraped every 15 s, so it is polled; requests that
+    time out on a busy host are retried until the deadline. Returns job -> instance -> up."""
+    url = f"http://127.0.0.1:{env['DKT_PROMETHEUS_HOST_PORT']}/api/v1/query"
+    deadline = time.monotonic() + 300
+    got: object = None
+    while True:
+        want = {
+            "inference": {f"{ip}:3000": 1.0 for ip in task_addresses(env, "inference")},
+            "client": {f"{ip}:8000": 1.0 for ip in task_addresses(env, "client")},
+        }
+        try:
+            result = requests.get(url, params={"query": 'up{job=~"inference|client"}'}, timeout=30).json()
+            scraped: dict[str, dict[str, float]] = {"inference": {}, "client": {}}
+            for series in result["data"]["result"]:
+                scraped[series["metric"]["job"]][series["metric"]["instance"]] = float(series["value"][1])
+            got = scraped
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            got = f"{type(exc).__name__}: {exc}"
+        if got == want and len(want["inference"]) == replicas and len(want["client"]) == 1:
+            return want
+        if time.monotonic() > deadline:
+            pytest.fail(f"Prometheus at {url} scrapes {got}; the running tasks are {want} ({replicas} replicas)")
+        time.sleep(3)
 
 
 @dataclass
@@ -218,6 +261,21 @@ def test_answers_given_through_the_page_reach_the_next_data_version(
           f"{update_s:.0f} s; data version {latest} holds each exactly once")  # fmt: skip
 
 
+def test_the_stacks_prometheus_scrapes_every_inference_replica_and_the_client(
+    stack_env: dict[str, str], first_deploy: tuple[dict[str, Any], float]
+) -> None:
+    """The stack's own Prometheus (an image built offline beside the others, Debian's binary) finds each replica
+    through `tasks.inference` DNS and scrapes it: up == 1 for every running task, through its query API."""
+    assert first_deploy[0]["prometheus"] == f"http://127.0.0.1:{stack_env['DKT_PROMETHEUS_HOST_PORT']}"
+    t0 = time.monotonic()
+    up = wait_until_prometheus_scrapes_every_task(stack_env, REPLICAS)
+    rules = requests.get(first_deploy[0]["prometheus"] + "/api/v1/rules", timeout=30).json()["data"]["groups"]
+    alerts = {rule["name"] for group in rules for rule in group["rules"]}
+    print(f"\n[e2e] Prometheus scrapes {up} ({time.monotonic() - t0:.0f} s after the tests before it); "
+          f"{len(alerts)} alert rules loaded")  # fmt: skip
+    assert {"DktOnlineAucBelowOffline", "DktOnlineCalibrationPoor", "DktNoAnswersInTerm"} <= alerts
+
+
 def test_rolling_update_rollback_and_scale_serve_every_request(
     stack_env: dict[str, str],
     bundles: tuple[Path, Path],
@@ -303,3 +361,8 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     assert scaled["inference"]["replicas"] == scaled["inference"]["running"] == REPLICAS - 1
     assert load.failures == [], load.failures[:5]
     assert load.ok >= 20 and {v for _, v in load.versions} == {"test-v2"}
+    # Prometheus follows the replicas through the update and the scale: the new tasks are its targets, the gone
+    # ones are not (tasks.inference DNS), each answering.
+    t0 = time.monotonic()
+    up = wait_until_prometheus_scrapes_every_task(stack_env, REPLICAS - 1)
+    print(f"[e2e] after the update and the scale, Prometheus scrapes {up} ({time.monotonic() - t0:.0f} s)")

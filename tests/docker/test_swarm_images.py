@@ -225,3 +225,51 @@ def test_client_context_holds_every_project_module_the_client_imports(tmp_path: 
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"imported from outside the client image: {out.stdout}"
+
+
+def test_prometheus_context_holds_the_hosts_binary_and_a_config_promtool_accepts(tmp_path: Path) -> None:
+    """The stack's Prometheus image is built offline from this host's Debian binary, the swarm scrape config and
+    the same alert rules as `make up`'s; the assembled config (rules beside it, as in the image) must load."""
+    import subprocess
+
+    spec = load_stack_config(CONFIG).images["prometheus"]
+    ctx = assemble_context(spec, tmp_path / "ctx")
+    binary = ctx / "bin" / "prometheus"
+    host = Path(shutil.which("prometheus") or "prometheus-missing").resolve()
+    assert binary.read_bytes() == host.read_bytes() and binary.stat().st_mode & 0o111
+    assert (ctx / "alerts.yml").read_text() == (REPO_ROOT / "config" / "prometheus" / "alerts.yml").read_text()
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert "COPY swarm.yml /etc/prometheus/prometheus.yml" in dockerfile and "\nFROM ${BASE_IMAGE}" in dockerfile
+    check = subprocess.run(["promtool", "check", "config", str(ctx / "swarm.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 5 rules found" in check.stdout + check.stderr
+
+
+def test_prometheus_in_the_swarm_scrapes_every_task_of_the_compose_services_on_their_ports() -> None:
+    """tasks.<service> DNS, type A, on the port each service listens on (docker-compose.yml's DKT_PORT): a renamed
+    service or a moved port would leave Prometheus scraping nothing, which only the slow e2e test would notice."""
+    import yaml
+
+    scrape = yaml.safe_load((REPO_ROOT / "config" / "prometheus" / "swarm.yml").read_text())
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert scrape["rule_files"] == ["alerts.yml"]
+    for name in ("inference", "client"):
+        [sd] = jobs[name]["dns_sd_configs"]
+        assert (sd["names"], sd["type"]) == ([f"tasks.{name}"], "A")
+        assert str(sd["port"]) == services[name]["environment"]["DKT_PORT"], name
+        assert services[name]["deploy"]["endpoint_mode"] == "dnsrr", "a VIP would hide the replicas behind one name"
+    [port] = services["prometheus"]["ports"]
+    assert (port["target"], port["published"]) == (9090, "${DKT_PROMETHEUS_HOST_PORT:-9090}")
+    assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:9090"]}]
+    # the operator page reads latency from the same server, by service name on the overlay
+    assert services["client"]["environment"]["DKT_PROMETHEUS_URL"] == "http://prometheus:9090"
+
+
+def test_an_image_binary_missing_on_the_host_is_named_with_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = load_stack_config(CONFIG).images["prometheus"]
+    with pytest.raises(ValueError, match=r"^prometheus: executable .* dkt-prometheus is not on PATH \(`make prom"):
+        assemble_context(spec, tmp_path / "ctx")
