@@ -10,15 +10,27 @@ rendered to the student (``shown_at``) and when the answer arrived
 is ``shown_at`` in whole seconds, so what a model sees at an item never includes
 the time spent answering it.
 
-The schema is versioned with ``PRAGMA user_version``; ``init`` applies the
-numbered migrations a database has not seen yet, each in one transaction.
+Schema changes are numbered migrations (``MIGRATIONS``): ``init`` applies each one a database has not
+seen yet, in order, each in its own transaction, and records its number in ``schema_migrations``
+(``PRAGMA user_version`` mirrors the highest, for tools). Start-up is serialised across processes with a
+lock on the database's folder, so any number of gunicorn workers may open a fresh database at once.
+
+Answers are stored exactly once: each showing of a question carries a one-time token
+(``students.current_token``); ``record_answer`` stores an answer only while its token is the current one, in
+the transaction that consumes it, and ``interactions.answer_token`` is UNIQUE besides. A second submit of the
+same form (two tabs, the back button, a retry) stores nothing and finds the recorded answer instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import secrets
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +60,15 @@ CREATE TABLE IF NOT EXISTS interactions (
 );
 CREATE INDEX IF NOT EXISTS interactions_student ON interactions(student_id, id);
 """
+
+
+def _create_base_tables(conn: sqlite3.Connection) -> None:
+    """Migration 1: ``SCHEMA`` as first shipped (IF NOT EXISTS: a database from before the migrations table
+    already has it)."""
+    # One statement per execute: executescript would COMMIT the migration's transaction first.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _add_shown_and_answered_at(conn: sqlite3.Connection) -> None:
@@ -123,13 +144,118 @@ def _add_prediction_log(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE students ADD COLUMN current_request_id TEXT")
 
 
-# (version, migration): applied in order to a database whose user_version is below the version.
-# Version 1 is SCHEMA as first shipped; never edit a released step, append a new one.
+def _add_answer_tokens(conn: sqlite3.Connection) -> None:
+    """Migration 4: answers exactly once. ``students.current_token`` is the one-time token of the question on
+    show; an answer stores it in ``interactions.answer_token`` (UNIQUE: one row per token, whatever the
+    application does). Rows from before have none (NULL; SQLite's UNIQUE allows many NULLs)."""
+    if "current_token" not in {r[1] for r in conn.execute("PRAGMA table_info(students)")}:
+        conn.execute("ALTER TABLE students ADD COLUMN current_token TEXT")
+    if "answer_token" not in {r[1] for r in conn.execute("PRAGMA table_info(interactions)")}:
+        conn.execute("ALTER TABLE interactions ADD COLUMN answer_token TEXT")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS interactions_answer_token ON interactions(answer_token)")
+    # A question on show now gets its token, so a form rendered before the upgrade is answered once too.
+    conn.execute("UPDATE students SET current_token = lower(hex(randomblob(16))) WHERE current_item IS NOT NULL")
+
+
+ACCOUNTS_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS accounts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        skeleton TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('student', 'teacher', 'operator')),
+        student_id INTEGER UNIQUE REFERENCES students(id),
+        created_at TEXT NOT NULL,
+        last_login_at TEXT,
+        CHECK ((role = 'student') = (student_id IS NOT NULL))
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS classes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        code TEXT NOT NULL UNIQUE,
+        teacher_id INTEGER NOT NULL REFERENCES accounts(id),
+        created_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS class_members (
+        class_id INTEGER NOT NULL REFERENCES classes(id),
+        student_id INTEGER NOT NULL REFERENCES students(id),
+        joined_at TEXT NOT NULL,
+        PRIMARY KEY (class_id, student_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS login_failures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('account', 'address')),
+        subject TEXT NOT NULL,
+        at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS login_failures_subject ON login_failures(scope, subject, at)",
+    """
+    CREATE TABLE IF NOT EXISTS claim_codes (
+        student_id INTEGER PRIMARY KEY REFERENCES students(id),
+        code_hash TEXT NOT NULL UNIQUE,
+        expires_at TEXT NOT NULL
+    )
+    """,
+)
+
+
+def _add_accounts(conn: sqlite3.Connection) -> None:
+    """Migration 5: accounts (client/accounts.py, docs/accounts.md). A student account points at its
+    ``students`` row, which keeps the answers; teachers own ``classes``, students join them. Failed sign-ins
+    are rows, so every worker counts the same. Nickname records from before have no account until claimed
+    with a one-time code (``claim_codes``, a digest of it)."""
+    for statement in ACCOUNTS_SCHEMA:
+        conn.execute(statement)
+
+
+# (number, migration): applied in order, each once, in its own transaction (``init``). Never edit or renumber
+# a released step: append a new function with the next number. Steps 1-3 predate the migrations table; a
+# database from then is adopted by its ``PRAGMA user_version`` (see ``_adopt_user_version``).
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (1, _create_base_tables),
     (2, _add_shown_and_answered_at),
     (3, _add_prediction_log),
+    (4, _add_answer_tokens),
+    (5, _add_accounts),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (number INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    " applied_at TEXT NOT NULL)"
+)
+LOCK_WAIT_S = 60.0  # how long a starting worker waits for another one's start-up (a migration of a large database)
+
+
+@contextlib.contextmanager
+def _startup_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """An exclusive flock on the database's folder: one process at a time switches to WAL and migrates.
+
+    The folder, not the database file: closing any descriptor of the database file would drop SQLite's own
+    POSIX locks held by other connections of this process. A flock goes with its process if it is killed."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    msg = f"{path}: another process held the start-up lock for {wait_s:.0f}s"
+                    raise sqlite3.OperationalError(msg) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -137,7 +263,12 @@ def connect(path: str | Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)  # autocommit; explicit transactions below
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer (several gunicorn workers)
+    # readers never block the writer (several gunicorn workers). WAL is persistent: switched once, under the
+    # start-up lock, since switching needs an exclusive lock that SQLite reports as `database is locked`
+    # without waiting when another connection switches at the same moment.
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        with _startup_lock(path):
+            conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")  # an answered page means the answer is on disk
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -147,26 +278,51 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def init(conn: sqlite3.Connection) -> None:
-    """Create the tables if needed and bring the schema to ``SCHEMA_VERSION``; safe to run any number of times.
+def applied_migrations(conn: sqlite3.Connection) -> list[int]:
+    conn.execute(MIGRATIONS_TABLE)
+    return [int(r[0]) for r in conn.execute("SELECT number FROM schema_migrations ORDER BY number")]
 
-    Several gunicorn workers start at once: BEGIN IMMEDIATE lets one migrate while the others wait,
-    and the version is re-read inside the transaction so a step never runs twice. DDL is
-    transactional in SQLite, so a crash mid-migration leaves the previous version intact.
-    """
-    conn.executescript(SCHEMA)
-    for version, migrate in MIGRATIONS:
-        if schema_version(conn) >= version:
-            continue
+
+def _adopt_user_version(conn: sqlite3.Connection) -> None:
+    """A database from before the migrations table: its ``user_version`` is the last step it has (1 when the
+    base tables exist at version 0 is left to step 1 itself, which is IF NOT EXISTS)."""
+    if conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchone() is None:
+        conn.executemany(
+            "INSERT INTO schema_migrations (number, name, applied_at) VALUES (?, 'before the migrations table', ?)",
+            [(n, utc_now().isoformat(sep=" ")) for n, _ in MIGRATIONS if n <= schema_version(conn)],
+        )
+
+
+def init(conn: sqlite3.Connection) -> None:
+    """Bring the database to ``SCHEMA_VERSION``: safe to run any number of times, from any number of processes.
+
+    Each missing migration runs in its own BEGIN IMMEDIATE transaction with its number recorded in it (DDL is
+    transactional in SQLite: a crash mid-step leaves the previous step's schema), under the start-up lock, so
+    workers starting together wait for the first one and then find nothing to do."""
+    path = Path(conn.execute("PRAGMA database_list").fetchone()["file"])
+    with _startup_lock(path):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if schema_version(conn) < version:
-                migrate(conn)
-                conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute(MIGRATIONS_TABLE)
+            _adopt_user_version(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        for number, migrate in MIGRATIONS:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM schema_migrations WHERE number = ?", (number,)).fetchone() is None:
+                    migrate(conn)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (number, name, applied_at) VALUES (?, ?, ?)",
+                        (number, migrate.__name__.lstrip("_"), utc_now().isoformat(sep=" ")),
+                    )
+                    conn.execute(f"PRAGMA user_version = {max(int(number), schema_version(conn))}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"  # the canonical Timestamp column, naive UTC
@@ -229,14 +385,20 @@ def set_current(
                 ),
             )
         # SQLite evaluates every SET expression on the row as it was: ``current_item IS ?`` compares the old item.
+        # The same question on show keeps its stamp and its one-time token (a form open in another tab stays
+        # valid); a different one is a new showing with a new token.
         conn.execute(
             "UPDATE students SET current_item = ?, insights = ?, current_request_id = ?,"
-            " current_shown_at = CASE WHEN current_item IS ? THEN current_shown_at ELSE NULL END WHERE id = ?",
+            " current_shown_at = CASE WHEN current_item IS ? THEN current_shown_at ELSE NULL END,"
+            " current_token = CASE WHEN current_item IS ? AND current_token IS NOT NULL THEN current_token"
+            " ELSE ? END WHERE id = ?",
             (
                 item,
                 json.dumps(insights) if insights is not None else None,
                 request_id if predictions else None,
                 item,
+                item,
+                new_token() if item is not None else None,
                 student_id,
             ),
         )
@@ -284,6 +446,27 @@ def next_timestamp(conn: sqlite3.Connection, student_id: int, shown_at: datetime
     return _stamp(shown_at or utc_now(), _last_timestamp(conn, student_id)).strftime(TIMESTAMP_FORMAT)
 
 
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+class AlreadyAnswered(Exception):
+    """The token is not the current question's: its answer is stored already (``interaction_id``), or the
+    question it was shown for was replaced without an answer (None)."""
+
+    def __init__(self, interaction_id: int | None):
+        super().__init__(f"answer token already used (interaction {interaction_id})")
+        self.interaction_id = interaction_id
+
+
+def answer_by_token(conn: sqlite3.Connection, student_id: int, token: str) -> sqlite3.Row | None:
+    """The answer stored with this one-time token for this student, if any."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM interactions WHERE student_id = ? AND answer_token = ?", (student_id, token)
+    ).fetchone()
+    return row
+
+
 def record_answer(
     conn: sqlite3.Connection,
     student_id: int,
@@ -291,8 +474,14 @@ def record_answer(
     correct: bool,
     given: str,
     shown_at: datetime | None = None,
+    token: str | None = None,
 ) -> int:
     """Store one graded answer, answered now; returns its id. Committed when this returns.
+
+    ``token`` (the page's one-time token of the question shown): the answer is stored only if it is still the
+    student's current token, checked and consumed inside the transaction that inserts; otherwise nothing is
+    stored and ``AlreadyAnswered`` names the answer stored with it. Two workers submitting the same form at
+    once therefore store one row (BEGIN IMMEDIATE serialises them; the UNIQUE answer_token backs it up).
 
     ``shown_at`` defaults to the render stamp of the student's current question when ``question`` is
     it (see ``mark_shown``), else to now (a question never rendered: only possible outside the page).
@@ -306,6 +495,11 @@ def record_answer(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if token is not None:
+            cur_token = conn.execute("SELECT current_token FROM students WHERE id = ?", (student_id,)).fetchone()
+            if cur_token is None or cur_token[0] != token:
+                done = answer_by_token(conn, student_id, token)
+                raise AlreadyAnswered(int(done["id"]) if done is not None else None)
         answered_at = utc_now()
         if shown_at is None:
             cur_row = conn.execute(
@@ -316,7 +510,7 @@ def record_answer(
         stamp = _stamp(shown_at, _last_timestamp(conn, student_id))
         cur = conn.execute(
             "INSERT INTO interactions (student_id, userID, assessmentItemID, testId, answerCode, Timestamp,"
-            " KnowledgeTag, given, shown_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " KnowledgeTag, given, shown_at, answered_at, answer_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 student_id,
                 user_id(student_id),
@@ -328,6 +522,7 @@ def record_answer(
                 given,
                 shown_at.isoformat(sep=" "),
                 answered_at.isoformat(sep=" "),
+                token,
             ),
         )
         interaction_id = int(cur.lastrowid or 0)
@@ -342,7 +537,8 @@ def record_answer(
         # The question is consumed with its answer, atomically: if the worker dies before the page answers,
         # the form the browser sends again is refused as already answered instead of storing it twice.
         conn.execute(
-            "UPDATE students SET current_item = NULL, current_shown_at = NULL, current_request_id = NULL WHERE id = ?",
+            "UPDATE students SET current_item = NULL, current_shown_at = NULL, current_request_id = NULL,"
+            " current_token = NULL WHERE id = ?",
             (student_id,),
         )
         conn.execute("COMMIT")

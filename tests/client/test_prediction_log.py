@@ -159,7 +159,7 @@ def test_a_question_shown_while_the_service_is_down_has_no_prediction(
 def test_an_old_store_gains_the_log_and_a_replaced_question_does_not_take_a_later_answer(tmp_path: Path) -> None:
     conn = db.connect(tmp_path / "c.db")
     db.init(conn)
-    assert db.schema_version(conn) == 3
+    assert db.schema_version(conn) >= 3  # later migrations add to it
     sid = db.get_or_create_student(conn, "cy")
     item = {"assessmentItemID": "A1", "testId": "T1", "KnowledgeTag": 7}
     other = {"assessmentItemID": "A2", "testId": "T1", "KnowledgeTag": 7}
