@@ -3,7 +3,8 @@
     bentoml serve service:DKTService --port 3000
 
 The model bundle is loaded once per worker from the BentoML model store (env
-``DKT_MODEL_TAG``, default ``dkt-model:latest``; store in ``BENTOML_HOME``).
+``DKT_MODEL_TAG``, default ``dkt-model:latest``; store in ``BENTOML_HOME``), and so is a shadow model
+when ``DKT_SHADOW_MODEL_TAG`` names one (``serving/shadow.py``: scored beside production on /predict).
 Endpoints validate their body (400 naming the field and the reason), then
 hand one job each to an in-process adaptive batcher that merges the jobs of
 concurrent requests into one model call. The service keeps no per-request
@@ -35,11 +36,13 @@ from dkt.bundle import lineage
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
 from serving.body_limit import BodyLimit
-from serving.frames import job_frames
 from serving.schema import Interaction, Item, Job, Timestamp
 from serving.settings import settings
+from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
+if settings.shadow_model_tag:
+    check_stored(settings.shadow_model_tag)
 
 
 async def _metadata(request: Request) -> JSONResponse:
@@ -70,7 +73,9 @@ class DKTService:
         self.tag = str(self.model_ref.tag)
         config_file = self.model_dir / "config.json"  # every bundle carries the config it was trained with
         self.config: dict[str, Any] | None = json.loads(config_file.read_text()) if config_file.is_file() else None
-        self.batcher: MicroBatcher[Job] = MicroBatcher(self._infer, settings.max_batch_size)
+        # A shadow asked for loads now or the service does not start (serving/shadow.py).
+        self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
+        self.batcher: MicroBatcher[Scoring, Scores] = MicroBatcher(self._infer, settings.max_batch_size)
 
     def metadata(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -91,23 +96,17 @@ class DKTService:
                 "max_candidates": settings.max_candidates,
                 "max_body_bytes": settings.max_body_bytes,
             },
+            **({"shadow": self.shadow.describe()} if self.shadow else {}),
         }
 
-    def _infer(self, jobs: list[Job]) -> list[list[float]]:
+    def _infer(self, batch: list[Scoring]) -> list[Scores]:
         start = time.perf_counter()
-        frames = job_frames(jobs)
-        mid = time.perf_counter()
-        probs = self.predictor.predict_candidates_batch(frames)
-        log.debug(
-            "batch of %d: %.1f ms frames, %.1f ms model",
-            len(jobs),
-            1e3 * (mid - start),
-            1e3 * (time.perf_counter() - mid),
-        )
-        return [[float(p) for p in prob] for prob in probs]
+        scores = score_batch(self.predictor, self.shadow.predictor if self.shadow else None, batch)
+        log.debug("batch of %d: %.1f ms", len(batch), 1e3 * (time.perf_counter() - start))
+        return scores
 
     async def _score(self, job: Job) -> list[float]:
-        return await self.batcher.submit(job)
+        return (await self.batcher.submit(Scoring(job))).production
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -116,14 +115,21 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006 (pydantic copies)
         at: Timestamp | None = None,
     ) -> dict[str, Any]:
-        """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``."""
-        job = Job(history=history, candidates=candidates, at=at)
-        prob = await self._score(job)
-        return {
+        """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``.
+
+        With a shadow model (``DKT_SHADOW_MODEL_TAG``) the response adds ``shadow``: its name, version and
+        probabilities for the same candidates at the same time; without one the response is unchanged."""
+        scores = await self.batcher.submit(Scoring(Job(history=history, candidates=candidates, at=at), True))
+        out = {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
-            "predictions": [{**c.model_dump(), "probability": p} for c, p in zip(candidates, prob, strict=True)],
+            "predictions": [
+                {**c.model_dump(), "probability": p} for c, p in zip(candidates, scores.production, strict=True)
+            ],
         }
+        if self.shadow is not None and scores.shadow is not None:
+            out["shadow"] = self.shadow.field(scores.shadow)  # logged by the client, never shown
+        return out
 
     @bentoml.api(route="/knowledge_state")
     async def knowledge_state(

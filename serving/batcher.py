@@ -7,32 +7,33 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
+R = TypeVar("R")
 
 
-class MicroBatcher(Generic[J]):
+class MicroBatcher(Generic[J, R]):
     """Jobs that arrive while the model is busy are merged into its next call.
 
     The batch size follows the load: one job when requests come one at a time (no
     waiting window, so no added latency), up to ``max_batch_size`` under concurrency.
     The queue only carries (job, future) pairs; nothing about a request outlives it.
-    ``fn`` maps a list of jobs to one result (a list of floats) per job, in order.
+    ``fn`` maps a list of jobs to one result per job, in order.
     """
 
-    def __init__(self, fn: Callable[[list[J]], list[list[float]]], max_batch_size: int):
+    def __init__(self, fn: Callable[[list[J]], list[R]], max_batch_size: int):
         self.fn = fn
         self.max_batch_size = max(1, max_batch_size)
-        self.queue: asyncio.Queue[tuple[J, asyncio.Future[list[float]]]] | None = None
+        self.queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] | None = None
         self.worker: asyncio.Task[None] | None = None
 
-    async def submit(self, job: J) -> list[float]:
+    async def submit(self, job: J) -> R:
         if self.queue is None or self.worker is None or self.worker.done():
             self.queue = asyncio.Queue()
             self.worker = asyncio.create_task(self._run(self.queue))
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         await self.queue.put((job, future))
         return await future
 
-    async def _run(self, queue: asyncio.Queue[tuple[J, asyncio.Future[list[float]]]]) -> None:
+    async def _run(self, queue: asyncio.Queue[tuple[J, asyncio.Future[R]]]) -> None:
         while True:
             batch = [await queue.get()]
             while len(batch) < self.max_batch_size and not queue.empty():
@@ -56,12 +57,10 @@ class MicroBatcher(Generic[J]):
                 _settle(fut, result=result)
 
 
-def _settle(
-    fut: asyncio.Future[list[float]], result: list[float] | None = None, error: BaseException | None = None
-) -> None:
+def _settle(fut: asyncio.Future[R], result: R | None = None, error: BaseException | None = None) -> None:
     if fut.done():
         return
     if error is not None:
         fut.set_exception(error)
     else:
-        fut.set_result(result or [])
+        fut.set_result(result)  # type: ignore[arg-type]  # set whenever error is None
