@@ -8,6 +8,10 @@ Each step reads and writes files in the run's work folder (``pipeline.workdir``)
 machine (``pipeline.deploy_local``: a failed verify switches back), ``swarm`` hands the packed model to
 ``dkt swarm deploy`` (a rolling update that Swarm rolls back on failure). Whatever fails,
 the store is then made to name what is served (``pipeline.deploy_served``).
+
+A shadow model (the store pointer ``models/shadow``, set by ``dkt models shadow``) rides along in local
+mode: pull-model pulls it too, pack imports it into the BentoML store, deploy starts the new server with
+``DKT_SHADOW_MODEL_TAG`` and verify checks that ``/metadata`` names both. Swarm mode serves production only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipeline.blobs import StoreError
 from pipeline.data_update import read_json
 from pipeline.deploy_local import (
     DeployError,
+    Shadow,
     app_env,
     current_url,
     restore_previous,
@@ -37,36 +42,57 @@ from pipeline.store import VersionedStore, VersionError
 
 
 # -- steps ----------------------------------------------------------------------------------
+def shadow_version(store: VersionedStore) -> str | None:
+    """The version the ``models/shadow`` pointer names; None when there is none or it was cleared."""
+    ptr = store.pointer("models", "shadow")
+    return str(ptr["version"]) if ptr and ptr.get("version") else None
+
+
 def pull_model(work: Path, store: VersionedStore) -> dict[str, Any]:
     m = store.pull("models", "production", work / "model")
-    doc = {"model_version": m["version"]}
+    doc: dict[str, Any] = {"model_version": m["version"]}
+    shadow = shadow_version(store)
+    if shadow == m["version"]:
+        print(f"pull-model: the shadow pointer names production ({shadow}): no shadow to serve", file=sys.stderr)
+    elif shadow is not None:
+        doc["shadow_version"] = store.pull("models", shadow, work / "shadow")["version"]
     write_json(work / "pull.json", doc)  # which version this run deploys, for the steps after it
     return doc
 
 
 def pack(work: Path) -> dict[str, Any]:
-    """Import the bundle into the BentoML store and build a bento with packer.py."""
-    argv = [sys.executable, str(REPO_ROOT / "packer.py"), "--model-dir", str(work / "model")]
-    print("pack: " + " ".join(argv), file=sys.stderr)
-    proc = subprocess.run(argv, cwd=REPO_ROOT, env=app_env(), stdout=subprocess.PIPE, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise DeployError(f"packer.py failed with exit {proc.returncode}")
-    tags = parse_pack_output(proc.stdout)
+    """Import the bundle into the BentoML store and build a bento with packer.py; a shadow is only imported."""
     meta = json.loads((work / "model" / "bundle.json").read_text())
-    doc = {**tags, "model_version": str(meta["model_version"])}
+    doc: dict[str, Any] = {**run_packer(work / "model", bento=True), "model_version": str(meta["model_version"])}
+    shadow = read_json(work / "pull.json").get("shadow_version") if (work / "pull.json").is_file() else None
+    if shadow is not None:
+        doc["shadow_model_tag"] = run_packer(work / "shadow", bento=False)["model_tag"]
+        doc["shadow_version"] = str(shadow)
     write_json(work / "pack.json", doc)
     return doc
 
 
-def parse_pack_output(stdout: str) -> dict[str, str]:
-    """packer.py's contract: the last two lines are ``model: <tag>`` and ``bento: <tag>``."""
-    lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
-    found = dict(
-        re.match(r"^(model|bento):\s*(\S+)$", ln).groups() for ln in lines[-2:] if re.match(r"^(model|bento):", ln)
-    )
-    if set(found) != {"model", "bento"}:
-        raise DeployError(f"packer.py output does not end with 'model: TAG' and 'bento: TAG' lines: {lines[-2:]!r}")
-    return {"model_tag": found["model"], "bento_tag": found["bento"]}
+def run_packer(model_dir: Path, bento: bool) -> dict[str, str]:
+    """packer.py on ``model_dir``: its model tag, and its bento tag when ``bento`` (else ``--no-bento``)."""
+    argv = [sys.executable, str(REPO_ROOT / "packer.py"), "--model-dir", str(model_dir)]
+    argv += [] if bento else ["--no-bento"]
+    print("pack: " + " ".join(argv), file=sys.stderr)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=app_env(), stdout=subprocess.PIPE, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise DeployError(f"packer.py failed with exit {proc.returncode}")
+    return parse_pack_output(proc.stdout, bento)
+
+
+def parse_pack_output(stdout: str, bento: bool = True) -> dict[str, str]:
+    """packer.py's contract: the last two lines are ``model: <tag>`` and ``bento: <tag>`` (with ``--no-bento``,
+    the last line is ``model: <tag>``)."""
+    want = ("model", "bento") if bento else ("model",)
+    lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()][-len(want) :]
+    found = dict(m.groups() for ln in lines if (m := re.match(r"^(model|bento):\s*(\S+)$", ln)))
+    if tuple(found) != want:
+        ends = " and ".join(f"'{k}: TAG'" for k in want)
+        raise DeployError(f"packer.py output does not end with {ends} line{'s' if bento else ''}: {lines!r}")
+    return {f"{k}_tag": v for k, v in found.items()}
 
 
 def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
@@ -80,6 +106,9 @@ def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
         # image is rolled back by Swarm (exit 1).
         argv = [sys.executable, "-m", "pipeline.swarm", "deploy", "--model-tag", packed["model_tag"],
                 "--expect-version", packed["model_version"]]  # fmt: skip
+        if packed.get("shadow_version"):  # docs/monitoring.md: shadows are a local-mode feature for now
+            print(f"deploy: swarm mode serves production only; shadow {packed['shadow_version']} is not deployed",
+                  file=sys.stderr)  # fmt: skip
         if replicas is not None:
             argv += ["--replicas", str(replicas)]
         print("deploy: " + " ".join(argv), file=sys.stderr)
@@ -93,7 +122,8 @@ def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
             # One blue/green server is all local mode runs; say so rather than fail a model rollout over it.
             print(f"deploy: local mode runs one server; replicas={replicas} applies to swarm mode only",
                   file=sys.stderr)  # fmt: skip
-        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"])}
+        shadow = Shadow(packed["shadow_model_tag"], packed["shadow_version"]) if packed.get("shadow_version") else None
+        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"], shadow)}
     write_json(work / "deploy.json", doc)
     return doc
 
@@ -106,12 +136,15 @@ def verify(work: Path) -> dict[str, Any]:
         # pipeline.swarm checked /metadata through the client path (--expect-version) before returning 0.
         return {"mode": "swarm", "model_version": packed["model_version"], **read_json(work / "deploy.json")}
     url = current_url()
+    shadow = packed.get("shadow_version")
     try:
-        meta = wait_metadata(url, packed["model_version"], timeout=settings.verify_timeout)
+        meta = wait_metadata(url, packed["model_version"], timeout=settings.verify_timeout, shadow=shadow)
     except DeployError:
         restored = restore_previous()  # local mode: switch back to the previous server
-        raise DeployError(f"{url} does not serve {packed['model_version']}; restored {restored}") from None
-    return {"url": url, "model_version": meta.get("model_version"), "model": meta.get("model")}
+        what = packed["model_version"] + (f" with shadow {shadow}" if shadow else "")
+        raise DeployError(f"{url} does not serve {what}; restored {restored}") from None
+    doc = {"url": url, "model_version": meta.get("model_version"), "model": meta.get("model")}
+    return {**doc, "shadow_version": shadow} if shadow else doc
 
 
 def deploying(work: Path) -> str | None:

@@ -5,6 +5,8 @@ version, atomically rewrite the URL file the client reads (``DKT_INFERENCE_URL_F
 ``$DKT_RUN_DIR/inference_url``), let in-flight requests drain, then stop the old server. A failure before
 the switch leaves the old server serving; ``restore_previous`` switches back after one. What serves now is
 recorded in ``$DKT_RUN_DIR/serving.json`` (pid, port, URL, model tag and version, and the previous server).
+A shadow model, when deployed, is part of what a server serves: started with ``DKT_SHADOW_MODEL_TAG``, checked
+in ``/metadata``, recorded and restored with it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -28,6 +30,13 @@ from pipeline.blobs import pid_alive
 
 class DeployError(RuntimeError):
     """The new model could not be served; the message says which step failed."""
+
+
+class Shadow(NamedTuple):
+    """The shadow model a server scores beside production (serving/shadow.py)."""
+
+    model_tag: str
+    version: str
 
 
 def run_dir() -> Path:
@@ -81,18 +90,19 @@ def alive(pid: int | None) -> bool:
     return bool(pid) and pid_alive(int(pid or 0))
 
 
-def start_server(model_tag: str, port: int) -> dict[str, Any]:
+def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dict[str, Any]:
     logs = run_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"bentoml-{port}.log"
-    env = {**app_env(), "DKT_MODEL_TAG": model_tag}
+    env = {**app_env(), "DKT_MODEL_TAG": model_tag, "DKT_SHADOW_MODEL_TAG": shadow.model_tag if shadow else ""}
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "service:DKTService", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as out:
         # Own session: the server outlives the Airflow task that started it and is stopped as a group.
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    return {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log)}
+    doc = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log)}
+    return {**doc, "shadow_model_tag": shadow.model_tag, "shadow_version": shadow.version} if shadow else doc
 
 
 def stop_server(pid: int | None, grace: float = 30.0) -> None:
@@ -127,7 +137,9 @@ def wait_ready(server: dict[str, Any], timeout: float) -> None:
     raise DeployError(f"bentoml serve on port {server['port']} not ready after {timeout:.0f}s; see {server['log']}")
 
 
-def wait_metadata(url: str, version: str, timeout: float) -> dict[str, Any]:
+def wait_metadata(url: str, version: str, timeout: float, shadow: str | None = None) -> dict[str, Any]:
+    """``url``'s /metadata once it reports ``version`` and, as its ``shadow``, the version ``shadow`` (no shadow
+    when None: a server left with an old shadow is not the one deployed)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -135,29 +147,35 @@ def wait_metadata(url: str, version: str, timeout: float) -> dict[str, Any]:
             r = requests.get(url + "/metadata", timeout=5)
             last = r.json() if r.ok else f"HTTP {r.status_code}"
             if isinstance(last, dict) and str(last.get("model_version")) == version:
-                return last
-        except (requests.RequestException, ValueError) as exc:
+                served_shadow = (last.get("shadow") or {}).get("model_version")
+                if (str(served_shadow) if served_shadow is not None else None) == shadow:
+                    return last
+                last = f"model_version {version} with shadow {served_shadow}"
+        except (requests.RequestException, ValueError, AttributeError) as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
-            raise DeployError(f"{url}/metadata does not report model_version {version}: {last}")
+            want = f"model_version {version}" + (f" with shadow {shadow}" if shadow else " without a shadow")
+            raise DeployError(f"{url}/metadata does not report {want}: {last}")
         time.sleep(1)
 
 
-def switch_local(model_tag: str, version: str) -> dict[str, Any]:
+def switch_local(model_tag: str, version: str, shadow: Shadow | None = None) -> dict[str, Any]:
     old = read_state()
-    if old.get("model_tag") == model_tag and alive(old.get("pid")) and current_url() == old.get("url"):
+    same = old.get("model_tag") == model_tag and old.get("shadow_model_tag") == (shadow.model_tag if shadow else None)
+    if same and alive(old.get("pid")) and current_url() == old.get("url"):
         print(f"deploy: {model_tag} already serving at {old['url']}", file=sys.stderr)
         return old
     # Blue/green: alternate between the base port and the next one.
     port = base_port() + 1 if old.get("port") == base_port() else base_port()
     if old.get("port") == port and alive(old.get("pid")):
         port = base_port() if port != base_port() else base_port() + 1
-    new = start_server(model_tag, port)
-    print(f"deploy: started {model_tag} on {new['url']} (pid {new['pid']})", file=sys.stderr)
+    new = start_server(model_tag, port, shadow)
+    with_shadow = f" with shadow {shadow.model_tag}" if shadow else ""
+    print(f"deploy: started {model_tag}{with_shadow} on {new['url']} (pid {new['pid']})", file=sys.stderr)
     timing = load(PipelineSettings)
     try:
         wait_ready(new, timing.ready_timeout)
-        wait_metadata(new["url"], version, timeout=30)
+        wait_metadata(new["url"], version, timeout=30, shadow=shadow.version if shadow else None)
     except DeployError:
         stop_server(new["pid"])
         raise
@@ -183,7 +201,8 @@ def restore_previous() -> str:
     prev = cur.get("previous") or {}
     if not prev.get("model_tag"):
         raise DeployError("no previous server to restore")
-    doc = switch_local(prev["model_tag"], str(prev.get("model_version")))
+    shadow = Shadow(prev["shadow_model_tag"], str(prev["shadow_version"])) if prev.get("shadow_model_tag") else None
+    doc = switch_local(prev["model_tag"], str(prev.get("model_version")), shadow)
     return f"{prev['model_tag']} at {doc['url']}"
 
 
