@@ -134,9 +134,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             meta = client.get("/metadata")
         except InferenceUnavailable:
             return
-        if str(meta.get("model_version")) == version:
-            db.remember_model_version(conn(), meta)
-            metadata_asked[version] = math.inf
+        # A shadow model's version is described under the service's "shadow" (serving/shadow.py).
+        shadow = meta.get("shadow")
+        for described in (meta, shadow if isinstance(shadow, dict) else {}):
+            if str(described.get("model_version")) == version:
+                db.remember_model_version(conn(), described)
+                metadata_asked[version] = math.inf
+                return
 
     @app.get("/")
     def index() -> str | Response:

@@ -67,7 +67,8 @@ def insights(
     ``at`` is when the next question will be shown (its Timestamp to be): the service scores candidates as
     if asked then, which is what the model was trained on (docs/time-semantics.md). ``request_id`` is sent
     with each call; ``shown`` carries the model's name, version and the next question's probability, which
-    the prediction log records.
+    the prediction log records, and under ``shadow`` the shadow model's probability for the same question when
+    the service scored one (the page never shows it; it is logged beside production's).
     """
     pool = bank.pool(answered, pool_size, seed)
     body: dict[str, Any] = {"history": history, "candidates": [_item_body(q) for q in pool]}
@@ -95,15 +96,33 @@ def insights(
         "model_version": pred.get("model_version"),
         "target": target,
     }
+    if shadow := _shadow_probability(pred.get("shadow"), best, len(pool)):
+        shown["shadow"] = shadow
     return nxt, shown
 
 
+def _shadow_probability(shadow: Any, best: int, n: int) -> dict[str, Any] | None:
+    """The shadow's name, version and probability for the chosen candidate; None when the response has no
+    usable shadow field (no shadow deployed, the shadow failed on the batch, or a malformed field)."""
+    if not isinstance(shadow, dict) or not shadow.get("model_version"):
+        return None
+    probs = shadow.get("probabilities")
+    if not isinstance(probs, list) or len(probs) != n:
+        return None
+    return {
+        "model_name": shadow.get("model_name"),
+        "model_version": str(shadow["model_version"]),
+        "probability": float(probs[best]),
+    }
+
+
 def logged_predictions(shown: dict[str, Any]) -> list[dict[str, Any]]:
-    """What the prediction log keeps of ``insights``' result: production's probability for the chosen question
-    (none when the service named no model version: it could not be attributed)."""
+    """What the prediction log keeps of ``insights``' result: production's probability for the chosen question,
+    and the shadow's beside it when there was one (none when the service named no production model version: it
+    could not be attributed, and a shadow row alone would compare the shadow with nothing)."""
     if not shown.get("available") or not shown.get("model_version"):
         return []
-    return [
+    logged = [
         {
             "role": "production",
             "model_name": shown.get("model_name"),
@@ -111,6 +130,9 @@ def logged_predictions(shown: dict[str, Any]) -> list[dict[str, Any]]:
             "probability": float(shown["next_probability"]),
         }
     ]
+    if shadow := shown.get("shadow"):
+        logged.append({"role": "shadow", **shadow})
+    return logged
 
 
 def unavailable(reason: str) -> dict[str, Any]:
