@@ -71,6 +71,15 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
+def epoch_auc(labels: list[np.ndarray], probs: list[np.ndarray]) -> float:
+    """AUC of an epoch's own predictions, batch by batch; NaN when undefined (one class, or a diverged epoch whose
+    predictions are all NaN: those are left out, as the validation AUC leaves out unscored positions)."""
+    y = np.concatenate(labels) if labels else np.empty(0)
+    p = np.concatenate(probs) if probs else np.empty(0)
+    finite = np.isfinite(p)
+    return auc(y[finite], p[finite])
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -132,6 +141,10 @@ def fit_sequence_model(
             pick = rng.choice(len(train_w), n_windows, replace=False)
             sub = type(train_w)(train_w.index[pick], train_w.score[pick])
         total_loss, total_n = 0.0, 0
+        # The epoch's own predictions on its labelled positions, for its train AUC: what the optimiser saw, as it
+        # changed over the epoch (dropout on), not a second pass over the data after it.
+        seen_p: list[np.ndarray] = []
+        seen_y: list[np.ndarray] = []
         bar = tqdm(
             train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng),
             total=steps_per_epoch,
@@ -154,6 +167,8 @@ def fit_sequence_model(
             sched.step()
             total_loss += loss.item() * int(m.sum())
             total_n += int(m.sum())
+            seen_p.append(torch.sigmoid(logits.detach()[m].float()).cpu().numpy())
+            seen_y.append(batch["answer"][m].cpu().numpy())
             bar.set_postfix(loss=f"{total_loss / max(1, total_n):.4f}")
         prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
         labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
@@ -161,14 +176,17 @@ def fit_sequence_model(
         v_loss = log_loss(valid_y[labelled], prob[labelled])
         seconds = time.perf_counter() - tick
         train_loss = total_loss / max(1, total_n)
+        train_auc = epoch_auc(seen_y, seen_p)
         history.append(
-            {"epoch": epoch, "train_loss": train_loss, "valid_auc": v_auc, "valid_loss": v_loss, "seconds": seconds}
-        )
+            {"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc, "valid_auc": v_auc,
+             "valid_loss": v_loss, "seconds": seconds}
+        )  # fmt: skip
         # Higher is better: AUC as is, losses negated.
         score = {"valid_auc": v_auc, "valid_loss": -v_loss, "train_loss": -train_loss}[criterion]
         improved = bool(np.isfinite(score)) and score > best_score
         print(
-            f"epoch {epoch:3d}  loss {train_loss:.4f}  valid_auc {v_auc:.4f}  valid_loss {v_loss:.4f}  "
+            f"epoch {epoch:3d}  loss {train_loss:.4f}  train_auc {train_auc:.4f}  valid_auc {v_auc:.4f}  "
+            f"valid_loss {v_loss:.4f}  "
             f"{seconds:.1f}s{'  *' if improved else ''}",
             file=sys.stderr,
             flush=True,

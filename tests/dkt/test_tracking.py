@@ -217,13 +217,15 @@ def test_cli_training_is_recorded_on_a_real_server(mlflow_server: Server, sim_di
     assert params["model"] == "lstm" and params["train.lr"] == "0.005" and params["model_params.d_model"] == "32"
     assert params["seed"] == "42" and params["device"] == "cpu"
 
-    # One point per epoch for every curve, equal to what history.json holds.
+    # One point per epoch for every curve, train and validation, equal to what history.json holds.
     assert [h["epoch"] for h in history] == [1, 2]
-    for key in ("train_loss", "valid_auc", "valid_loss"):
+    for key in ("train_loss", "train_auc", "valid_auc", "valid_loss"):
         points = client.get_metric_history(run.info.run_id, key)
         assert [(p.step, p.value) for p in sorted(points, key=lambda p: p.step)] == [
             (h["epoch"], pytest.approx(h[key])) for h in history
         ], key
+    # train AUC from each epoch's own predictions (no second pass): defined, and not the validation curve
+    assert all(0.0 < h["train_auc"] < 1.0 and h["train_auc"] != h["valid_auc"] for h in history), history
     assert run.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
     assert run.data.metrics["selected_valid_auc"] == pytest.approx(metrics["valid_auc"])  # the chosen epoch's
     assert run.data.metrics["test_acc"] == pytest.approx(metrics["test_acc"])
