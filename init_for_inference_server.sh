@@ -28,6 +28,8 @@ env (defaults in brackets):
                                     GPU host; the API server then serves the edge worker API too, and the
                                     shared secret is generated into var/secrets/airflow_jwt_secret (or taken
                                     from AIRFLOW__API_AUTH__JWT_SECRET): copy it to the train host
+  DKT_SECRET_KEY [generated]        the client's session secret; unset: generated once into
+                                    var/swarm/client_secret_key (mode 0600)
   DKT_CLIENT_DB [var/client/client.db]  the answer store: the swarm client writes it (bind mount of its
                                     folder), update_data_dag exports it; the folder is created here
   DKT_DEPLOY_MODE is set to swarm for the Airflow services started here
@@ -84,6 +86,17 @@ docker_manual/build_base_image.sh
 
 step "app virtualenv (.venv)"
 make -s setup PYTHON="${PYTHON:-python3}"
+
+step "client secret and operator account"
+# The client's session secret: generated once into var/swarm/client_secret_key (mode 0600 from creation; the
+# deploy reads it) unless DKT_SECRET_KEY is set. The operator account's generated password is printed here
+# once and stored only as its hash (docs/accounts.md); a rerun says the account exists.
+.venv/bin/python -c 'from pipeline.swarm_settings import swarm_settings; from pipeline.swarm_stack import client_secret
+client_secret(swarm_settings())' >/dev/null
+operator_password="$(.venv/bin/dkt client create-user --role operator --if-missing operator)"
+if [[ -n "$operator_password" ]]; then
+  echo "client operator account: user operator, password $operator_password (shown this once: keep it now)"
+fi
 
 if [[ $airflow -eq 1 ]]; then
   step "Airflow virtualenv (.venv-airflow) and services"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import sys
 import time
@@ -38,13 +37,13 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from client import db, metrics, operator
+from client import accounts, db, metrics, operator
 from client.inference import BaseURL, InferenceClient
 from client.settings import load_settings
 from client.tutor import InferenceUnavailable, ItemBank, insights, logged_predictions, unavailable
 from dkt.itembank import grade
 
-NICKNAME = re.compile(r"^[\w .-]{1,32}$")
+ACCOUNT_HOME = {"teacher": "/classes", "operator": "/operator"}  # where / sends a signed-in non-student
 MAX_ANSWER_CHARS = 32
 HISTORY_SENT = 500  # answers sent to the service; it keeps the last max_seq_len anyway
 METADATA_RETRY_S = 60.0  # a model version whose /metadata could not be read is asked again after this
@@ -146,27 +145,23 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def index() -> str | Response:
         if current_student() is not None:
             return redirect(url_for("practice"))
-        return render_template("start.html")
+        role = session.get("role")  # teachers and operators have their own pages (client/accounts.py)
+        if role in ACCOUNT_HOME:
+            return redirect(ACCOUNT_HOME[role])
+        return render_template("signin.html")
 
-    @app.post("/start")
-    def start() -> str | Response:
-        nickname = request.form.get("nickname", "").strip()
-        if not NICKNAME.fullmatch(nickname):
-            flash("Choose a nickname of 1 to 32 letters, digits, spaces, dots, dashes or underscores.", "error")
-            return render_template("start.html", nickname=nickname[:32]), 400
-        student_id = db.get_or_create_student(conn(), nickname)
-        session.clear()
-        session["student_id"] = student_id
+    def student_signed_in(student_id: int) -> None:
         row = db.student(conn(), student_id)
         if row is not None and row["current_item"] is None:
             refresh(student_id)
-        return redirect(url_for("practice"))
+
+    # Sign-in, registration, claim of a nickname record, classes, sign-out (docs/accounts.md).
+    accounts.register_routes(app, conn, student_signed_in)
 
     @app.get("/practice")
     def practice() -> str | Response:
         row = current_student()
-        if row is None:
-            session.clear()
+        if row is None:  # signed out, or a teacher/operator: no student record (their session stays)
             return redirect(url_for("index"))
         shown = _json(row["insights"])
         if row["current_item"] is None or bank.item(row["current_item"]) is None or not shown.get("available"):
@@ -219,11 +214,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def prometheus_metrics() -> Response:
         """Online quality per model version and the answer flow (docs/monitoring.md), read from the store now."""
         return Response(generate_latest(metrics_registry), mimetype=CONTENT_TYPE_LATEST)
-
-    @app.post("/logout")
-    def logout() -> Response:
-        session.clear()
-        return redirect(url_for("index"))
 
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError) -> tuple[str, int]:

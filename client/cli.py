@@ -5,19 +5,25 @@
     dkt client export-interactions --since WATERMARK --out F   (update_data_dag's export)
     dkt client export-predictions --since WATERMARK --out F    (the prediction log of those answers)
     dkt client routes
+    dkt client create-user --role operator|teacher|student NAME   (prints a generated password, once)
+    dkt client reset-password NAME                                (a new generated password, printed once)
+    dkt client claim-code NICKNAME     (a one-time code for a nickname record from before accounts)
 
 The app reads its settings through dkt.settings (``dkt settings show``): a bad value stops it with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from client import create_app
+from client import accounts, create_app, db
+from dkt.settings import ClientSettings, load_or_exit
 
 
 class _Formatter(click.HelpFormatter):
@@ -31,8 +37,76 @@ class _Context(click.Context):
     formatter_class = _Formatter
 
 
+class _Refused(click.ClickException):
+    exit_code = 2  # bad input, as every dkt command reports it
+
+
+def _accounts_db() -> sqlite3.Connection:
+    conn = db.connect(load_or_exit(ClientSettings).client_db)
+    db.init(conn)
+    return conn
+
+
+@click.group()
+def _account_commands() -> None:
+    """Account commands: they need only the client database (DKT_CLIENT_DB), not the item bank."""
+
+
+@_account_commands.command("create-user")
+@click.option("--role", type=click.Choice(accounts.ROLES), required=True, help="what the account may do")
+@click.option("--if-missing", is_flag=True, help="an existing account of that name is fine: say so, print nothing")
+@click.argument("username")
+def create_user(role: str, if_missing: bool, username: str) -> None:
+    """Create an account with a generated password, printed once on stdout (stored only as its argon2 hash)."""
+    with contextlib.closing(_accounts_db()) as conn:
+        existing = accounts.find(conn, username)
+        if existing is not None and if_missing:
+            if existing.role != role:
+                raise _Refused(f"account {existing.username!r} exists with role {existing.role}, not {role}")
+            reset = f"dkt client reset-password {existing.username}"
+            click.echo(f"account {existing.username!r} ({role}) exists; its password was printed when it was"
+                       f" created (`{reset}` sets a new one)", err=True)  # fmt: skip
+            return
+        password = accounts.generate_password()
+        try:
+            account = accounts.create_account(conn, username, password, role)
+        except accounts.AccountError as e:
+            raise _Refused(f"create-user {username!r}: {e}") from None
+    click.echo(f"created {role} account {account.username!r}; its password (shown once, keep it now):", err=True)
+    click.echo(password)
+
+
+@_account_commands.command("reset-password")
+@click.argument("username")
+def reset_password(username: str) -> None:
+    """Give an account a new generated password, printed once on stdout."""
+    with contextlib.closing(_accounts_db()) as conn:
+        account = accounts.find(conn, username)
+        if account is None:
+            raise _Refused(f"reset-password: no account named {username!r}")
+        password = accounts.generate_password()
+        accounts.set_password(conn, account.id, password)
+    click.echo(f"new password for {account.role} account {account.username!r} (shown once):", err=True)
+    click.echo(password)
+
+
+@_account_commands.command("claim-code")
+@click.argument("nickname")
+def claim_code(nickname: str) -> None:
+    """A one-time code (valid 14 days) with which the student who used NICKNAME before accounts claims it."""
+    with contextlib.closing(_accounts_db()) as conn:
+        try:
+            code = accounts.issue_claim_code(conn, nickname)
+        except accounts.AccountError as e:
+            raise _Refused(f"claim-code: {e}") from None
+    click.echo(f"claim code for {nickname!r} (one use, 14 days; hand it to the student for /claim):", err=True)
+    click.echo(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _account_commands.commands:
+        return _run(_account_commands, argv)
     try:
         # Built here, not inside Flask's loader: a missing item bank or a bad setting is one line, not
         # the traceback Flask's CLI would print while listing commands.
@@ -43,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         app = Flask("client")  # --help still answers; the app's own commands need a valid setup
     group = FlaskGroup(create_app=lambda: app, load_dotenv=False, help=__doc__)
+    for command in _account_commands.commands.values():
+        group.add_command(command)  # listed in --help beside the app's commands
+    return _run(group, argv)
+
+
+def _run(group: click.Group, argv: list[str]) -> int:
     group.context_class = _Context
     try:
         # standalone_mode=False: click hands usage errors back instead of printing its multi-line block,

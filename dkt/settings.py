@@ -190,8 +190,9 @@ class ClientSettings(Group):
     secret_key: SecretStr | None = env(
         "DKT_SECRET_KEY",
         None,
-        "Flask session/CSRF secret; unset: a random key per process (refused when DKT_ENV=production);"
-        " the swarm generates one into var/swarm/client_secret_key",
+        "Flask session/CSRF secret (signs the sign-in cookie); unset: a random key per process, which only works"
+        " with one process (refused when DKT_ENV=production); `make up` generates one into"
+        " var/secrets/client_secret_key, the swarm into var/swarm/client_secret_key (mode 0600, docs/accounts.md)",
         secret=True,
     )
     environment: str = env("DKT_ENV", "", "`production` makes DKT_SECRET_KEY mandatory (the client image sets it)")
@@ -215,6 +216,25 @@ class ClientSettings(Group):
         "term ranges `FIRST..LAST` (ISO dates, inclusive), comma separated, e.g."
         " `2026-09-01..2026-12-18,2027-01-06..2027-03-26`: the client's dkt_in_term is 1 inside them;"
         " empty = always in term",
+    )
+    login_max_failures: int = env(
+        "DKT_LOGIN_MAX_FAILURES",
+        5,
+        "failed sign-ins one username may have within DKT_LOGIN_WINDOW_S before further tries are refused"
+        " (counted in the client database: shared by every worker; docs/accounts.md)",
+        "attempts",
+        ge=1,
+    )
+    login_max_failures_per_address: int = env(
+        "DKT_LOGIN_MAX_FAILURES_PER_ADDRESS",
+        30,
+        "failed sign-ins (and claim codes) one client address may have within DKT_LOGIN_WINDOW_S; higher than"
+        " the per-name limit because a classroom often shares one address",
+        "attempts",
+        ge=1,
+    )
+    login_window_s: float = env(
+        "DKT_LOGIN_WINDOW_S", 900.0, "the window the sign-in failure limits count over", "s", gt=0.0
     )
     operator_token: SecretStr | None = env(
         "DKT_OPERATOR_TOKEN",

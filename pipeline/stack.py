@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from dkt import secret_file
 from dkt.cli import run_actions
 from dkt.settings import AirflowSettings, ClientSettings, StackSettings, TrainingSettings, is_set, load_or_exit
 from pipeline import deploy_local
@@ -36,6 +37,7 @@ AIRFLOW_VENV = _SETTINGS.airflow_venv
 # DKT_TRAIN_EXECUTOR=edge: the train-host tasks go to this executor (provider apache-airflow-providers-edge3),
 # served by `airflow edge worker` on the GPU host (init_for_train_server.sh); the rest stays on LocalExecutor.
 EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
+OPERATOR_ACCOUNT = "operator"  # the client account `up` creates (init_for_inference_server.sh: the same name)
 
 
 def defaults() -> dict[str, str]:
@@ -147,12 +149,8 @@ def ensure_service(store: VersionedStore) -> str:
 
 
 def secret(name: str, nbytes: int = 24) -> str:
-    f = VAR / "secrets" / name
-    if not f.is_file():
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.touch(mode=0o600)
-        f.write_text(secrets.token_urlsafe(nbytes))
-    return f.read_text().strip()
+    """var/secrets/NAME: generated once, mode 0600 from its creation (dkt/secret_file.py)."""
+    return secret_file.read_or_create(VAR / "secrets" / name, nbytes)
 
 
 def train_executor() -> str:
@@ -188,6 +186,13 @@ def ensure_client() -> str:
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", 60, "client")
     return url
+
+
+def ensure_operator() -> str:
+    """The client's operator account (docs/accounts.md): created on the first `up` with a generated password,
+    which is returned to be printed once; stored nowhere but as its argon2 hash. Later: an empty string."""
+    proc = py("-m", "dkt", "client", "create-user", "--role", "operator", "--if-missing", OPERATOR_ACCOUNT)
+    return proc.stdout.strip()
 
 
 def ensure_airflow() -> tuple[str, str]:
@@ -238,11 +243,17 @@ def up() -> int:
     ensure_model(store)
     service = ensure_service(store)
     client = ensure_client()
+    operator_password = ensure_operator()
     airflow, password = ensure_airflow()
+    operator_line = (
+        f"operator account {OPERATOR_ACCOUNT!r}, password {operator_password} - shown this once, keep it now"
+        if operator_password
+        else f"operator account {OPERATOR_ACCOUNT!r}: `dkt client reset-password {OPERATOR_ACCOUNT}` sets a new one"
+    )
     print(
         f"""
 DKT is up.
-  students   {client}                 (the tutor)
+  students   {client}                 (the tutor; {operator_line})
   service    {service}          (BentoML: /metadata, /readyz, /predict)
   operators  {airflow}                 (Airflow; user admin, password {password})
   store      {store.blobs.url}

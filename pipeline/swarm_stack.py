@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import time
 from typing import Any
 
+from dkt import secret_file
 from pipeline.swarm_answers import ClientStore
 from pipeline.swarm_images import DockerError, StackConfig, load_stack_config, run
 from pipeline.swarm_settings import SwarmSettings
@@ -39,12 +39,7 @@ def client_secret(settings: SwarmSettings) -> str:
     """The client's Flask secret: DKT_SECRET_KEY, else one generated once into a file (sessions survive redeploys)."""
     if settings.secret_key:
         return settings.secret_key
-    f = settings.secret_key_file
-    if not f.is_file():
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(secrets.token_hex(32))
-        f.chmod(0o600)
-    return f.read_text().strip()
+    return secret_file.read_or_create(settings.secret_key_file)  # mode 0600 from creation, never chmod-ed after
 
 
 def stack_deploy(

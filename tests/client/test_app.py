@@ -23,6 +23,7 @@ from dkt.data.io import read_csv
 from dkt.data.schema import COLUMNS
 from tests.client.conftest import make_app, serving
 from tests.serving.servers import PY, ROOT
+from tests.support.students import sign_up_form
 
 
 def token(html: str) -> str:
@@ -38,9 +39,10 @@ def current_item(html: str) -> str:
 
 
 def start(c: FlaskClient, nickname: str) -> str:
+    """Register student ``nickname`` (tests/support/students.py's password) and return the practice page."""
     page = c.get("/").get_data(as_text=True)
-    r = c.post("/start", data={"nickname": nickname, "csrf_token": token(page)}, follow_redirects=True)
-    assert r.status_code == 200
+    r = c.post("/register", data=sign_up_form(token(page), nickname), follow_redirects=True)
+    assert r.status_code == 200, r.get_data(as_text=True)[:500]
     return r.get_data(as_text=True)
 
 
@@ -82,11 +84,11 @@ def test_answers_are_saved_when_the_service_is_down(tmp_path: Path, sim_dir: Pat
 def test_bad_input_and_csrf(tmp_path: Path, sim_dir: Path, dead_url: str) -> None:
     app = make_app(tmp_path, sim_dir, dead_url)
     c = app.test_client()
-    r = c.post("/start", data={"nickname": "ada"})
+    r = c.post("/register", data={"username": "ada", "password": "long enough"})
     assert r.status_code == 400 and "form expired" in r.get_data(as_text=True)  # no CSRF token
     page = c.get("/").get_data(as_text=True)
     for bad in ("", "x" * 33, "<script>alert(1)</script>"):
-        r = c.post("/start", data={"nickname": bad, "csrf_token": token(page)})
+        r = c.post("/register", data=sign_up_form(token(page), bad))
         assert r.status_code == 400
         assert "<script>alert" not in r.get_data(as_text=True)
     page = start(c, "bob")

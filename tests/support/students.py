@@ -1,6 +1,7 @@
 """Simulated students using the real client over HTTP: for the end-to-end tests and the cycle benchmark.
 
-Each student is a browser-like session: start with a nickname, then read the current
+Each student is a browser-like session: create an account (or sign in to it, when a run with the same
+names already made it: its password is derived from the name), then read the current
 question from /practice and post an answer (right with probability ``skill``, using the
 answer key in questions.csv). A request that does not end in HTTP 200 counts as failed, and so
 does a page that says predictions are unavailable (the answer is stored, but the student saw the
@@ -46,16 +47,29 @@ def answer_key(questions_csv: Path) -> dict[str, str]:
     return dict(zip(q["assessmentItemID"], q["answer"], strict=True))
 
 
+def password_of(username: str) -> str:
+    """A simulated student's password: derived from the name, so the same student signs in again later."""
+    return f"pw-{username}-0123"
+
+
+def sign_up_form(csrf_token: str, username: str) -> dict[str, str]:
+    """The /register form of a simulated student (POST it to /register; /login takes the same fields)."""
+    return {"csrf_token": csrf_token, "username": username, "password": password_of(username)}
+
+
 def student_session(base: str, nickname: str, tally: Tally) -> requests.Session | None:
+    """A signed-in session of student ``nickname``: registered now, or signed in when it exists already."""
     s = requests.Session()
     r = s.get(base + "/", timeout=30)
     m = CSRF.search(r.text)
     if r.status_code != 200 or not m:
         tally.fail(f"GET / -> {r.status_code}")
         return None
-    r = s.post(base + "/start", data={"nickname": nickname, "csrf_token": m.group(1)}, timeout=30)
+    r = s.post(base + "/register", data=sign_up_form(m.group(1), nickname), timeout=30)
+    if r.status_code == 400 and "username is taken" in r.text:
+        r = s.post(base + "/login", data=sign_up_form(m.group(1), nickname), timeout=30)
     if r.status_code != 200:
-        tally.fail(f"POST /start -> {r.status_code}")
+        tally.fail(f"POST /register or /login -> {r.status_code}")
         return None
     return s
 
