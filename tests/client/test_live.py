@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving.servers import Server, bentoml_env, bentoml_service, free_port, gunicorn_client, together
+from tests.support.students import password_of
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,15 @@ def chart(page: object) -> dict[str, float]:
     return {r.get_attribute("data-tag"): float(r.get_attribute("data-mastery")) for r in rows}
 
 
+def sign_up(page: object, base: str, username: str) -> None:
+    """Create a student account through the sign-in page's link and the registration form, as a student does."""
+    page.goto(base + "/")  # type: ignore[attr-defined]
+    page.click("#register-link")  # type: ignore[attr-defined]
+    page.fill("#username", username)  # type: ignore[attr-defined]
+    page.fill("#password", password_of(username))  # type: ignore[attr-defined]
+    page.click("#register-form button[type=submit]")  # type: ignore[attr-defined]
+
+
 def submit(page: object, text: str) -> None:
     page.fill("#answer", text)  # type: ignore[attr-defined]
     page.click("#answer-form button")  # type: ignore[attr-defined]
@@ -98,9 +108,7 @@ def test_student_answers_and_sees_the_knowledge_state_update(
     url_file = tmp_path / "inference_url"
     url_file.write_text(service.url)
     with gunicorn_client(client_env(tmp_path, sim_dir, url_file), tmp_path / "gunicorn.log") as web:
-        page.goto(web.url + "/")  # type: ignore[attr-defined]
-        page.fill("#nickname", "ada")  # type: ignore[attr-defined]
-        page.click("button[type=submit]")  # type: ignore[attr-defined]
+        sign_up(page, web.url, "ada")
         page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
         states = [chart(page)]
         assert len(states[0]) == 16 and all(0 < v < 1 for v in states[0].values())
@@ -135,9 +143,7 @@ def test_service_stopped_then_switched(
     client = gunicorn_client(client_env(tmp_path, sim_dir, url_file), tmp_path / "gunicorn.log")
     with together(own_service, client) as (own, web):  # booting side by side; the client reads the file per request
         url_file.write_text(own.url)
-        page.goto(web.url + "/")  # type: ignore[attr-defined]
-        page.fill("#nickname", "grace")  # type: ignore[attr-defined]
-        page.click("button[type=submit]")  # type: ignore[attr-defined]
+        sign_up(page, web.url, "grace")
         page.wait_for_selector("#knowledge-chart")  # type: ignore[attr-defined]
         own.stop()  # the inference service goes away mid-session
         submit(page, solve(page.inner_text("#question-text")))  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ from pipeline.store import VersionedStore
 from pipeline.swarm_images import REPO_ROOT
 from tests.dags.airflow_runner import dags_test, migrate
 from tests.docker.conftest import swarm_cli, timeline
-from tests.support.students import CSRF, DEGRADED, ITEM, answer_key
+from tests.support.students import CSRF, DEGRADED, ITEM, answer_key, sign_up_form
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -150,7 +150,7 @@ class Load:
             token = CSRF.search(page)
             assert token, page[:200]
             text = self._page(
-                s.post(self.url + "/start", data={"csrf_token": token.group(1), "nickname": f"e2e{n}"}, timeout=30),
+                s.post(self.url + "/register", data=sign_up_form(token.group(1), f"e2e{n}"), timeout=30),
                 "start",
             )
             while not self.stop.is_set():
@@ -233,7 +233,7 @@ def test_answers_given_through_the_page_reach_the_next_data_version(
         s = requests.Session()
         token = CSRF.search(s.get(client + "/", timeout=30).text)
         assert token
-        page = s.post(client + "/start", data={"csrf_token": token.group(1), "nickname": nickname}, timeout=30)
+        page = s.post(client + "/register", data=sign_up_form(token.group(1), nickname), timeout=30)
         for k in range(4):
             item, token = ITEM.search(page.text), CSRF.search(page.text)
             assert page.status_code == 200 and item and token, page.text[:300]

@@ -30,7 +30,7 @@ from pipeline.data_update import FAULT_ENV, FAULT_POINTS
 from pipeline.store import VersionedStore
 from pipeline.workdir import work_dir
 from tests.serving.servers import free_port
-from tests.support.students import CSRF, ITEM, answer_key, client_server, run_students
+from tests.support.students import CSRF, ITEM, answer_key, client_server, run_students, sign_up_form
 
 pytestmark = pytest.mark.slow
 
@@ -266,7 +266,7 @@ def test_kill_9_of_a_client_worker_mid_answer(
         s = requests.Session()
         token = CSRF.search(s.get(base + "/", timeout=10).text)
         assert token
-        page = s.post(base + "/start", data={"csrf_token": token.group(1), "nickname": f"k{uuid.uuid4().hex[:6]}"})
+        page = s.post(base + "/register", data=sign_up_form(token.group(1), f"k{uuid.uuid4().hex[:6]}"))
         outcomes = []
         for _ in range(6):
             item, token = ITEM.search(page.text), CSRF.search(page.text)
