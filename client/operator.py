@@ -141,9 +141,11 @@ def guarded(key: str, title: str, make: Callable[[Panel], None]) -> Panel:
     return panel
 
 
-def with_deadline(what: str, fn: Callable[[], Any], timeout_s: float = SOURCE_TIMEOUT_S) -> Any:
-    """``fn()`` in a thread, waited for at most ``timeout_s``; TimeoutError naming ``what`` after that. The thread
-    is left to finish on its own (boto and requests end by their own timeouts): the page does not wait for it."""
+def with_deadline(what: str, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+    """``fn()`` in a thread, waited for at most ``timeout_s`` (default ``SOURCE_TIMEOUT_S``); TimeoutError naming
+    ``what`` after that. The thread is left to finish on its own (boto and requests end by their own timeouts):
+    the page does not wait for it."""
+    timeout_s = SOURCE_TIMEOUT_S if timeout_s is None else timeout_s
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="operator-source")
     try:
         return pool.submit(fn).result(timeout=timeout_s)
@@ -549,17 +551,18 @@ def build_page(
             if v["auc"] is not None and (v["role"] == "production" or v["model_version"] not in online):
                 online[v["model_version"]] = v["auc"]
 
-    opened: list[Any] = []  # the store, or why it could not be opened: once for the three panels that read it
+    # The store is opened once, up front, for the three panels that read it; each says so if it could not be.
+    try:
+        opened: Any = with_deadline("the store", store_fn)
+    except (LookupError, TimeoutError) as exc:
+        opened = Unavailable(str(exc))
+    except Exception as exc:  # a bad store setting, a corrupt pointer: each store panel shows it
+        opened = exc
 
     def store() -> Any:
-        if not opened:
-            try:
-                opened.append(with_deadline("the store", store_fn))
-            except (LookupError, TimeoutError) as exc:
-                opened.append(Unavailable(str(exc)))
-        if isinstance(opened[0], Unavailable):
-            raise opened[0]
-        return opened[0]
+        if isinstance(opened, Exception):
+            raise opened
+        return opened
 
     return [
         guarded("quality", "Online quality per model version", quality_),
