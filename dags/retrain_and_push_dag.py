@@ -1,7 +1,11 @@
 """retrain_and_push_dag: a new data set version -> a candidate model, promoted only if it is not worse.
 
-pull_data -> train -> evaluate (candidate and production on the same held-out users) -> push_candidate
--> promote_if_better (AUC drop at most $DKT_PROMOTE_TOLERANCE; emits the model asset when it promotes).
+pull_data (holds out the newest answers: the latest $DKT_HOLDOUT_FRACTION, newer than what production trained
+on) -> train (without them) -> evaluate (candidate and production on those answers, each student's earlier
+answers as context; the user-split test set when there are fewer than $DKT_GATE_MIN_ANSWERS) -> push_candidate
+-> promote_if_better (the paired bootstrap 95% interval of production's AUC minus the candidate's must stay
+within $DKT_PROMOTE_TOLERANCE; the figures go into the task log and the promotion history, `dkt models
+promotions`; emits the model asset when it promotes). docs/pipeline.md#promotion-gates.
 Nothing unloadable is promoted: evaluate refuses a candidate that does not load and score a smoke batch,
 and promote_if_better pulls the stored version and checks it again (dkt.verify); either fails the task.
 The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and

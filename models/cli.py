@@ -5,10 +5,14 @@
     dkt models pull production --dest DIR      # or latest, or a version
     dkt models promote VERSION                 # point production at a stored version
     dkt models rollback                        # production back to the previous one
+    dkt models shadow VERSION | --clear        # the model served beside production, logged, never shown
+    dkt models promote-shadow [--client-db F] [--min-answers N]   # gate (b): promote it on live answers
+    dkt models promotions [--json]             # every promotion decision, newest first, with its figures
     dkt models quality [--by tag|day] [--model-version V] [--json] [--db F]   # online quality from the client's log
     dkt models pull-data|train|evaluate|push-candidate|promote-if-better --run-id ID   (retrain DAG steps)
 
-Exit codes: 0 done, 2 bad input or store error, 99 candidate not promoted (a skip for Airflow).
+Exit codes: 0 done, 2 bad input or store error, 99 candidate not promoted or nothing to decide yet (a skip for
+Airflow). The promotion gates: docs/pipeline.md#promotion-gates.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dkt.bundle import BundleError, lineage, read_meta
 from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
@@ -27,6 +32,9 @@ from pipeline.blobs import StoreError
 from pipeline.settings import SettingsError
 from pipeline.store import VersionedStore, VersionError
 from pipeline.workdir import work_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FLOW = "retrain_and_push"
 
@@ -44,6 +52,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     promote = sub.add_parser("promote", help="point production at a stored version")
     promote.add_argument("version")
     sub.add_parser("rollback", help="point production back at the version before it")
+    shadow = sub.add_parser("shadow", help="set or clear models/shadow: the model scored beside production")
+    shadow.add_argument("version", nargs="?", help="a stored version (or latest)")
+    shadow.add_argument("--clear", action="store_true", help="no shadow model any more")
+    gate = sub.add_parser(
+        "promote-shadow",
+        help="promote the shadow model when the answers both models scored show it is not worse",
+        description="Reads the client's prediction log, takes the answers production and the shadow both scored,"
+        " and promotes the shadow when the upper bound of the paired bootstrap 95%% interval of production's AUC"
+        " minus the shadow's is at most the tolerance (docs/pipeline.md#promotion-gates). Exit 99: waiting for"
+        " answers, refused, or no shadow.",
+    )
+    gate.add_argument("--client-db", type=Path, help="the client's answer store (default $DKT_CLIENT_DB)")
+    gate.add_argument("--min-answers", type=int, help="answers both scored before deciding ($DKT_SHADOW_MIN_ANSWERS)")
+    gate.add_argument("--tolerance", type=float, help="non-inferiority margin (default $DKT_PROMOTE_TOLERANCE)")
+    gate.add_argument("--run-id", help="the Airflow run (promote_shadow_dag), kept with the figures")
+    history = sub.add_parser("promotions", help="the promotion history, newest first, with the deciding figures")
+    history.add_argument("--json", action="store_true", help="the entries as JSON")
     quality = sub.add_parser(
         "quality",
         help="online quality per model version from the client's prediction log (docs/monitoring.md)",
@@ -111,24 +136,31 @@ def _fmt(value: float | None, ci: list[float] | None = None) -> str:
     return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
-def quality_report(args: argparse.Namespace) -> int:
-    """Read the prediction log (read-only: no file is created, no schema migrated) and print the quality."""
+def read_prediction_log(path: Path | None, option: str) -> tuple[Path, pd.DataFrame]:
+    """The client's scored predictions (``client.db.scored_predictions``), read-only: no file is created, no
+    schema migrated. ``path`` None: $DKT_CLIENT_DB. ``ValueError`` naming the file when it cannot be read."""
     import sqlite3
 
     from client.db import scored_predictions
-    from dkt.quality import quality_table
     from dkt.settings import ClientSettings, load
 
-    path = args.db or Path(load(ClientSettings).client_db)
-    if args.n_boot < 0:
-        raise ValueError(f"--n-boot must be >= 0, not {args.n_boot}")
+    path = path or Path(load(ClientSettings).client_db)
     if not path.is_file():
-        raise ValueError(f"{path}: no such client database (--db or DKT_CLIENT_DB)")
+        raise ValueError(f"{path}: no such client database ({option} or DKT_CLIENT_DB)")
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            scored = scored_predictions(conn)
+            return path, scored_predictions(conn)
     except sqlite3.DatabaseError as exc:  # not SQLite, or a store from before the log (schema < 3)
         raise ValueError(f"{path}: cannot read the prediction log: {exc}") from None
+
+
+def quality_report(args: argparse.Namespace) -> int:
+    """Read the prediction log and print the quality."""
+    from dkt.quality import quality_table
+
+    if args.n_boot < 0:
+        raise ValueError(f"--n-boot must be >= 0, not {args.n_boot}")
+    path, scored = read_prediction_log(args.db, "--db")
     if args.model_version is not None:
         known = sorted(scored["model_version"].unique())
         if args.model_version not in known:
@@ -152,6 +184,61 @@ def quality_report(args: argparse.Namespace) -> int:
     if not rows:
         print(f"(no scored predictions in {path})", file=sys.stderr)
     return 0
+
+
+def promote_shadow(args: argparse.Namespace, store: VersionedStore) -> int:
+    """Gate (b); prints the figures (the Airflow task log) and the outcome. 0: promoted; 99: anything else."""
+    from dkt.settings import TrainingSettings, load
+    from pipeline import promotions
+
+    settings = load(TrainingSettings)
+    min_answers = args.min_answers if args.min_answers is not None else settings.shadow_min_answers
+    if min_answers < 1:
+        raise ValueError(f"--min-answers must be at least 1, not {min_answers}")
+    tolerance = args.tolerance if args.tolerance is not None else settings.promote_tolerance
+    _, scored = read_prediction_log(args.client_db, "--client-db")
+    out = promotions.promote_shadow(store, scored, min_answers, tolerance, settings.gate_bootstrap)
+    if out.figures is not None:
+        print(f"promote-shadow: {promotions.describe(out.figures)}", file=sys.stderr)
+    if out.status == "promoted":
+        print(json.dumps({"promoted": store.pointed("models", "production"), "reason": out.message,
+                          "figures": out.figures, "run_id": args.run_id}))  # fmt: skip
+        return 0
+    print(f"skip: {'not promoted: ' if out.status == 'refused' else ''}{out.message}", file=sys.stderr)
+    return EXIT_SKIP
+
+
+def print_history(store: VersionedStore, as_json: bool) -> int:
+    from pipeline import promotions
+
+    entries = promotions.history(store)
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        f = e["figures"]
+        ci = f["diff_ci95"]
+        span = f" ci95=[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
+        diff = f" diff={f['diff']:+.4f}" if f["diff"] is not None else ""
+        print(f"{e['at']}  {e['gate']:<7}  {'promoted' if e['promoted'] else 'refused ':<8}  {e['candidate']}"
+              f" (production {e['production']})  n={f['n']}{diff}{span}  {e['reason']}")  # fmt: skip
+    if not entries:
+        print("(no promotion recorded yet)", file=sys.stderr)
+    return 0
+
+
+def manual_entry(store: VersionedStore, candidate: str, production: str | None, reason: str) -> dict[str, Any]:
+    """A person's move of production: the history keeps it beside the gates', with the stored test AUCs."""
+    from pipeline import promotions
+
+    def test_auc(version: str | None) -> float | None:
+        auc = store.manifest("models", version).get("metrics", {}).get("test_auc") if version else None
+        return float(auc) if isinstance(auc, int | float) else None
+
+    c, p = test_auc(candidate), test_auc(production)
+    figures = {"n": 0, "candidate_auc": c, "production_auc": p, "diff": p - c if c is not None and p is not None
+               else None, "diff_ci95": None, "min_answers": 0, "set": "stored test AUCs (no gate)"}  # fmt: skip
+    return promotions.entry("manual", candidate, production, True, reason, figures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,14 +275,37 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"version": m["version"], "dest": str(args.dest)}))
             return 0
         if args.cmd == "promote":
+            from pipeline import promotions
+
             retrain.verify_stored(store, args.version)
+            previous = store.pointed("models", "production")
             doc = store.set_pointer("models", "production", args.version, reason="manual promote")
+            promotions.record(store, manual_entry(store, args.version, previous, "manual promote"))
             print(json.dumps({"production": doc["version"], "previous": doc["history"][:1]}))
             return 0
         if args.cmd == "rollback":
+            from pipeline import promotions
+
+            previous = store.pointed("models", "production")
             doc = store.rollback("models", "production")
+            promotions.record(store, manual_entry(store, doc["version"], previous, doc["reason"]))
             print(json.dumps({"production": doc["version"], "reason": doc["reason"]}))
             return 0
+        if args.cmd == "shadow":
+            if args.clear == (args.version is not None):
+                raise ValueError("give a VERSION to shadow, or --clear (not both)")
+            if args.clear:
+                print(json.dumps({"shadow": None, "cleared": store.clear_pointer("models", "shadow")}))
+                return 0
+            version = store.resolve("models", args.version)
+            retrain.verify_stored(store, version)  # the deploy must be able to serve it beside production
+            doc = store.set_pointer("models", "shadow", version, reason="dkt models shadow")
+            print(json.dumps({"shadow": doc["version"], "production": store.pointed("models", "production")}))
+            return 0
+        if args.cmd == "promote-shadow":
+            return promote_shadow(args, store)
+        if args.cmd == "promotions":
+            return print_history(store, args.json)
         work = work_dir(FLOW, args.run_id)
         work.mkdir(parents=True, exist_ok=True)
         if args.cmd == "pull-data":
@@ -213,6 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     except retrain.NotPromoted as exc:
         print(f"skip: not promoted: {exc}", file=sys.stderr)
         return EXIT_SKIP
-    except (BundleError, StoreError, VersionError, SettingsError, OSError, RuntimeError) as exc:
+    except (BundleError, StoreError, VersionError, SettingsError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

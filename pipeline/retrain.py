@@ -1,10 +1,15 @@
 """The steps of ``retrain_and_push_dag``: pull data -> train -> evaluate -> push -> promote.
 
 Training goes through ``train.py`` (one entry point for people and the DAG).
-The candidate and the production model are scored on the same held-out users
-(the data set's ``test.csv``) with the serving loader, and the candidate is
-promoted only if its AUC is at most ``DKT_PROMOTE_TOLERANCE`` below production's,
-and only if the stored version loads and scores a smoke batch (``dkt.verify``).
+The gate (docs/pipeline.md#promotion-gates):
+``pull_data`` holds out the newest answers of the data version (the latest ``DKT_HOLDOUT_FRACTION`` by Timestamp,
+and only answers newer than everything the production model trained on); the candidate trains without them;
+``evaluate`` scores candidate and production on them with the serving loader, each student's earlier answers as
+context, and computes the paired bootstrap interval of the AUC difference (``pipeline.promotions``). Too few
+such answers (``DKT_GATE_MIN_ANSWERS``), no production model, or a production model whose training data is
+unknown: the user-split test set (``test.csv``, held-out users) decides instead, and the figures say so.
+A candidate is promoted only under the rule of ``pipeline.promotions.decide`` and only if the stored version
+loads and scores a smoke batch (``dkt.verify``); every decision is recorded in the promotion history.
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dkt.bundle import BundleError, default_version, lineage, read_meta, write_json
 from dkt.settings import TrainingSettings, load
+from pipeline import promotions
 from pipeline.data_update import read_json
 from pipeline.settings import REPO_ROOT
-from pipeline.store import VersionedStore, VersionError, manifest_matches
+from pipeline.store import PointerMoved, VersionedStore, VersionError, manifest_matches
 
-METRIC = "auc"
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+GATE_DIR = "gate"  # in the work folder: the holdout split pull_data prepares, which train and evaluate read
+HOLDOUT = "holdout.json"
 
 
 class NotPromoted(Exception):
@@ -32,7 +43,111 @@ class NotPromoted(Exception):
 
 def pull_data(work: Path, store: VersionedStore) -> dict[str, Any]:
     m = store.pull("datasets", "latest", work / "data")
-    return {"data_version": m["version"], "rows": m.get("rows", {})}
+    holdout = prepare_holdout(work, store)
+    print(f"holdout: {holdout['note']}", file=sys.stderr)
+    return {"data_version": m["version"], "rows": m.get("rows", {}), "holdout": holdout}
+
+
+def _answers(data: Path, names: tuple[str, ...] = ("train.csv", "test.csv")) -> pd.DataFrame:
+    """The labelled answers of a data set folder's files, one table."""
+    import pandas as pd
+
+    from dkt.data.io import read_csv
+
+    frames = [read_csv(data / n) for n in names if (data / n).is_file()]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["answerCode", "Timestamp"])
+    return df[df["answerCode"] >= 0]
+
+
+def _stamp(ts: Any) -> str:
+    from pipeline.dataset import TIME_FORMAT
+
+    return str(ts.strftime(TIME_FORMAT))
+
+
+def production_trained_until(work: Path, store: VersionedStore, prod: str) -> tuple[str | None, str]:
+    """The newest answer the production model trained on, and where that figure comes from.
+
+    A model this gate trained carries it in its manifest (``trained_until``); for another model it is the
+    newest answer of the train.csv of the data version its lineage names (pulled), when that is stored."""
+    manifest = store.manifest("models", prod)
+    if isinstance(manifest.get("trained_until"), str):
+        return manifest["trained_until"], f"production {prod}'s manifest"
+    dv = manifest.get("data_version")
+    if not dv or not store.exists("datasets", str(dv)):
+        return None, f"production {prod} names no stored data version ({dv!r})"
+    store.pull("datasets", str(dv), work / "production-data")
+    train = _answers(work / "production-data", ("train.csv",))
+    if not len(train):
+        return None, f"data version {dv} of production {prod} has no training answers"
+    return _stamp(train["Timestamp"].max()), f"train.csv of data version {dv} (production {prod})"
+
+
+def prepare_holdout(work: Path, store: VersionedStore) -> dict[str, Any]:
+    """Split the newest answers off for the gate: ``work/gate/`` gets train.csv and test.csv without them and
+    ``holdout.json`` says where the split is (``active``) or why the user-split test set decides instead."""
+    from pipeline.dataset import MergeResult, write_dataset
+
+    settings = load(TrainingSettings)
+    gate = work / GATE_DIR
+    gate.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    answers = _answers(data)
+    doc: dict[str, Any] = {
+        "active": False,
+        "fraction": settings.holdout_fraction,
+        "min_answers": settings.gate_min_answers,
+        "n": 0,
+        "cutoff": None,
+        "production": store.pointed("models", "production"),
+        "production_trained_until": None,
+    }
+    until: str | None = None
+    if doc["production"] is None:
+        doc["note"] = "no production model: nothing to compare with, the candidate trains on every answer"
+    elif (got := production_trained_until(work, store, doc["production"]))[0] is None:
+        doc["note"] = f"what production trained on is unknown ({got[1]}): the user-split test set decides"
+    else:
+        import pandas as pd
+
+        until = got[0]
+        doc["production_trained_until"] = until
+        times = answers["Timestamp"].sort_values(ignore_index=True)
+        k = math.ceil(settings.holdout_fraction * len(times))
+        newer = times[times > pd.Timestamp(until)]
+        cutoff = max(times.iloc[len(times) - k], newer.iloc[0]) if k and len(newer) else None
+        held = int((times >= cutoff).sum()) if cutoff is not None else 0
+        doc.update(n=held, cutoff=_stamp(cutoff) if cutoff is not None else None)
+        where = f"the newest {settings.holdout_fraction:.0%} of {len(times)} answers newer than {until} ({got[1]})"
+        if held < settings.gate_min_answers:
+            doc["note"] = (f"{held} answers in {where}, fewer than DKT_GATE_MIN_ANSWERS={settings.gate_min_answers}:"
+                           " the user-split test set decides, the candidate trains on every answer")  # fmt: skip
+        else:
+            doc["active"] = True
+            doc["note"] = f"{held} answers from {doc['cutoff']} on: {where}; the candidate trains without them"
+    if doc["active"]:
+        import pandas as pd
+
+        cut = pd.Timestamp(doc["cutoff"])
+        train, test = (_answers(data, (n,)) for n in ("train.csv", "test.csv"))
+        train, test = train[train["Timestamp"] < cut], test[test["Timestamp"] < cut]
+        both = pd.concat([train, test], ignore_index=True)
+        write_dataset(MergeResult(both, train, test, len(both), len(both)), gate)
+        trained = train
+    else:
+        trained = _answers(data, ("train.csv",))
+    doc["candidate_trained_until"] = _stamp(trained["Timestamp"].max()) if len(trained) else None
+    write_json(gate / HOLDOUT, doc)
+    return doc
+
+
+def read_holdout(work: Path) -> dict[str, Any]:
+    path = work / GATE_DIR / HOLDOUT
+    if path.is_file():
+        return read_json(path)
+    # A work folder staged by hand (tests, a person re-running evaluate): no split, the user-split test set.
+    return {"active": False, "note": f"no {path} (pull_data did not run here): the user-split test set decides",
+            "min_answers": load(TrainingSettings).gate_min_answers, "candidate_trained_until": None}  # fmt: skip
 
 
 def train(
@@ -45,11 +160,13 @@ def train(
     epochs = epochs or settings.epochs
     version = default_version()
     out = work / "candidate"
+    # The holdout split when pull_data made one: the gate's answers never reach training.
+    files = work / GATE_DIR if read_holdout(work)["active"] else work / "data"
     argv = [
         sys.executable, str(REPO_ROOT / "train.py"),
         "--config", str(config),
-        "--train-file", str(work / "data" / "train.csv"),
-        "--test-file", str(work / "data" / "test.csv"),
+        "--train-file", str(files / "train.csv"),
+        "--test-file", str(files / "test.csv"),
         "--output-dir", str(out),
         "--model-version", version,
         "--data-version", data_manifest["version"],
@@ -85,32 +202,63 @@ def verify_stored(store: VersionedStore, version: str) -> dict[str, Any]:
             raise BundleError(f"model version {version} cannot be served: {exc}") from None
 
 
-def score_bundle(bundle: Path, test_file: Path) -> dict[str, Any]:
-    """Metrics of a bundle on a test file, through the serving loader."""
-    from dkt.data.io import read_csv
-    from dkt.metrics import evaluate_predictions
+def _probabilities(bundle: Path, tables: list[pd.DataFrame]) -> list[np.ndarray]:
+    """P(correct) of every row of each table through the serving loader (earlier rows of a student: context)."""
     from dkt.predictor import load_predictor
 
-    test = read_csv(test_file)
     predictor = load_predictor(bundle, device="cpu")
-    return evaluate_predictions(test, predictor.predict_rows(test))
+    return [predictor.predict_rows(t) for t in tables]
 
 
 def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
-    """Score the candidate and the current production model on the same held-out users."""
+    """Score the candidate and the current production model: on the held-out users (``candidate`` and
+    ``production``: the offline metrics), and the gate's figures (``gate``) on the time holdout, or on the
+    held-out users when there is no holdout (``read_holdout``'s note says why)."""
+    import numpy as np
+    import pandas as pd
+
+    from dkt.data.io import read_csv
+    from dkt.metrics import evaluate_predictions
     from dkt.verify import verify_bundle
 
-    test_file = work / "data" / "test.csv"
     verify_bundle(work / "candidate")  # an unloadable candidate stops here, before it is stored
-    doc: dict[str, Any] = {
-        "candidate_version": read_meta(work / "candidate")["model_version"],
-        "candidate": score_bundle(work / "candidate", test_file),
-    }
+    test = read_csv(work / "data" / "test.csv")
+    holdout = read_holdout(work)
+    tables = [test]
+    if holdout["active"]:
+        # Every answer of the students with a held-out answer, in time order: what came before is the context.
+        everything = _answers(work / "data")
+        cut = pd.Timestamp(holdout["cutoff"])
+        users = everything.loc[everything["Timestamp"] >= cut, "userID"].unique()
+        context = everything[everything["userID"].isin(users)].sort_values(["userID", "Timestamp"], kind="stable")
+        tables.append(context.reset_index(drop=True))
     prod = store.pointed("models", "production")
-    doc["production_version"] = prod
+    doc: dict[str, Any] = {"candidate_version": read_meta(work / "candidate")["model_version"],
+                           "production_version": prod}  # fmt: skip
+    scored = {"candidate": _probabilities(work / "candidate", tables)}
     if prod:
         store.pull("models", prod, work / "production")
-        doc["production"] = score_bundle(work / "production", test_file)
+        scored["production"] = _probabilities(work / "production", tables)
+    for role, probs in scored.items():
+        doc[role] = evaluate_predictions(test, probs[0])
+    if holdout["active"]:
+        at = (tables[1]["Timestamp"] >= pd.Timestamp(holdout["cutoff"])).to_numpy()
+        y = tables[1]["answerCode"].to_numpy()[at]
+        picked = {role: probs[1][at] for role, probs in scored.items()}
+        where = f"time holdout: {holdout['note']}"
+    else:
+        keep = test["answerCode"].to_numpy() >= 0
+        for probs in scored.values():
+            keep &= ~np.isnan(probs[0])
+        y = test["answerCode"].to_numpy()[keep]
+        picked = {role: probs[0][keep] for role, probs in scored.items()}
+        where = f"user-split test set: {holdout['note']}"
+    figures = promotions.compare(
+        y, picked["candidate"], picked.get("production"), load(TrainingSettings).gate_bootstrap
+    )
+    figures.update(min_answers=int(holdout["min_answers"]), set=where, cutoff=holdout.get("cutoff"))
+    doc["gate"] = {"figures": figures, "candidate_trained_until": holdout.get("candidate_trained_until")}
+    print(f"evaluate: {promotions.describe(figures)}", file=sys.stderr)
     write_json(work / "evaluation.json", doc)
     return doc
 
@@ -132,28 +280,15 @@ def push_model(work: Path, store: VersionedStore) -> dict[str, Any]:
         version,
         parent=store.pointed("models", "production"),
         metrics=meta.get("metrics", {}),
-        extra={"model": meta["model"], **lineage(meta), "evaluation": ev},
+        # trained_until: the next gate holds out only answers newer than this (prepare_holdout).
+        extra={
+            "model": meta["model"],
+            **lineage(meta),
+            "evaluation": ev,
+            "trained_until": ev.get("gate", {}).get("candidate_trained_until"),
+        },
     )
     return res.manifest
-
-
-def _metric(doc: dict[str, Any]) -> float:
-    """The decision metric, NaN when undefined (``None`` in JSON since metrics carry a reason instead of NaN)."""
-    v = doc.get(METRIC)
-    return float(v) if isinstance(v, int | float) else math.nan
-
-
-def decide(candidate: dict[str, Any], production: dict[str, Any] | None, tolerance: float) -> tuple[bool, str]:
-    c = _metric(candidate)
-    if math.isnan(c):
-        why = candidate.get(f"{METRIC}_reason")
-        return False, f"candidate {METRIC} is undefined" + (f" ({why})" if why else "")
-    if not production:
-        return True, f"no production model yet; candidate {METRIC} {c:.4f}"
-    p = _metric(production)
-    if math.isnan(p) or c >= p - tolerance:
-        return True, f"candidate {METRIC} {c:.4f} vs production {p:.4f} (tolerance {tolerance})"
-    return False, f"candidate {METRIC} {c:.4f} is worse than production {p:.4f} by more than {tolerance}"
 
 
 def load_evaluation(work: Path, store: VersionedStore) -> dict[str, Any]:
@@ -174,15 +309,32 @@ def load_evaluation(work: Path, store: VersionedStore) -> dict[str, Any]:
 
 
 def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None = None) -> dict[str, Any]:
+    """The holdout gate's decision on the evaluation's figures, recorded in the promotion history whatever it is.
+
+    Raises ``NotPromoted`` (a skip) when the rule refuses or production moved during the run."""
     ev = load_evaluation(work, store)
+    if "gate" not in ev:
+        raise RuntimeError("the evaluation has no gate figures (made before the promotion gates): run evaluate again")
     tol = tolerance if tolerance is not None else load(TrainingSettings).promote_tolerance
-    ok, why = decide(ev["candidate"], ev.get("production"), tol)
-    if not ok:
-        raise NotPromoted(why)
+    figures = {**ev["gate"]["figures"], "tolerance": tol}
+    decision = promotions.decide(figures, tol, ev["production_version"])
+    candidate, previous = ev["candidate_version"], ev["production_version"]
+    print(f"promote_if_better: {promotions.describe(figures)}", file=sys.stderr)
+
+    def refuse(why: str) -> NotPromoted:
+        promotions.record(store, promotions.entry("holdout", candidate, previous, False, why, figures))
+        return NotPromoted(why)
+
     current = store.pointed("models", "production")
-    if current != ev["production_version"]:
-        # Someone promoted meanwhile; the comparison no longer holds.
-        raise NotPromoted(f"production moved from {ev['production_version']} to {current} during this run")
-    verify_stored(store, ev["candidate_version"])  # BundleError: a model that does not load is never promoted
-    doc = store.set_pointer("models", "production", ev["candidate_version"], reason=why)
-    return {"promoted": ev["candidate_version"], "reason": why, "previous": current, "pointer": doc}
+    if current != previous:  # someone promoted meanwhile; the comparison no longer holds
+        raise refuse(f"production moved from {previous} to {current} during this run")
+    if not decision.promote:
+        raise refuse(decision.reason)
+    verify_stored(store, candidate)  # BundleError: a model that does not load is never promoted
+    try:
+        doc = store.set_pointer("models", "production", candidate, reason=decision.reason, only_if=previous)
+    except PointerMoved as exc:
+        raise refuse(f"production moved during this run: {exc}") from None
+    promotions.record(store, promotions.entry("holdout", candidate, previous, True, decision.reason, figures))
+    return {"promoted": candidate, "reason": decision.reason, "previous": previous, "pointer": doc,
+            "figures": figures}  # fmt: skip

@@ -20,7 +20,7 @@ from types import TracebackType
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VENV = Path(os.environ.get("DKT_AIRFLOW_VENV", ROOT / ".venv-airflow"))
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
-DAG_IDS = ("update_data_dag", "retrain_and_push_dag", "update_inference_server_dag")
+DAG_IDS = ("update_data_dag", "retrain_and_push_dag", "update_inference_server_dag", "promote_shadow_dag")
 
 
 def require_airflow() -> None:

@@ -1,4 +1,4 @@
-"""The three DAGs import cleanly, with the tasks, queues, outlets and params the pipeline relies on.
+"""The DAGs import cleanly, with the tasks, queues, outlets and params the pipeline relies on.
 Their run end to end (`airflow dags test` on an S3 store) is tests/dags/test_e2e.py."""
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ def test_dags_import_without_errors(dag_info: dict[str, Any]) -> None:
     assert info["dags"]["update_inference_server_dag"]["schedule_assets"] == ["dkt_model_production"]
     assert info["dags"]["retrain_and_push_dag"]["timetable"] == "AssetTriggeredTimetable"
     assert info["dags"]["update_inference_server_dag"]["timetable"] == "AssetTriggeredTimetable"
+    # The shadow gate: one task on the scheduler host, on a schedule (DKT_PROMOTE_SHADOW_SCHEDULE, @hourly);
+    # a promotion emits the asset the deploy DAG runs on.
+    shadow = info["dags"]["promote_shadow_dag"]
+    assert list(shadow["tasks"]) == ["promote_shadow"] and shadow["tasks"]["promote_shadow"]["queue"] != "train"
+    assert shadow["tasks"]["promote_shadow"]["outlets"] == ["dkt_model_production"]
+    assert shadow["timetable"] == "CronTriggerTimetable" and shadow["schedule_assets"] == []
     # Operators scale inference by triggering the deploy DAG with {"replicas": N}; empty keeps the count.
     assert info["dags"]["update_inference_server_dag"]["params"] == {"replicas": None}
     assert info["deploy_commands"]["5"].endswith("-m dkt deploy deploy --replicas 5 --run-id 'r1'")

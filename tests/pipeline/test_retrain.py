@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +15,8 @@ from dkt.bundle import LINEAGE_KEYS, read_meta
 from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
 from models.cli import main as models_cli
-from pipeline.retrain import decide
+from pipeline import promotions
+from pipeline.dataset import import_initial
 from pipeline.store import VersionedStore, manifest_matches
 from pipeline.workdir import work_dir
 from tests.conftest import ROOT, TINY_LSTM, made_once
@@ -35,20 +37,20 @@ def flipped_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return made_once(tmp_path_factory, "flipped", train) / "b"
 
 
+def copy_as(bundle: Path, dest: Path, version: str, **meta: object) -> Path:
+    """A copy of a bundle under another model version (and other ``bundle.json`` values)."""
+    shutil.copytree(bundle, dest)
+    doc = json.loads((dest / "bundle.json").read_text())
+    (dest / "bundle.json").write_text(json.dumps({**doc, "model_version": version, **meta}))
+    return dest
+
+
 def stage(run_id: str, candidate: Path, sim_dir: Path) -> Path:
     work = work_dir("retrain_and_push", run_id)
     shutil.copytree(candidate, work / "candidate")
     (work / "data").mkdir(parents=True)
     shutil.copy(sim_dir / "test.csv", work / "data" / "test.csv")
     return work
-
-
-@pytest.mark.parametrize(
-    ("cand", "prod", "tol", "ok"),
-    [(0.70, 0.70, 0.0, True), (0.695, 0.70, 0.01, True), (0.68, 0.70, 0.01, False), (0.5, None, 0.0, True)],
-)
-def test_decide(cand: float, prod: float | None, tol: float, ok: bool) -> None:
-    assert decide({"auc": cand}, {"auc": prod} if prod is not None else None, tol)[0] is ok
 
 
 def test_worse_model_is_pushed_but_not_promoted(
@@ -75,6 +77,13 @@ def test_worse_model_is_pushed_but_not_promoted(
     (work / "evaluation.json").unlink()
     assert models_cli(["promote-if-better", "--run-id", "run-1", "--tolerance", "0.01"]) == 99
     assert models_cli(["promote-if-better", "--run-id", "other-host", "--tolerance", "0.01"]) == 99
+    # No holdout prepared (a staged run, test-v1 names no data version): the held-out users decide, paired.
+    figures = ev["gate"]["figures"]
+    assert figures["set"].startswith("user-split test set: no ") and figures["n"] == ev["candidate"]["n"]
+    assert figures["diff"] == pytest.approx(ev["production"]["auc"] - ev["candidate"]["auc"])
+    assert figures["diff_ci95"][0] > 0.01  # shown worse by more than the tolerance
+    refusals = promotions.history(store)
+    assert [(e["gate"], e["promoted"], e["candidate"]) for e in refusals] == [("holdout", False, "flipped-v2")] * 3
     assert store.pointed("models", "production") == "test-v1"
     assert store.pointed("models", "latest") == "flipped-v2"
     # A person may still choose it, and roll back.
@@ -82,6 +91,8 @@ def test_worse_model_is_pushed_but_not_promoted(
     assert store.pointed("models", "production") == "flipped-v2"
     assert models_cli(["rollback"]) == 0
     assert store.pointed("models", "production") == "test-v1"
+    moves = [(e["gate"], e["candidate"], e["production"]) for e in promotions.history(store)[:2]]
+    assert moves == [("manual", "test-v1", "flipped-v2"), ("manual", "flipped-v2", "test-v1")]
 
 
 def test_better_or_equal_model_is_promoted(
@@ -98,6 +109,8 @@ def test_better_or_equal_model_is_promoted(
     assert models_cli(["push-candidate", "--run-id", "run-2"]) == 0  # already stored: idempotent
     assert models_cli(["promote-if-better", "--run-id", "run-2"]) == 0
     assert store.pointed("models", "production") == "test-v1"
+    [first] = promotions.history(store)
+    assert first["promoted"] and first["production"] is None and "no production model yet" in first["reason"]
     pulled = tmp_path / "pulled"
     assert models_cli(["pull", "production", "--dest", str(pulled)]) == 0
     assert json.loads((pulled / "bundle.json").read_text())["model_version"] == "test-v1"
@@ -211,7 +224,75 @@ def test_manifest_carries_the_lineage(store: VersionedStore, lstm_bundle: Path) 
     assert (ROOT / ".git").exists() and re.fullmatch(r"[0-9a-f]{40}", manifest["code_commit"]), manifest
 
 
-def test_decide_treats_a_null_auc_as_undefined() -> None:
-    ok, why = decide({"auc": None, "auc_reason": "only one class in evaluation labels (all correct)"}, None, 0.0)
-    assert not ok and "undefined (only one class" in why
-    assert decide({"auc": 0.7}, {"auc": None}, 0.0)[0]  # production unmeasurable here: the candidate may go
+# -- the time holdout ----------------------------------------------------------------------------------
+def push_dataset(store: VersionedStore, sim_dir: Path, tmp: Path, version: str, before: str | None) -> None:
+    """The simulated set as a data version, only its answers before ``before`` if given."""
+    src = tmp / f"{version}-src"
+    src.mkdir()
+    for name in ("train.csv", "test.csv"):
+        df = pd.read_csv(sim_dir / name, dtype={"userID": str}, parse_dates=["Timestamp"])
+        (df[df["Timestamp"] < pd.Timestamp(before)] if before else df).to_csv(src / name, index=False)
+    import_initial(src, tmp / version)
+    store.push("datasets", tmp / version, version)
+
+
+# Local store only: the steps use the store through the calls the S3 tests above cover (20 s against 11 s).
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_holdout_gate_scores_both_models_on_the_newest_answers_neither_trained_on(
+    store: VersionedStore,
+    lstm_bundle: Path,
+    sim_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for k, v in {"DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_GATE_MIN_ANSWERS": "300",
+                 "DKT_GATE_BOOTSTRAP": "200"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    # Production trained on d1 (its lineage says so): the answers before 20 March. d2, the latest, has them all.
+    push_dataset(store, sim_dir, tmp_path, "d1", "2020-03-20")
+    push_dataset(store, sim_dir, tmp_path, "d2", None)
+    assert (
+        models_cli(["push", str(copy_as(lstm_bundle, tmp_path / "p", "prod-v1", data_version="d1")), "--promote"]) == 0
+    )
+    assert models_cli(["pull-data", "--run-id", "run-7"]) == 0
+    work = work_dir("retrain_and_push", "run-7")
+    holdout = json.loads((work / "gate" / "holdout.json").read_text())
+    d1_train = pd.read_csv(tmp_path / "d1" / "train.csv", parse_dates=["Timestamp"])
+    d2 = [pd.read_csv(tmp_path / "d2" / n, parse_dates=["Timestamp"]) for n in ("train.csv", "test.csv")]
+    everything = pd.concat(d2)
+    cutoff = pd.Timestamp(holdout["cutoff"])
+    assert holdout["active"], holdout["note"]
+    assert pd.Timestamp(holdout["production_trained_until"]) == d1_train["Timestamp"].max() < cutoff
+    assert holdout["n"] == (everything["Timestamp"] >= cutoff).sum() >= 300
+    assert holdout["n"] >= 0.1 * len(everything) > (everything["Timestamp"] > cutoff).sum()  # the newest 10%
+    # The candidate trains without them.
+    train = pd.read_csv(work / "gate" / "train.csv", parse_dates=["Timestamp"])
+    test = pd.read_csv(work / "gate" / "test.csv", parse_dates=["Timestamp"])
+    assert train["Timestamp"].max() < cutoff and test["Timestamp"].max() < cutoff
+    assert len(train) + len(test) == len(everything) - holdout["n"]
+    assert holdout["candidate_trained_until"] == train["Timestamp"].max().strftime("%Y-%m-%d %H:%M:%S")
+
+    # The candidate as the train step leaves it (here production's weights again: the comparison is under test).
+    copy_as(lstm_bundle, work / "candidate", "cand-v7")
+    assert models_cli(["evaluate", "--run-id", "run-7"]) == 0
+    figures = json.loads((work / "evaluation.json").read_text())["gate"]["figures"]
+    assert figures["set"].startswith("time holdout: ") and figures["n"] == holdout["n"]
+    assert figures["cutoff"] == holdout["cutoff"] and figures["min_answers"] == 300
+    assert figures["candidate_auc"] == figures["production_auc"] > 0.6 and figures["diff_ci95"] == [0.0, 0.0]
+    assert models_cli(["push-candidate", "--run-id", "run-7"]) == 0
+    assert store.manifest("models", "cand-v7")["trained_until"] == holdout["candidate_trained_until"]
+    capsys.readouterr()
+    assert models_cli(["promote-if-better", "--run-id", "run-7"]) == 0
+    assert "promote_if_better: figures: {" in capsys.readouterr().err  # the Airflow task log shows them
+    [promoted] = promotions.history(store)
+    assert (promoted["gate"], promoted["candidate"], promoted["production"]) == ("holdout", "cand-v7", "prod-v1")
+    assert promoted["figures"]["n"] == holdout["n"] and promoted["figures"]["tolerance"] == 0.005
+
+    # The next run on the same data: production (cand-v7) trained on everything before the cutoff, and only the
+    # newest answers are left, fewer than the minimum: the user-split test set decides, and the note says so.
+    monkeypatch.setenv("DKT_GATE_MIN_ANSWERS", str(holdout["n"] + 1))
+    assert models_cli(["pull-data", "--run-id", "run-8"]) == 0
+    again = json.loads((work_dir("retrain_and_push", "run-8") / "gate" / "holdout.json").read_text())
+    assert not again["active"] and again["production_trained_until"] == holdout["candidate_trained_until"]
+    assert f"fewer than DKT_GATE_MIN_ANSWERS={holdout['n'] + 1}: the user-split test set decides" in again["note"]
