@@ -397,17 +397,18 @@ def register_routes(
     def address() -> str:
         return request.remote_addr or "unknown"
 
+    def refused(template: str, e: Exception, status: int, **form: object) -> tuple[str, int]:
+        """The form again with what was wrong (429 when rate-limited); its fields as typed, never a password."""
+        flash(str(e), "error")
+        return render_template(template, **form), 429 if isinstance(e, RateLimited) else status
+
     @app.post("/login")
     def login() -> str | Response | tuple[str, int]:
         username = request.form.get("username", "")
         try:
             account = authenticate(conn(), username, request.form.get("password", ""), address(), limits)
-        except RateLimited as e:
-            flash(str(e), "error")
-            return render_template("signin.html", username=display_name(username)[:32]), 429
-        except AccountError as e:
-            flash(str(e), "error")
-            return render_template("signin.html", username=display_name(username)[:32]), 401
+        except (RateLimited, AccountError) as e:
+            return refused("signin.html", e, 401, username=display_name(username)[:32])
         return sign_in(account)
 
     @app.route("/register", methods=["GET", "POST"])
@@ -424,8 +425,7 @@ def register_routes(
             if code and account.student_id is not None:
                 flash(f"You joined {join_class(conn(), account.student_id, code)}.", "ok")
         except AccountError as e:
-            flash(str(e), "error")
-            return render_template("register.html", username=display_name(username)[:32], class_code=code[:16]), 400
+            return refused("register.html", e, 400, username=display_name(username)[:32], class_code=code[:16])
         return sign_in(account)
 
     @app.route("/claim", methods=["GET", "POST"])
@@ -437,13 +437,9 @@ def register_routes(
             account = claim(
                 conn(), request.form.get("code", ""), request.form.get("password", ""), username, address(), limits
             )
-        except RateLimited as e:
-            flash(str(e), "error")
-            return render_template("claim.html", username=display_name(username)[:32]), 429
-        except AccountError as e:
-            flash(str(e), "error")
-            return render_template("claim.html", username=display_name(username)[:32]), 400
-        flash("Welcome back: your earlier answers are kept. Sign in with your username and new password.", "ok")
+        except (RateLimited, AccountError) as e:
+            return refused("claim.html", e, 400, username=display_name(username)[:32])
+        flash("Welcome back: your earlier answers are kept.", "ok")
         return sign_in(account)
 
     @app.route("/join", methods=["GET", "POST"])
@@ -456,8 +452,7 @@ def register_routes(
                 flash(f"You joined {join_class(conn(), int(sid), request.form.get('class_code', ''))}.", "ok")
                 return redirect(url_for("practice"))
             except AccountError as e:
-                flash(str(e), "error")
-                return render_template("join.html", classes=classes_joined(conn(), int(sid))), 400
+                return refused("join.html", e, 400, classes=classes_joined(conn(), int(sid)))
         return render_template("join.html", classes=classes_joined(conn(), int(sid)))
 
     @app.route("/classes", methods=["GET", "POST"])

@@ -47,6 +47,12 @@ def _accounts_db() -> sqlite3.Connection:
     return conn
 
 
+def _shown_once(what: str, secret: str) -> None:
+    """The secret alone on stdout (what a script captures: make up, the init script), the words on stderr."""
+    click.echo(what, err=True)
+    click.echo(secret)
+
+
 @click.group()
 def _account_commands() -> None:
     """Account commands: they need only the client database (DKT_CLIENT_DB), not the item bank."""
@@ -72,8 +78,7 @@ def create_user(role: str, if_missing: bool, username: str) -> None:
             account = accounts.create_account(conn, username, password, role)
         except accounts.AccountError as e:
             raise _Refused(f"create-user {username!r}: {e}") from None
-    click.echo(f"created {role} account {account.username!r}; its password (shown once, keep it now):", err=True)
-    click.echo(password)
+    _shown_once(f"created {role} account {account.username!r}; its password (shown once, keep it now):", password)
 
 
 @_account_commands.command("reset-password")
@@ -86,8 +91,7 @@ def reset_password(username: str) -> None:
             raise _Refused(f"reset-password: no account named {username!r}")
         password = accounts.generate_password()
         accounts.set_password(conn, account.id, password)
-    click.echo(f"new password for {account.role} account {account.username!r} (shown once):", err=True)
-    click.echo(password)
+    _shown_once(f"new password for {account.role} account {account.username!r} (shown once):", password)
 
 
 @_account_commands.command("claim-code")
@@ -99,8 +103,7 @@ def claim_code(nickname: str) -> None:
             code = accounts.issue_claim_code(conn, nickname)
         except accounts.AccountError as e:
             raise _Refused(f"claim-code: {e}") from None
-    click.echo(f"claim code for {nickname!r} (one use, 14 days; hand it to the student for /claim):", err=True)
-    click.echo(code)
+    _shown_once(f"claim code for {nickname!r} (one use, 14 days; hand it to the student for /claim):", code)
 
 
 def main(argv: list[str] | None = None) -> int:
