@@ -9,6 +9,7 @@
     dkt data drift [V] [--reference V] [--json]
     dkt models list | push BUNDLE [--promote] | pull | promote V | rollback | <retrain step> --run-id ID
     dkt models quality [--by tag|day] [--model-version V] [--json]
+    dkt models shadow V | shadow --clear | promote-shadow [--client-db F] | promotions [--json]
     dkt client run | export-interactions|export-predictions --since W --out F | routes
     dkt file-export --source DIR --since TIMESTAMP --out F
     dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
