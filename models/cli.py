@@ -59,21 +59,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "promote-shadow",
         help="promote the shadow model when the answers both models scored show it is not worse",
         description="Reads the client's prediction log, takes the answers production and the shadow both scored,"
-        " and promotes the shadow when the upper bound of the paired bootstrap 95%% interval of production's AUC"
+        " and promotes the shadow when the upper bound of the paired bootstrap 95% interval of production's AUC"
         " minus the shadow's is at most the tolerance (docs/pipeline.md#promotion-gates). Exit 99: waiting for"
         " answers, refused, or no shadow.",
     )
     gate.add_argument("--client-db", type=Path, help="the client's answer store (default $DKT_CLIENT_DB)")
     gate.add_argument("--min-answers", type=int, help="answers both scored before deciding ($DKT_SHADOW_MIN_ANSWERS)")
     gate.add_argument("--tolerance", type=float, help="non-inferiority margin (default $DKT_PROMOTE_TOLERANCE)")
-    gate.add_argument("--run-id", help="the Airflow run (promote_shadow_dag), kept with the figures")
+    gate.add_argument("--run-id", help="the Airflow run (promote_shadow_dag), kept in the figures as run_id")
     history = sub.add_parser("promotions", help="the promotion history, newest first, with the deciding figures")
     history.add_argument("--json", action="store_true", help="the entries as JSON")
     quality = sub.add_parser(
         "quality",
         help="online quality per model version from the client's prediction log (docs/monitoring.md)",
         description="AUC, log loss, accuracy, ECE and n of each model version's logged predictions against the"
-        " answers that followed, with bootstrap 95%% intervals; overall, or per KnowledgeTag or day (UTC).",
+        " answers that followed, with bootstrap 95% intervals; overall, or per KnowledgeTag or day (UTC).",
     )
     quality.add_argument("--db", type=Path, help="the client's answer store (default $DKT_CLIENT_DB)")
     quality.add_argument("--model-version", help="only this model version")
@@ -197,12 +197,12 @@ def promote_shadow(args: argparse.Namespace, store: VersionedStore) -> int:
         raise ValueError(f"--min-answers must be at least 1, not {min_answers}")
     tolerance = args.tolerance if args.tolerance is not None else settings.promote_tolerance
     _, scored = read_prediction_log(args.client_db, "--client-db")
-    out = promotions.promote_shadow(store, scored, min_answers, tolerance, settings.gate_bootstrap)
+    out = promotions.promote_shadow(store, scored, min_answers, tolerance, settings.gate_bootstrap, args.run_id)
     if out.figures is not None:
         print(f"promote-shadow: {promotions.describe(out.figures)}", file=sys.stderr)
     if out.status == "promoted":
         print(json.dumps({"promoted": store.pointed("models", "production"), "reason": out.message,
-                          "figures": out.figures, "run_id": args.run_id}))  # fmt: skip
+                          "figures": out.figures}))  # fmt: skip
         return 0
     print(f"skip: {'not promoted: ' if out.status == 'refused' else ''}{out.message}", file=sys.stderr)
     return EXIT_SKIP

@@ -209,7 +209,12 @@ def shadow_pairs(scored: pd.DataFrame, production: str, shadow: str) -> pd.DataF
 
 
 def promote_shadow(
-    store: VersionedStore, scored: pd.DataFrame, min_answers: int, tolerance: float, n_boot: int
+    store: VersionedStore,
+    scored: pd.DataFrame,
+    min_answers: int,
+    tolerance: float,
+    n_boot: int,
+    run_id: str | None = None,
 ) -> ShadowOutcome:
     """Gate (b): promote ``models/shadow`` once ``min_answers`` answers were scored by it and by production and
     ``decide`` says promote; clears ``shadow`` then. A refusal is recorded once per (shadow, production) pair;
@@ -231,6 +236,8 @@ def promote_shadow(
     figures = compare(pairs["answerCode"].to_numpy(), pairs["p_shadow"].to_numpy(), pairs["p_production"].to_numpy(),
                       n_boot)  # fmt: skip
     figures.update(min_answers=min_answers, tolerance=tolerance, set=f"online: the {len(pairs)} {both}")
+    if run_id:
+        figures["run_id"] = run_id  # the Airflow run whose log printed them
     decision = decide(figures, tolerance, production)
     if decision.verdict == "undecided":
         return ShadowOutcome("waiting", f"waiting: {decision.reason}", figures)

@@ -158,7 +158,7 @@ def test_promote_shadow_waits_refuses_a_worse_shadow_and_promotes_a_better_one(
     f = refused["figures"]
     assert (refused["gate"], refused["candidate"], refused["production"], refused["promoted"]) == (
         "shadow", "shadow-worse", "test-v1", False)  # fmt: skip
-    assert f["n"] == 300 and f["min_answers"] == 200 and f["diff_ci95"][0] > 0.005
+    assert f["n"] == 300 and f["min_answers"] == 200 and f["diff_ci95"][0] > 0.005 and f["run_id"] == "r1"
     assert f["production_auc"] == pytest.approx(auc(prod, test["answerCode"]))  # exactly the logged answers
     assert models_cli([*gate, "--min-answers", "200"]) == 99  # decided already: not recorded twice
     assert len(promotions.history(store)) == 1 and store.pointed("models", "production") == "test-v1"
