@@ -326,6 +326,12 @@ def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None
         return NotPromoted(why)
 
     current = store.pointed("models", "production")
+    if current == candidate and previous != candidate:  # a retry of this step after its pointer move
+        done = [e for e in promotions.history(store) if e["gate"] == "holdout" and e["candidate"] == candidate]
+        if not any(e["promoted"] for e in done):  # the first try stopped between the move and the record
+            promotions.record(store, promotions.entry("holdout", candidate, previous, True, decision.reason, figures))
+        return {"promoted": candidate, "reason": f"already promoted: {decision.reason}", "previous": previous,
+                "figures": figures}  # fmt: skip
     if current != previous:  # someone promoted meanwhile; the comparison no longer holds
         raise refuse(f"production moved from {previous} to {current} during this run")
     if not decision.promote:

@@ -285,6 +285,7 @@ def test_holdout_gate_scores_both_models_on_the_newest_answers_neither_trained_o
     capsys.readouterr()
     assert models_cli(["promote-if-better", "--run-id", "run-7"]) == 0
     assert "promote_if_better: figures: {" in capsys.readouterr().err  # the Airflow task log shows them
+    assert models_cli(["promote-if-better", "--run-id", "run-7"]) == 0  # an Airflow retry: done, not refused
     [promoted] = promotions.history(store)
     assert (promoted["gate"], promoted["candidate"], promoted["production"]) == ("holdout", "cand-v7", "prod-v1")
     assert promoted["figures"]["n"] == holdout["n"] and promoted["figures"]["tolerance"] == 0.005
