@@ -6,7 +6,8 @@ import itertools
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,81 @@ def test_service_stopped_then_switched(
     # Both answers given while the service was down were kept, each graded as the page showed it.
     assert [code for _, code in rows] == [1, int(zero_right)]
     assert rows[0][0] == rows[1][0]  # ...for the same student
+
+
+def test_operator_page_plots_in_the_browser_with_a_real_prometheus(
+    service: Server, sim_dir: Path, tmp_path: Path, browser_page: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator logs in with the token in Chromium and sees every panel's plots: online quality from a log
+    written through client/db.py, lineage/promotions/drift from a real local store, and the live service's
+    latency through a real Prometheus (pipeline.prometheus, as `make up` starts it) scraping it."""
+    import requests
+
+    from client import operator
+    from pipeline import prometheus
+    from tests.client.test_operator import TOKEN, fill, fill_store
+
+    page = browser_page
+    fill(tmp_path / "client.db", monkeypatch)
+    monkeypatch.undo()  # fill moved the client's clock; the servers below run on the real one
+    fill_store(tmp_path / "filled")
+    url_file = tmp_path / "inference_url"
+    url_file.write_text(service.url)
+    prom_port = free_port()
+    env = {**client_env(tmp_path, sim_dir, url_file), "DKT_OPERATOR_TOKEN": TOKEN, "DKT_STORE": "local",
+           "DKT_STORE_ROOT": str(tmp_path / "filled" / "store"),
+           "DKT_PROMETHEUS_URL": f"http://127.0.0.1:{prom_port}"}  # fmt: skip
+    with gunicorn_client(env, tmp_path / "gunicorn.log", workers=1) as web:
+        settings = {"DKT_PROMETHEUS_PORT": str(prom_port), "DKT_PROMETHEUS_SCRAPE_INTERVAL": "1s",
+                    "DKT_SERVE_PORT": service.url.rsplit(":", 1)[1], "DKT_CLIENT_PORT": web.url.rsplit(":", 1)[1],
+                    "DKT_VAR_DIR": str(tmp_path / "var"), "DKT_RUN_DIR": str(tmp_path / "run")}  # fmt: skip
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        assert prometheus.main(["up"]) == 0
+        try:
+            prom = env["DKT_PROMETHEUS_URL"]
+
+            def service_scraped() -> bool:
+                r = requests.get(prom + "/api/v1/query", params={"query": 'up{job="inference"} == 1'}, timeout=10)
+                return bool(r.json()["data"]["result"])
+
+            poll("Prometheus scrapes the service", service_scraped)
+            for _ in range(20):  # traffic after the first scrape: the next ones see the histogram grow
+                r = requests.post(service.url + "/predict", json={"candidates": [{"assessmentItemID": "A060001001",
+                                  "testId": "A060000001", "KnowledgeTag": 7224}]}, timeout=30)  # fmt: skip
+                assert r.status_code == 200, r.text[:300]
+            poll("a latency point in Prometheus", lambda: all(operator.latency_series(prom).values()))
+
+            page.goto(web.url + "/operator")  # type: ignore[attr-defined]
+            page.fill("#token", TOKEN)  # type: ignore[attr-defined]
+            page.click("#operator-login button[type=submit]")  # type: ignore[attr-defined]
+            page.wait_for_selector("svg[data-plot=latency]")  # type: ignore[attr-defined]
+
+            def count(selector: str) -> int:
+                return len(page.query_selector_all(selector))  # type: ignore[attr-defined]
+
+            # Production v1 and shadow v2 in each quality plot; p50 and p99; offline and online AUC per version;
+            # candidate and production AUC per decision.
+            plotted = ("auc-per-day", "ece-per-day", "reliability", "latency", "model-auc", "promotions")
+            assert {p: count(f"svg[data-plot={p}] g.series") for p in plotted} == dict.fromkeys(plotted, 2)
+            assert count("svg[data-plot=auc-per-day] circle") == 8  # a point per answered day and series
+            assert count("svg[data-plot=answers-per-day] rect.plot-bar") == 5  # 4 days with answers, 1 without
+            assert count("svg[data-plot=drift] rect.plot-bar") == 2
+            assert count(".op-message") == 0  # every panel has its data: no "unavailable" anywhere
+            shot(page, tmp_path, "operator")
+        finally:
+            prometheus.main(["down"])
+
+
+def poll(what: str, check: Callable[[], bool], deadline_s: float = 120) -> None:
+    """``check()`` until true; connection errors, timeouts and bad answers count as not yet (CI load)."""
+    deadline = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # requests' errors are OSErrors
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {deadline_s:.0f} s; last error: {last!r}")

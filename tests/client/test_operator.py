@@ -23,13 +23,15 @@ from sklearn.metrics import roc_auc_score
 from client import db, operator, plots
 from dkt.quality import quality
 from pipeline import promotions
+from pipeline.blobs import LocalBlobStore
 from pipeline.drift import store_report
 from pipeline.store import VersionedStore
 from tests.client.conftest import make_app, serving
 from tests.serving.servers import free_port
 
 TOKEN = "op-token-3f9a1c"
-DAYS = ("2026-11-20", "2026-11-21", "2026-11-22", "2026-11-24")  # 11-23: no answers
+# Answer days relative to today (UTC): the page's reliability and table cover DKT_METRICS_WINDOW_DAYS (7) up to now.
+DAYS = tuple((db.utc_now().date() - timedelta(days=k)).isoformat() for k in (6, 5, 4, 2))  # none 3 days ago
 PER_DAY = 30
 
 
@@ -153,7 +155,7 @@ def test_daily_quality_per_role_and_version_matches_sklearn_on_the_stored_rows(c
         assert r["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
         assert r["ece"] == pytest.approx(quality(p, y).ece, abs=1e-12)
     # Only the days shown: since the third day, two days remain per series.
-    assert {r["day"] for r in operator.daily_quality(db.scored_predictions(conn), "2026-11-22")} == set(DAYS[2:])
+    assert {r["day"] for r in operator.daily_quality(db.scored_predictions(conn), DAYS[2])} == set(DAYS[2:])
 
 
 def test_version_quality_window_intervals_and_reliability(conn: sqlite3.Connection) -> None:
@@ -168,7 +170,7 @@ def test_version_quality_window_intervals_and_reliability(conn: sqlite3.Connecti
     assert v1["ci"]["auc"][0] <= v1["auc"] <= v1["ci"]["auc"][1]
     assert len(v1["reliability"]) == 10 and sum(b["n"] for b in v1["reliability"]) == 4 * PER_DAY
     # The window counts from `since` on answered_at, as /metrics does: the last day only.
-    last = operator.version_quality(scored, since=datetime(2026, 11, 24), n_boot=0)
+    last = operator.version_quality(scored, since=datetime.fromisoformat(DAYS[-1]), n_boot=0)
     assert [r["n"] for r in last] == [PER_DAY, PER_DAY]
 
 
@@ -188,7 +190,7 @@ def test_quality_plots_have_a_point_per_day_per_series_and_axis_labels(conn: sql
     for svg, metric in ((auc_svg, "auc"), (ece_svg, "ece")):
         assert svg.count('<g class="series"') == 2
         assert ">day of the answer (UTC)</text>" in svg and f">{metric.upper()}</text>" in svg
-        assert all(f">{d[5:]}</text>" in svg for d in DAYS)  # a tick per answered day (11-23 too: whole days)
+        assert all(f">{d[5:]}</text>" in svg for d in DAYS)  # a tick per day (the day without answers too)
         daily = {(r["day"], r["role"]): r[metric] for r in operator.daily_quality(db.scored_predictions(conn))}
         got = points(svg, "v1 (production)")
         assert len(got) == len(DAYS)  # a point per day
@@ -204,13 +206,13 @@ def test_quality_plots_have_a_point_per_day_per_series_and_axis_labels(conn: sql
 
 def test_answers_per_day_fills_gaps_and_plots_a_bar_per_day(conn: sqlite3.Connection) -> None:
     per_day = operator.answers_per_day(conn)
-    assert per_day == [("2026-11-20", 30), ("2026-11-21", 30), ("2026-11-22", 30), ("2026-11-23", 0),
-                       ("2026-11-24", 30)]  # fmt: skip
+    gap = (db.utc_now().date() - timedelta(days=3)).isoformat()
+    assert per_day == [(DAYS[0], 30), (DAYS[1], 30), (DAYS[2], 30), (gap, 0), (DAYS[3], 30)]
     assert operator.answers_per_day(conn, days=2) == per_day[-2:]
     panel = operator.Panel("answers", "a")
     operator.answers_panel(panel, conn)
     svg = str(panel.plots[0])
-    assert svg.count('class="plot-bar"') == 5 and 'data-x="11-23" data-y="0"' in svg
+    assert svg.count('class="plot-bar"') == 5 and f'data-x="{gap[5:]}" data-y="0"' in svg
     assert ">answers</text>" in svg and ">day (UTC)</text>" in svg
 
 
@@ -265,20 +267,20 @@ def test_latency_panel_reads_the_query_api_and_degrades_when_prometheus_is_down(
 
 
 # -- the store: lineage, promotions, drift ------------------------------------------------------------------
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VersionedStore:
-    monkeypatch.setenv("DKT_STORE", "local")
-    monkeypatch.setenv("DKT_STORE_ROOT", str(tmp_path / "store"))
-    (tmp_path / "store").mkdir()
-    s = operator.open_store()
+def fill_store(root: Path) -> VersionedStore:
+    """A real local store under ``root``: data versions d1 <- d2, models v1 (production, on d1) <- v2 (latest,
+    on d2), one promotion decision (pipeline/promotions.py) and d2's drift report (pipeline/drift.py)."""
+    root.mkdir(parents=True)
+    s = VersionedStore(LocalBlobStore(root / "store"))
+    tmp_path = root / "src"  # the files pushed
     for version, parent in (("d1", None), ("d2", "d1")):
         src = tmp_path / version
-        src.mkdir()
+        src.mkdir(parents=True)
         (src / "interactions.csv").write_text("userID,answerCode\nu1,1\nu2,0\n")
         s.push("datasets", src, version, parent=parent)
     for version, data, parent, auc in (("v1", "d1", None, 0.71), ("v2", "d2", "v1", 0.74)):
         src = tmp_path / version
-        src.mkdir()
+        src.mkdir(parents=True)
         (src / "weights.pt").write_bytes(version.encode())
         extra = {"model": {"name": "lstm"}, "data_version": data, "code_commit": "0123456789abcdef" + version}
         s.push("models", src, version, parent=parent, metrics={"test_auc": auc}, extra=extra)
@@ -292,6 +294,15 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VersionedStore:
                      "threshold": 0.2, "min_answers": 1, "retrain": True, "reason": "answer_rate PSI 0.31 >= 0.2",
                      "features": {"answer_rate": {"psi": 0.31}, "tag_mix": {"psi": 0.02}},
                      "production_auc": {"auc": 0.69, "n": 2}})  # fmt: skip
+    return s
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VersionedStore:
+    """``fill_store``'s store, named by the store settings (the page opens the store of DKT_STORE, ...)."""
+    s = fill_store(tmp_path / "filled")
+    monkeypatch.setenv("DKT_STORE", "local")
+    monkeypatch.setenv("DKT_STORE_ROOT", str(tmp_path / "filled" / "store"))
     return s
 
 
