@@ -279,3 +279,22 @@ def test_twenty_sign_ins_on_two_gunicorn_workers(tmp_path: Path, sim_dir: Path) 
             pages = [r, *(s.get(base + "/practice", timeout=30) for _ in range(3))]
             ok += all(p.status_code == 200 and 'id="nickname">ada<' in p.text for p in pages)
     assert ok == 20
+
+
+def test_make_up_creates_the_operator_once_and_a_private_secret(
+    tmp_path: Path, sim_dir: Path, dead_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import stack  # `make up`'s steps (dkt stack up)
+
+    monkeypatch.setenv("DKT_CLIENT_DB", str(tmp_path / "client.db"))
+    monkeypatch.setattr(stack, "VAR", tmp_path / "var")
+    password = stack.ensure_operator()  # the real `python -m dkt client create-user` that `up` runs
+    assert len(password) >= 16 and stack.ensure_operator() == ""  # a second `up` prints no password
+    secret = stack.secret("client_secret_key")
+    assert stat.S_IMODE((tmp_path / "var" / "secrets" / "client_secret_key").stat().st_mode) == 0o600
+    assert stack.secret("client_secret_key") == secret
+    op = make_app(tmp_path, sim_dir, dead_url, SECRET_KEY=secret).test_client()
+    form = {"username": stack.OPERATOR_ACCOUNT, "password": password}
+    assert op.post("/login", data={**form, "csrf_token": token(op.get("/").get_data(as_text=True))}).status_code == 302
+    with op.session_transaction() as s:
+        assert s["role"] == "operator"
