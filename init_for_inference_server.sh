@@ -84,6 +84,9 @@ docker_manual/start_registry.sh
 step "base image"
 docker_manual/build_base_image.sh
 
+step "prometheus (Debian's package: the stack's Prometheus image copies its binary)"
+make -s prometheus
+
 step "app virtualenv (.venv)"
 make -s setup PYTHON="${PYTHON:-python3}"
 
