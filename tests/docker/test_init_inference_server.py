@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import requests
 from pipeline.swarm_images import REPO_ROOT
 from tests.docker.conftest import timeline
 from tests.serving.servers import free_port
+from tests.support.students import CSRF
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 SCRIPT = str(REPO_ROOT / "init_for_inference_server.sh")
@@ -71,6 +73,14 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         print(f"\n[init] first run, {time.monotonic() - t_first:.0f} s:\n" + timeline(first.stdout + first.stderr))
         assert "password in" in first.stdout and served_version(env) == "test-v1"
+        # The client's operator account (docs/accounts.md): its generated password is printed once and signs in.
+        operator = re.search(r"client operator account: user operator, password (\S+)", first.stdout)
+        assert operator, first.stdout[-3000:]
+        web, client_url = requests.Session(), f"http://127.0.0.1:{env['DKT_CLIENT_HOST_PORT']}"
+        csrf = CSRF.search(web.get(client_url + "/", timeout=30).text)
+        assert csrf
+        form = {"username": "operator", "password": operator.group(1), "csrf_token": csrf.group(1)}
+        assert web.post(client_url + "/login", data=form, timeout=30, allow_redirects=False).status_code == 302
         status = sh([sys.executable, "-m", "dkt", "swarm", "status"], env)
         assert json.loads(status.stdout)["services"]["inference"]["replicas"] == 1, status.stdout[-2000:]
         pwfile = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
@@ -87,6 +97,7 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         again = sh([SCRIPT], env)  # idempotent: nothing restarted, nothing redeployed
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.count("already running") == 3 and served_version(env) == "test-v1"
+        assert "client operator account:" not in again.stdout  # printed once, never again
 
         push = sh([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env)
         assert push.returncode == 0, push.stderr[-2000:]
