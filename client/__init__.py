@@ -66,6 +66,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         BaseURL(str(cfg["DKT_INFERENCE_URL"]), str(cfg["DKT_INFERENCE_URL_FILE"])),
         timeout_s=float(cfg["DKT_INFERENCE_TIMEOUT_S"]),
         retries=int(cfg["DKT_INFERENCE_RETRIES"]),
+        deadline_s=float(cfg["DKT_INFERENCE_DEADLINE_S"]),
     )
     db_path = str(cfg["DKT_CLIENT_DB"])
     with db.connect(db_path) as conn:
@@ -97,18 +98,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         request_id = uuid.uuid4().hex  # one per page decision: sent with each of its service calls
         last = bank.item(history[-1]["assessmentItemID"]) if history else None
         try:
-            nxt, shown = insights(
-                client,
-                bank,
-                history,
-                answered,
-                float(cfg["DKT_TARGET_DIFFICULTY"]),
-                int(cfg["DKT_CANDIDATE_POOL"]),
-                seed,
-                # The next question is rendered right after this: it is shown (its Timestamp) about now.
-                at=db.next_timestamp(conn(), student_id),
-                request_id=request_id,
-            )
+            with client.budget():  # one total deadline for the page's calls: a dripping service cannot hang it
+                nxt, shown = insights(
+                    client,
+                    bank,
+                    history,
+                    answered,
+                    float(cfg["DKT_TARGET_DIFFICULTY"]),
+                    int(cfg["DKT_CANDIDATE_POOL"]),
+                    seed,
+                    # The next question is rendered right after this: it is shown (its Timestamp) about now.
+                    at=db.next_timestamp(conn(), student_id),
+                    request_id=request_id,
+                )
         except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
             nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()
             shown = unavailable(str(e))
@@ -181,33 +183,55 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             n_answers=n,
             n_correct=correct,
             max_answer=MAX_ANSWER_CHARS,
+            token=row["current_token"] or "",
         )
+
+    def verdict(question: dict[str, Any], given: str, correct: bool, again: bool = False) -> None:
+        worked = question["question"].replace("?", str(question["answer"]))
+        note = " (this answer was already recorded)" if again else ""
+        if correct:
+            flash(f"Correct! {worked}{note}", "ok")
+        else:
+            flash(f"Not quite: {worked} (you typed {given}){note}", "bad")
+
+    def already_answered(student_id: int, token: str) -> Response:
+        """A form whose one-time token is spent: show what was recorded with it, store nothing."""
+        done = db.answer_by_token(conn(), student_id, token) if token else None
+        question = bank.item(done["assessmentItemID"]) if done is not None else None
+        if done is None or question is None:
+            flash("That question was already answered; here is your current one.", "info")
+        else:
+            verdict(question, str(done["given"]), bool(done["answerCode"]), again=True)
+        return redirect(url_for("practice"))
 
     @app.post("/answer")
     def answer() -> Response:
         row = current_student()
         if row is None:
             return redirect(url_for("index"))
+        student_id = int(row["id"])
         item_id = request.form.get("item", "")
+        # A form without the token (rendered before the upgrade, or a script posting the fields it knows) answers
+        # the question on show if it names it: the database still stores it once, under the current token.
+        token = request.form.get("token") or (row["current_token"] if item_id == row["current_item"] else "")
         given = request.form.get("answer", "").strip()
-        if item_id != row["current_item"]:
-            flash("That question was already answered; here is your current one.", "info")
-            return redirect(url_for("practice"))
+        if item_id != row["current_item"] or not token or token != row["current_token"]:
+            return already_answered(student_id, token)  # two tabs, the back button, a retried POST
         if not given or len(given) > MAX_ANSWER_CHARS:
             flash(f"Type an answer of 1 to {MAX_ANSWER_CHARS} characters.", "error")
             return redirect(url_for("practice"))
         question = bank.item(item_id)
         if question is None:  # the item bank changed under this student: give them a question that exists
-            refresh(int(row["id"]))
+            refresh(student_id)
             flash("That question is no longer in the bank; here is another one.", "info")
             return redirect(url_for("practice"))
         correct = grade(given, str(question["answer"]))
-        db.record_answer(conn(), int(row["id"]), question, correct, given)  # committed: autocommit connection
-        if correct:
-            flash(f"Correct! {question['question'].replace('?', str(question['answer']))}", "ok")
-        else:
-            flash(f"Not quite: {question['question'].replace('?', str(question['answer']))} (you typed {given})", "bad")
-        refresh(int(row["id"]))
+        try:  # committed when it returns; the token is checked and consumed in the same transaction
+            db.record_answer(conn(), student_id, question, correct, given, token=token)
+        except db.AlreadyAnswered:
+            return already_answered(student_id, token)  # another worker stored this very submit first
+        verdict(question, given, correct)
+        refresh(student_id)
         return redirect(url_for("practice"))
 
     @app.get("/metrics")

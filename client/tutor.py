@@ -76,6 +76,8 @@ def insights(
         body["at"] = at
     pred = client.post("/predict", body, request_id)
     probs = [float(p["probability"]) for p in pred["predictions"]]
+    if len(probs) != len(pool):  # one per candidate, in order, or the choice below would read past the list
+        raise InferenceUnavailable(f"/predict answered {len(probs)} predictions for {len(pool)} candidates")
     best = min(range(len(pool)), key=lambda i: (abs(probs[i] - target), pool[i]["assessmentItemID"]))
     nxt = pool[best]
     state = client.post("/knowledge_state", {"history": history}, request_id)

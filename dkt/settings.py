@@ -186,6 +186,14 @@ class ClientSettings(Group):
         "s",
     )
     inference_retries: int = env("DKT_INFERENCE_RETRIES", 3, "attempts per inference request", "attempts")
+    inference_deadline_s: float = env(
+        "DKT_INFERENCE_DEADLINE_S",
+        5.0,
+        "total time a page waits for the inference service (all its calls, retries and slow replies); past it"
+        " the page shows that predictions are unavailable",
+        "s",
+        gt=0.0,
+    )
     candidate_pool: int = env("DKT_CANDIDATE_POOL", 120, "unanswered items scored to pick the next question", "items")
     secret_key: SecretStr | None = env(
         "DKT_SECRET_KEY",
