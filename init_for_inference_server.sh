@@ -52,6 +52,17 @@ while (($#)); do
   esac
 done
 step() { echo "==> $(date +%H:%M:%S) $*"; }  # timed: the test suite prints where a set-up spends its time
+# airflow_pid NAME: the pid in airflow-NAME.pid if that process runs and its command line is that Airflow service
+# (/proc/PID/cmdline; the api-server retitles itself "airflow api_server -- ..."). A pid reused by an unrelated
+# process is left alone, with a warning.
+airflow_pid() {
+  local pidfile="$AIRFLOW_HOME/airflow-$1.pid" pid cmd
+  [[ -s "$pidfile" ]] && pid="$(<"$pidfile")" && [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmd="$(tr '\0_' ' -' 2>/dev/null <"/proc/$pid/cmdline" || true)"
+  if [[ "$cmd" == *airflow* && "$cmd" == *"$1"* ]]; then echo "$pid"; return 0; fi
+  echo "warning: $pidfile names pid $pid, which runs '${cmd:0:200}', not airflow $1: left alone" >&2
+  return 1
+}
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow}"  # also holds the services' pid files
 # One answer store for the swarm client and the Airflow export alike; a folder of its own, because the client
 # container bind-mounts the whole folder (pipeline.swarm refuses a folder holding anything else).
@@ -60,11 +71,10 @@ export DKT_CLIENT_DB="${DKT_CLIENT_DB:-$repo/var/client/client.db}"
 if ((stop)); then
   step "stopping the Airflow services started here"
   for name in api-server scheduler dag-processor; do
-    pidfile="$AIRFLOW_HOME/airflow-$name.pid"
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-      kill "$(cat "$pidfile")" && echo "stopped airflow $name (pid $(cat "$pidfile"))"
+    if pid="$(airflow_pid "$name")"; then
+      kill "$pid" && echo "stopped airflow $name (pid $pid)"
     fi
-    rm -f "$pidfile"
+    rm -f "$AIRFLOW_HOME/airflow-$name.pid"
   done
   step "removing the stack"
   if [[ -x .venv/bin/python ]] && docker info >/dev/null 2>&1; then
@@ -120,11 +130,15 @@ if [[ $airflow -eq 1 ]]; then
     .venv-airflow/bin/pip install -q -r requirements-airflow.txt
   fi
   .venv-airflow/bin/airflow db migrate >/dev/null
+  # Airflow generates the admin password file itself: started under umask 077, it creates it 0600 (no window in
+  # which the password is readable, as a chmod after the write would leave).
+  umask_was="$(umask)"
+  umask 077
   for svc in "api-server --port ${DKT_AIRFLOW_PORT:-8081}" scheduler dag-processor; do
     name="${svc%% *}"
     pidfile="$AIRFLOW_HOME/airflow-$name.pid"
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-      echo "airflow $name already running (pid $(cat "$pidfile"))"
+    if pid="$(airflow_pid "$name")"; then
+      echo "airflow $name already running (pid $pid)"
       continue
     fi
     # shellcheck disable=SC2086  # $svc holds the subcommand and its flags
@@ -132,10 +146,10 @@ if [[ $airflow -eq 1 ]]; then
     echo $! >"$pidfile"
     echo "airflow $name started (pid $!, log $AIRFLOW_HOME/$name.log)"
   done
+  umask "$umask_was"
   pwfile="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
   for _ in $(seq 1 60); do [[ -s "$pwfile" ]] && break; sleep 1; done
   if [[ -s "$pwfile" ]]; then
-    chmod 600 "$pwfile"
     echo "Airflow UI: http://127.0.0.1:${DKT_AIRFLOW_PORT:-8081}  user admin, password in $pwfile"
   else
     echo "warning: Airflow has not written $pwfile yet; see $AIRFLOW_HOME/api-server.log" >&2

@@ -54,7 +54,16 @@ venv="${DKT_AIRFLOW_VENV:-$repo/.venv-airflow}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/var/airflow-worker}"
 pidfile="$AIRFLOW_HOME/edge-worker.pid"
 log="$AIRFLOW_HOME/edge-worker.log"
-worker_pid() { [[ -s "$pidfile" ]] && kill -0 "$(<"$pidfile")" 2>/dev/null && cat "$pidfile"; }
+# A pid file's pid is only the worker if its command line says so (/proc/PID/cmdline; the worker retitles itself
+# "airflow edge worker: HOST"): a pid reused by an unrelated process is left alone, with a warning.
+worker_pid() {
+  local pid cmd
+  [[ -s "$pidfile" ]] && pid="$(<"$pidfile")" && [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)"
+  if [[ "$cmd" == *airflow* && "$cmd" == *"edge worker"* ]]; then echo "$pid"; return 0; fi
+  echo "warning: $pidfile names pid $pid, which runs '${cmd:0:200}', not the edge worker: left alone" >&2
+  return 1
+}
 
 if [[ $stop -eq 1 ]]; then
   if pid="$(worker_pid)"; then

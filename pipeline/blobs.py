@@ -94,6 +94,21 @@ def pid_alive(pid: int, start: str = "") -> bool:
     return not start or fields[19] == start
 
 
+def pid_cmdline(pid: int) -> str:
+    """The process's command line, arguments joined by spaces ('' if it is gone or unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def runs_command(pid: int, words: tuple[str, ...]) -> bool:
+    """Whether ``pid``'s command line holds every one of ``words``: a pid file's pid is only the process it names
+    if so (pids are reused). ``_`` counts as ``-``: Airflow retitles its api-server ``airflow api_server ...``."""
+    cmdline = pid_cmdline(pid).replace("_", "-")
+    return bool(cmdline) and all(w.replace("_", "-") in cmdline for w in words)
+
+
 def tmp_name(name: str) -> str:
     return f".{name}{TMP_MARK}{host_tag()}.{os.getpid()}.{secrets.token_hex(4)}"
 

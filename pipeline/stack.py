@@ -27,6 +27,7 @@ from dkt import secret_file
 from dkt.cli import run_actions
 from dkt.settings import AirflowSettings, ClientSettings, StackSettings, TrainingSettings, is_set, load_or_exit
 from pipeline import deploy_local
+from pipeline.blobs import pid_cmdline, runs_command
 from pipeline.settings import REPO_ROOT
 from pipeline.store import VersionedStore
 
@@ -72,12 +73,30 @@ def pid_file(name: str) -> Path:
     return deploy_local.run_dir() / "pids" / f"{name}.pid"
 
 
+# What the command line of a part `up` starts holds, also after the program retitles itself (gunicorn's
+# "gunicorn: master [client:create_app()]" with setproctitle, Airflow's "airflow api_server -- host:...").
+# A part not named here is known by its pid alone.
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "client": ("gunicorn", "client:create_app()"),
+    "airflow-api-server": ("airflow", "api-server"),
+    "airflow-scheduler": ("airflow", "scheduler"),
+    "airflow-dag-processor": ("airflow", "dag-processor"),
+    "mlflow": ("mlflow", "server"),  # pipeline/mlflow_server.py
+    "prometheus": ("prometheus", "--config.file"),  # pipeline/prometheus.py
+}
+
+
 def running(name: str) -> int | None:
+    """The pid of the part ``name`` that ``start`` started, if it still runs. A pid file naming a process whose
+    command line is not that part's (its pid reused after a reboot or a crash) is stale: that process is left
+    alone, with a warning."""
     f = pid_file(name)
     if f.is_file():
         pid = int(f.read_text().strip() or 0)
         if deploy_local.alive(pid):
-            return pid
+            if runs_command(pid, SIGNATURES.get(name, ())):
+                return pid
+            say(f"warning: {f} names pid {pid}, which runs `{pid_cmdline(pid)[:200]}`, not {name}: left alone")
     return None
 
 
@@ -268,7 +287,8 @@ Stop everything with: make down
 
 
 def stop_part(name: str) -> None:
-    """Stop what ``start(name, ...)`` started, if it runs, and forget its pid."""
+    """Stop what ``start(name, ...)`` started, if it runs (its command line checked: ``running``), and forget its
+    pid."""
     if pid := running(name):
         deploy_local.stop_server(pid)
         say(f"stopped {name} (pid {pid})")

@@ -105,19 +105,29 @@ def test_corrupt_data_manifest_and_state(
         store.get_state("watermark")
 
 
-@pytest.mark.parametrize("bad", ["../escape.txt", "/etc/escape.txt", "a/../../escape.txt", "a//b", "./x", "C:/x"])
+ESCAPES = ["../escape.txt", "/etc/escape.txt", "a/../../escape.txt", "a//b", "./x", "C:/x",
+           "..\\escape.txt", "a\\..\\..\\escape.txt", "C:\\escape.txt", "\\\\host\\share\\escape.txt"]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ESCAPES)
 def test_pull_refuses_file_names_outside_the_destination_before_writing(
-    store: VersionedStore, tmp_path: Path, bad: str
+    store: VersionedStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
 ) -> None:
+    """A crafted manifest (on the real moto S3 endpoint and on a folder): the pull through the CLI exits 2 with one
+    line naming the manifest and the file, before anything is written, inside --dest or out of it."""
     m = store.push("models", small(tmp_path, "m1"), "m1").manifest
     entry = m["files"]["weights.bin"]
     store.blobs.put_bytes(
         "models/m1/manifest.json", json.dumps({**m, "files": {"weights.bin": entry, bad: entry}}).encode()
     )
+    before = set(tmp_path.rglob("*"))
     dest = tmp_path / "deep" / "out"
+    capsys.readouterr()
+    assert models_cli(["pull", "m1", "--dest", str(dest)]) == 2
+    one_error_line(capsys, "models/m1/manifest.json", repr(bad), "not a plain relative path")
     with pytest.raises(CorruptError, match="not a plain relative path"):
         store.pull("models", "m1", dest)
-    assert not dest.exists() or list(dest.rglob("*")) == []
+    assert set(tmp_path.rglob("*")) == before  # nothing written anywhere: not even --dest was created
     assert not (tmp_path / "deep" / "escape.txt").exists()
 
 

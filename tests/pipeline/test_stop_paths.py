@@ -1,0 +1,119 @@
+"""Stop paths kill only what they started: `dkt stack down` (pipeline/stack.py) and the init scripts' --stop /
+--stop-worker check /proc/<pid>/cmdline before killing. A pid file left behind whose pid now belongs to an
+unrelated process (a real one here) leaves that process alone, with a warning; the real service is stopped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import stack
+from pipeline.blobs import pid_alive
+from tests.serving.servers import ROOT
+
+
+def spawn(argv0: str, *args: str) -> subprocess.Popen[bytes]:
+    """A real process in its own session (as the stop paths' targets are) whose command line is argv0, then
+    ``300`` (``sleep 300``) or ``-c <a sleep> args`` (a Python sleeping 300 s). Reaped the moment it dies, as
+    init reaps a service: a zombie would still answer ``kill -0``."""
+    if args:
+        argv = [sys.executable, "-c", "import time; time.sleep(300)", *args]
+        cmd = f'exec -a "{argv0}" ' + " ".join(f"'{a}'" for a in argv)
+    else:
+        cmd = f'exec -a "{argv0}" sleep 300'
+    p = subprocess.Popen(["bash", "-c", cmd], start_new_session=True)
+    threading.Thread(target=p.wait, daemon=True).start()
+    return p
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def gone(p: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def settled(p: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Wait until bash has exec-ed into the retitled process (its command line is what the test says)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and b"bash" in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+        time.sleep(0.02)
+    return p
+
+
+def test_stack_down_leaves_an_unrelated_process_alone_and_stops_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], procs: list
+) -> None:
+    monkeypatch.setenv("DKT_RUN_DIR", str(tmp_path / "run"))
+    unrelated = settled(spawn("sleep"))
+    ours = settled(spawn(str(Path(sys.executable).with_name("gunicorn")), "-w", "2", "client:create_app()"))
+    procs += [unrelated, ours]
+    stack.pid_file("client").parent.mkdir(parents=True)
+    stack.pid_file("client").write_text(str(unrelated.pid))  # stale: the pid now runs something else
+    stack.pid_file("airflow-scheduler").write_text(str(ours.pid))  # alive, but not a scheduler either
+    stack.down()
+    err = capsys.readouterr().err
+    assert f"names pid {unrelated.pid}, which runs `sleep 300`, not client: left alone" in err
+    assert f"names pid {ours.pid}" in err and "not airflow-scheduler: left alone" in err
+    assert pid_alive(unrelated.pid) and pid_alive(ours.pid)
+    assert not stack.pid_file("client").exists()  # the stale pid file is forgotten
+    stack.pid_file("client").write_text(str(ours.pid))  # now the pid file names what `up` started
+    assert stack.running("client") == ours.pid
+    stack.stop_part("client")
+    assert gone(ours) and pid_alive(unrelated.pid)
+
+
+def script(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / name), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_init_scripts_stop_only_the_processes_they_started(tmp_path: Path, procs: list) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "docker").write_text("#!/bin/sh\nexit 1\n")  # no engine: --stop must not touch a real stack
+    (fake_bin / "docker").chmod(0o755)
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    home = tmp_path / "airflow"
+    home.mkdir()
+    unrelated = settled(spawn("sleep"))
+    worker = settled(spawn("airflow edge worker: trainhost"))  # the title the edge worker gives itself
+    api = settled(spawn("airflow api_server -- host:127.0.0.1 port:8081"))
+    procs += [unrelated, worker, api]
+
+    (home / "edge-worker.pid").write_text(str(unrelated.pid))
+    res = script("init_for_train_server.sh", env, "--stop-worker")
+    assert res.returncode == 0, res.stderr
+    assert f"names pid {unrelated.pid}, which runs 'sleep 300 ', not the edge worker: left alone" in res.stderr
+    assert "no worker running" in res.stdout and pid_alive(unrelated.pid)
+    (home / "edge-worker.pid").write_text(str(worker.pid))
+    res = script("init_for_train_server.sh", env, "--stop-worker")
+    assert res.returncode == 0 and f"worker stopped (pid {worker.pid})" in res.stdout, res.stdout + res.stderr
+    assert gone(worker)
+
+    (home / "airflow-api-server.pid").write_text(str(api.pid))
+    (home / "airflow-scheduler.pid").write_text(str(unrelated.pid))
+    res = script("init_for_inference_server.sh", env, "--stop")
+    assert res.returncode == 0, res.stderr
+    assert f"stopped airflow api-server (pid {api.pid})" in res.stdout
+    assert f"names pid {unrelated.pid}, which runs 'sleep 300 ', not airflow scheduler: left alone" in res.stderr
+    assert gone(api) and pid_alive(unrelated.pid)
+    assert not list(home.glob("airflow-*.pid"))
