@@ -134,7 +134,10 @@ if [[ $airflow -eq 1 ]]; then
   # which the password is readable, as a chmod after the write would leave).
   umask_was="$(umask)"
   umask 077
-  for svc in "api-server --port ${DKT_AIRFLOW_PORT:-8081}" scheduler dag-processor; do
+  # 127.0.0.1 unless DKT_AIRFLOW_HOST says otherwise (Airflow's own default is 0.0.0.0); no log server (it binds
+  # 0.0.0.0:8793 with no host option; the api-server reads this host's task logs from their files).
+  for svc in "api-server --port ${DKT_AIRFLOW_PORT:-8081} --host ${DKT_AIRFLOW_HOST:-127.0.0.1}" \
+             "scheduler --skip-serve-logs" dag-processor; do
     name="${svc%% *}"
     pidfile="$AIRFLOW_HOME/airflow-$name.pid"
     if pid="$(airflow_pid "$name")"; then

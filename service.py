@@ -35,8 +35,8 @@ from starlette.routing import Route
 from dkt.bundle import lineage
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
-from serving.body_limit import BodyLimit
-from serving.schema import Interaction, Item, Job, Timestamp
+from serving.hardening import harden
+from serving.schema import Interaction, Item, Job, Tag, Timestamp
 from serving.settings import settings
 from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
 
@@ -58,7 +58,8 @@ info_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="dkt_service",
-    traffic={"timeout": settings.service_timeout_s, "max_concurrency": 256},
+    # No BentoML max_concurrency: it counted requests whose body was still arriving (serving/concurrency.py).
+    traffic={"timeout": settings.service_timeout_s},
     workers=1,
     endpoints={"readyz": "/readyz", "livez": "/livez"},
     logging={"access": {"enabled": settings.access_log}},
@@ -135,7 +136,7 @@ class DKTService:
     async def knowledge_state(
         self,
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
-        tags: Annotated[list[int], Field(max_length=settings.max_candidates)] | None = None,
+        tags: Annotated[list[Tag], Field(max_length=settings.max_candidates)] | None = None,
     ) -> dict[str, Any]:
         """Mastery per KnowledgeTag: P(correct) on a typical item of that skill, asked now."""
         cands = self.predictor.catalog_candidates(tags)
@@ -186,5 +187,5 @@ class EchoRequestId:
         await self.app(scope, receive, send_with_id)
 
 
-DKTService.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+harden(DKTService, settings)  # 415, 413, 408, 429, header timeout, 4xx logged at INFO (serving/hardening.py)
 DKTService.add_asgi_middleware(EchoRequestId)

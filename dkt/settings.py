@@ -283,6 +283,31 @@ class ServiceSettings(Group):
         "DKT_MAX_BATCH_SIZE", 64, "requests the micro-batcher merges into one model call", "requests"
     )
     service_timeout_s: int = env("DKT_SERVICE_TIMEOUT_S", 30, "BentoML's request timeout", "s")
+    service_host: str = env(
+        "DKT_SERVICE_HOST",
+        "127.0.0.1",
+        "the address `dkt serve` and `make serving-up` bind; 0.0.0.0 only where other hosts must reach it"
+        " (the inference image binds 0.0.0.0 inside its container)",
+    )
+    body_timeout_s: float = env(
+        "DKT_BODY_TIMEOUT_S",
+        10.0,
+        "a request body not complete this long after its headers gets 408 (keep it under DKT_SERVICE_TIMEOUT_S)",
+        "s",
+    )
+    header_timeout_s: float = env(
+        "DKT_HEADER_TIMEOUT_S",
+        10.0,
+        "a connection that has not sent a request's headers this long after opening (or after its last"
+        " response) is closed",
+        "s",
+    )
+    max_concurrency: int = env(
+        "DKT_MAX_CONCURRENCY",
+        256,
+        "requests with a complete body served at once per worker; more get 429 (slow bodies do not count)",
+        "requests",
+    )
     torch_threads: int = env(
         "DKT_TORCH_THREADS",
         1,

@@ -22,7 +22,7 @@ serving-up: setup ## pack MODEL_DIR (optional), start the service on SERVICE_POR
 	@mkdir -p $(RUN_DIR) var
 	@if [ -n "$(MODEL_DIR)" ]; then $(VENV)/bin/dkt pack --model-dir "$(MODEL_DIR)" --no-bento; fi
 	@test -f $(RUN_DIR)/bentoml.pid && kill -0 $$(cat $(RUN_DIR)/bentoml.pid) 2>/dev/null || { \
-		setsid $(VENV)/bin/dkt serve --host 127.0.0.1 --port $(SERVICE_PORT) \
+		setsid $(VENV)/bin/dkt serve --port $(SERVICE_PORT) \
 			> $(RUN_DIR)/bentoml.log 2>&1 & echo $$! > $(RUN_DIR)/bentoml.pid; }
 	@test -f $(RUN_DIR)/client.pid && kill -0 $$(cat $(RUN_DIR)/client.pid) 2>/dev/null || \
 		DKT_INFERENCE_URL=http://127.0.0.1:$(SERVICE_PORT) $(VENV)/bin/gunicorn -w 2 -b 127.0.0.1:$(CLIENT_PORT) \

@@ -250,7 +250,9 @@ def ensure_airflow() -> tuple[str, str]:
     # Tasks talk to the execution API on the api-server: a scheduler started before it answers
     # runs the first (due @daily) task into a timeout and burns one of its retries.
     wait_http(url + "/api/v2/monitor/health", 180, "Airflow api-server")
-    start("airflow-scheduler", [airflow, "scheduler"], env)
+    # No log server: Airflow 3.3's binds 0.0.0.0:8793 with no host option, and every task runs on this host, whose
+    # api-server reads the task logs from the same files (an edge worker sends its logs to the api-server).
+    start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
     start("airflow-dag-processor", [airflow, "dag-processor"], env)
     return url, password
 

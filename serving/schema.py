@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from serving.settings import settings
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Tag = Annotated[int, Field(strict=True, ge=0, le=2**62)]  # a JSON integer: `true` or "7" is not a skill
 
 
 def _timestamp(value: str) -> str:
@@ -33,7 +34,7 @@ class Item(BaseModel):
 
     assessmentItemID: Id
     testId: Id
-    KnowledgeTag: int = Field(strict=True, ge=0, le=2**62)
+    KnowledgeTag: Tag
 
 
 class Interaction(Item):

@@ -1,6 +1,6 @@
 """Run the inference service: ``bentoml serve service:DKTService`` from this checkout.
 
-    dkt serve [--model-dir DIR] [--host 127.0.0.1] [--port 3000]
+    dkt serve [--model-dir DIR] [--host $DKT_SERVICE_HOST (127.0.0.1)] [--port 3000]
 
 Serves the model ``$DKT_MODEL_TAG`` (default ``dkt-model:latest``) of BentoML's store (``$BENTOML_HOME``).
 With ``--model-dir``, that bundle is packed into the store first (``dkt pack --model-dir DIR --no-bento``),
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from dkt.cli import Parser
+from dkt.settings import ServiceSettings, load_or_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,8 @@ def port(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="dkt serve", description=__doc__)
     p.add_argument("--model-dir", type=Path, help="a model bundle to pack and serve (default: the store's latest)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    host = load_or_exit(ServiceSettings).service_host
+    p.add_argument("--host", default=host, help=f"address to listen on (default DKT_SERVICE_HOST: {host})")
     p.add_argument("--port", type=port, default=3000, help="port to listen on, 1-65535 (default 3000)")
     args = p.parse_args(argv)
     if args.model_dir is not None:
