@@ -94,12 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def list_models(store: VersionedStore) -> int:
-    """Stored versions, oldest first, with lineage and marks: production, latest, and serving (what the live
+    """Stored versions, oldest first, with lineage and marks: production, latest, shadow, and serving (what the live
     service's /metadata reports, at the URL the last deploy recorded). A corrupt manifest is reported, exit 2."""
     from pipeline.deploy_served import SERVING_STATE, served_now
 
     prod = store.pointed("models", "production")
     latest = store.pointed("models", "latest")
+    shadow = store.pointed("models", "shadow")
     serving_doc = store.get_state(SERVING_STATE) or {}
     url = serving_doc.get("metadata_url")
     serving = served_now(str(url), timeout=3) if url else None
@@ -107,7 +108,8 @@ def list_models(store: VersionedStore) -> int:
     errors: list[str] = []
     versions = store.versions("models", errors)
     for m in versions:
-        marks = [n for n, v in (("production", prod), ("latest", latest), ("serving", serving)) if v == m["version"]]
+        pointers = (("production", prod), ("latest", latest), ("shadow", shadow), ("serving", serving))
+        marks = [n for n, v in pointers if v == m["version"]]
         if serving is None and url and recorded == m["version"]:
             marks.append(f"serving at the last deploy ({url} does not answer now)")
         auc = m.get("metrics", {}).get("test_auc")

@@ -202,8 +202,12 @@ def test_shadow_commands_refuse_bad_input_in_one_line(
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
 
 
-def test_shadow_pointer_is_set_and_cleared(store: VersionedStore, lstm_bundle: Path) -> None:
+def test_shadow_pointer_is_set_and_cleared(
+    store: VersionedStore, lstm_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert models_cli(["push", str(lstm_bundle)]) == 0
     assert models_cli(["shadow", "latest"]) == 0 and store.pointed("models", "shadow") == "test-v1"
+    capsys.readouterr()
+    assert models_cli(["list"]) == 0 and capsys.readouterr().out.rstrip().endswith("<- latest, shadow")
     assert models_cli(["shadow", "--clear"]) == 0 and store.pointed("models", "shadow") is None
     assert models_cli(["shadow", "--clear"]) == 0  # nothing to clear: still done
