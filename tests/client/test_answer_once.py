@@ -3,9 +3,7 @@ or short-answering inference service cannot hang or break: a real HTTP server of
 
 from __future__ import annotations
 
-import json
 import re
-import socketserver
 import sqlite3
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +16,7 @@ from flask.testing import FlaskClient
 
 from client import db
 from tests.client.conftest import make_app, serving
+from tests.client.test_app import Recorder
 
 
 def field(html: str, name: str) -> str:
@@ -138,33 +137,11 @@ def test_a_dripping_service_cannot_hang_the_page(tmp_path: Path, sim_dir: Path, 
     assert len(rows(tmp_path)) == 1
 
 
-class _ShortHandler(BaseHTTPRequestHandler):
-    """Answers /predict with one prediction fewer than the candidates it was sent."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/predict":
-            out: dict[str, Any] = {"model_version": "short", "predictions": [
-                {**c, "probability": 0.5} for c in body["candidates"][:-1]]}  # fmt: skip
-        elif self.path == "/knowledge_state":
-            out = {"skills": [{"KnowledgeTag": 1, "mastery": 0.5}]}
-        else:
-            out = {"expected_score": 50.0}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_too_few_predictions_is_a_degraded_page_and_one_row(tmp_path: Path, sim_dir: Path) -> None:
-    server: socketserver.TCPServer = ThreadingHTTPServer(("127.0.0.1", 0), _ShortHandler)
-    with serving(server):
-        app = make_app(tmp_path, sim_dir, f"http://127.0.0.1:{server.server_address[1]}")
+    service = Recorder()
+    service.short_by = 1
+    with serving(service):
+        app = make_app(tmp_path, sim_dir, service.url)
         c = signed_in(app, tmp_path, "cy")
         page = c.get("/practice")
         assert page.status_code == 200 and "Predictions are unavailable right now" in page.get_data(as_text=True)

@@ -170,6 +170,7 @@ class Recorder(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _RecorderHandler)
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.short_by = 0  # /predict answers this many predictions fewer than the candidates it was sent
 
     @property
     def url(self) -> str:
@@ -187,7 +188,10 @@ class _RecorderHandler(BaseHTTPRequestHandler):
             preds = [
                 {**c, "probability": 0.3 + 0.4 * i / len(body["candidates"])} for i, c in enumerate(body["candidates"])
             ]
-            out: dict[str, Any] = {"model_version": "recorder", "predictions": preds}
+            out: dict[str, Any] = {
+                "model_version": "recorder",
+                "predictions": preds[: len(preds) - self.server.short_by],
+            }
         elif self.path == "/knowledge_state":
             out = {"skills": [{"KnowledgeTag": 1, "mastery": 0.5}]}
         else:
