@@ -86,13 +86,14 @@ def production_trained_until(work: Path, store: VersionedStore, prod: str) -> tu
 def prepare_holdout(work: Path, store: VersionedStore) -> dict[str, Any]:
     """Split the newest answers off for the gate: ``work/gate/`` gets train.csv and test.csv without them and
     ``holdout.json`` says where the split is (``active``) or why the user-split test set decides instead."""
+    import pandas as pd
+
     from pipeline.dataset import MergeResult, write_dataset
 
     settings = load(TrainingSettings)
     gate = work / GATE_DIR
     gate.mkdir(parents=True, exist_ok=True)
     data = work / "data"
-    answers = _answers(data)
     doc: dict[str, Any] = {
         "active": False,
         "fraction": settings.holdout_fraction,
@@ -102,41 +103,36 @@ def prepare_holdout(work: Path, store: VersionedStore) -> dict[str, Any]:
         "production": store.pointed("models", "production"),
         "production_trained_until": None,
     }
-    until: str | None = None
+    whole = "the candidate trains on the whole train.csv"
     if doc["production"] is None:
-        doc["note"] = "no production model: nothing to compare with, the candidate trains on every answer"
+        doc["note"] = f"no production model: nothing to compare with; {whole}"
     elif (got := production_trained_until(work, store, doc["production"]))[0] is None:
-        doc["note"] = f"what production trained on is unknown ({got[1]}): the user-split test set decides"
+        doc["note"] = f"what production trained on is unknown ({got[1]}): the user-split test set decides; {whole}"
     else:
-        import pandas as pd
-
-        until = got[0]
+        until, source = got
         doc["production_trained_until"] = until
-        times = answers["Timestamp"].sort_values(ignore_index=True)
+        times = _answers(data)["Timestamp"].sort_values(ignore_index=True)
         k = math.ceil(settings.holdout_fraction * len(times))
         newer = times[times > pd.Timestamp(until)]
+        # The later of: the k-th newest answer, and the first answer production did not train on.
         cutoff = max(times.iloc[len(times) - k], newer.iloc[0]) if k and len(newer) else None
         held = int((times >= cutoff).sum()) if cutoff is not None else 0
         doc.update(n=held, cutoff=_stamp(cutoff) if cutoff is not None else None)
-        where = f"the newest {settings.holdout_fraction:.0%} of {len(times)} answers newer than {until} ({got[1]})"
+        where = f"the newest {settings.holdout_fraction:.0%} of {len(times)} answers newer than {until} ({source})"
         if held < settings.gate_min_answers:
             doc["note"] = (f"{held} answers in {where}, fewer than DKT_GATE_MIN_ANSWERS={settings.gate_min_answers}:"
-                           " the user-split test set decides, the candidate trains on every answer")  # fmt: skip
+                           f" the user-split test set decides; {whole}")  # fmt: skip
         else:
             doc["active"] = True
             doc["note"] = f"{held} answers from {doc['cutoff']} on: {where}; the candidate trains without them"
+    train = _answers(data, ("train.csv",))
     if doc["active"]:
-        import pandas as pd
-
         cut = pd.Timestamp(doc["cutoff"])
-        train, test = (_answers(data, (n,)) for n in ("train.csv", "test.csv"))
+        test = _answers(data, ("test.csv",))
         train, test = train[train["Timestamp"] < cut], test[test["Timestamp"] < cut]
         both = pd.concat([train, test], ignore_index=True)
         write_dataset(MergeResult(both, train, test, len(both), len(both)), gate)
-        trained = train
-    else:
-        trained = _answers(data, ("train.csv",))
-    doc["candidate_trained_until"] = _stamp(trained["Timestamp"].max()) if len(trained) else None
+    doc["candidate_trained_until"] = _stamp(train["Timestamp"].max()) if len(train) else None
     write_json(gate / HOLDOUT, doc)
     return doc
 
