@@ -182,7 +182,8 @@ class ClientSettings(Group):
     inference_timeout_s: float = env(
         "DKT_INFERENCE_TIMEOUT_S",
         2.0,
-        "timeout of one request to the inference service; the page waits at most retries x this",
+        "timeout of each connect and each read of a request to the inference service (the whole page:"
+        " DKT_INFERENCE_DEADLINE_S)",
         "s",
     )
     inference_retries: int = env("DKT_INFERENCE_RETRIES", 3, "attempts per inference request", "attempts")
