@@ -2,6 +2,7 @@
 
     /operator/login    the token form (DKT_OPERATOR_TOKEN), until operator accounts exist
     /operator          the page: plots first, then the tables behind them
+    POST /logout       the app's own: ends any session, an operator's too
 
 Access: a session whose ``role`` is ``operator`` sees the page, however it got that role (the token form here,
 or an operator account). Without one, ``/operator`` sends to the login form, and a wrong token gets a bare 403.
@@ -92,14 +93,9 @@ def login() -> tuple[str, int] | Response:
     if not token_matches(request.form.get("token", ""), expected):
         log.warning("operator login refused from %s", request.remote_addr)
         return render_template("operator_error.html", message="Access denied."), 403
+    session.clear()  # a new identity, as an account sign-in starts one; the app's POST /logout clears it again
     session["role"] = ROLE
     return redirect(url_for("operator.dashboard"))
-
-
-@bp.post("/logout")
-def logout() -> Response:
-    session.pop("role", None)
-    return redirect(url_for("index"))
 
 
 @bp.get("")

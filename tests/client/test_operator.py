@@ -114,8 +114,12 @@ def test_token_login_wrong_then_right_then_logout(tmp_path: Path, sim_dir: Path)
         assert c.get("/operator").status_code == 302
     r = c.post("/operator/login", data={"token": TOKEN}, follow_redirects=False)
     assert r.status_code == 400  # no CSRF token: refused before the token is looked at
+    with c.session_transaction() as sess:
+        sess["student_id"] = 5  # signed in as someone else in this browser
     r = c.post("/operator/login", data={"token": TOKEN, "csrf_token": csrf(form)})
     assert r.status_code == 302 and r.headers["Location"].endswith("/operator")
+    with c.session_transaction() as sess:
+        assert dict(sess) == {"role": "operator"} | ({"csrf_token": sess["csrf_token"]} if "csrf_token" in sess else {})
     page = c.get("/operator")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
@@ -123,7 +127,8 @@ def test_token_login_wrong_then_right_then_logout(tmp_path: Path, sim_dir: Path)
         "quality", "answers", "latency", "lineage", "promotions", "drift"
     ]  # fmt: skip
     assert "Prometheus not configured" in html
-    c.post("/operator/logout", data={"csrf_token": csrf(html)})
+    assert 'action="/logout"' in html  # the page's "Log out" is the app's: the whole session ends
+    c.post("/logout", data={"csrf_token": csrf(html)})
     assert c.get("/operator").status_code == 302
 
 
