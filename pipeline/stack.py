@@ -25,7 +25,15 @@ import requests
 
 from dkt import secret_file
 from dkt.cli import run_actions
-from dkt.settings import AirflowSettings, ClientSettings, StackSettings, TrainingSettings, is_set, load_or_exit
+from dkt.settings import (
+    AirflowSettings,
+    ClientSettings,
+    PrometheusSettings,
+    StackSettings,
+    TrainingSettings,
+    is_set,
+    load_or_exit,
+)
 from pipeline import deploy_local
 from pipeline.blobs import pid_cmdline, runs_command
 from pipeline.settings import REPO_ROOT
@@ -201,6 +209,8 @@ def ensure_client() -> str:
     port = str(client.client_port)
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     env = {"DKT_SECRET_KEY": client.secret_key.get_secret_value() if client.secret_key else secret("client_secret_key")}
+    # The operator page's latency panel asks the Prometheus `make up` starts, unless told another one.
+    env["DKT_PROMETHEUS_URL"] = client.prometheus_url or f"http://127.0.0.1:{load_or_exit(PrometheusSettings).port}"
     start("client", [gunicorn, "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}", "client:create_app()"], env)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", 60, "client")
