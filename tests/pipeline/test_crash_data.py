@@ -160,14 +160,14 @@ def test_kill_9_of_a_data_update_step(
 
 
 def children(pid: int) -> list[int]:
+    """The kernel's list of ``pid``'s children (one per thread that forked): the test polls it every few ms, and
+    scanning every /proc/*/stat instead cost 14 ms of CPU per poll, most of a core taken from the step it waits on."""
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            out += [int(child) for child in task.read_text().split()]
+        except OSError:  # the thread or the process ended meanwhile
             continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
     return out
 
 
