@@ -36,6 +36,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from confusable_homoglyphs import confusables
 from flask import Flask, flash, redirect, render_template, request, session, url_for
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from client import db
@@ -377,6 +378,10 @@ def register_routes(
         int(app.config["DKT_LOGIN_MAX_FAILURES_PER_ADDRESS"]),
         float(app.config["DKT_LOGIN_WINDOW_S"]),
     )
+    if proxies := int(app.config["DKT_TRUSTED_PROXIES"]):
+        # remote_addr becomes the address the nearest trusted proxy saw (the swarm's haproxy adds it): without
+        # this every student behind the proxy shares one address, and one failure limit.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
 
     def sign_in(account: Account) -> Response:
         messages = session.get("_flashes")  # what this request flashed (Flask keeps them in the session)

@@ -245,6 +245,15 @@ class ClientSettings(Group):
     login_window_s: float = env(
         "DKT_LOGIN_WINDOW_S", 900.0, "the window the sign-in failure limits count over", "s", gt=0.0
     )
+    trusted_proxies: int = env(
+        "DKT_TRUSTED_PROXIES",
+        0,
+        "proxies in front of the client whose X-Forwarded-For it believes (the per-address sign-in limit counts"
+        " the address they report); 0: the TCP peer, and the header is ignored (a client could forge it);"
+        " the swarm's haproxy: 1",
+        "proxies",
+        ge=0,
+    )
     operator_token: SecretStr | None = env(
         "DKT_OPERATOR_TOKEN",
         None,

@@ -134,6 +134,21 @@ def test_failures_age_out_of_the_window(tmp_path: Path, sim_dir: Path, dead_url:
     assert login(app.test_client(), "ada", password_of("ada"))[0] == 200
 
 
+@pytest.mark.parametrize("proxies, counted", [(0, "10.0.0.1"), (1, "192.0.2.7")])
+def test_the_address_behind_a_trusted_proxy(
+    tmp_path: Path, sim_dir: Path, dead_url: str, proxies: int, counted: str
+) -> None:
+    """Behind the swarm's haproxy every request comes from the proxy: its X-Forwarded-For names the student,
+    believed only when DKT_TRUSTED_PROXIES says a proxy is there (else anyone could pick their address)."""
+    app = make_app(tmp_path, sim_dir, dead_url, DKT_TRUSTED_PROXIES=proxies)
+    c = app.test_client()
+    form = {"username": "ada", "password": "wrong password", "csrf_token": token(c.get("/").get_data(as_text=True))}
+    headers = {"X-Forwarded-For": "192.0.2.7"}  # what haproxy's `option forwardfor` adds
+    assert c.post("/login", data=form, headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 401
+    with sqlite3.connect(tmp_path / "client.db") as conn:
+        assert conn.execute("SELECT subject FROM login_failures WHERE scope = 'address'").fetchall() == [(counted,)]
+
+
 def test_teachers_own_classes_students_join_with_the_code(
     app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
