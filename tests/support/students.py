@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,11 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
 DEGRADED = 'id="predictions-unavailable"'
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# P(right answer) from (item id, the student's skill); without one a student is right with probability skill on
+# every item (then no model can tell items apart: tests that measure a model's online AUC pass one).
+Chance = Callable[[str, float], float]
 
 
 @dataclass
@@ -75,14 +80,15 @@ def student_session(base: str, nickname: str, tally: Tally) -> requests.Session 
 
 
 def answer_once(s: requests.Session, base: str, key: dict[str, str], rng: np.random.Generator, skill: float,
-                tally: Tally) -> None:  # fmt: skip
+                tally: Tally, chance: Chance | None = None) -> None:  # fmt: skip
     r = s.get(base + "/practice", timeout=30)
     csrf, item = CSRF.search(r.text), ITEM.search(r.text)
     if r.status_code != 200 or not csrf or not item:
         tally.fail(f"GET /practice -> {r.status_code}")
         return
     right = key.get(item.group(1), "0")
-    given = right if rng.random() < skill else str(int(float(right)) + 1) if right.lstrip("-").isdigit() else "x"
+    p_right = chance(item.group(1), skill) if chance else skill
+    given = right if rng.random() < p_right else str(int(float(right)) + 1) if right.lstrip("-").isdigit() else "x"
     r = s.post(base + "/answer", data={"item": item.group(1), "answer": given, "csrf_token": csrf.group(1)},
                timeout=30)  # fmt: skip
     if r.status_code != 200:
@@ -94,7 +100,7 @@ def answer_once(s: requests.Session, base: str, key: dict[str, str], rng: np.ran
 
 
 def run_students(base: str, questions_csv: Path, n_students: int, answers_each: int, seed: int = 0,
-                 prefix: str = "sim") -> Tally:  # fmt: skip
+                 prefix: str = "sim", chance: Chance | None = None) -> Tally:  # fmt: skip
     key = answer_key(questions_csv)
     rng = np.random.default_rng(seed)
     tally = Tally()
@@ -104,7 +110,7 @@ def run_students(base: str, questions_csv: Path, n_students: int, answers_each: 
             continue
         skill = float(rng.uniform(0.3, 0.9))
         for _ in range(answers_each):
-            answer_once(s, base, key, rng, skill, tally)
+            answer_once(s, base, key, rng, skill, tally, chance)
     return tally
 
 
