@@ -20,7 +20,7 @@ import requests
 
 from pipeline import stack
 from tests.dags.airflow_runner import ROOT, require_airflow
-from tests.dags.polling import ATTEMPT_TIMEOUT, request, tails, wait_for
+from tests.dags.polling import ATTEMPT_TIMEOUT, dag_run, request, tails, wait_for
 from tests.support.ports import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
@@ -74,8 +74,10 @@ def test_train_script_needs_the_shared_secret(tmp_path: Path) -> None:
 # Test-only, for both hosts: the edge worker signs each request with a token valid for [api_auth] jwt_leeway
 # seconds (30) and the api-server accepts it that much late again. On a CI machine at load 12 a request waited
 # longer than that for the api-server: the worker's heartbeat got 403, its loop died and the job stayed
-# "running". The product keeps Airflow's default; the test allows a starved api-server ten minutes.
-STARVED_MACHINE = {"AIRFLOW__API_AUTH__JWT_LEEWAY": "600"}
+# "running". The product keeps Airflow's default; the test allows a starved api-server ten minutes. Likewise a task's
+# calls to the execution API (5 s each, 5 tries by default): at load 15 all five timed out (httpx.ReadTimeout in the
+# worker's job) and the probe task failed; the test allows each call a minute.
+STARVED_MACHINE = {"AIRFLOW__API_AUTH__JWT_LEEWAY": "600", "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60"}
 
 # The probe DAG: dkt_tasks.cli tasks, one routed like the retrain DAG's GPU tasks, one like promote_if_better.
 PROBE_DAG = """
@@ -178,20 +180,9 @@ def test_edge_worker_runs_the_train_queue(airflow_edge: dict[str, Any], tmp_path
         mine = next(w for w in workers if w["worker_name"] == name)
         assert mine["queues"] == ["train"] and mine["state"] in ("starting", "idle", "running"), mine
 
-        dag_url = f"{url}/api/v2/dags/edge_probe"
-        parsed = lambda: api.get(dag_url, timeout=ATTEMPT_TIMEOUT).status_code == 200  # noqa: E731
-        wait_for("the probe DAG to be parsed", parsed, 240, logs)
-        # A fixed run id makes the trigger safe to repeat: when an answer is lost under load the repeat gets 409.
         run_id = f"probe-{os.getpid()}"
-        run = request(api, "POST", f"{dag_url}/dagRuns", json={"dag_run_id": run_id, "logical_date": None}, logs=logs)
-        assert run.status_code in (200, 409), run.text
-        run_url = f"{dag_url}/dagRuns/{run_id}"
-
-        def finished() -> str | None:
-            state = api.get(run_url, timeout=ATTEMPT_TIMEOUT).json()["state"]
-            return state if state in ("success", "failed") else None
-
-        state = wait_for("the probe run", finished, 300, logs)
+        state = dag_run(api, url, "edge_probe", run_id, 300, logs)
+        run_url = f"{url}/api/v2/dags/edge_probe/dagRuns/{run_id}"
         tis = {
             t["task_id"]: t for t in request(api, "GET", f"{run_url}/taskInstances", logs=logs).json()["task_instances"]
         }
