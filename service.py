@@ -1,6 +1,6 @@
 """The DKT inference service (BentoML 1.4): P(correct) for candidate items, mastery per skill, expected scores.
 
-    bentoml serve service:DKTService --port 3000
+    bentoml serve service:DKTService --host 127.0.0.1 --port 3000
 
 The model bundle is loaded once per worker from the BentoML model store (env
 ``DKT_MODEL_TAG``, default ``dkt-model:latest``; store in ``BENTOML_HOME``), and so is a shadow model

@@ -41,9 +41,10 @@ class Held:
             seconds = sorted(s for _, s in v)
             lat += f" {path} {len(v)}x, status {sorted({c for c, _ in v})}, median {1e3 * seconds[len(v) // 2]:.0f} ms"
             lat += f", max {1e3 * seconds[-1]:.0f} ms;"
+        header = {None: "still open", b"": "closed"}.get(self.header_reply, f"answered {status_of(self.header_reply)}")
         return (
             f"{self.n} slow-body connections held {self.held_for:.1f} s, answered {dict(self.statuses)} after"
-            f" {self.cut_after:.1f} s; meanwhile{lat}"
+            f" {self.cut_after:.1f} s; half-sent headers: {header}; meanwhile{lat}"
         )
 
 
