@@ -121,6 +121,7 @@ class Load:
     """Students answering questions through the client without pause, each reply checked."""
 
     url: str
+    sessions: list[requests.Session]  # one signed-in student each (``signed_up``)
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)
@@ -144,15 +145,9 @@ class Load:
         return resp.text
 
     def student(self, n: int) -> None:
-        s = requests.Session()
+        s = self.sessions[n]
         try:
-            page = s.get(self.url + "/", timeout=30).text
-            token = CSRF.search(page)
-            assert token, page[:200]
-            text = self._page(
-                s.post(self.url + "/register", data=sign_up_form(token.group(1), f"e2e{n}"), timeout=30),
-                "start",
-            )
+            text: str | None = None  # signed in already: the first request asks for a question
             while not self.stop.is_set():
                 if text is None:
                     text = self._page(s.get(self.url + "/practice", timeout=30), "practice")
@@ -179,7 +174,9 @@ class Load:
             return sum(t0 <= t <= t1 for t in self.sent)
 
     def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self.student, args=(i,), daemon=True) for i in range(STUDENTS)]
+        self.threads = [
+            threading.Thread(target=self.student, args=(i,), daemon=True) for i in range(len(self.sessions))
+        ]
         for t in self.threads:
             t.start()
         return self
@@ -215,6 +212,24 @@ def first_deploy(stack_env: dict[str, str], bundles: tuple[Path, Path]) -> tuple
     out: dict[str, Any] = json.loads(first.stdout)
     assert out["model_version"] == "test-v1"
     return out, first_s
+
+
+@pytest.fixture(scope="module")
+def signed_up(stack_env: dict[str, str], first_deploy: tuple[dict[str, Any], float]) -> list[requests.Session]:
+    """The load's students, registered once for the module, one after another, before any load: a sign-up hashes
+    a password with argon2 (64 MiB, seconds of the client's 0.5 CPU), and six at once took the client over 30 s
+    (every student's first request timed out, load 10-13). The loads measure serving during a rollout, not
+    sign-up bursts; the sessions stay signed in across them (the client is not redeployed)."""
+    client = f"http://127.0.0.1:{stack_env['DKT_CLIENT_HOST_PORT']}"
+    sessions = []
+    for n in range(STUDENTS):
+        s = requests.Session()
+        token = CSRF.search(s.get(client + "/", timeout=60).text)
+        assert token
+        page = s.post(client + "/register", data=sign_up_form(token.group(1), f"e2e{n}"), timeout=120)
+        assert page.status_code == 200 and MODEL_RE.search(page.text), (page.status_code, page.text[:300])
+        sessions.append(s)
+    return sessions
 
 
 def test_answers_given_through_the_page_reach_the_next_data_version(
@@ -269,6 +284,10 @@ def test_the_stacks_prometheus_scrapes_every_inference_replica_and_the_client(
     assert first_deploy[0]["prometheus"] == f"http://127.0.0.1:{stack_env['DKT_PROMETHEUS_HOST_PORT']}"
     t0 = time.monotonic()
     up = wait_until_prometheus_scrapes_every_task(stack_env, REPLICAS)
+    # Scraped, not only reachable: BentoML's own metrics come from every replica (its /readyz checks count).
+    query = {"query": "count by (instance) (bentoml_service_request_total)"}
+    result = requests.get(first_deploy[0]["prometheus"] + "/api/v1/query", params=query, timeout=30).json()
+    assert {s["metric"]["instance"] for s in result["data"]["result"]} == set(up["inference"]), result
     rules = requests.get(first_deploy[0]["prometheus"] + "/api/v1/rules", timeout=30).json()["data"]["groups"]
     alerts = {rule["name"] for group in rules for rule in group["rules"]}
     print(f"\n[e2e] Prometheus scrapes {up} ({time.monotonic() - t0:.0f} s after the tests before it); "
@@ -280,6 +299,7 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     stack_env: dict[str, str],
     bundles: tuple[Path, Path],
     first_deploy: tuple[dict[str, Any], float],
+    signed_up: list[requests.Session],
     airflow_home: Path,
     tmp_path: Path,
 ) -> None:
@@ -288,7 +308,7 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     first_s = first_deploy[1]
 
     # 1. A new model is promoted; update_inference_server_dag rolls it out while students answer.
-    with Load(client) as load:
+    with Load(client, signed_up) as load:
         time.sleep(3)
         started = time.monotonic()
         push = subprocess.run([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env=stack_env,
@@ -319,7 +339,7 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     subprocess.run(["docker", "build", "-t", broken, "-"], input=dockerfile, text=True, check=True, capture_output=True)
     subprocess.run(["docker", "push", broken], check=True, capture_output=True)
 
-    with Load(client) as load:
+    with Load(client, signed_up) as load:
         time.sleep(3)
         started = time.monotonic()
         rollback, rollback_s = swarm_cli(stack_env, "deploy", "--image", broken)
@@ -343,7 +363,7 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     assert inference["image"].startswith(v2_image) and inference["running"] == REPLICAS
 
     # 3. An operator scales inference with the DAG's `replicas` param: the same model, no rolling update.
-    with Load(client) as load:
+    with Load(client, signed_up) as load:
         time.sleep(3)
         started = time.monotonic()
         scaled = deploy_dag(airflow_home, stack_env, tmp_path / "deploy-scale.log", conf={"replicas": REPLICAS - 1})[
