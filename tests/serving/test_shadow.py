@@ -1,7 +1,7 @@
 """Shadow models, fast: the service's batch path scores production and shadow together; the client logs the shadow's
 probability for the question it chose beside production's, with the same request id, and never shows it.
 
-The models are real bundles (the session's LSTM and one trained on inverted answers); the client runs in-process
+The models are real bundles (the session's LSTM and one trained on shuffled answers); the client runs in-process
 with a real InferenceClient over HTTP to the prediction log's stand-in service, whose /predict here also answers a
 ``shadow`` field. The same flow against a real `bentoml serve` is tests/pipeline/test_shadow_e2e.py.
 """
@@ -25,15 +25,15 @@ from serving.shadow import Scoring, score_batch
 from tests.client.conftest import make_app, serving
 from tests.client.test_app import answer, current_item, start
 from tests.client.test_prediction_log import FakeService, _Handler, rows
-from tests.serving.shadow_bundles import inverted_bundle_dir
+from tests.serving.shadow_bundles import shuffled_bundle_dir
 from tests.serving.test_service import items, student
 
 AT = "2030-01-01 00:00:00"
 
 
 @pytest.fixture(scope="session")
-def inverted_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return inverted_bundle_dir(sim_dir, tmp_path_factory)
+def shuffled_bundle(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shuffled_bundle_dir(sim_dir, tmp_path_factory)
 
 
 def job(sim_dir: Path, n_history: int, n_items: int, seed: int, at: str | None = AT) -> Job:
@@ -56,9 +56,9 @@ class Recording:
 
 
 def test_one_batch_scores_production_for_all_and_the_shadow_for_predict_jobs(
-    sim_dir: Path, lstm_bundle: Path, inverted_bundle: Path
+    sim_dir: Path, lstm_bundle: Path, shuffled_bundle: Path
 ) -> None:
-    production, shadow = load_predictor(lstm_bundle), load_predictor(inverted_bundle)
+    production, shadow = load_predictor(lstm_bundle), load_predictor(shuffled_bundle)
     jobs = [job(sim_dir, 20, 5, 0), job(sim_dir, 8, 3, 1), job(sim_dir, 0, 4, 2)]
     batch = [Scoring(jobs[0], True), Scoring(jobs[1], False), Scoring(jobs[2], True)]  # the 2nd: /score, /state
     scores = score_batch(production, shadow, batch)
@@ -74,8 +74,8 @@ def test_one_batch_scores_production_for_all_and_the_shadow_for_predict_jobs(
     assert [s.shadow for s in score_batch(production, None, batch)] == [None, None, None]
 
 
-def test_without_at_both_models_score_the_same_moment(sim_dir: Path, lstm_bundle: Path, inverted_bundle: Path) -> None:
-    production, shadow = Recording(load_predictor(lstm_bundle)), Recording(load_predictor(inverted_bundle))
+def test_without_at_both_models_score_the_same_moment(sim_dir: Path, lstm_bundle: Path, shuffled_bundle: Path) -> None:
+    production, shadow = Recording(load_predictor(lstm_bundle)), Recording(load_predictor(shuffled_bundle))
     batch = [Scoring(job(sim_dir, 10, 3, 0, at=None), True), Scoring(job(sim_dir, 5, 2, 1, at=None), True)]
     score_batch(production, shadow, batch)  # type: ignore[arg-type]
     assert len(production.ats) == 2 and all(isinstance(at, pd.Timestamp) for at in production.ats)
