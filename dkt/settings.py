@@ -661,12 +661,6 @@ class SwarmSettings(Group):
         "host port the stack's Prometheus publishes on (compose file; mode host, like the proxy's)",
         "port",
     )
-    prometheus_host_port: int = env(
-        "DKT_PROMETHEUS_HOST_PORT",
-        9090,
-        "host port the stack's Prometheus publishes on (compose file; mode host, like the proxy's)",
-        "port",
-    )
     client_url: str | None = env(
         "DKT_CLIENT_URL",
         None,
@@ -733,12 +727,6 @@ class SwarmSettings(Group):
     )
     proxy_image: str | None = env(
         "DKT_PROXY_IMAGE", None, "proxy image reference (set by `pipeline.swarm deploy`)", reader="docker-compose.yml"
-    )
-    prometheus_image: str | None = env(
-        "DKT_PROMETHEUS_IMAGE",
-        None,
-        "the stack's Prometheus image reference (set by `pipeline.swarm deploy`)",
-        reader="docker-compose.yml",
     )
     prometheus_image: str | None = env(
         "DKT_PROMETHEUS_IMAGE",
