@@ -4,6 +4,10 @@ The script sets the host up (engine, swarm, registry, base image, venvs, Airflow
 generated password, the stack on v1); a second run changes nothing; a promoted v2 then reaches the
 stack through update_inference_server_dag, triggered like the UI does and run by the scheduler the
 script started (not `airflow dags test`); `--stop` stops Airflow and removes the stack.
+
+The DAG run is triggered and followed through the api-server's REST API, as the UI does: one `airflow` CLI
+process per poll (4-5 CPU-s of imports each, every few seconds) would compete on a 2-core machine with the very
+tasks it waits for.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import pytest
 import requests
 
 from pipeline.swarm_images import REPO_ROOT
+from tests.dags.polling import dag_run, request
 from tests.docker.conftest import timeline
-from tests.serving.servers import free_port
+from tests.support.ports import free_port
 from tests.support.students import CSRF
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 SCRIPT = str(REPO_ROOT / "init_for_inference_server.sh")
-AIRFLOW = str(REPO_ROOT / ".venv-airflow" / "bin" / "airflow")
 
 
 def sh(argv: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
@@ -40,16 +44,6 @@ def served_version(env: dict[str, str]) -> str | None:
         return None
     version = meta.get("model_version")
     return str(version) if version else None
-
-
-def run_state(env: dict[str, str], dag_id: str) -> str | None:
-    out = sh([AIRFLOW, "dags", "list-runs", dag_id, "-o", "json"], env, timeout=120)
-    if out.returncode != 0:
-        return None
-    # Airflow prints warnings on stdout too; the runs are the one line that is a JSON list.
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[{") or ln.strip() == "[]"]
-    runs = json.loads(lines[-1]) if lines else []
-    return str(runs[0]["state"]) if runs else None
 
 
 def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
@@ -87,12 +81,13 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         assert oct(pwfile.stat().st_mode & 0o777) == "0o600"
         password = json.loads(pwfile.read_text())["admin"]
         assert len(password) >= 12  # generated, never a fixed one
-        token = requests.post(
-            f"http://127.0.0.1:{env['DKT_AIRFLOW_PORT']}/auth/token",
-            json={"username": "admin", "password": password},
-            timeout=30,
-        )
+        url = f"http://127.0.0.1:{env['DKT_AIRFLOW_PORT']}"
+        airflow_logs = [tmp_path / "airflow" / f"{n}.log" for n in ("api-server", "scheduler", "dag-processor")]
+        api = requests.Session()
+        token = request(api, "POST", f"{url}/auth/token", json={"username": "admin", "password": password},
+                        logs=airflow_logs)  # fmt: skip
         assert token.status_code in (200, 201), token.text[:300]
+        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 
         again = sh([SCRIPT], env)  # idempotent: nothing restarted, nothing redeployed
         assert again.returncode == 0, again.stderr[-3000:]
@@ -102,14 +97,7 @@ def test_admin_sets_up_the_host_then_a_promoted_model_reaches_the_stack(
         push = sh([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env)
         assert push.returncode == 0, push.stderr[-2000:]
         t0 = time.monotonic()
-        deadline = t0 + 120  # the dag-processor may not have parsed the DAG files yet
-        while (trig := sh([AIRFLOW, "dags", "trigger", "update_inference_server_dag"], env)).returncode != 0:
-            assert time.monotonic() < deadline, trig.stderr[-2000:]
-            time.sleep(3)
-        deadline = time.monotonic() + 600
-        while (state := run_state(env, "update_inference_server_dag")) not in ("success", "failed"):
-            assert time.monotonic() < deadline, f"the DAG run is still {state}"
-            time.sleep(5)
+        state = dag_run(api, url, "update_inference_server_dag", f"promoted-{os.getpid()}", 600, airflow_logs)
         print(f"\n[init] promoted -> DAG run {state} through the scheduler in {time.monotonic() - t0:.0f} s")
         # On failure: the end of every task's log (the step that failed may be pull or pack, not deploy).
         logs = sorted((tmp_path / "airflow" / "logs").rglob("task_id=*/*.log"))
