@@ -14,6 +14,9 @@ candidate's on the same answers, ``diff_ci95`` its paired bootstrap 95% interval
 answers once and scores both models on that draw). The candidate is promoted when the interval's upper bound
 is at most the tolerance (``DKT_PROMOTE_TOLERANCE``): the evidence says it is not worse by more than that.
 When the lower bound is above the tolerance it is shown worse; in between the answers do not decide yet.
+There the gates part ways (``fresh``): the shadow gate waits for more answers, while the retrain gate promotes
+a candidate whose point estimate is within the tolerance, since it is not shown worse and it learnt from the
+newest answers (keeping production on "undecided" would stop retrained models from ever reaching students).
 """
 
 from __future__ import annotations
@@ -160,8 +163,11 @@ class Decision:
         return self.verdict == "promote"
 
 
-def decide(figures: dict[str, Any], tolerance: float, production: str | None) -> Decision:
-    """The rule of both gates (module docstring) on ``compare``'s figures; ``production``: its version, if any."""
+def decide(figures: dict[str, Any], tolerance: float, production: str | None, fresh: bool = False) -> Decision:
+    """The rule of both gates (module docstring) on ``compare``'s figures; ``production``: its version, if any.
+
+    ``fresh``: the candidate was trained on newer data than production (the retrain gate), so an interval that
+    does not decide promotes it when the point estimate is within the tolerance."""
     c, p, ci = figures["candidate_auc"], figures["production_auc"], figures["diff_ci95"]
     n = figures["n"]
     if c is None:
@@ -178,6 +184,8 @@ def decide(figures: dict[str, Any], tolerance: float, production: str | None) ->
         return Decision("promote", f"{head}, {span}: not worse by more than {tolerance}")
     if ci[0] > tolerance:
         return Decision("worse", f"{head}, {span}: worse by more than {tolerance}")
+    if fresh and figures["diff"] <= tolerance:
+        return Decision("promote", f"{head}, {span}: not shown worse and within {tolerance}; it knows newer answers")
     return Decision("undecided", f"{head}, {span}: the answers do not show it is within {tolerance} of production")
 
 

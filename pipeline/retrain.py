@@ -313,7 +313,7 @@ def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None
         raise RuntimeError("the evaluation has no gate figures (made before the promotion gates): run evaluate again")
     tol = tolerance if tolerance is not None else load(TrainingSettings).promote_tolerance
     figures = {**ev["gate"]["figures"], "tolerance": tol}
-    decision = promotions.decide(figures, tol, ev["production_version"])
+    decision = promotions.decide(figures, tol, ev["production_version"], fresh=True)
     candidate, previous = ev["candidate_version"], ev["production_version"]
     print(f"promote_if_better: {promotions.describe(figures)}", file=sys.stderr)
 

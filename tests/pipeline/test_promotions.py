@@ -66,6 +66,19 @@ def test_decide(fig: dict[str, Any], production: str | None, verdict: str) -> No
         assert f"{fig['diff_ci95'][1]:+.4f}" in d.reason  # the figures that decided are in the reason
 
 
+@pytest.mark.parametrize(
+    ("fig", "verdict"),
+    [
+        (figures(0.698, 0.70, [-0.01, 0.02]), "promote"),  # undecided, point estimate within 0.005: fresher wins
+        (figures(0.69, 0.70, [-0.01, 0.03]), "undecided"),  # point estimate 0.01 worse: kept out
+        (figures(0.60, 0.70, [0.06, 0.14]), "worse"),  # shown worse stays worse
+    ],
+)
+def test_decide_for_a_retrained_candidate(fig: dict[str, Any], verdict: str) -> None:
+    assert promotions.decide(fig, 0.005, "v1", fresh=True).verdict == verdict
+    assert promotions.decide(fig, 0.005, "v1").verdict == ("undecided" if verdict == "promote" else verdict)
+
+
 # -- the history ---------------------------------------------------------------------------------------
 def test_history_keeps_every_entry_newest_first_even_when_written_concurrently(store: VersionedStore) -> None:
     assert promotions.history(store) == []
