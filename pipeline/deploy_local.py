@@ -25,7 +25,9 @@ import requests
 
 from dkt.bundle import write_json
 from dkt.settings import REPO_ROOT, ClientSettings, PipelineSettings, load
-from pipeline.blobs import pid_alive
+from pipeline.blobs import pid_alive, pid_cmdline, runs_command
+
+SERVER_WORDS = ("serve", "service:DKTService")  # in start_server's command line: stop_server checks it
 
 
 class DeployError(RuntimeError):
@@ -96,7 +98,7 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dic
     log = logs / f"bentoml-{port}.log"
     env = {**app_env(), "DKT_MODEL_TAG": model_tag, "DKT_SHADOW_MODEL_TAG": shadow.model_tag if shadow else ""}
     bentoml = Path(sys.executable).with_name("bentoml")
-    argv = [str(bentoml), "serve", "service:DKTService", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [str(bentoml), *SERVER_WORDS, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as out:
         # Own session: the server outlives the Airflow task that started it and is stopped as a group.
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -106,6 +108,20 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dic
 
 
 def stop_server(pid: int | None, grace: float = 30.0) -> None:
+    """Stop the process group of a server this module started; a recorded pid that now names another process
+    (pids are reused after a reboot or a crash) is left alone with a warning."""
+    if not alive(pid):
+        return
+    assert pid is not None
+    if not runs_command(pid, SERVER_WORDS):
+        print(f"warning: pid {pid} runs `{pid_cmdline(pid)[:200]}`, not bentoml serve: left alone", file=sys.stderr)
+        return
+    stop_group(pid, grace)
+
+
+def stop_group(pid: int | None, grace: float = 30.0) -> None:
+    """SIGTERM the process group led by ``pid``, SIGKILL after ``grace`` seconds. The caller has checked that
+    ``pid`` is the process it started (stop_server, pipeline.stack.stop_part)."""
     if not alive(pid):
         return
     assert pid is not None

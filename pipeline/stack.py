@@ -302,7 +302,7 @@ def stop_part(name: str) -> None:
     """Stop what ``start(name, ...)`` started, if it runs (its command line checked: ``running``), and forget its
     pid."""
     if pid := running(name):
-        deploy_local.stop_server(pid)
+        deploy_local.stop_group(pid)
         say(f"stopped {name} (pid {pid})")
     pid_file(name).unlink(missing_ok=True)
 

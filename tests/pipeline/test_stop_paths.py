@@ -117,3 +117,17 @@ def test_init_scripts_stop_only_the_processes_they_started(tmp_path: Path, procs
     assert f"names pid {unrelated.pid}, which runs 'sleep 300 ', not airflow scheduler: left alone" in res.stderr
     assert gone(api) and pid_alive(unrelated.pid)
     assert not list(home.glob("airflow-*.pid"))
+
+
+def test_the_local_deploys_stop_server_kills_only_a_bentoml_serve(
+    procs: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import deploy_local
+
+    stranger = settled(spawn("python"))  # a recorded server pid, since reused by an unrelated process
+    server = settled(spawn("bentoml", *deploy_local.SERVER_WORDS, "--port", "1"))
+    procs += [stranger, server]
+    deploy_local.stop_server(stranger.pid, grace=5)
+    assert stranger.poll() is None and "not bentoml serve: left alone" in capsys.readouterr().err
+    deploy_local.stop_server(server.pid, grace=5)
+    assert gone(server)
