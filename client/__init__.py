@@ -110,6 +110,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                     # The next question is rendered right after this: it is shown (its Timestamp) about now.
                     at=db.next_timestamp(conn(), student_id),
                     request_id=request_id,
+                    explore_rate=float(cfg["DKT_EXPLORE_RATE"]),
                 )
         except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
             nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()

@@ -217,6 +217,14 @@ def _add_accounts(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _add_explored(conn: sqlite3.Connection) -> None:
+    """Migration 6: ``predictions.explored``, 1 when the question was drawn at random from the candidate pool
+    (DKT_EXPLORE_RATE) rather than chosen by the production model's probability; both roles of a request carry
+    it. Rows from before are 0: every question then was chosen by target difficulty."""
+    if "explored" not in {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}:
+        conn.execute("ALTER TABLE predictions ADD COLUMN explored INTEGER NOT NULL DEFAULT 0")
+
+
 # (number, migration): applied in order, each once, in its own transaction (``init``). Never edit or renumber
 # a released step: append a new function with the next number. Steps 1-3 predate the migrations table; a
 # database from then is adopted by its ``PRAGMA user_version`` (see ``_adopt_user_version``).
@@ -226,6 +234,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (3, _add_prediction_log),
     (4, _add_answer_tokens),
     (5, _add_accounts),
+    (6, _add_explored),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATIONS_TABLE = (
@@ -362,7 +371,7 @@ def set_current(
 ) -> None:
     """The question to show next. A different question is not shown yet (shown_at cleared); the same one keeps it.
 
-    ``predictions`` (each: role, model_name, model_version, probability) are what the service call
+    ``predictions`` (each: role, model_name, model_version, probability, explored) are what the service call
     ``request_id`` predicted for ``item``; they are logged in the same transaction, and the student's
     answer to ``item`` is joined to them (``record_answer``). Without them the question has no prediction.
     """
@@ -372,7 +381,7 @@ def set_current(
         for p in predictions or []:
             conn.execute(
                 "INSERT INTO predictions (student_id, assessmentItemID, request_id, role, model_name, model_version,"
-                " probability, predicted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " probability, predicted_at, explored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     student_id,
                     item,
@@ -382,6 +391,7 @@ def set_current(
                     p["model_version"],
                     float(p["probability"]),
                     predicted_at,
+                    int(bool(p.get("explored"))),
                 ),
             )
         # SQLite evaluates every SET expression on the row as it was: ``current_item IS ?`` compares the old item.
@@ -627,16 +637,21 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "answerCode",
     "KnowledgeTag",
     "answered_at",
+    "explored",
 )
 
 
 def scored_predictions(conn: sqlite3.Connection, after_interaction: int = 0) -> pd.DataFrame:
     """Predictions whose answer has arrived, in answer order: ``PREDICTION_COLUMNS`` plus ``day`` (the answer's
     UTC date), the table ``dkt.quality.quality_table`` reads. ``after_interaction``: only answers with a larger
-    id (an export watermark; the metrics collector reads on from where it stopped, as ids only grow)."""
+    id (an export watermark; the metrics collector reads on from where it stopped, as ids only grow).
+    ``explored`` is 0 for a store not yet migrated to 6 (read-only readers such as ``dkt models quality`` do not
+    migrate): none of its questions was explored."""
+    has_explored = "explored" in {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
     rows = conn.execute(
         "SELECT p.request_id, p.role, p.model_name, p.model_version, p.probability, p.predicted_at,"
-        " p.interaction_id, p.answerCode, i.KnowledgeTag, i.answered_at"
+        " p.interaction_id, p.answerCode, i.KnowledgeTag, i.answered_at,"
+        f" {'p.explored' if has_explored else '0'}"
         " FROM predictions p JOIN interactions i ON i.id = p.interaction_id WHERE p.interaction_id > ?"
         " ORDER BY p.interaction_id, p.id",
         (after_interaction,),

@@ -51,6 +51,20 @@ def _item_body(q: dict[str, Any]) -> dict[str, Any]:
     return {"assessmentItemID": q["assessmentItemID"], "testId": q["testId"], "KnowledgeTag": int(q["KnowledgeTag"])}
 
 
+def choose(probs: list[float], ids: list[str], target: float, explore_rate: float, seed: int) -> tuple[int, bool]:
+    """The index of the next question among the candidates, and whether it was explored.
+
+    With probability ``explore_rate`` (drawn from ``seed``: the same student and position choose the same) the
+    question is a uniformly random candidate: the answers to those are the only ones whose question the
+    production model did not select, so online quality and the shadow gate measure the models on them
+    (docs/monitoring.md#exploration). Otherwise: the candidate whose probability is closest to ``target``.
+    """
+    rng = random.Random(f"explore:{seed}")  # its own stream: the pool's sample uses ``seed`` itself
+    if rng.random() < explore_rate:
+        return rng.randrange(len(probs)), True
+    return min(range(len(probs)), key=lambda i: (abs(probs[i] - target), ids[i])), False
+
+
 def insights(
     client: InferenceClient,
     bank: ItemBank,
@@ -61,6 +75,7 @@ def insights(
     seed: int,
     at: str | None = None,
     request_id: str | None = None,
+    explore_rate: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer.
 
@@ -68,7 +83,8 @@ def insights(
     if asked then, which is what the model was trained on (docs/time-semantics.md). ``request_id`` is sent
     with each call; ``shown`` carries the model's name, version and the next question's probability, which
     the prediction log records, and under ``shadow`` the shadow model's probability for the same question when
-    the service scored one (the page never shows it; it is logged beside production's).
+    the service scored one (the page never shows it; it is logged beside production's). ``explored``: the
+    question was drawn at random (``explore_rate``, see ``choose``), not chosen by ``target``.
     """
     pool = bank.pool(answered, pool_size, seed)
     body: dict[str, Any] = {"history": history, "candidates": [_item_body(q) for q in pool]}
@@ -78,7 +94,7 @@ def insights(
     probs = [float(p["probability"]) for p in pred["predictions"]]
     if len(probs) != len(pool):  # one per candidate, in order, or the choice below would read past the list
         raise InferenceUnavailable(f"/predict answered {len(probs)} predictions for {len(pool)} candidates")
-    best = min(range(len(pool)), key=lambda i: (abs(probs[i] - target), pool[i]["assessmentItemID"]))
+    best, explored = choose(probs, [str(q["assessmentItemID"]) for q in pool], target, explore_rate, seed)
     nxt = pool[best]
     state = client.post("/knowledge_state", {"history": history}, request_id)
     skills = [
@@ -97,6 +113,7 @@ def insights(
         "model_name": pred.get("model_name"),
         "model_version": pred.get("model_version"),
         "target": target,
+        "explored": explored,
     }
     if shadow := _shadow_probability(pred.get("shadow"), best, len(pool)):
         shown["shadow"] = shadow
@@ -121,19 +138,22 @@ def _shadow_probability(shadow: Any, best: int, n: int) -> dict[str, Any] | None
 def logged_predictions(shown: dict[str, Any]) -> list[dict[str, Any]]:
     """What the prediction log keeps of ``insights``' result: production's probability for the chosen question,
     and the shadow's beside it when there was one (none when the service named no production model version: it
-    could not be attributed, and a shadow row alone would compare the shadow with nothing)."""
+    could not be attributed, and a shadow row alone would compare the shadow with nothing). Both rows carry
+    ``explored``: whether the question was drawn at random."""
     if not shown.get("available") or not shown.get("model_version"):
         return []
+    explored = bool(shown.get("explored"))
     logged = [
         {
             "role": "production",
             "model_name": shown.get("model_name"),
             "model_version": str(shown["model_version"]),
             "probability": float(shown["next_probability"]),
+            "explored": explored,
         }
     ]
     if shadow := shown.get("shadow"):
-        logged.append({"role": "shadow", **shadow})
+        logged.append({"role": "shadow", **shadow, "explored": explored})
     return logged
 
 
@@ -141,4 +161,4 @@ def unavailable(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason[:200]}
 
 
-__all__ = ["InferenceUnavailable", "ItemBank", "insights", "logged_predictions", "unavailable"]
+__all__ = ["InferenceUnavailable", "ItemBank", "choose", "insights", "logged_predictions", "unavailable"]

@@ -196,6 +196,16 @@ class ClientSettings(Group):
         gt=0.0,
     )
     candidate_pool: int = env("DKT_CANDIDATE_POOL", 120, "unanswered items scored to pick the next question", "items")
+    explore_rate: float = env(
+        "DKT_EXPLORE_RATE",
+        0.1,
+        "the share of questions chosen uniformly at random from the candidate pool instead of by target difficulty,"
+        " so online quality and the shadow gate have answers the production model did not select"
+        " (docs/monitoring.md#exploration)",
+        "share",
+        ge=0.0,
+        le=1.0,
+    )
     secret_key: SecretStr | None = env(
         "DKT_SECRET_KEY",
         None,
@@ -468,7 +478,7 @@ class TrainingSettings(Group):
     shadow_min_answers: int = env(
         "DKT_SHADOW_MIN_ANSWERS",
         200,
-        "shadow gate: answers both production and the shadow scored before it decides",
+        "shadow gate: explored answers (DKT_EXPLORE_RATE) both production and the shadow scored before it decides",
         "answers",
         ge=1,
     )

@@ -8,7 +8,7 @@
     dkt models shadow VERSION | --clear        # the model served beside production, logged, never shown
     dkt models promote-shadow [--client-db F] [--min-answers N]   # gate (b): promote it on live answers
     dkt models promotions [--json]             # every promotion decision, newest first, with its figures
-    dkt models quality [--by tag|day] [--model-version V] [--json] [--db F]   # online quality from the client's log
+    dkt models quality [--by tag|day] [--model-version V] [--explored-only] [--json] [--db F]   # online quality
     dkt models pull-data|train|evaluate|push-candidate|promote-if-better --run-id ID   (retrain DAG steps)
 
 Exit codes: 0 done, 2 bad input or store error, 99 candidate not promoted or nothing to decide yet (a skip for
@@ -58,13 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gate = sub.add_parser(
         "promote-shadow",
         help="promote the shadow model when the answers both models scored show it is not worse",
-        description="Reads the client's prediction log, takes the answers production and the shadow both scored,"
+        description="Reads the client's prediction log, takes the explored answers (DKT_EXPLORE_RATE: questions"
+        " drawn at random, not chosen by production) production and the shadow both scored,"
         " and promotes the shadow when the upper bound of the paired bootstrap 95% interval of production's AUC"
         " minus the shadow's is at most the tolerance (docs/pipeline.md#promotion-gates). Exit 99: waiting for"
         " answers, refused, or no shadow.",
     )
     gate.add_argument("--client-db", type=Path, help="the client's answer store (default $DKT_CLIENT_DB)")
-    gate.add_argument("--min-answers", type=int, help="answers both scored before deciding ($DKT_SHADOW_MIN_ANSWERS)")
+    gate.add_argument(
+        "--min-answers", type=int, help="explored answers both scored before deciding ($DKT_SHADOW_MIN_ANSWERS)"
+    )
     gate.add_argument("--tolerance", type=float, help="non-inferiority margin (default $DKT_PROMOTE_TOLERANCE)")
     gate.add_argument("--run-id", help="the Airflow run (promote_shadow_dag), kept in the figures as run_id")
     history = sub.add_parser("promotions", help="the promotion history, newest first, with the deciding figures")
@@ -81,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quality.add_argument("--json", action="store_true", help="JSON (with the reliability curves) instead of a table")
     quality.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
     quality.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    quality.add_argument(
+        "--explored-only",
+        action="store_true",
+        help="only answers to explored questions (drawn at random, DKT_EXPLORE_RATE): the others were chosen near"
+        " the target difficulty by production, which squeezes its probabilities and its AUC (docs/monitoring.md)",
+    )
     steps = add_dag_steps(
         sub, "retrain_and_push_dag", ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")
     )
@@ -169,6 +178,8 @@ def quality_report(args: argparse.Namespace) -> int:
             raise ValueError(f"{path}: no scored predictions of model version {args.model_version!r}"
                              f" (logged: {', '.join(known) or 'none'})")  # fmt: skip
         scored = scored[scored["model_version"] == args.model_version]
+    if args.explored_only:
+        scored = scored[scored["explored"].astype(bool)]
     rows = quality_table(scored, by=args.by, n_boot=args.n_boot, seed=args.seed)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -203,14 +203,22 @@ class ShadowOutcome:
 
 
 def shadow_pairs(scored: pd.DataFrame, production: str, shadow: str) -> pd.DataFrame:
-    """The answers both models scored: the production and shadow predictions of the same request (one question,
-    one answer), one row each with ``answerCode``, ``p_production`` and ``p_shadow``, in answer order.
-    ``scored``: ``client.db.scored_predictions``."""
+    """The explored answers both models scored: the production and shadow predictions of the same request (one
+    question, one answer), one row each with ``answerCode``, ``p_production`` and ``p_shadow``, in answer order.
+    ``scored``: ``client.db.scored_predictions``.
+
+    Only explored questions (drawn at random, DKT_EXPLORE_RATE) count: the others were chosen because production
+    put them near the target difficulty, which squeezes production's probabilities together and leaves its AUC
+    near 0.5 whatever the model, while the shadow's keep their spread (docs/monitoring.md#exploration)."""
     keys = ["request_id", "interaction_id"]
+    explored = scored["explored"].astype(bool)
     prod = scored.loc[
-        (scored["role"] == "production") & (scored["model_version"] == production), [*keys, "answerCode", "probability"]
+        explored & (scored["role"] == "production") & (scored["model_version"] == production),
+        [*keys, "answerCode", "probability"],
     ]
-    shad = scored.loc[(scored["role"] == "shadow") & (scored["model_version"] == shadow), [*keys, "probability"]]
+    shad = scored.loc[
+        explored & (scored["role"] == "shadow") & (scored["model_version"] == shadow), [*keys, "probability"]
+    ]
     pairs = prod.merge(shad, on=keys, suffixes=("_production", "_shadow"))
     pairs = pairs.rename(columns={"probability_production": "p_production", "probability_shadow": "p_shadow"})
     return pairs.sort_values("interaction_id", kind="stable").reset_index(drop=True)
@@ -224,7 +232,8 @@ def promote_shadow(
     n_boot: int,
     run_id: str | None = None,
 ) -> ShadowOutcome:
-    """Gate (b): promote ``models/shadow`` once ``min_answers`` answers were scored by it and by production and
+    """Gate (b): promote ``models/shadow`` once ``min_answers`` explored answers were scored by it and by production
+    (``shadow_pairs``) and
     ``decide`` says promote; clears ``shadow`` then. A refusal is recorded once per (shadow, production) pair;
     too few answers, or answers that do not decide yet, are ``waiting`` and record nothing."""
     from pipeline.retrain import verify_stored  # retrain imports this module: import on use
@@ -238,7 +247,7 @@ def promote_shadow(
     if shadow == production:
         return ShadowOutcome("nothing", f"shadow names production ({shadow}): nothing to compare")
     pairs = shadow_pairs(scored, production, shadow)
-    both = f"answers scored by both production {production} and shadow {shadow}"
+    both = f"explored answers scored by both production {production} and shadow {shadow}"
     if len(pairs) < min_answers:
         return ShadowOutcome("waiting", f"waiting: {len(pairs)} of the {min_answers} {both}")
     figures = compare(pairs["answerCode"].to_numpy(), pairs["p_shadow"].to_numpy(), pairs["p_production"].to_numpy(),

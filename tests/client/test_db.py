@@ -301,3 +301,27 @@ def test_a_failing_migration_changes_nothing_and_the_next_start_applies_it(
     db.init(conn)
     db.init(conn)  # once only
     assert "extra" in tables() and db.applied_migrations(conn)[-1] == nxt and db.schema_version(conn) == nxt
+
+
+def test_migration_6_marks_the_logged_predictions_of_an_older_store_not_explored(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    conn = db.connect(path)
+    for number, migrate in db.MIGRATIONS[:5]:
+        migrate(conn)
+        conn.execute(f"PRAGMA user_version = {number}")
+    sid = db.get_or_create_student(conn, "ada")
+    conn.execute(
+        "INSERT INTO predictions (student_id, assessmentItemID, request_id, role, model_version, probability,"
+        " predicted_at) VALUES (?, ?, 'r1', 'production', 'v1', 0.7, '2024-01-01 10:00:00')",
+        (sid, ITEM),
+    )
+    conn.execute("UPDATE students SET current_request_id = 'r1', current_item = ? WHERE id = ?", (ITEM, sid))
+    db.record_answer(conn, sid, QUESTION, correct=True, given="1")
+    # A reader that does not migrate (dkt models quality opens the store read-only) sees no explored answer.
+    assert db.scored_predictions(conn)["explored"].tolist() == [0]
+    db.init(conn)
+    assert 6 in db.applied_migrations(conn)
+    assert [tuple(r) for r in conn.execute("SELECT request_id, explored FROM predictions")] == [("r1", 0)]
+    db.set_current(conn, sid, ITEM, None, "r2", [{"model_version": "v1", "probability": 0.5, "explored": True}])
+    db.record_answer(conn, sid, QUESTION, correct=False, given="2")
+    assert db.scored_predictions(conn)["explored"].tolist() == [0, 1]

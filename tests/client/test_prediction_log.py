@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import roc_auc_score
 
 from client import db
+from client.tutor import choose, logged_predictions
 from tests.client.conftest import make_app, serving
 from tests.client.test_app import answer, current_item, start
 from tests.serving.servers import Server
@@ -92,26 +93,30 @@ def rows(path: Path, sql: str) -> list[dict[str, Any]]:
 
 
 def test_each_prediction_is_logged_and_joined_with_its_answer(tmp_path: Path, sim_dir: Path, fake: FakeService) -> None:
-    app = make_app(tmp_path, sim_dir, fake.url)
+    # At 0.5 this student's five (student, position) seeds draw both explored and chosen questions.
+    app = make_app(tmp_path, sim_dir, fake.url, DKT_EXPLORE_RATE=0.5)
     questions = pd.read_csv(sim_dir / "questions.csv", dtype=str).set_index("assessmentItemID")
     c = app.test_client()
     page = start(c, "ada")
-    shown: list[tuple[str, float]] = []  # (item, the probability the page showed for it)
-    texts = ["right", "wrong", "right", "right"]
+    shown: list[tuple[str, float, bool]] = []  # (item, the probability the page showed for it, explored)
+    texts = ["right", "wrong", "right", "right", None]
     for i, how in enumerate(texts):
         if i == 2:
             fake.version = "v-b"  # a deploy switches models between two questions
         item = current_item(page)
         insights = json.loads(rows(tmp_path / "client.db", "SELECT insights FROM students")[0]["insights"])
-        shown.append((item, insights["next_probability"]))
-        page = answer(c, page, questions.loc[item, "answer"] if how == "right" else "-999")
+        shown.append((item, insights["next_probability"], insights["explored"]))
+        if how is not None:
+            page = answer(c, page, questions.loc[item, "answer"] if how == "right" else "-999")
     log = rows(tmp_path / "client.db", "SELECT * FROM predictions ORDER BY id")
     answers = rows(tmp_path / "client.db", "SELECT * FROM interactions ORDER BY id")
     assert len(answers) == 4 and len(log) == 5  # the fifth question is shown, not answered yet
-    for p, a, (item, prob) in zip(log, answers, shown, strict=False):
+    for p, a, (item, prob, _) in zip(log, answers, shown, strict=False):
         assert p["assessmentItemID"] == a["assessmentItemID"] == item
         assert (p["interaction_id"], p["answerCode"]) == (a["id"], a["answerCode"])
         assert p["probability"] == prob and p["role"] == "production" and p["model_name"] == "lstm"
+    assert [p["explored"] for p in log] == [int(e) for _, _, e in shown]
+    assert {p["explored"] for p in log} == {0, 1}
     assert [a["answerCode"] for a in answers] == [1, 0, 1, 1]
     # The third question was chosen (and predicted) before the switch: it keeps the version that predicted it.
     assert [p["model_version"] for p in log] == ["v-a", "v-a", "v-a", "v-b", "v-b"]
@@ -134,7 +139,44 @@ def test_each_prediction_is_logged_and_joined_with_its_answer(tmp_path: Path, si
     exported = pd.read_csv(out)
     assert list(exported.columns) == list(db.PREDICTION_COLUMNS)
     assert exported["interaction_id"].tolist() == [3, 4] and exported["answerCode"].tolist() == [1, 1]
+    assert exported["explored"].tolist() == [log[2]["explored"], log[3]["explored"]]
     assert exported["request_id"].tolist() == [log[2]["request_id"], log[3]["request_id"]]
+
+
+def test_the_explore_rate_is_honoured_deterministically_per_seed() -> None:
+    probs = [0.2 + 0.75 * i / 10 for i in range(10)]
+    ids = [f"A{i}" for i in range(10)]
+    seeds = range(400)
+    for rate in (0.1, 0.25, 0.5):
+        n = sum(choose(probs, ids, 0.7, rate, s)[1] for s in seeds)
+        assert abs(n - rate * len(seeds)) <= 4 * (len(seeds) * rate * (1 - rate)) ** 0.5  # binomial: 4 sd
+    assert sum(choose(probs, ids, 0.7, 0.25, s)[1] for s in seeds) == 101  # the same seeds draw the same
+    assert [choose(probs, ids, 0.7, 0.25, s) for s in seeds] == [choose(probs, ids, 0.7, 0.25, s) for s in seeds]
+    # Rate 0: always by target difficulty (0.725 is the nearest to 0.7 of these); rate 1: always random, and
+    # uniformly so: every candidate drawn about 40 times of 400.
+    assert {choose(probs, ids, 0.7, 0.0, s) for s in seeds} == {(7, False)}
+    drawn = [choose(probs, ids, 0.7, 1.0, s) for s in seeds]
+    assert all(explored for _, explored in drawn)
+    counts = pd.Series([i for i, _ in drawn]).value_counts()
+    assert sorted(counts.index) == list(range(10)) and counts.between(15, 65).all()
+
+
+def test_both_roles_of_an_explored_request_are_logged_explored(tmp_path: Path) -> None:
+    shadow = {"model_name": "lstm", "model_version": "v-s", "probability": 0.4}
+    conn = db.connect(tmp_path / "c.db")
+    db.init(conn)
+    sid = db.get_or_create_student(conn, "ed")
+    question = {"assessmentItemID": "A1", "testId": "T1", "KnowledgeTag": 7}
+    for n, explored in enumerate([True, False]):
+        shown = {"available": True, "model_name": "lstm", "model_version": "v-p", "next_probability": 0.9,
+                 "explored": explored, "shadow": shadow}  # fmt: skip
+        logged = logged_predictions(shown)
+        assert [(p["role"], p["explored"]) for p in logged] == [("production", explored), ("shadow", explored)]
+        db.set_current(conn, sid, "A1", shown, f"r{n}", logged)
+        db.record_answer(conn, sid, question, True, "x")
+    scored = db.scored_predictions(conn)
+    assert list(zip(scored["request_id"], scored["role"], scored["explored"], strict=True)) == [
+        ("r0", "production", 1), ("r0", "shadow", 1), ("r1", "production", 0), ("r1", "shadow", 0)]  # fmt: skip
 
 
 def test_a_question_shown_while_the_service_is_down_has_no_prediction(

@@ -112,17 +112,20 @@ def test_history_keeps_every_entry_newest_first_even_when_written_concurrently(s
 
 
 # -- gate (b) through the CLI ---------------------------------------------------------------------------
-def log_answers(path: Path, answers: pd.DataFrame, logged: dict[tuple[str, str], np.ndarray]) -> None:
+def log_answers(
+    path: Path, answers: pd.DataFrame, logged: dict[tuple[str, str], np.ndarray], explored: bool = True
+) -> None:
     """Each answer as the page records it: the predictions of one request for its question (``logged``:
-    (role, model version) -> probabilities per answer), then the answer, joined to them (client/db.py)."""
+    (role, model version) -> probabilities per answer), then the answer, joined to them (client/db.py).
+    ``explored``: the questions were drawn at random (DKT_EXPLORE_RATE), not chosen by production."""
     conn = db.connect(path)
     db.init(conn)
     conn.execute("PRAGMA synchronous=OFF")  # a test file: the page's fsync per answer adds only seconds here
     for i, row in enumerate(answers.itertuples(index=False)):
         sid = db.get_or_create_student(conn, str(row.userID))
         item = str(row.assessmentItemID)
-        preds = [{"role": role, "model_version": v, "model_name": "lstm", "probability": float(p[i])}
-                 for (role, v), p in logged.items()]  # fmt: skip
+        preds = [{"role": role, "model_version": v, "model_name": "lstm", "probability": float(p[i]),
+                  "explored": explored} for (role, v), p in logged.items()]  # fmt: skip
         db.set_current(conn, sid, item, None, request_id=uuid.uuid4().hex, predictions=preds)
         question = {"assessmentItemID": item, "testId": str(row.testId), "KnowledgeTag": int(row.KnowledgeTag)}
         db.record_answer(conn, sid, question, bool(row.answerCode), given="x")
@@ -148,20 +151,25 @@ def test_promote_shadow_waits_refuses_a_worse_shadow_and_promotes_a_better_one(
         assert models_cli(["push", str(copy_as(lstm_bundle, tmp_path / v, v))]) == 0
     # What each model told the page: production's real predictions; a worse shadow that ignores who answers
     # (production's probabilities shuffled across answers); a better one (the simulator's true probabilities).
-    test = pd.read_csv(sim_dir / "test.csv", dtype={"userID": str})
-    test = test[test["answerCode"] >= 0].head(300).reset_index(drop=True)
+    answers = pd.read_csv(sim_dir / "test.csv", dtype={"userID": str})
+    answers = answers[answers["answerCode"] >= 0].reset_index(drop=True)
+    test, chosen = answers.head(300), answers.iloc[300:500].reset_index(drop=True)
     prod = load_predictor(lstm_bundle).predict_rows(test)
     logged = {("production", "test-v1"): prod, ("shadow", "shadow-worse"): np.random.default_rng(0).permutation(prod),
               ("shadow", "shadow-better"): test["p_true"].to_numpy()}  # fmt: skip
     client_db = tmp_path / "client.db"
     log_answers(client_db, test, logged)
+    # Questions chosen by target difficulty: production's probabilities squeezed at 0.7 (AUC 0.5), the worse
+    # shadow the simulator's truth. The gate leaves them out: n and production's AUC are the explored answers'.
+    at_target = {k: np.full(len(chosen), 0.7) if k[0] == "production" else chosen["p_true"].to_numpy() for k in logged}
+    log_answers(client_db, chosen, at_target, explored=False)
     gate = ["promote-shadow", "--client-db", str(client_db)]
 
     assert models_cli([*gate]) == 99  # no shadow yet
     assert "no shadow model is set" in capsys.readouterr().err
     assert models_cli(["shadow", "shadow-worse"]) == 0 and store.pointed("models", "shadow") == "shadow-worse"
     assert models_cli([*gate, "--min-answers", "301"]) == 99
-    assert "waiting: 300 of the 301 answers scored by both" in capsys.readouterr().err
+    assert "waiting: 300 of the 301 explored answers scored by both" in capsys.readouterr().err
     assert promotions.history(store) == []  # waiting records nothing
 
     assert models_cli([*gate, "--min-answers", "200", "--run-id", "r1"]) == 99
@@ -172,7 +180,12 @@ def test_promote_shadow_waits_refuses_a_worse_shadow_and_promotes_a_better_one(
     assert (refused["gate"], refused["candidate"], refused["production"], refused["promoted"]) == (
         "shadow", "shadow-worse", "test-v1", False)  # fmt: skip
     assert f["n"] == 300 and f["min_answers"] == 200 and f["diff_ci95"][0] > 0.005 and f["run_id"] == "r1"
-    assert f["production_auc"] == pytest.approx(auc(prod, test["answerCode"]))  # exactly the logged answers
+    assert f["production_auc"] == pytest.approx(auc(prod, test["answerCode"]))  # exactly the explored answers
+    # Online quality keeps every answer; --explored-only only those the gate reads.
+    for flag, n in (([], 500), (["--explored-only"], 300)):
+        assert models_cli(["quality", "--db", str(client_db), "--n-boot", "0", "--json", *flag]) == 0
+        rows = {r["model_version"]: r["n"] for r in json.loads(capsys.readouterr().out)}
+        assert rows == {"test-v1": n, "shadow-worse": n, "shadow-better": n}
     assert models_cli([*gate, "--min-answers", "200"]) == 99  # decided already: not recorded twice
     assert len(promotions.history(store)) == 1 and store.pointed("models", "production") == "test-v1"
 

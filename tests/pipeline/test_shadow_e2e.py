@@ -52,11 +52,11 @@ pytestmark = pytest.mark.slow
 GOOD = "test-v1"  # the session bundle's model_version
 PHASE_STUDENTS, PHASE_ANSWERS = 8, 20  # per phase: 160 answers, each scored by both models
 MIN_ANSWERS = 100  # DKT_SHADOW_MIN_ANSWERS: what the gate waits for
-# The page picks the candidate whose production probability is closest to DKT_TARGET_DIFFICULTY (0.7), so
-# production is judged on questions it chose: among the default 120 candidates its logged probabilities all fall
-# within 0.69-0.71 and its online AUC is about 0.5 whatever the model (docs/monitoring.md, Shadow models). With one
-# candidate the page does not choose, and the online AUCs compare the models.
-CANDIDATE_POOL = 1
+# A question chosen by target difficulty (the candidate whose production probability is closest to 0.7) squeezes
+# production's logged probabilities into 0.69-0.71 and its online AUC to about 0.5 whatever the model; the gate
+# therefore reads explored questions only (docs/monitoring.md#exploration). Every question explored here, so every
+# answer counts for the online AUCs and the gate alike.
+EXPLORE_RATE = 1.0
 
 
 def irt_students(questions_csv: Path) -> Chance:
@@ -170,7 +170,7 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
         "DKT_INFERENCE_TIMEOUT_S": "30", "DKT_INFERENCE_DEADLINE_S": "90",
         "DKT_CLIENT_PORT": str(client_port), "DKT_PROMETHEUS_PORT": str(prom_port),
         "DKT_PROMETHEUS_SCRAPE_INTERVAL": "1s", "DKT_SHADOW_MIN_ANSWERS": str(MIN_ANSWERS),
-        "DKT_CANDIDATE_POOL": str(CANDIDATE_POOL),
+        "DKT_EXPLORE_RATE": str(EXPLORE_RATE),
     }  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -206,6 +206,11 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
                 assert quality[version]["n"] == n == tally.answers
                 assert off is not None and abs(on - off) <= 0.02
             served = metrics_auc(base)
+            conn = sqlite3.connect(client_db)
+            try:  # every question was drawn at random, both roles' rows say so
+                assert conn.execute("SELECT DISTINCT explored FROM predictions").fetchall() == [(1,)]
+            finally:
+                conn.close()
             assert served.keys() == quality.keys()
             assert all(abs(served[v] - quality[v]["auc"]) < 1e-9 for v in served)
 
