@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dkt.bundle import BundleError, lineage, read_meta
 from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
 from dkt.quality import BY
-from pipeline import retrain
+from pipeline import promotions, retrain
 from pipeline.blobs import StoreError
 from pipeline.settings import SettingsError
 from pipeline.store import VersionedStore, VersionError
@@ -202,7 +202,6 @@ def quality_report(args: argparse.Namespace) -> int:
 def promote_shadow(args: argparse.Namespace, store: VersionedStore) -> int:
     """Gate (b); prints the figures (the Airflow task log) and the outcome. 0: promoted; 99: anything else."""
     from dkt.settings import TrainingSettings, load
-    from pipeline import promotions
 
     settings = load(TrainingSettings)
     min_answers = args.min_answers if args.min_answers is not None else settings.shadow_min_answers
@@ -222,8 +221,6 @@ def promote_shadow(args: argparse.Namespace, store: VersionedStore) -> int:
 
 
 def print_history(store: VersionedStore, as_json: bool) -> int:
-    from pipeline import promotions
-
     entries = promotions.history(store)
     if as_json:
         print(json.dumps(entries, indent=2))
@@ -242,7 +239,6 @@ def print_history(store: VersionedStore, as_json: bool) -> int:
 
 def manual_entry(store: VersionedStore, candidate: str, production: str | None, reason: str) -> dict[str, Any]:
     """A person's move of production: the history keeps it beside the gates', with the stored test AUCs."""
-    from pipeline import promotions
 
     def test_auc(version: str | None) -> float | None:
         auc = store.manifest("models", version).get("metrics", {}).get("test_auc") if version else None
@@ -288,17 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"version": m["version"], "dest": str(args.dest)}))
             return 0
         if args.cmd == "promote":
-            from pipeline import promotions
-
-            retrain.verify_stored(store, args.version)
+            promotions.verify_stored(store, args.version)
             previous = store.pointed("models", "production")
             doc = store.set_pointer("models", "production", args.version, reason="manual promote")
             promotions.record(store, manual_entry(store, args.version, previous, "manual promote"))
             print(json.dumps({"production": doc["version"], "previous": doc["history"][:1]}))
             return 0
         if args.cmd == "rollback":
-            from pipeline import promotions
-
             previous = store.pointed("models", "production")
             doc = store.rollback("models", "production")
             promotions.record(store, manual_entry(store, doc["version"], previous, doc["reason"]))
@@ -311,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"shadow": None, "cleared": store.clear_pointer("models", "shadow")}))
                 return 0
             version = store.resolve("models", args.version)
-            retrain.verify_stored(store, version)  # the deploy must be able to serve it beside production
+            promotions.verify_stored(store, version)  # the deploy must be able to serve it beside production
             doc = store.set_pointer("models", "shadow", version, reason="dkt models shadow")
             print(json.dumps({"shadow": doc["version"], "production": store.pointed("models", "production")}))
             return 0

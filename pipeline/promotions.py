@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from dkt.bundle import BundleError
 from pipeline.store import CorruptError, PointerMoved, VersionedStore
 
 if TYPE_CHECKING:
@@ -224,6 +227,22 @@ def shadow_pairs(scored: pd.DataFrame, production: str, shadow: str) -> pd.DataF
     return pairs.sort_values("interaction_id", kind="stable").reset_index(drop=True)
 
 
+def verify_stored(store: VersionedStore, version: str) -> dict[str, Any]:
+    """Pull a stored model version into a scratch folder and check that it loads and scores a smoke batch.
+
+    What is checked is what production would point at: the stored files, not a local copy of them.
+    Raises ``BundleError`` naming the version when it does not.
+    """
+    from dkt.verify import verify_bundle  # torch and the models: only when a model is checked
+
+    with tempfile.TemporaryDirectory(prefix=f"dkt-verify-{version}-") as tmp:
+        store.pull("models", version, Path(tmp))
+        try:
+            return verify_bundle(tmp)
+        except BundleError as exc:
+            raise BundleError(f"model version {version} cannot be served: {exc}") from None
+
+
 def promote_shadow(
     store: VersionedStore,
     scored: pd.DataFrame,
@@ -236,8 +255,6 @@ def promote_shadow(
     (``shadow_pairs``) and
     ``decide`` says promote; clears ``shadow`` then. A refusal is recorded once per (shadow, production) pair;
     too few answers, or answers that do not decide yet, are ``waiting`` and record nothing."""
-    from pipeline.retrain import verify_stored  # retrain imports this module: import on use
-
     shadow = store.pointed("models", "shadow")
     production = store.pointed("models", "production")
     if shadow is None:

@@ -18,11 +18,10 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dkt.bundle import BundleError, default_version, lineage, read_meta, write_json
+from dkt.bundle import default_version, lineage, read_meta, write_json
 from dkt.settings import TrainingSettings, load
 from pipeline import promotions
 from pipeline.data_update import read_json
@@ -182,22 +181,6 @@ def train(
     }
 
 
-def verify_stored(store: VersionedStore, version: str) -> dict[str, Any]:
-    """Pull a stored model version into a scratch folder and check that it loads and scores a smoke batch.
-
-    What is checked is what production would point at: the stored files, not a local copy of them.
-    Raises ``BundleError`` naming the version when it does not.
-    """
-    from dkt.verify import verify_bundle  # torch and the models: only when a model is checked
-
-    with tempfile.TemporaryDirectory(prefix=f"dkt-verify-{version}-") as tmp:
-        store.pull("models", version, Path(tmp))
-        try:
-            return verify_bundle(tmp)
-        except BundleError as exc:
-            raise BundleError(f"model version {version} cannot be served: {exc}") from None
-
-
 def _probabilities(bundle: Path, tables: list[pd.DataFrame]) -> list[np.ndarray]:
     """P(correct) of every row of each table through the serving loader (earlier rows of a student: context)."""
     from dkt.predictor import load_predictor
@@ -332,7 +315,7 @@ def promote_if_better(work: Path, store: VersionedStore, tolerance: float | None
         raise refuse(f"production moved from {previous} to {current} during this run")
     if not decision.promote:
         raise refuse(decision.reason)
-    verify_stored(store, candidate)  # BundleError: a model that does not load is never promoted
+    promotions.verify_stored(store, candidate)  # BundleError: a model that does not load is never promoted
     try:
         doc = store.set_pointer("models", "production", candidate, reason=decision.reason, only_if=previous)
     except PointerMoved as exc:
