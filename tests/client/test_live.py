@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,11 +208,27 @@ def test_operator_page_plots_in_the_browser_with_a_real_prometheus(
                 return bool(r.json()["data"]["result"])
 
             poll("Prometheus scrapes the service", service_scraped)
-            for _ in range(20):  # traffic after the first scrape: the next ones see the histogram grow
-                r = requests.post(service.url + "/predict", json={"candidates": [{"assessmentItemID": "A060001001",
-                                  "testId": "A060000001", "KnowledgeTag": 7224}]}, timeout=30)  # fmt: skip
-                assert r.status_code == 200, r.text[:300]
-            poll("a latency point in Prometheus", lambda: all(operator.latency_series(prom).values()))
+            # Traffic all along until a latency point shows: a rate needs the histogram to grow between two scrapes,
+            # and a burst sent before the first scrape that sees the series (it only exists once /predict has been
+            # called) would leave every later scrape equal: a rate of 0, a NaN quantile, no point.
+            stop, statuses = threading.Event(), []
+
+            def traffic() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(requests.RequestException):
+                        statuses.append(requests.post(service.url + "/predict", json={"candidates": [
+                            {"assessmentItemID": "A060001001", "testId": "A060000001", "KnowledgeTag": 7224}]},
+                            timeout=30).status_code)  # fmt: skip
+                    stop.wait(0.2)
+
+            sender = threading.Thread(target=traffic, daemon=True)
+            sender.start()
+            try:
+                poll("a latency point in Prometheus", lambda: all(operator.latency_series(prom).values()))
+            finally:
+                stop.set()
+                sender.join(timeout=60)
+            assert statuses and set(statuses) == {200}, statuses[:20]
 
             page.goto(web.url + "/operator")  # type: ignore[attr-defined]
             page.fill("#token", TOKEN)  # type: ignore[attr-defined]

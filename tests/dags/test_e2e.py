@@ -130,6 +130,15 @@ def students_then_three_dags(
                 after = run_students(base, sim_dir / "questions.csv", n_students=1, answers_each=3, seed=9,
                                      prefix="after")  # fmt: skip
                 assert after.failed == 0 and after.answers == 3
+
+                # The fourth DAG, in Airflow: a shadow set but no answers it scored yet (it is not served here),
+                # so the gate waits (exit 99: task skipped, run a success) and moves nothing.
+                py(full, ["-m", "dkt", "models", "shadow", "test-v1"])
+                log = airflow.dags_test("promote_shadow_dag", tmp_path / "promote-shadow.log")
+                assert "skip: waiting: 0 of the" in log and "explored answers scored by both" in log
+                assert store.pointed("models", "production") == new_v
+                assert store.pointed("models", "shadow") == "test-v1"
+                phases.done("promote_shadow_dag (waiting)")
         finally:
             deploy.stop_local()
             print(phases)
