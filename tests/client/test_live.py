@@ -194,7 +194,9 @@ def test_operator_page_plots_in_the_browser_with_a_real_prometheus(
            "DKT_STORE_ROOT": str(tmp_path / "filled" / "store"),
            "DKT_PROMETHEUS_URL": f"http://127.0.0.1:{prom_port}"}  # fmt: skip
     with gunicorn_client(env, tmp_path / "gunicorn.log", workers=1) as web:
-        settings = {"DKT_PROMETHEUS_PORT": str(prom_port), "DKT_PROMETHEUS_SCRAPE_INTERVAL": "1s",
+        # 3 s, not 1 s: the scrape timeout is the interval, and under CI load a 1 s scrape of the service's /metrics
+        # timed out again and again, so no two samples ever showed the histogram grow.
+        settings = {"DKT_PROMETHEUS_PORT": str(prom_port), "DKT_PROMETHEUS_SCRAPE_INTERVAL": "3s",
                     "DKT_SERVE_PORT": service.url.rsplit(":", 1)[1], "DKT_CLIENT_PORT": web.url.rsplit(":", 1)[1],
                     "DKT_VAR_DIR": str(tmp_path / "var"), "DKT_RUN_DIR": str(tmp_path / "run")}  # fmt: skip
         for name, value in settings.items():
@@ -221,10 +223,19 @@ def test_operator_page_plots_in_the_browser_with_a_real_prometheus(
                             timeout=30).status_code)  # fmt: skip
                     stop.wait(0.2)
 
+            def latency_point() -> bool:
+                if all(operator.latency_series(prom).values()):
+                    return True
+                queries = ('up{job="inference"}', 'count_over_time(up{job="inference"}[5m])',
+                           'bentoml_service_request_duration_seconds_count{endpoint="/predict"}')  # fmt: skip
+                seen = {q: requests.get(prom + "/api/v1/query", params={"query": q}, timeout=10).json()["data"]
+                        for q in queries}  # fmt: skip
+                raise ValueError(f"no latency point yet; Prometheus has {seen}")  # poll's last error if it never comes
+
             sender = threading.Thread(target=traffic, daemon=True)
             sender.start()
             try:
-                poll("a latency point in Prometheus", lambda: all(operator.latency_series(prom).values()))
+                poll("a latency point in Prometheus", latency_point, 300)
             finally:
                 stop.set()
                 sender.join(timeout=60)
