@@ -141,7 +141,13 @@ def test_service_stopped_then_switched(
     """A student keeps practising while the service is stopped; after a URL-file switch predictions return."""
     page = browser_page
     url_file = tmp_path / "inference_url"
-    env = bentoml_env(packed.home, packed.model_tag)  # type: ignore[attr-defined]
+    # Its own BENTOML_HOME (the models linked in): `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
+    # when it starts, which would leave the session's service counting into deleted files (its /metrics frozen for
+    # every later test, the operator page's latency among them).
+    home = tmp_path / "own-bentoml-home"
+    home.mkdir()
+    (home / "models").symlink_to(Path(packed.home) / "models")  # type: ignore[attr-defined]
+    env = bentoml_env(home, packed.model_tag)  # type: ignore[attr-defined]
     own_service = bentoml_service("service:DKTService", env, tmp_path / "own-bentoml.log")
     client = gunicorn_client(client_env(tmp_path, sim_dir, url_file), tmp_path / "gunicorn.log")
     with together(own_service, client) as (own, web):  # booting side by side; the client reads the file per request
