@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from client import create_app
+from tests.client.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.serving.servers import free_port
 
 
@@ -48,3 +49,28 @@ def serving(server: S) -> Iterator[S]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the module (a launch is seconds of CPU); each test gets its own context."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not installed (make test-setup installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def browser_page(browser: object) -> Iterator[object]:
+    # A new context is a fresh profile: no cookies, storage or cache from another test.
+    context = browser.new_context(viewport={"width": 1200, "height": 860})  # type: ignore[attr-defined]
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

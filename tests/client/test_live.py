@@ -4,104 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.client.browser import chart, client_env, shot, sign_up, solve, submit
 from tests.serving.servers import Server, bentoml_env, bentoml_service, free_port, gunicorn_client, together
-from tests.support.students import password_of
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = os.environ.get("DKT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """One headless Chromium for the module (a launch is seconds of CPU); each test gets its own context."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} not installed (make test-setup installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def browser_page(browser: object) -> Iterator[object]:
-    # A new context is a fresh profile: no cookies, storage or cache from another test.
-    context = browser.new_context(viewport={"width": 1200, "height": 860})  # type: ignore[attr-defined]
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-def client_env(tmp_path: Path, sim_dir: Path, url_file: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DKT_CLIENT_DB": str(tmp_path / "client.db"),
-        "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
-        "DKT_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",  # overridden by the URL file
-        "DKT_INFERENCE_URL_FILE": str(url_file),
-        "DKT_INFERENCE_TIMEOUT_S": "5",
-        "DKT_INFERENCE_RETRIES": "3",
-        "DKT_SECRET_KEY": "live-test-secret",
-    }
-
-
-def solve(question: str) -> str:
-    a, op, b = question.replace(" = ?", "").split()
-    x, y = int(a), int(b)
-    return str({"+": x + y, "-": x - y, "×": x * y, "÷": x // y if y else 0}[op])
-
-
-def chart(page: object) -> dict[str, float]:
-    rows = page.query_selector_all("#knowledge-chart li")  # type: ignore[attr-defined]
-    return {r.get_attribute("data-tag"): float(r.get_attribute("data-mastery")) for r in rows}
-
-
-def sign_up(page: object, base: str, username: str) -> None:
-    """Create a student account through the sign-in page's link and the registration form, as a student does."""
-    page.goto(base + "/")  # type: ignore[attr-defined]
-    page.click("#register-link")  # type: ignore[attr-defined]
-    page.fill("#username", username)  # type: ignore[attr-defined]
-    page.fill("#password", password_of(username))  # type: ignore[attr-defined]
-    page.click("#register-form button[type=submit]")  # type: ignore[attr-defined]
-
-
-def submit(page: object, text: str) -> None:
-    page.fill("#answer", text)  # type: ignore[attr-defined]
-    page.click("#answer-form button")  # type: ignore[attr-defined]
-    page.wait_for_selector(".flash")  # type: ignore[attr-defined]
-
-
-def shot(page: object, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
-    if out := os.environ.get("DKT_SCREENSHOT_DIR"):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(out) / path.name)
 
 
 def test_student_answers_and_sees_the_knowledge_state_update(
