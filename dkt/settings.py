@@ -196,6 +196,33 @@ class ClientSettings(Group):
         gt=0.0,
     )
     candidate_pool: int = env("DKT_CANDIDATE_POOL", 120, "unanswered items scored to pick the next question", "items")
+    diagnostic_items: int = env(
+        "DKT_DIAGNOSTIC_ITEMS",
+        6,
+        "a new student's diagnostic: this many questions, each from a different skill, before practice"
+        " (0: none; docs/student.md)",
+        "items",
+        ge=0,
+        le=16,
+    )
+    session_length: int = env(
+        "DKT_SESSION_LENGTH", 20, "answers after which a practice session ends with its summary", "answers", ge=1
+    )
+    daily_cap: int = env(
+        "DKT_DAILY_CAP",
+        10,
+        "answers per skill and day (UTC) before practice of that skill stops for the day (ASSISTments' skill"
+        " builder default)",
+        "answers",
+        ge=1,
+    )
+    review_after_days: float = env(
+        "DKT_REVIEW_AFTER_DAYS",
+        7.0,
+        "a started skill not practised for this many days is recommended as due for review",
+        "days",
+        gt=0.0,
+    )
     explore_rate: float = env(
         "DKT_EXPLORE_RATE",
         0.1,
@@ -277,6 +304,37 @@ class ClientSettings(Group):
         "the Prometheus server the operator page asks for the service's latency (its query API), e.g."
         " http://127.0.0.1:9090; unset: the page says Prometheus is not configured",
         "URL",
+    )
+    # The teacher views' at-risk rules (client/teacher.py, docs/teacher.md#at-risk-students).
+    at_risk_attempts: int = env(
+        "DKT_AT_RISK_ATTEMPTS",
+        10,
+        "the teacher page flags a student with this many answers in one skill whose level is still below"
+        " proficient (docs/teacher.md)",
+        "answers",
+        ge=1,
+    )
+    at_risk_score_drop: float = env(
+        "DKT_AT_RISK_SCORE_DROP",
+        5.0,
+        "the teacher page flags a student whose predicted score (mean mastery over all skills, out of 100) fell by"
+        " at least this much over their last DKT_AT_RISK_WINDOW answers",
+        "points",
+        gt=0.0,
+    )
+    at_risk_window: int = env(
+        "DKT_AT_RISK_WINDOW",
+        10,
+        "how many recent answers the falling-score rule of the teacher page looks back over",
+        "answers",
+        ge=1,
+    )
+    at_risk_inactive_days: float = env(
+        "DKT_AT_RISK_INACTIVE_DAYS",
+        7.0,
+        "the teacher page flags a student whose last answer is older than this (or who never answered)",
+        "days",
+        gt=0.0,
     )
 
 
