@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dkt.bundle import lineage
+from dkt.mastery import skill_levels
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
@@ -138,7 +139,8 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
         tags: Annotated[list[Tag], Field(max_length=settings.max_candidates)] | None = None,
     ) -> dict[str, Any]:
-        """Mastery per KnowledgeTag: P(correct) on a typical item of that skill, asked now."""
+        """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now), ``level`` and
+        ``evidence`` (answers in that skill in ``history``; the level rules are in ``dkt/mastery.py``)."""
         cands = self.predictor.catalog_candidates(tags)
         items = [Item(**row) for row in cands.to_dict("records")]
         prob = await self._score(Job(history=history, candidates=items)) if items else []
@@ -146,7 +148,7 @@ class DKTService:
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
-            "skills": [{"KnowledgeTag": tag, "mastery": p} for tag, p in sorted(mastery.items())],
+            "skills": skill_levels(mastery, [h.model_dump() for h in history]),
         }
 
     @bentoml.api(route="/score")

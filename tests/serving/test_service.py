@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from dkt.data.schema import validate
+from dkt.mastery import level, skill_evidence
 from dkt.predictor import load_predictor
 from tests.serving.servers import Server
 
@@ -133,8 +134,18 @@ def test_knowledge_state_and_score(service: Server, packed, sim_dir: Path) -> No
     p = load_predictor(packed.bundle)
     hist = validate(pd.DataFrame(history).assign(userID="u"), "h", row_offset=0)
     expected = p.knowledge_state(hist)
+    evidence = skill_evidence(history)
     for s in ks["skills"]:
         assert s["mastery"] == pytest.approx(expected[s["KnowledgeTag"]], abs=1e-5)
+        n, recent = evidence.get(s["KnowledgeTag"], (0, []))
+        assert s["evidence"] == n
+        assert s["level"] == level(s["mastery"], n, recent)
+    answered = {int(h["KnowledgeTag"]) for h in history}
+    assert {s["KnowledgeTag"] for s in ks["skills"] if s["evidence"]} == answered
+    # No answers in a skill: "not started", whatever the model's population-level P(correct) says.
+    assert all(s["level"] == "not started" for s in ks["skills"] if s["KnowledgeTag"] not in answered)
+    fresh = post(service, "/knowledge_state", {}).json()["skills"]
+    assert {(s["level"], s["evidence"]) for s in fresh} == {("not started", 0)}
     some = post(service, "/knowledge_state", {"history": history, "tags": [int(next(iter(catalog)))]}).json()
     assert len(some["skills"]) == 1
 
