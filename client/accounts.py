@@ -84,6 +84,8 @@ class Account:
     username: str
     role: str
     student_id: int | None
+    # Bumped by a password reset; a session signed in under another generation is ended (docs/accounts.md).
+    session_generation: int = 0
 
 
 # -- names ---------------------------------------------------------------------------------------------------
@@ -160,7 +162,9 @@ def _code_hash(code: str) -> str:
 # -- accounts ------------------------------------------------------------------------------------------------
 def _account(row: sqlite3.Row) -> Account:
     sid = row["student_id"]
-    return Account(int(row["id"]), str(row["username"]), str(row["role"]), int(sid) if sid is not None else None)
+    generation = int(row["session_generation"])
+    return Account(int(row["id"]), str(row["username"]), str(row["role"]), int(sid) if sid is not None else None,
+                   generation)  # fmt: skip
 
 
 def create_account(
@@ -206,9 +210,20 @@ def get(conn: sqlite3.Connection, account_id: int) -> Account | None:
     return _account(row) if row is not None else None
 
 
-def set_password(conn: sqlite3.Connection, account_id: int, password: str) -> None:
+def set_password(conn: sqlite3.Connection, account_id: int, password: str, end_sessions: bool = True) -> None:
+    """A new password hash; unless ``end_sessions`` is False (the same password re-hashed at sign-in), every
+    session signed in before ends at its next request: a reset password must lock out whoever had the old one."""
     digest = _hasher.hash(check_password(password))
-    conn.execute("UPDATE accounts SET password_hash = ? WHERE id = ?", (digest, account_id))
+    conn.execute(
+        "UPDATE accounts SET password_hash = ?, session_generation = session_generation + ? WHERE id = ?",
+        (digest, int(end_sessions), account_id),
+    )
+
+
+def session_generation(conn: sqlite3.Connection, account_id: int) -> int | None:
+    """The account's current session generation; None when the account no longer exists."""
+    row = conn.execute("SELECT session_generation FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return int(row[0]) if row is not None else None
 
 
 def _recent_failures(conn: sqlite3.Connection, scope: str, subject: str, since: float) -> list[float]:
@@ -269,7 +284,7 @@ def authenticate(conn: sqlite3.Connection, username: str, password: str, address
         if row is None or len(password) > PASSWORD_MAX:  # longer than any password that can be set
             return None
         if _hasher.check_needs_rehash(row["password_hash"]):  # parameters raised since it was hashed
-            set_password(conn, int(row["id"]), password)
+            set_password(conn, int(row["id"]), password, end_sessions=False)
         conn.execute("UPDATE accounts SET last_login_at = ? WHERE id = ?", (db.now(), row["id"]))
         return _account(row)
 
@@ -395,10 +410,20 @@ def register_routes(
             session["_flashes"] = messages
         session["account_id"] = account.id
         session["role"] = account.role
+        session["generation"] = account.session_generation
         if account.student_id is not None:
             session["student_id"] = account.student_id
             student_signed_in(account.student_id)
         return redirect(url_for("index"))
+
+    @app.before_request
+    def end_reset_sessions() -> None:
+        """A session from before its account's last password reset (or of a deleted account) is signed out
+        here, before any page reads it: the signed cookie alone cannot be revoked, the generation in the
+        database can. Sessions from before generations existed carry none and count as generation 0."""
+        aid = session.get("account_id")
+        if aid is not None and session_generation(conn(), int(aid)) != session.get("generation", 0):
+            session.clear()
 
     def signed_in() -> Account | None:
         aid = session.get("account_id")

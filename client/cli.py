@@ -84,14 +84,16 @@ def create_user(role: str, if_missing: bool, username: str) -> None:
 @_account_commands.command("reset-password")
 @click.argument("username")
 def reset_password(username: str) -> None:
-    """Give an account a new generated password, printed once on stdout."""
+    """Give an account a new generated password, printed once on stdout; its existing sessions end."""
     with contextlib.closing(_accounts_db()) as conn:
         account = accounts.find(conn, username)
         if account is None:
             raise _Refused(f"reset-password: no account named {username!r}")
         password = accounts.generate_password()
         accounts.set_password(conn, account.id, password)
-    _shown_once(f"new password for {account.role} account {account.username!r} (shown once):", password)
+    # set_password bumps the account's session generation: whoever is signed in with the old password is out.
+    _shown_once(f"new password for {account.role} account {account.username!r} (shown once; its existing sessions"
+                " are signed out):", password)  # fmt: skip
 
 
 @_account_commands.command("claim-code")

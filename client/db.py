@@ -225,6 +225,59 @@ def _add_explored(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE predictions ADD COLUMN explored INTEGER NOT NULL DEFAULT 0")
 
 
+def _add_session_generation(conn: sqlite3.Connection) -> None:
+    """Migration 11 (7-10 are reserved for work in progress elsewhere): ``accounts.session_generation``, bumped by a
+    password reset; a signed session carries the generation it was made under and is ended when it differs
+    (client/accounts.py), since a signed cookie cannot be revoked by itself. Existing accounts start at 0, the
+    generation a session from before this step is read as: they stay signed in until a reset."""
+    if "session_generation" not in {r[1] for r in conn.execute("PRAGMA table_info(accounts)")}:
+        conn.execute("ALTER TABLE accounts ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0")
+
+
+SESSIONS_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS practice_sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        student_id INTEGER NOT NULL REFERENCES students(id),
+        kind TEXT NOT NULL CHECK (kind IN ('diagnostic', 'practice')),
+        skill INTEGER,
+        reason TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        after_interaction INTEGER NOT NULL,
+        start_state TEXT,
+        ended_at TEXT,
+        end_interaction INTEGER,
+        end_reason TEXT,
+        summary TEXT,
+        CHECK ((kind = 'practice') = (skill IS NOT NULL))
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS practice_sessions_student ON practice_sessions(student_id, id)",
+)
+
+
+def _add_practice_sessions(conn: sqlite3.Connection) -> None:
+    """Migration 7: practice sessions (client/practice.py, docs/student.md). A session is a diagnostic (skills
+    across the bank) or the practice of one ``skill`` (a KnowledgeTag); its answers are the student's
+    interactions with ids in (``after_interaction``, ``end_interaction``]. ``start_state`` is the knowledge
+    state when it began (JSON), ``summary`` what its end showed (JSON), so a summary reads the same later."""
+    for statement in SESSIONS_SCHEMA:
+        conn.execute(statement)
+
+
+def _add_mastery_log(conn: sqlite3.Connection) -> None:
+    """Migration 8: the knowledge state after each answer (JSON: KnowledgeTag -> mastery, level, evidence), as
+    the service computed it then: the progress page plots it without asking the model about the past again
+    (and a later model does not rewrite what the student saw). An answer given while the service was down
+    gets its row at the next page that reaches the service, for the latest answer only."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS mastery_log (interaction_id INTEGER PRIMARY KEY REFERENCES interactions(id),"
+        " student_id INTEGER NOT NULL REFERENCES students(id), logged_at TEXT NOT NULL, model_version TEXT,"
+        " state TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS mastery_log_student ON mastery_log(student_id, interaction_id)")
+
+
 # (number, migration): applied in order, each once, in its own transaction (``init``). Never edit or renumber
 # a released step: append a new function with the next number. Steps 1-3 predate the migrations table; a
 # database from then is adopted by its ``PRAGMA user_version`` (see ``_adopt_user_version``).
@@ -235,6 +288,9 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (4, _add_answer_tokens),
     (5, _add_accounts),
     (6, _add_explored),
+    (7, _add_practice_sessions),
+    (8, _add_mastery_log),
+    (11, _add_session_generation),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATIONS_TABLE = (
@@ -684,3 +740,119 @@ def answer_summary(conn: sqlite3.Connection) -> tuple[int, datetime | None]:
     n = int(conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
     last = conn.execute("SELECT COALESCE(answered_at, Timestamp) FROM interactions ORDER BY id DESC LIMIT 1").fetchone()
     return n, datetime.fromisoformat(last[0]) if last is not None else None
+
+
+# -- practice sessions and the mastery log (migrations 7 and 8; client/practice.py) ---------------------------
+
+
+def last_interaction_id(conn: sqlite3.Connection, student_id: int) -> int:
+    row = conn.execute("SELECT MAX(id) FROM interactions WHERE student_id = ?", (student_id,)).fetchone()
+    return int(row[0] or 0)
+
+
+def open_session(conn: sqlite3.Connection, student_id: int) -> sqlite3.Row | None:
+    """The student's session in progress (the latest one not ended), if any."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM practice_sessions WHERE student_id = ? AND ended_at IS NULL ORDER BY id DESC LIMIT 1",
+        (student_id,),
+    ).fetchone()
+    return row
+
+
+def session(conn: sqlite3.Connection, student_id: int, session_id: int) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM practice_sessions WHERE student_id = ? AND id = ?", (student_id, session_id)
+    ).fetchone()
+    return row
+
+
+def last_ended_session(conn: sqlite3.Connection, student_id: int) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM practice_sessions WHERE student_id = ? AND ended_at IS NOT NULL AND summary IS NOT NULL"
+        " ORDER BY id DESC LIMIT 1",
+        (student_id,),
+    ).fetchone()
+    return row
+
+
+def had_diagnostic(conn: sqlite3.Connection, student_id: int) -> bool:
+    q = "SELECT 1 FROM practice_sessions WHERE student_id = ? AND kind = 'diagnostic' LIMIT 1"
+    return conn.execute(q, (student_id,)).fetchone() is not None
+
+
+def start_session(
+    conn: sqlite3.Connection, student_id: int, kind: str, skill: int | None, reason: str, state: dict[str, Any]
+) -> int:
+    """Open a session (ending any open one without a summary: a student has one session at a time)."""
+    now = utc_now().isoformat(sep=" ")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        last = last_interaction_id(conn, student_id)
+        conn.execute(
+            "UPDATE practice_sessions SET ended_at = ?, end_interaction = ?, end_reason = 'replaced'"
+            " WHERE student_id = ? AND ended_at IS NULL",
+            (now, last, student_id),
+        )
+        cur = conn.execute(
+            "INSERT INTO practice_sessions (student_id, kind, skill, reason, started_at, after_interaction,"
+            " start_state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (student_id, kind, skill, reason, now, last, json.dumps(state)),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(cur.lastrowid or 0)
+
+
+def end_session(conn: sqlite3.Connection, session_id: int, reason: str, summary: dict[str, Any]) -> bool:
+    """End a session in progress with its summary; False when it had ended already (another request)."""
+    cur = conn.execute(
+        "UPDATE practice_sessions SET ended_at = ?, end_reason = ?, summary = ?,"
+        " end_interaction = (SELECT COALESCE(MAX(i.id), 0) FROM interactions i WHERE i.student_id ="
+        " practice_sessions.student_id) WHERE id = ? AND ended_at IS NULL",
+        (utc_now().isoformat(sep=" "), reason, json.dumps(summary), session_id),
+    )
+    return cur.rowcount == 1
+
+
+def session_answers(conn: sqlite3.Connection, sess: sqlite3.Row) -> list[sqlite3.Row]:
+    """The answers given in a session, oldest first."""
+    end = sess["end_interaction"] if sess["end_interaction"] is not None else 2**62
+    return conn.execute(
+        "SELECT * FROM interactions WHERE student_id = ? AND id > ? AND id <= ? ORDER BY id",
+        (sess["student_id"], sess["after_interaction"], end),
+    ).fetchall()
+
+
+def skill_activity(conn: sqlite3.Connection, student_id: int, day: str) -> dict[int, tuple[str, int]]:
+    """Per KnowledgeTag the student answered: (when they last answered in it, answers in it on UTC ``day``)."""
+    rows = conn.execute(
+        "SELECT KnowledgeTag, MAX(COALESCE(answered_at, Timestamp)),"
+        " SUM(CASE WHEN substr(COALESCE(answered_at, Timestamp), 1, 10) = ? THEN 1 ELSE 0 END)"
+        " FROM interactions WHERE student_id = ? GROUP BY KnowledgeTag",
+        (day, student_id),
+    ).fetchall()
+    return {int(r[0]): (str(r[1]), int(r[2])) for r in rows}
+
+
+def log_mastery(
+    conn: sqlite3.Connection, student_id: int, interaction_id: int, state: dict[str, Any], model_version: str | None
+) -> None:
+    """The knowledge state after ``interaction_id`` (kept once: a later page for the same answer changes nothing)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO mastery_log (interaction_id, student_id, logged_at, model_version, state)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (interaction_id, student_id, utc_now().isoformat(sep=" "), model_version, json.dumps(state)),
+    )
+
+
+def mastery_history(conn: sqlite3.Connection, student_id: int) -> list[tuple[int, dict[str, Any]]]:
+    """(answer number, state) after each logged answer, oldest first; the answer number counts all the
+    student's answers (1 = the first), so gaps show where the service was down."""
+    rows = conn.execute(
+        "SELECT (SELECT COUNT(*) FROM interactions j WHERE j.student_id = m.student_id AND j.id <= m.interaction_id),"
+        " m.state FROM mastery_log m WHERE m.student_id = ? ORDER BY m.interaction_id",
+        (student_id,),
+    ).fetchall()
+    return [(int(r[0]), json.loads(r[1])) for r in rows]

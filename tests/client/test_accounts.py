@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -313,3 +314,37 @@ def test_make_up_creates_the_operator_once_and_a_private_secret(
     assert op.post("/login", data={**form, "csrf_token": token(op.get("/").get_data(as_text=True))}).status_code == 302
     with op.session_transaction() as s:
         assert s["role"] == "operator"
+
+
+def test_reset_password_ends_that_accounts_sessions_only(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reset password signs out every session of the account (the one who had the old password too), at its
+    next request; other accounts stay signed in, and a re-hash at sign-in (same password) ends nothing."""
+    dbp = tmp_path / "client.db"
+    first, other = app.test_client(), app.test_client()
+    assert register(first, "resetme")[0] == 200 and register(other, "bystander")[0] == 200
+    second = app.test_client()
+    assert login(second, "resetme", password_of("resetme"))[0] == 200
+    for c in (first, second, other):
+        assert c.get("/practice").status_code == 200  # signed in: the question page, no redirect
+    # An old hash (other argon2 parameters) is re-hashed at the next sign-in: same password, sessions kept.
+    old_hash = PasswordHasher(time_cost=1, memory_cost=8 * 1024).hash(password_of("resetme"))
+    with sqlite3.connect(dbp) as c:
+        c.execute("UPDATE accounts SET password_hash = ? WHERE username = 'resetme'", (old_hash,))
+    assert login(app.test_client(), "resetme", password_of("resetme"))[0] == 200
+    with sqlite3.connect(dbp) as c:
+        assert c.execute("SELECT password_hash FROM accounts WHERE username = 'resetme'").fetchone()[0] != old_hash
+    assert first.get("/practice").status_code == 200 and second.get("/practice").status_code == 200
+
+    new = cli(monkeypatch, capsys, dbp, "reset-password", "resetme")
+    for c in (first, second):
+        r = c.get("/practice")
+        assert r.status_code == 302 and r.headers["Location"] == "/", "a session from before the reset goes on"
+        with c.session_transaction() as s:
+            assert "account_id" not in s and "student_id" not in s  # cleared, not just redirected once
+    assert other.get("/practice").status_code == 200  # another account's session is untouched
+    fresh = app.test_client()
+    assert login(fresh, "resetme", password_of("resetme"))[0] == 401
+    assert login(fresh, "resetme", new)[0] == 200
+    assert fresh.get("/practice").status_code == 200 and fresh.get("/practice").status_code == 200
