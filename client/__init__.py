@@ -27,7 +27,6 @@ import sqlite3
 import sys
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,15 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from client import accounts, db, metrics, operator
-from client.inference import BaseURL, InferenceClient
+from client import accounts, db, metrics, operator, progress
+from client import practice as sessions  # `practice` is the page's view function
+from client.inference import BaseURL, InferenceClient, InferenceUnavailable
 from client.settings import load_settings
-from client.tutor import InferenceUnavailable, ItemBank, insights, logged_predictions, unavailable
-from dkt.itembank import grade
+from client.tutor import ItemBank, logged_predictions, skill_label, unavailable
+from dkt.itembank import grade, parse_number
 
 ACCOUNT_HOME = {"teacher": "/classes", "operator": "/operator"}  # where / sends a signed-in non-student
 MAX_ANSWER_CHARS = 32
-HISTORY_SENT = 500  # answers sent to the service; it keeps the last max_seq_len anyway
 METADATA_RETRY_S = 60.0  # a model version whose /metadata could not be read is asked again after this
 
 
@@ -72,6 +71,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     with db.connect(db_path) as conn:
         db.init(conn)
     app.extensions["dkt"] = {"bank": bank, "client": client}
+    tutor = sessions.Tutor(bank, client, cfg)  # sessions, diagnostic, summaries (client/practice.py)
     metadata_asked: dict[str, float] = {}  # model version -> when /metadata was asked about it (inf: stored)
     metrics_registry = metrics.registry(db_path, float(cfg["DKT_METRICS_WINDOW_DAYS"]), str(cfg["DKT_TERM_DATES"]))
 
@@ -92,29 +92,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     def refresh(student_id: int) -> None:
         """Ask the service about this student, choose the next question, store both (a refresh shows the same)."""
-        history = db.history(conn(), student_id, HISTORY_SENT)
-        answered = db.answered_items(conn(), student_id)
-        seed = zlib.crc32(f"{student_id}:{len(history)}".encode())
         request_id = uuid.uuid4().hex  # one per page decision: sent with each of its service calls
-        last = bank.item(history[-1]["assessmentItemID"]) if history else None
-        try:
-            with client.budget():  # one total deadline for the page's calls: a dripping service cannot hang it
-                nxt, shown = insights(
-                    client,
-                    bank,
-                    history,
-                    answered,
-                    float(cfg["DKT_TARGET_DIFFICULTY"]),
-                    int(cfg["DKT_CANDIDATE_POOL"]),
-                    seed,
-                    # The next question is rendered right after this: it is shown (its Timestamp) about now.
-                    at=db.next_timestamp(conn(), student_id),
-                    request_id=request_id,
-                    explore_rate=float(cfg["DKT_EXPLORE_RATE"]),
-                )
-        except (InferenceUnavailable, KeyError, TypeError, ValueError) as e:
-            nxt = bank.fallback_next(answered, last, seed) if history else bank.first_question()
-            shown = unavailable(str(e))
+        nxt, shown, failed = tutor.next_question(conn(), student_id, request_id)
+        if shown is None:
+            shown = unavailable(failed or "")
         predictions = logged_predictions(shown)
         db.set_current(conn(), student_id, nxt["assessmentItemID"], shown, request_id, predictions)
         for p in predictions:
@@ -161,13 +142,27 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # Sign-in, registration, claim of a nickname record, classes, sign-out (docs/accounts.md).
     accounts.register_routes(app, conn, student_signed_in)
 
+    def signed_in_student() -> int | None:
+        row = current_student()
+        return int(row["id"]) if row is not None else None
+
+    # Choosing a skill, ending a session, its summary (client/practice.py); the progress page (client/progress.py).
+    sessions.register_routes(app, conn, tutor, signed_in_student, refresh)
+    progress.register_routes(app, conn, signed_in_student)
+
     @app.get("/practice")
     def practice() -> str | Response:
         row = current_student()
         if row is None:  # signed out, or a teacher/operator: no student record (their session stays)
             return redirect(url_for("index"))
         shown = _json(row["insights"])
-        if row["current_item"] is None or bank.item(row["current_item"]) is None or not shown.get("available"):
+        sess = db.open_session(conn(), int(row["id"]))
+        if (
+            row["current_item"] is None
+            or bank.item(row["current_item"]) is None
+            or not shown.get("available")
+            or sess is None  # the student ended the session: the next one starts here
+        ):
             refresh(int(row["id"]))  # the service may be back: try again on each visit until it answers
             row = db.student(conn(), int(row["id"]))
             assert row is not None
@@ -176,15 +171,28 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if question is not None:  # the first render of this question is when it was shown; reloads keep it
             db.mark_shown(conn(), int(row["id"]), str(row["current_item"]))
         n, correct = db.counts(conn(), int(row["id"]))
+        ended = db.last_ended_session(conn(), int(row["id"]))
+        # The summary of a session that ended by a rule shows above the next question until the next answer.
+        just_ended = (
+            json.loads(ended["summary"])
+            if ended is not None
+            and ended["end_reason"] != "student"
+            and ended["end_interaction"] == db.last_interaction_id(conn(), int(row["id"]))
+            and n > 0
+            else None
+        )
         return render_template(
             "practice.html",
             nickname=row["nickname"],
             question=question,
+            question_skill=skill_label(int(question["KnowledgeTag"])) if question else "",
             shown=shown,
             n_answers=n,
             n_correct=correct,
             max_answer=MAX_ANSWER_CHARS,
             token=row["current_token"] or "",
+            just_ended=just_ended,
+            choices=[(t, skill_label(t)) for t in bank.tags],
         )
 
     def verdict(question: dict[str, Any], given: str, correct: bool, again: bool = False) -> None:
@@ -221,6 +229,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if not given or len(given) > MAX_ANSWER_CHARS:
             flash(f"Type an answer of 1 to {MAX_ANSWER_CHARS} characters.", "error")
             return redirect(url_for("practice"))
+        if parse_number(given) is None:  # a typo is not a wrong answer: refused, nothing stored
+            flash(f"“{given}” is not a number: type a whole number such as 42. Nothing was recorded.", "error")
+            return redirect(url_for("practice"))
         question = bank.item(item_id)
         if question is None:  # the item bank changed under this student: give them a question that exists
             refresh(student_id)
@@ -232,7 +243,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         except db.AlreadyAnswered:
             return already_answered(student_id, token)  # another worker stored this very submit first
         verdict(question, given, correct)
+        tag = int(question["KnowledgeTag"])
+        before = next((s for s in _json(row["insights"]).get("skills", []) if s.get("tag") == tag), None)
         refresh(student_id)
+        after_row = db.student(conn(), student_id)
+        after = next(
+            (s for s in _json(after_row["insights"] if after_row else None).get("skills", []) if s.get("tag") == tag),
+            None,
+        )
+        if after is not None:  # how this answer moved the skill's mastery (none while the service is down)
+            was = f"{100 * before['mastery']:.0f}%" if before and before.get("evidence") else "not started"
+            flash(f"{skill_label(tag)}: {was} → {100 * after['mastery']:.0f}% ({after['level']})", "move")
         return redirect(url_for("practice"))
 
     @app.get("/metrics")

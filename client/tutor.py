@@ -1,4 +1,9 @@
-"""Choosing the next question and gathering what the page shows after an answer."""
+"""Choosing the next question and gathering what the page shows after an answer.
+
+Skills are shown by name (``skill_label``: "Addition, level 2"), never by KnowledgeTag; tests by their skill
+and number within it (``ItemBank.test_label``). Prerequisites come from the item bank's skill order
+(dkt/itembank.py SKILLS, operation x level): a skill's prerequisite is the same operation one level lower
+(``prerequisites``); level-1 skills have none. Levels are dkt/mastery.py's."""
 
 from __future__ import annotations
 
@@ -6,7 +11,31 @@ import random
 from typing import Any
 
 from client.inference import InferenceClient, InferenceUnavailable
-from dkt.itembank import load_questions, skill_name
+from dkt.itembank import SKILLS, load_questions
+from dkt.mastery import LEVELS, level, skill_evidence
+
+OPERATION_NAMES = {"add": "Addition", "sub": "Subtraction", "mul": "Multiplication", "div": "Division"}
+TAG_SKILL = {s.tag: s for s in SKILLS}
+
+
+def skill_label(tag: int) -> str:
+    """A skill's name for people: "Addition, level 2"; a skill the bank's generator does not know: "New skill"."""
+    skill = TAG_SKILL.get(int(tag))
+    return f"{OPERATION_NAMES[skill.op]}, level {skill.level}" if skill is not None else "New skill"
+
+
+def prerequisites(tag: int) -> list[int]:
+    """The skills to master before ``tag``: the same operation one level lower (none for level 1 or unknown)."""
+    skill = TAG_SKILL.get(int(tag))
+    if skill is None or skill.level == 1:
+        return []
+    return [next(s.tag for s in SKILLS if s.op == skill.op and s.level == skill.level - 1)]
+
+
+def skill_order(tag: int) -> tuple[int, int]:
+    """Easiest first: level, then operation (the bank's base difficulty grows that way); unknown skills last."""
+    skill = TAG_SKILL.get(int(tag))
+    return (skill.level, SKILLS.index(skill)) if skill is not None else (99, int(tag))
 
 
 class ItemBank:
@@ -17,13 +46,35 @@ class ItemBank:
             for r in self.df.to_dict("records")
         }
         self.by_test: dict[str, list[str]] = self.df.groupby("testId")["assessmentItemID"].apply(list).to_dict()
+        self.tags: list[int] = sorted({int(t) for t in self.df["KnowledgeTag"]}, key=skill_order)
+        # Each skill's tests in id order: "test 2" of a skill is its second.
+        self.tests_of: dict[int, list[str]] = {
+            int(tag): sorted(g["testId"].unique()) for tag, g in self.df.groupby("KnowledgeTag")
+        }
+
+    def test_label(self, test_id: str) -> str:
+        items = self.by_test.get(test_id) or []
+        if not items:
+            return "a test"
+        tag = int(self.by_id[items[0]]["KnowledgeTag"])
+        return f"{skill_label(tag)} test {self.tests_of[tag].index(test_id) + 1}"
+
+    def skill_items(self, tag: int, answered: set[str]) -> list[dict[str, Any]]:
+        """The skill's items not answered yet (all of them again once the student has answered each)."""
+        items = self.df[self.df["KnowledgeTag"] == int(tag)]["assessmentItemID"].tolist()
+        return [self.by_id[i] for i in ([i for i in items if i not in answered] or items)]
 
     def item(self, item_id: str) -> dict[str, Any] | None:
         return self.by_id.get(item_id)
 
-    def pool(self, answered: set[str], size: int, seed: int) -> list[dict[str, Any]]:
-        """Up to ``size`` unanswered items spread over every skill (all items again once the bank is done)."""
-        left = self.df[~self.df["assessmentItemID"].isin(answered)]
+    def pool(
+        self, answered: set[str], size: int, seed: int, skip_tags: frozenset[int] = frozenset()
+    ) -> list[dict[str, Any]]:
+        """Up to ``size`` unanswered items spread over every skill not in ``skip_tags`` (all items again once
+        the bank is done)."""
+        left = self.df[~self.df["assessmentItemID"].isin(answered) & ~self.df["KnowledgeTag"].isin(skip_tags)]
+        if left.empty:
+            left = self.df[~self.df["KnowledgeTag"].isin(skip_tags)] if skip_tags else self.df
         if left.empty:
             left = self.df
         per_tag = max(1, size // max(1, left["KnowledgeTag"].nunique()))
@@ -65,19 +116,47 @@ def choose(probs: list[float], ids: list[str], target: float, explore_rate: floa
     return min(range(len(probs)), key=lambda i: (abs(probs[i] - target), ids[i])), False
 
 
+def knowledge_state(
+    client: InferenceClient, history: list[dict[str, Any]], request_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Per skill: ``tag``, ``name``, the model's ``mastery``, the ``level`` and its ``evidence`` (answers in it).
+
+    The service's ``/knowledge_state`` gives level and evidence (dkt/mastery.py); a service from before it
+    gave only mastery, and then the same ``dkt.mastery.level`` is applied here to the same history."""
+    state = client.post("/knowledge_state", {"history": history}, request_id)
+    evidence = skill_evidence(history)
+    skills = []
+    for s in state["skills"]:
+        tag = int(s["KnowledgeTag"])
+        mastery = float(s["mastery"])
+        n, recent = evidence.get(tag, (0, []))
+        lvl = str(s["level"]) if s.get("level") in LEVELS else level(mastery, n, recent)
+        skills.append(
+            {
+                "tag": tag,
+                "name": skill_label(tag),
+                "mastery": mastery,
+                "level": lvl,
+                "evidence": int(s.get("evidence", n)),
+            }
+        )
+    return sorted(skills, key=lambda s: skill_order(s["tag"]))
+
+
 def insights(
     client: InferenceClient,
     bank: ItemBank,
     history: list[dict[str, Any]],
-    answered: set[str],
+    pool: list[dict[str, Any]],
     target: float,
-    pool_size: int,
     seed: int,
+    skills: list[dict[str, Any]],
     at: str | None = None,
     request_id: str | None = None,
     explore_rate: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The next question and what to show; raises ``InferenceUnavailable`` when the service cannot answer.
+    """The next question among ``pool`` and what to show; raises ``InferenceUnavailable`` when the service
+    cannot answer. ``skills``: ``knowledge_state``'s answer for the same history.
 
     ``at`` is when the next question will be shown (its Timestamp to be): the service scores candidates as
     if asked then, which is what the model was trained on (docs/time-semantics.md). ``request_id`` is sent
@@ -86,7 +165,6 @@ def insights(
     the service scored one (the page never shows it; it is logged beside production's). ``explored``: the
     question was drawn at random (``explore_rate``, see ``choose``), not chosen by ``target``.
     """
-    pool = bank.pool(answered, pool_size, seed)
     body: dict[str, Any] = {"history": history, "candidates": [_item_body(q) for q in pool]}
     if at is not None:
         body["at"] = at
@@ -96,15 +174,15 @@ def insights(
         raise InferenceUnavailable(f"/predict answered {len(probs)} predictions for {len(pool)} candidates")
     best, explored = choose(probs, [str(q["assessmentItemID"]) for q in pool], target, explore_rate, seed)
     nxt = pool[best]
-    state = client.post("/knowledge_state", {"history": history}, request_id)
-    skills = [
-        {"tag": s["KnowledgeTag"], "name": skill_name(int(s["KnowledgeTag"])), "mastery": float(s["mastery"])}
-        for s in state["skills"]
-    ]
-    # The current test is the one the next question belongs to: what the student is about to sit.
+    # The test the next question belongs to: within a skill's session it is one of that skill's tests.
     test_items = [bank.by_id[i] for i in bank.by_test.get(str(nxt["testId"]), [])]
     score = client.post("/score", {"history": history, "questions": [_item_body(q) for q in test_items]}, request_id)
-    test_score = {"testId": nxt["testId"], "score": float(score["expected_score"]), "n": len(test_items)}
+    test_score = {
+        "testId": nxt["testId"],
+        "name": bank.test_label(str(nxt["testId"])),
+        "score": float(score["expected_score"]),
+        "n": len(test_items),
+    }
     shown = {
         "available": True,
         "next_probability": probs[best],
@@ -161,4 +239,14 @@ def unavailable(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason[:200]}
 
 
-__all__ = ["InferenceUnavailable", "ItemBank", "choose", "insights", "logged_predictions", "unavailable"]
+__all__ = [
+    "InferenceUnavailable",
+    "ItemBank",
+    "choose",
+    "insights",
+    "knowledge_state",
+    "logged_predictions",
+    "prerequisites",
+    "skill_label",
+    "unavailable",
+]

@@ -121,10 +121,16 @@ def load_questions(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def grade(given: str, correct: str) -> bool:
-    """Whether a typed answer is right: surrounding spaces, thousands separators and '+' are forgiven."""
+def parse_number(given: str) -> int | None:
+    """A typed whole number, or None: surrounding spaces, thousands separators and '+' are forgiven."""
     cleaned = given.strip().replace(",", "").replace(" ", "").lstrip("+")
     try:
-        return int(cleaned) == int(correct)
+        return int(cleaned)
     except ValueError:
-        return False
+        return None
+
+
+def grade(given: str, correct: str) -> bool:
+    """Whether a typed answer is right (``parse_number``'s forgiveness)."""
+    number = parse_number(given)
+    return number is not None and number == int(correct)
