@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +20,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from client.inference import BaseURL, InferenceClient, InferenceUnavailable
+from client.practice import recommend
 from dkt.data.io import read_csv
 from dkt.data.schema import COLUMNS
+from dkt.itembank import SKILLS
+from dkt.mastery import skill_levels
 from tests.client.conftest import make_app, serving
 from tests.serving.servers import PY, ROOT
 from tests.support.students import sign_up_form
@@ -100,6 +104,7 @@ def test_bad_input_and_csrf(tmp_path: Path, sim_dir: Path, dead_url: str) -> Non
     assert "Type an answer of 1 to 32" in r.get_data(as_text=True)
     page = answer(c, r.get_data(as_text=True), "<b>hi</b>")
     assert "&lt;b&gt;hi&lt;/b&gt;" in page and "<b>hi</b>" not in page  # echoed, escaped
+    assert "is not a number" in page and "0/0 correct" in page  # refused: nothing recorded
     r = c.post("/answer", data={"answer": "x" * 20000, "csrf_token": token(page)})
     assert r.status_code == 413
     assert c.post("/answer", data={"item": current_item(page), "answer": "1"}).status_code == 400
@@ -255,3 +260,118 @@ def test_question_is_stamped_when_first_shown_and_scored_at_that_time(
     assert list(exported.columns) == [*COLUMNS, "ResponseTime"]
     assert exported["ResponseTime"].iloc[0] >= 1.2
     assert exported["Timestamp"].tolist() == [ts1, ts2]
+
+
+class Tutoring(ThreadingHTTPServer):
+    """A stand-in service with the real response shapes: P(correct) per item from a hash of its id, mastery per
+    skill growing with right answers in it, levels from dkt.mastery (the service's own rules)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TutoringHandler)
+        self.predicted: list[dict[str, float]] = []  # item id -> probability, per /predict
+        self.scored = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def fake_probability(item_id: str) -> float:
+    return 0.05 + 0.9 * (zlib.crc32(item_id.encode()) % 1000) / 1000
+
+
+class _TutoringHandler(BaseHTTPRequestHandler):
+    server: Tutoring
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        out: dict[str, Any] = {"model_name": "fake", "model_version": "fake-1"}
+        if self.path == "/predict":
+            probs = {c["assessmentItemID"]: fake_probability(c["assessmentItemID"]) for c in body["candidates"]}
+            self.server.predicted.append(probs)
+            out["predictions"] = [{**c, "probability": probs[c["assessmentItemID"]]} for c in body["candidates"]]
+        elif self.path == "/knowledge_state":
+            right: dict[int, int] = {}
+            for h in body["history"]:
+                right[int(h["KnowledgeTag"])] = right.get(int(h["KnowledgeTag"]), 0) + int(h["answerCode"])
+            mastery = {s.tag: min(0.95, 0.3 + 0.1 * right.get(s.tag, 0)) for s in SKILLS}
+            out["skills"] = skill_levels(mastery, body["history"])
+        else:
+            self.server.scored += 1
+            out["expected_score"] = 50.0
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_diagnostic_then_one_skill_session_with_refusal_summary_and_progress(tmp_path: Path, sim_dir: Path) -> None:
+    questions = pd.read_csv(sim_dir / "questions.csv", dtype=str).set_index("assessmentItemID")
+    with serving(Tutoring()) as fake:
+        app = make_app(tmp_path, sim_dir, fake.url, DKT_DIAGNOSTIC_ITEMS=5, DKT_SESSION_LENGTH=4, DKT_EXPLORE_RATE=0.0)
+        c = app.test_client()
+        page = start(c, "ada")
+        assert "Getting to know you" in page and "Question 1 of 5" in page
+        tags = []
+        for i in range(5):  # the diagnostic: distinct skills, each the candidate closest to P = 0.5
+            item = current_item(page)
+            probs = fake.predicted[-1]
+            assert abs(probs[item] - 0.5) == min(abs(p - 0.5) for p in probs.values())
+            tags.append(questions.loc[item, "KnowledgeTag"])
+            page = answer(c, page, questions.loc[item, "answer"] if i % 2 == 0 else "-1")
+        assert len(set(tags)) == 5
+        assert "Diagnostic done" in page and "Next: practise" in page  # the summary card above the next question
+        assert "Practising" in page and "Why this skill: weakest" in page
+        # A non-numeric answer is refused and not recorded; the question stays.
+        item = current_item(page)
+        refused = answer(c, page, "abc")
+        assert "is not a number" in refused and current_item(refused) == item
+        assert "5/5" not in refused and "/5 correct" in refused
+        with sqlite3.connect(tmp_path / "client.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0] == 5
+            skill = conn.execute("SELECT skill FROM practice_sessions WHERE kind = 'practice'").fetchone()[0]
+        # Practice: every question of the session is of its skill, the one closest to the target 0.7.
+        for _ in range(4):
+            item = current_item(page)
+            assert int(questions.loc[item, "KnowledgeTag"]) == skill
+            probs = fake.predicted[-1]
+            assert {int(questions.loc[i, "KnowledgeTag"]) for i in probs} == {skill}
+            assert abs(probs[item] - 0.7) == min(abs(p - 0.7) for p in probs.values())
+            page = answer(c, page, questions.loc[item, "answer"])
+            assert "→" in page  # how the skill's mastery moved
+        # After DKT_SESSION_LENGTH answers: the summary, with the skill up and the predicted test scores.
+        assert "Session summary" in page and "Went up" in page and "Predicted test scores" in page
+        assert not re.search(r"A\d{9}", page.replace(f'value="{current_item(page)}"', ""))  # no item or test ids shown
+        progress = c.get("/progress").get_data(as_text=True)
+        assert progress.count("<polyline") == 5  # the five skills practised (the practice skill was one of them)
+        # The End session button: its summary page.
+        r = c.post("/session/end", data={"csrf_token": token(page)})
+        assert r.status_code == 302 and "/summary/" in r.headers["Location"]
+        assert "you ended it" in c.get(r.headers["Location"]).get_data(as_text=True)
+
+
+def test_recommendation_rules() -> None:
+    now = datetime(2026, 11, 26, 12)
+    add1, add2, sub1 = 1101, 1102, 2201
+    tags = [add1, sub1, add2]
+    fresh = (now - timedelta(hours=1)).isoformat(sep=" ")
+    old = (now - timedelta(days=9)).isoformat(sep=" ")
+    mastered = {"mastery": 0.9, "level": "mastered", "evidence": 8}
+    weak = {"mastery": 0.4, "level": "practising", "evidence": 2}
+    assert recommend({add1: mastered}, {add1: (old, 0)}, tags, now, 10, 7.0)[1].startswith("due for review: last")
+    assert recommend({add1: mastered, sub1: weak}, {add1: (fresh, 1), sub1: (fresh, 1)}, tags, now, 10, 7.0) == (
+        sub1,
+        "weakest: your lowest mastery among the skills you have started (40%)",
+    )
+    tag, why = recommend({add1: mastered}, {add1: (fresh, 3)}, tags, now, 10, 7.0)
+    assert (tag, why) == (sub1, "ready to learn: a first-level skill: nothing to know before it")
+    tag, why = recommend({add1: mastered, sub1: mastered}, {add1: (fresh, 3), sub1: (fresh, 3)}, tags, now, 10, 7.0)
+    assert (tag, why) == (add2, "ready to learn: you have mastered Addition, level 1")
+    # The daily cap: a capped skill is not recommended; all capped: the least practised today.
+    assert recommend({sub1: weak}, {sub1: (fresh, 10)}, tags, now, 10, 7.0)[0] != sub1
+    assert recommend({}, {t: (fresh, 10) for t in tags}, tags, now, 10, 7.0)[1].startswith("extra practice")
