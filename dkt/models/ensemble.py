@@ -175,6 +175,11 @@ class EnsemblePredictor(Predictor):
         members = tuple(m.step(s, answer) for m, s in zip(self.members, state.members, strict=True))
         return EnsembleState(last=resolve_at(EMPTY_HISTORY, answer["Timestamp"]), members=members)
 
+    def state_of(self, history: pd.DataFrame) -> EnsembleState:
+        """Each member's own ``state_of`` (its fast way to a cold student's state)."""
+        last = pd.Timestamp(history["Timestamp"].max()) if len(history) else None
+        return EnsembleState(last=last, members=tuple(m.state_of(history) for m in self.members))
+
     def score(self, state: EnsembleState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
         if len(candidates) == 0:
             return np.zeros(0)

@@ -17,7 +17,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame, count_features
+from dkt.data.features import (
+    CATEGORICAL,
+    CONTINUOUS,
+    ELAPSED_BOUNDS_S,
+    ELAPSED_CAP_S,
+    FIRST,
+    RESPONSE,
+    UNK,
+    FeatureEncoder,
+    FeatureFrame,
+    count_features,
+)
 
 ELAPSED_COLUMN = CONTINUOUS.index("elapsed_s")
 N_COUNT_COLUMNS = 4  # the first CONTINUOUS columns come from count_features
@@ -32,11 +43,16 @@ def resolve_at(history: pd.DataFrame, at: pd.Timestamp | str | None) -> pd.Times
     The default is never before the history's last answer: a caller that gives no time means "next",
     and a clock a little behind the one that stamped the answers must not hide them.
     """
+    return resolve_after(history["Timestamp"].max() if len(history) else None, at)
+
+
+def resolve_after(last: pd.Timestamp | None, at: pd.Timestamp | str | None) -> pd.Timestamp:
+    """``resolve_at`` given only the time of the last answer (None: no answers)."""
     if at is not None:
         ts = pd.Timestamp(at)
         return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
-    return max(now, history["Timestamp"].max()) if len(history) else now
+    return now if last is None else max(now, last)
 
 
 def known_before(history: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
@@ -171,37 +187,77 @@ class StudentFeatures:
 
     The running counts of labelled answers (overall and per skill, keyed by encoded KnowledgeTag as
     ``FeatureEncoder.transform`` keys them) and the last answer (for elapsed time and the previous
-    response). A value: ``after`` returns a new one and never changes this one.
+    response). A value: ``after`` returns a new one and never changes this one. Plain numbers, no
+    pandas: a serving cache keeps one per student, and one step must cost microseconds, not a table.
     """
 
     position: int = 0  # answers so far: the position the next row takes in the student's history
     n: int = 0  # labelled answers so far
     correct: int = 0
     tags: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # encoded tag -> (labelled, correct)
-    last: pd.DataFrame | None = None  # the last answer, one row of HISTORY_COLUMNS
+    last_ts: pd.Timestamp | None = None  # the last answer: when it was shown ...
+    last_code: int = -1  # ... its answerCode ...
+    last_tag: int = UNK  # ... and its encoded tag and item (the previous-response tokens)
+    last_item: int = UNK
 
     def encode(self, encoder: FeatureEncoder, candidates: pd.DataFrame, at: pd.Timestamp | None) -> FeatureFrame:
-        """Features of each candidate shown at ``at`` (default now) after these answers, one row each.
+        """Features of each candidate shown at ``at`` (default now) after these answers, one row each:
+        what ``encode_candidates`` gives them after the whole history (``FeatureEncoder.transform``'s rules,
+        per row, without building a table)."""
+        items = candidates["assessmentItemID"].astype(str).tolist()
+        tests = candidates["testId"].astype(str).tolist()
+        return self.encode_items(encoder, items, tests, candidates["KnowledgeTag"].astype("int64").tolist(), at)
 
-        The previous-row features come from ``encode_candidates`` over the last answer alone, the
-        counts from this state: together what ``encode_candidates`` gives after the whole history.
-        """
-        last = self.last if self.last is not None else answer_frame(EMPTY_ANSWER).iloc[0:0]
-        at = resolve_at(last, at)
-        if self.last is not None:
-            check_order(self.last["Timestamp"].iloc[0], at, "at")
-        enc = encode_candidates(encoder, [(last, candidates, at)])
-        if enc is None:
-            raise ValueError("no candidates to encode")
-        ff = frame_rows(enc.ff, enc.candidate_rows(0))
-        tag_counts = np.array([self.tags.get(int(t), (0, 0)) for t in ff.cat["tag"]], dtype=np.float64)
-        tag_counts = tag_counts.reshape(-1, 2)
-        k = len(ff)
+    def encode_items(
+        self, encoder: FeatureEncoder, items: list[str], tests: list[str], tags: list[int], at: pd.Timestamp | None
+    ) -> FeatureFrame:
+        """``encode`` from the candidates' columns as lists."""
+        at = resolve_after(self.last_ts, at)
+        if self.last_ts is not None:
+            check_order(self.last_ts, at, "at")
+        k = len(items)
+        raw = {
+            "item": items,
+            "test": tests,
+            "tag": [str(int(t)) for t in tags],
+            "head": [i[1:4] for i in items],
+            "paper": [i[1:7] for i in items],
+            "tail": [i[7:10] for i in items],
+        }
+        # The encoder's vocabularies looked up directly (``encode_column``'s rule: unseen -> UNK).
+        cat = {
+            name: np.array([encoder.vocab[name].get(v, UNK) for v in values], dtype=np.int64)
+            for name, values in raw.items()
+        }
+        if self.last_ts is None:  # the first row of a student: no previous row
+            elapsed, bucket = 0.0, UNK
+            prev = {name: UNK for name in RESPONSE}
+        else:
+            # As transform computes it: seconds since the epoch as float64, then the difference.
+            seconds = min(max(at.value / 1e9 - self.last_ts.value / 1e9, 0.0), ELAPSED_CAP_S)
+            bucket = int(np.searchsorted(ELAPSED_BOUNDS_S, seconds, side="right")) + FIRST
+            elapsed = seconds / ELAPSED_CAP_S
+            known = self.last_code >= 0
+            prev = {
+                "prev_answer": self.last_code + FIRST if known else FIRST + 2,
+                "prev_tag_resp": FIRST + 2 * self.last_tag + self.last_code if known else UNK,
+                "prev_item_resp": FIRST + 2 * self.last_item + self.last_code if known else UNK,
+            }
+        cat["elapsed"] = np.full(k, bucket, dtype=np.int64)
+        tag_counts = np.array([self.tags.get(int(t), (0, 0)) for t in cat["tag"]], dtype=np.float64).reshape(-1, 2)
         counts = count_features(
             np.full(k, float(self.n)), np.full(k, float(self.correct)), tag_counts[:, 0], tag_counts[:, 1]
         )
-        ff.cont[:, :N_COUNT_COLUMNS] = np.stack(counts, axis=1).astype(np.float32)
-        return ff
+        cont = np.stack([*counts, np.full(k, elapsed)], axis=1).astype(np.float32)
+        return FeatureFrame(
+            users=np.array(["0"], dtype=object),
+            user_starts=np.array([0, k], dtype=np.int64),
+            row_index=np.arange(k, dtype=np.int64),
+            answer=np.full(k, -1, dtype=np.int64),
+            cat={name: cat[name] for name in CATEGORICAL},
+            resp={name: np.full(k, prev[name], dtype=np.int64) for name in RESPONSE},
+            cont=cont,
+        )
 
     def after(self, encoder: FeatureEncoder, answer: Mapping[str, Any]) -> tuple[FeatureFrame, StudentFeatures]:
         """(the answer's own row of features, the state after it).
@@ -209,18 +265,45 @@ class StudentFeatures:
         A row's features never include its own answer, so the answer's row is encoded as a candidate
         shown at its Timestamp; the answer then moves the counts.
         """
-        row = answer_frame(answer)
-        ts = row["Timestamp"].iloc[0]
-        if self.last is not None:
-            check_order(self.last["Timestamp"].iloc[0], ts)
-        ff = self.encode(encoder, row, ts)
-        ff.answer[:] = row["answerCode"].to_numpy()
-        code = int(row["answerCode"].iloc[0])
-        state = replace(self, position=self.position + 1, last=row)
+        missing = [c for c in HISTORY_COLUMNS if c not in answer]
+        if missing:
+            raise ValueError(f"an answer needs {list(HISTORY_COLUMNS)}; missing {missing}")
+        ts = resolve_after(None, answer["Timestamp"])
+        if self.last_ts is not None:
+            check_order(self.last_ts, ts)
+        item, test = str(answer["assessmentItemID"]), str(answer["testId"])
+        ff = self.encode_items(encoder, [item], [test], [int(answer["KnowledgeTag"])], ts)
+        code = int(answer["answerCode"])
+        ff.answer[:] = code
+        tag, item = int(ff.cat["tag"][0]), int(ff.cat["item"][0])
+        state = replace(self, position=self.position + 1, last_ts=ts, last_code=code, last_tag=tag, last_item=item)
         if code >= 0:
-            tag = int(ff.cat["tag"][0])
             n, c = self.tags.get(tag, (0, 0))
             state = replace(
                 state, n=self.n + 1, correct=self.correct + code, tags={**self.tags, tag: (n + 1, c + code)}
             )
         return ff, state
+
+    @classmethod
+    def of(cls, ff: FeatureFrame, history: pd.DataFrame) -> StudentFeatures:
+        """The state after a history in one pass: ``history`` (one student, time order) and its encoding ``ff``
+        (``FeatureEncoder.transform`` of it), so a cold student costs one encoding, not a step per answer."""
+        m = len(ff)
+        if m == 0:
+            return cls()
+        answer = ff.answer.astype(np.int64)
+        known = answer >= 0
+        tags: dict[int, tuple[int, int]] = {}
+        for tag, code in zip(ff.cat["tag"][known].tolist(), answer[known].tolist(), strict=True):
+            n, c = tags.get(tag, (0, 0))
+            tags[tag] = (n + 1, c + code)
+        return cls(
+            position=m,
+            n=int(known.sum()),
+            correct=int(answer[known].sum()),
+            tags=tags,
+            last_ts=pd.Timestamp(history["Timestamp"].iloc[-1]),
+            last_code=int(answer[-1]),
+            last_tag=int(ff.cat["tag"][-1]),
+            last_item=int(ff.cat["item"][-1]),
+        )

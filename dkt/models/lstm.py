@@ -137,6 +137,23 @@ class LSTMPredictor(SequencePredictor):
         return LSTMState(features=features, windows=tuple(windows))
 
     @torch.no_grad()
+    def state_of(self, history: pd.DataFrame) -> LSTMState:
+        """The state ``step`` reaches, with each live window's rows run through the LSTM in one call."""
+        if len(history) == 0:
+            return self.initial_state()
+        hist, ff = self.encode_history(history)
+        m = len(ff)
+        windows: list[tuple[int, Recurrent | None]] = []
+        for start in range(int(window_start(m, self.max_seq_len)), m + 1, eval_stride(self.max_seq_len)):
+            if start == m:  # a window that starts at the next position holds no rows yet
+                windows.append((m, None))
+                continue
+            x, _ = self._embed_rows(ff, np.arange(start, m)[None, :])
+            _, rec = self.model.lstm(x)
+            windows.append((start, rec))
+        return LSTMState(features=StudentFeatures.of(ff, hist), windows=tuple(windows))
+
+    @torch.no_grad()
     def score(self, state: LSTMState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
         if len(candidates) == 0:
             return np.zeros(0)

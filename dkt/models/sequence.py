@@ -23,7 +23,15 @@ from dkt.config import ExperimentConfig, parse_config
 from dkt.data.features import FeatureEncoder, FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, Windows, scoring_windows, window_start
 from dkt.models.base import build_config
-from dkt.models.inputs import EncodedCandidates, Job, StudentFeatures, encode_candidates, frame_rows, stack_frames
+from dkt.models.inputs import (
+    HISTORY_COLUMNS,
+    EncodedCandidates,
+    Job,
+    StudentFeatures,
+    encode_candidates,
+    frame_rows,
+    stack_frames,
+)
 from dkt.models.interface import ModelKind, Predictor, TrainJob
 from dkt.scoring import score_windows
 from dkt.training import count_params, fit_sequence_model, resolve_device
@@ -126,6 +134,22 @@ class SequencePredictor(Predictor):
         m = features.position
         keep = len(rows) - (m - int(window_start(m, self.max_seq_len)))
         return WindowState(features=features, window=frame_rows(rows, np.arange(keep, len(rows))))
+
+    def encode_history(self, history: pd.DataFrame) -> tuple[pd.DataFrame, FeatureFrame]:
+        """(``history`` in time order, its rows encoded as one student's): what ``state_of`` starts from."""
+        hist = history.sort_values("Timestamp", kind="stable").loc[:, list(HISTORY_COLUMNS)]
+        return hist, self.encoder.transform(hist.assign(userID="0"))
+
+    def state_of(self, history: pd.DataFrame) -> WindowState:
+        """The state ``step`` reaches, in one encoding of the history: a cold student costs one pass."""
+        if len(history) == 0:
+            return self.initial_state()
+        hist, ff = self.encode_history(history)
+        m = len(ff)
+        return WindowState(
+            features=StudentFeatures.of(ff, hist),
+            window=frame_rows(ff, np.arange(int(window_start(m, self.max_seq_len)), m)),
+        )
 
     def score(self, state: WindowState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
         if len(candidates) == 0:
