@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from serving.settings import settings
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# Whose history a request carries, for the per-student state cache (serving/state_cache.py); optional.
+StudentId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 Tag = Annotated[int, Field(strict=True, ge=0, le=2**62)]  # a JSON integer: `true` or "7" is not a skill
 
 
