@@ -36,7 +36,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from client import accounts, db, metrics, operator, progress
+from client import accounts, db, metrics, operator, progress, teacher
 from client import practice as sessions  # `practice` is the page's view function
 from client.inference import BaseURL, InferenceClient, InferenceUnavailable
 from client.settings import load_settings
@@ -60,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     CSRFProtect(app)
     app.register_blueprint(operator.bp)  # /operator: the operator page (client/operator.py, docs/monitoring.md)
+    app.register_blueprint(teacher.bp)  # /teach: a teacher's class views (client/teacher.py, docs/teacher.md)
     bank = ItemBank(str(cfg["DKT_QUESTIONS"]))
     client = InferenceClient(
         BaseURL(str(cfg["DKT_INFERENCE_URL"]), str(cfg["DKT_INFERENCE_URL_FILE"])),
