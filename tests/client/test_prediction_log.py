@@ -121,11 +121,12 @@ def test_each_prediction_is_logged_and_joined_with_its_answer(tmp_path: Path, si
     # The third question was chosen (and predicted) before the switch: it keeps the version that predicted it.
     assert [p["model_version"] for p in log] == ["v-a", "v-a", "v-a", "v-b", "v-b"]
     assert log[4]["interaction_id"] is None and log[4]["answerCode"] is None
-    # One request id per page decision, sent with each of its three calls, and the one logged.
+    # One request id per page decision, sent with each of its three calls, and the one logged (the knowledge state
+    # first: the session rules of client/practice.py need it to choose the next question's skill).
     for p in log:
         assert [path for path, rid in fake.request_ids if rid == p["request_id"]] == [
-            "/predict",
             "/knowledge_state",
+            "/predict",
             "/score",
         ]
     # Each version's /metadata was read once, its test AUC kept.
