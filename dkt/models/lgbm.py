@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ from dkt.bundle import write_json
 from dkt.config import ConfigError, ExperimentConfig
 from dkt.data.features import FeatureEncoder
 from dkt.metrics import auc
-from dkt.models.inputs import Job, encode_candidates
+from dkt.models.inputs import HISTORY_COLUMNS, Job, StudentFeatures, encode_candidates
 from dkt.models.interface import ModelKind, Predictor, TrainJob, register
 from dkt.models.lgbm_features import (
+    STAT_KEYS,
     Rows,
+    RunningCounts,
     TargetStats,
+    base_features,
     causal_features,
     out_of_fold_stats,
     rows_from_frame,
@@ -223,6 +227,52 @@ class LGBMPredictor(Predictor):
         for u, (j, _, _) in enumerate(enc.jobs):
             results[j] = prob[bounds[u] : bounds[u + 1]]
         return results
+
+    # ------------------------------------------------------------ incremental form: running counts
+
+    def initial_state(self) -> LGBMState:
+        return LGBMState()
+
+    def step(self, state: LGBMState, answer: Mapping[str, Any]) -> LGBMState:
+        row, features = state.features.after(self.encoder, answer)
+        item = str(answer["assessmentItemID"])
+        raw = {"item": item, "test": str(answer["testId"]), "tag": str(int(answer["KnowledgeTag"])), "paper": item[1:7]}
+        p_item = float(self.stats.lookup("item", np.array([item], dtype=object), self.prior_weight)[0][0])
+        return LGBMState(features=features, counts=state.counts.after(raw, int(row.answer[0]), p_item))
+
+    def score(self, state: LGBMState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
+        if len(candidates) == 0:
+            return np.zeros(0)
+        ff = state.features.encode(self.encoder, candidates, at)
+        item = candidates["assessmentItemID"].astype(str).to_numpy()
+        raw = {
+            "item": item,
+            "test": candidates["testId"].astype(str).to_numpy(),
+            "tag": candidates["KnowledgeTag"].astype("int64").astype(str).to_numpy(),
+            "paper": np.asarray([s[1:7] for s in item], dtype=object),
+        }
+        stats = {key: self.stats.lookup(key, raw[key], self.prior_weight) for key in STAT_KEYS}
+        x = state.counts.features(base_features(ff), raw, stats)[self.features]
+        return np.asarray(self.booster.predict(x))
+
+    def state_of(self, history: pd.DataFrame) -> LGBMState:
+        """The state after a history in one encoding and one pass over it (a cold student)."""
+        if len(history) == 0:
+            return self.initial_state()
+        hist = history.sort_values("Timestamp", kind="stable").loc[:, list(HISTORY_COLUMNS)]
+        table = hist.assign(userID="0")
+        ff = self.encoder.transform(table)
+        rows = rows_from_frame(ff, table)
+        p_item = self.stats.lookup("item", rows.raw["item"], self.prior_weight)[0]
+        return LGBMState(StudentFeatures.of(ff, hist), RunningCounts.of(rows.raw, rows.answer, p_item))
+
+
+@dataclass(frozen=True)
+class LGBMState:
+    """The encoder's running features and the counts LightGBM's own features read (``RunningCounts``)."""
+
+    features: StudentFeatures = field(default_factory=StudentFeatures)
+    counts: RunningCounts = field(default_factory=RunningCounts)
 
 
 @register

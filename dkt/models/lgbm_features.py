@@ -11,7 +11,8 @@ statistics of the whole training set (``serving_stats``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -93,8 +94,13 @@ def rows_from_frame(ff: FeatureFrame, df: pd.DataFrame) -> Rows:
     group = np.repeat(np.arange(len(ff.users)), ff.user_lengths)
     new_user = np.zeros(len(ff), dtype=bool)
     new_user[ff.user_starts[:-1]] = True
+    return Rows(ff.row_index, ff.answer, group, new_user, raw, base_features(ff))
+
+
+def base_features(ff: FeatureFrame) -> pd.DataFrame:
+    """The encoder's features LightGBM reads, one column each, per row of ``ff``."""
     prev = ff.resp["prev_answer"]  # UNK: first answer, FIRST / FIRST+1: wrong / right, FIRST+2: unlabelled
-    base = pd.DataFrame(
+    return pd.DataFrame(
         {
             "tag": ff.cat["tag"],
             "head": ff.cat["head"],
@@ -104,7 +110,6 @@ def rows_from_frame(ff: FeatureFrame, df: pd.DataFrame) -> Rows:
             **{name: ff.cont[:, i] for i, name in enumerate(CONTINUOUS)},
         }
     )
-    return Rows(ff.row_index, ff.answer, group, new_user, raw, base)
 
 
 def _exclusive_cumsum(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -150,6 +155,97 @@ def causal_features(rows: Rows, stats_per_row: dict[str, tuple[np.ndarray, np.nd
     tag_n = _exclusive_cumsum(known, tag_k)
     f["tag_resid"] = np.where(tag_n > 0, _exclusive_cumsum(resid, tag_k) / np.maximum(tag_n, 1), np.nan)
     return f
+
+
+# ---------------------------------------------------------------- the same features, one answer at a time
+
+SEEN_KEYS: tuple[str, ...] = ("test", "paper", "item")
+
+
+def _ratio(total: float, n: float) -> float:
+    return total / max(n, 1) if n > 0 else np.nan
+
+
+@dataclass(frozen=True)
+class RunningCounts:
+    """What ``causal_features`` reads of a student's earlier answers, updated one answer at a time: sums in
+    the order ``causal_features``' cumulative sums add them, so the features come out bit for bit the same.
+    A value: ``after`` returns a new one."""
+
+    n: float = 0.0  # labelled answers
+    y: float = 0.0  # correct ones
+    seen: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=lambda: {k: {} for k in SEEN_KEYS})
+    recent: tuple[float, ...] = ()  # the last max(RECENT_WINDOWS) labelled answers, oldest first
+    resid: float = 0.0  # sum of (answer - item difficulty) over labelled answers
+    tag_resid: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # raw tag -> (labelled, resid)
+
+    def after(self, raw: Mapping[str, str], code: int, p_item: float) -> RunningCounts:
+        """After one answer: ``raw`` its item / test / tag / paper, ``p_item`` its item's smoothed P(correct)."""
+        known = 1.0 if code >= 0 else 0.0
+        y = float(code) if code >= 0 else 0.0
+        resid = (y - p_item) * known
+        seen = {}
+        for key in SEEN_KEYS:
+            n, c = self.seen[key].get(raw[key], (0.0, 0.0))
+            seen[key] = {**self.seen[key], raw[key]: (n + known, c + y)}
+        n, r = self.tag_resid.get(raw["tag"], (0.0, 0.0))
+        recent = (*self.recent, y)[-max(RECENT_WINDOWS) :] if known else self.recent
+        return replace(
+            self,
+            n=self.n + known,
+            y=self.y + y,
+            seen=seen,
+            recent=recent,
+            resid=self.resid + resid,
+            tag_resid={**self.tag_resid, raw["tag"]: (n + known, r + resid)},
+        )
+
+    @classmethod
+    def of(cls, raw: Mapping[str, np.ndarray], answer: np.ndarray, p_item: np.ndarray) -> RunningCounts:
+        """The counts after a whole history in one pass (rows in time order; ``after`` for each, summed alike)."""
+        n = y = resid = 0.0
+        seen: dict[str, dict[str, tuple[float, float]]] = {key: {} for key in SEEN_KEYS}
+        tag_resid: dict[str, tuple[float, float]] = {}
+        labelled: list[float] = []
+        for i, code in enumerate(answer.tolist()):
+            known = 1.0 if code >= 0 else 0.0
+            yi = float(code) if code >= 0 else 0.0
+            ri = (yi - float(p_item[i])) * known
+            n, y, resid = n + known, y + yi, resid + ri
+            for key in SEEN_KEYS:
+                v = str(raw[key][i])
+                kn, kc = seen[key].get(v, (0.0, 0.0))
+                seen[key][v] = (kn + known, kc + yi)
+            t = str(raw["tag"][i])
+            tn, tr = tag_resid.get(t, (0.0, 0.0))
+            tag_resid[t] = (tn + known, tr + ri)
+            if known:
+                labelled.append(yi)
+        recent = tuple(labelled[-max(RECENT_WINDOWS) :])
+        return cls(n=n, y=y, seen=seen, recent=recent, resid=resid, tag_resid=tag_resid)
+
+    def features(
+        self, base: pd.DataFrame, raw: dict[str, np.ndarray], stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> pd.DataFrame:
+        """``causal_features`` of candidate rows after these answers: ``base`` their encoder features,
+        ``raw`` their keys, ``stats`` their difficulty statistics (``serving_stats``)."""
+        k = len(base)
+        f = base.copy()
+        f["user_n"] = np.full(k, self.n)
+        f["user_acc_raw"] = np.full(k, _ratio(self.y, self.n))
+        for key in SEEN_KEYS:
+            nc = np.array([self.seen[key].get(str(v), (0.0, 0.0)) for v in raw[key]], dtype=np.float64).reshape(-1, 2)
+            f[f"{key}_seen"] = nc[:, 0]
+            f[f"{key}_acc"] = np.where(nc[:, 0] > 0, nc[:, 1] / np.maximum(nc[:, 0], 1), np.nan)
+        for w in RECENT_WINDOWS:
+            last = self.recent[-w:]
+            f[f"recent{w}_acc"] = np.full(k, sum(last) / len(last) if last else np.nan)
+        for key in STAT_KEYS:
+            f[f"{key}_p"], f[f"{key}_logn"] = stats[key]
+        f["user_resid"] = np.full(k, _ratio(self.resid, self.n))
+        nr = np.array([self.tag_resid.get(str(v), (0.0, 0.0)) for v in raw["tag"]], dtype=np.float64).reshape(-1, 2)
+        f["tag_resid"] = np.where(nr[:, 0] > 0, nr[:, 1] / np.maximum(nr[:, 0], 1), np.nan)
+        return f
 
 
 def serving_stats(rows: Rows, stats: TargetStats, prior_weight: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
