@@ -28,7 +28,8 @@ def create_app() -> Flask:
         body = request.get_json()
         history = validate(pd.DataFrame(body["history"]).assign(userID="u"), "history", row_offset=0)
         cands = pd.DataFrame(body["candidates"])
-        prob = predictor.predict_candidates(history.sort_values("Timestamp", kind="stable"), cands)
+        at = pd.Timestamp(body["at"]) if body.get("at") else None
+        prob = predictor.predict_candidates(history.sort_values("Timestamp", kind="stable"), cands, at)
         return jsonify({"model_version": predictor.model_version, "probabilities": prob.tolist()})
 
     return app

@@ -1,32 +1,45 @@
-"""Serving benchmark: the BentoML service (adaptive batching) against a naive per-request Flask baseline.
+"""Serving benchmark: the BentoML service against a naive per-request Flask baseline, side by side in one run.
 
     .venv/bin/python bench/serve_bench.py --model-dir artifacts/lstm
 
-Both servers run side by side in this one run, on the same model, one process
-each. Every request is one student: a history of --history answers and
---candidates items to score. Prints latency p50/p99 at concurrency 1 and
-throughput at each concurrency, then the ratios. Targets: p99 at concurrency 1
-under 50 ms; at concurrency 32, throughput >= 2x the baseline with no failed
-request.
+Both servers run on the same model (the service as `dkt serve` runs it, the baseline as one gunicorn process
+with 8 threads, one model call per request). Every request is one student: a history of --history answers and
+--candidates items to score. The load generator is asyncio (aiohttp, one connection per concurrent client, the
+bodies serialised before the clock starts) in this process; its CPU share is printed beside each level.
+
+What is measured, per level:
+  naive / service        the same request again and again (no student_id): the whole history every time
+  service cached         returning students (student_id): each client is one student whose next request
+                         carries one more answer, so the service steps one answer from the cached state
+  service cold           c=1 only: a new student_id each time (a full recompute, then cached)
+  cached, long history   c=1 only: the same as "cached" with --long-history answers (flat cost: ratio)
+Then the memory the cache holds per student (the service's own accounting in /metadata) for 10,000 students.
+
+Targets (issue 15): at c=32, cached throughput >= 5x the baseline's with 0 failed; at c=1, p99 <= 10 ms for a
+returning student and <= 30 ms for a cold one; the long history within 1.5x of the short one.
+Last line: ``serve: c32_ratio=<x> p99_c1_ms=<y> failed=<n>`` (<y>: the returning student's p99).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import numpy as np
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +50,9 @@ from tests.support.ports import free_port  # noqa: E402
 
 
 @contextmanager
-def server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path, timeout: float = 180) -> Iterator[None]:
+def server(
+    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, timeout: float = 240
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -46,14 +61,14 @@ def server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path, timeo
             if proc.poll() is not None:
                 raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; log: {log}")
             try:
-                if requests.get(ready_url, timeout=1).status_code < 500:
+                if requests.get(ready_url, timeout=2).status_code < 500:
                     break
             except requests.RequestException:
                 pass
             time.sleep(0.5)
         else:
             raise RuntimeError(f"{ready_url} not ready after {timeout:.0f} s; log: {log}")
-        yield
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -62,17 +77,17 @@ def server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path, timeo
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def make_body(model_dir: Path, n_history: int, n_candidates: int, seed: int) -> dict:
-    """One student's request built from the bundle's own item catalog (items the model knows)."""
+def answers(model_dir: Path, n: int, seed: int) -> list[dict]:
+    """``n`` answers of one student over the bundle's own item catalog (items the model knows), 40 s apart."""
     catalog = json.loads((model_dir / "catalog.json").read_text())
     items = [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
     rng = np.random.default_rng(seed)
     t0 = np.datetime64("2024-01-01T00:00:00")
-    history = []
-    for i in range(n_history):
+    out = []
+    for i in range(n):
         tag, item, test = items[int(rng.integers(len(items)))]
         ts = str(t0 + np.timedelta64(40 * i, "s")).replace("T", " ")
-        history.append(
+        out.append(
             {
                 "assessmentItemID": item,
                 "testId": test,
@@ -81,9 +96,14 @@ def make_body(model_dir: Path, n_history: int, n_candidates: int, seed: int) -> 
                 "Timestamp": ts,
             }
         )
-    picks = rng.choice(len(items), size=n_candidates, replace=len(items) < n_candidates)
-    candidates = [{"assessmentItemID": items[i][1], "testId": items[i][2], "KnowledgeTag": items[i][0]} for i in picks]
-    return {"history": history, "candidates": candidates}
+    return out
+
+
+def candidates(model_dir: Path, k: int, seed: int) -> list[dict]:
+    catalog = json.loads((model_dir / "catalog.json").read_text())
+    items = [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
+    picks = np.random.default_rng(seed).choice(len(items), size=k, replace=len(items) < k)
+    return [{"assessmentItemID": items[i][1], "testId": items[i][2], "KnowledgeTag": items[i][0]} for i in picks]
 
 
 @dataclass
@@ -91,52 +111,112 @@ class Result:
     latencies: np.ndarray
     seconds: float
     failed: int
+    client_cpu_s: float  # this process (the load generator) over the run
+    server_cpu_s: float  # the server's processes over the run
 
     @property
     def throughput(self) -> float:
         return len(self.latencies) / self.seconds
 
+    def pct(self, q: float) -> float:
+        return 1000 * float(np.percentile(self.latencies, q))
 
-def load(url: str, body: dict, concurrency: int, n_requests: int) -> Result:
-    payload = json.dumps(body)
-    sessions = [requests.Session() for _ in range(concurrency)]
 
-    def one(i: int) -> tuple[float, bool]:
-        start = time.perf_counter()
+def tree_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of a server and every process under it (BentoML's workers, gunicorn's worker)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
         try:
-            r = sessions[i % concurrency].post(
-                url, data=payload, headers={"Content-Type": "application/json"}, timeout=60
-            )
-            ok = r.status_code == 200 and len(r.json().get("predictions", r.json().get("probabilities", []))) > 0
-        except requests.RequestException:
-            ok = False
-        return time.perf_counter() - start, ok
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(one, range(n_requests)))
-    seconds = time.perf_counter() - start
-    for s in sessions:
-        s.close()
-    return Result(np.array([r[0] for r in results]), seconds, sum(not r[1] for r in results))
+
+async def _drive(url: str, streams: list[list[bytes]]) -> tuple[list[float], int, float]:
+    """One client per stream, each sending its bodies in order, one at a time; (latencies, failed, seconds)."""
+    latencies: list[float] = []
+    failed = 0
+    connector = aiohttp.TCPConnector(limit=len(streams), force_close=False)
+    timeout = aiohttp.ClientTimeout(total=60)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client(bodies: list[bytes]) -> None:
+            nonlocal failed
+            for body in bodies:
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        payload = await r.read()
+                        ok = r.status == 200 and b'"probabilit' in payload
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                latencies.append(time.perf_counter() - start)
+                failed += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(s) for s in streams))
+        return latencies, failed, time.perf_counter() - start
+
+
+def run_load(url: str, streams: list[list[bytes]], proc: psutil.Process) -> Result:
+    cpu0, srv0 = resource.getrusage(resource.RUSAGE_SELF), tree_cpu(proc)
+    latencies, failed, seconds = asyncio.run(_drive(url, streams))
+    cpu1, srv1 = resource.getrusage(resource.RUSAGE_SELF), tree_cpu(proc)
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return Result(np.array(latencies), seconds, failed, client_cpu, srv1 - srv0)
+
+
+def report(name: str, c: int, r: Result) -> None:
+    print(
+        f"{name:24s} c={c:<3d} p50 {r.pct(50):7.1f} ms  p99 {r.pct(99):7.1f} ms  {r.throughput:7.1f} req/s  "
+        f"failed {r.failed}  | load generator {100 * r.client_cpu_s / r.seconds:4.0f}% of a core, "
+        f"server {100 * r.server_cpu_s / r.seconds:4.0f}%",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True, help="model bundle written by train.py")
     ap.add_argument("--history", type=int, default=100, help="answers in each request's history")
+    ap.add_argument("--long-history", type=int, default=1000, help="the long history of the flat-cost check")
     ap.add_argument("--candidates", type=int, default=20, help="candidate items per request")
-    ap.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
+    ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level and server")
+    ap.add_argument("--concurrency", default="1,32", help="comma-separated concurrency levels")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
-    body = make_body(args.model_dir, args.history, args.candidates, args.seed)
+    model_dir = args.model_dir.resolve()
+    cands = candidates(model_dir, args.candidates, args.seed)
+    n_max = max(levels)
+    per_client = {c: max(1, args.requests // c) for c in levels}
+    # Each returning student has the answers of all its requests: request r carries the first history + r + 1.
+    longest = args.history + max(per_client.values()) + 2
+    students = [
+        answers(model_dir, max(longest, args.long_history + per_client[min(levels)] + 2), args.seed + s)
+        for s in range(n_max)
+    ]
+
+    def body(hist: list[dict], student_id: str | None = None) -> bytes:
+        doc = {"history": hist, "candidates": cands, "at": "2031-01-01 00:00:00"}
+        return json.dumps(doc | ({"student_id": student_id} if student_id else {})).encode()
+
+    same = body(students[0][: args.history])
+
+    def returning(c: int, n_hist: int, tag: str) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """(warm-up: each student's first request, the measured requests: one more answer each time)."""
+        warm = [[body(students[s][:n_hist], f"{tag}-{s}")] for s in range(c)]
+        timed = [[body(students[s][: n_hist + 1 + r], f"{tag}-{s}") for r in range(per_client[c])] for s in range(c)]
+        return warm, timed
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         env = {**os.environ, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+        env["DKT_ACCESS_LOG"] = "0"  # a log line per request is the server's cost, not the model's
         pack = subprocess.run(
-            [PY, "-m", "dkt", "pack", "--model-dir", str(args.model_dir), "--no-bento"],
+            [PY, "-m", "dkt", "pack", "--model-dir", str(model_dir), "--no-bento"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -150,46 +230,64 @@ def main(argv: list[str] | None = None) -> int:
         bento_cmd = [PY, "-m", "dkt", "serve", "--port", str(bento_port), "--host", "127.0.0.1"]
         naive_cmd = [PY, "-m", "gunicorn", "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{naive_port}"]
         naive_cmd.append("bench.naive_server:create_app()")
-        naive_env = {**env, "DKT_BUNDLE": str(args.model_dir.resolve())}
-        targets = {
-            "bentoml": f"http://127.0.0.1:{bento_port}/predict",
-            "naive": f"http://127.0.0.1:{naive_port}/predict",
-        }
+        naive_env = {**env, "DKT_BUNDLE": str(model_dir)}
+        bento_url, naive_url = f"http://127.0.0.1:{bento_port}", f"http://127.0.0.1:{naive_port}"
         results: dict[tuple[str, int], Result] = {}
+        print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
         with (
-            server(bento_cmd, env, f"http://127.0.0.1:{bento_port}/readyz", Path(tmp) / "bento.log"),
-            server(naive_cmd, naive_env, f"http://127.0.0.1:{naive_port}/", Path(tmp) / "naive.log"),
+            server(bento_cmd, env, f"{bento_url}/readyz", Path(tmp) / "bento.log") as bento_proc,
+            server(naive_cmd, naive_env, f"{naive_url}/", Path(tmp) / "naive.log") as naive_proc,
         ):
-            for url in targets.values():
-                load(url, body, 4, 20)  # warm-up: first calls pay for lazy imports and allocations
+            bento, naive = psutil.Process(bento_proc.pid), psutil.Process(naive_proc.pid)
+            predict = {"naive": (f"{naive_url}/predict", naive), "service": (f"{bento_url}/predict", bento)}
+            for url, proc in predict.values():  # warm-up: first calls pay for lazy imports and allocations
+                run_load(url, [[same] * 5] * 4, proc)
             for c in levels:
-                for name, url in targets.items():  # interleaved so background load hits both alike
-                    results[name, c] = load(url, body, c, args.requests)
-                    r = results[name, c]
-                    print(
-                        f"{name:8s} c={c:<3d} p50 {1000 * np.percentile(r.latencies, 50):7.1f} ms  "
-                        f"p99 {1000 * np.percentile(r.latencies, 99):7.1f} ms  "
-                        f"{r.throughput:7.1f} req/s  failed {r.failed}",
-                        flush=True,
-                    )
+                n = per_client[c]
+                for name in ("naive", "service"):  # interleaved so background load hits both alike
+                    url, proc = predict[name]
+                    results[name, c] = run_load(url, [[same] * n for _ in range(c)], proc)
+                    report(name, c, results[name, c])
+                warm, timed = returning(c, args.history, f"c{c}")
+                run_load(predict["service"][0], warm, bento)
+                results["cached", c] = run_load(predict["service"][0], timed, bento)
+                report("service cached", c, results["cached", c])
+                if c == 1:
+                    cold = [[body(students[0][: args.history], f"cold-{r}") for r in range(n)]]
+                    results["cold", 1] = run_load(predict["service"][0], cold, bento)
+                    report("service cold", 1, results["cold", 1])
+                    warm, timed = returning(1, args.long_history, "long")
+                    run_load(predict["service"][0], warm, bento)
+                    results["long", 1] = run_load(predict["service"][0], timed, bento)
+                    report(f"service cached {args.long_history}", 1, results["long", 1])
+            cache = requests.get(f"{bento_url}/metadata", timeout=30).json().get("state_cache", {})
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
     print(
         f"\nrequest: history {args.history} answers, {args.candidates} candidates; {args.requests} requests per level"
     )
-    if 1 in levels:
-        p99 = 1000 * np.percentile(results["bentoml", 1].latencies, 99)
-        print(f"bentoml p99 at c=1: {p99:.1f} ms (target < 50 ms: {'met' if p99 < 50 else 'NOT met'})")
+    failed = sum(r.failed for r in results.values())
     for c in levels:
-        ratio = results["bentoml", c].throughput / results["naive", c].throughput
+        ratio = results["service", c].throughput / results["naive", c].throughput
+        cached = results["cached", c].throughput / results["naive", c].throughput
+        print(f"c={c}: service/naive {ratio:.2f}x, service cached/naive {cached:.2f}x")
+    if 1 in levels:
+        warm, cold = results["cached", 1].pct(99), results["cold", 1].pct(99)
+        flat = results["long", 1].pct(50) / results["cached", 1].pct(50)
+        print(f"c=1 p99: returning {warm:.1f} ms (target <= 10: {'met' if warm <= 10 else 'NOT met'}), "
+              f"cold {cold:.1f} ms (target <= 30: {'met' if cold <= 30 else 'NOT met'})")  # fmt: skip
+        print(f"cached p50, {args.long_history} vs {args.history} answers: {flat:.2f}x "
+              f"(target <= 1.5x: {'met' if flat <= 1.5 else 'NOT met'})")  # fmt: skip
+    if cache.get("entries"):
+        per = cache["bytes"] / cache["entries"]
         print(
-            f"throughput ratio bentoml/naive at c={c}: {ratio:.2f}x  (failed: bentoml {results['bentoml', c].failed}, "
-            f"naive {results['naive', c].failed})"
+            f"state cache: {cache['entries']} students, {cache['bytes'] / 1e6:.2f} MB ({per / 1e3:.1f} kB each): "
+            f"{per * 10_000 / 1e6:.1f} MB per 10,000 students; hits {cache['hits']}, misses {cache['misses']}"
         )
-    if 32 in levels:
-        ok = (
-            results["bentoml", 32].throughput >= 2 * results["naive", 32].throughput
-            and results["bentoml", 32].failed == 0
-        )
-        print(f"target at c=32 (>= 2x naive, no failures): {'met' if ok else 'NOT met'}")
+    top = max(levels)
+    c_ratio = results["cached", top].throughput / results["naive", top].throughput
+    p99 = results["cached", 1].pct(99) if 1 in levels else float("nan")
+    print(f"serve: c{top}_ratio={c_ratio:.2f} p99_c1_ms={p99:.1f} failed={failed}")
     return 0
 
 
