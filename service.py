@@ -17,6 +17,7 @@ batcher -> frames -> predictor), its settings in ``serving/settings.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -37,9 +38,10 @@ from dkt.mastery import skill_levels
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
-from serving.schema import Interaction, Item, Job, Tag, Timestamp
+from serving.schema import Interaction, Item, Job, StudentId, Tag, Timestamp
 from serving.settings import settings
 from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
+from serving.state_cache import StateCache
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
 if settings.shadow_model_tag:
@@ -78,6 +80,8 @@ class DKTService:
         # A shadow asked for loads now or the service does not start (serving/shadow.py).
         self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
         self.batcher: MicroBatcher[Scoring, Scores] = MicroBatcher(self._infer, settings.max_batch_size)
+        # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
+        self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
 
     def metadata(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -99,6 +103,7 @@ class DKTService:
                 "max_body_bytes": settings.max_body_bytes,
             },
             **({"shadow": self.shadow.describe()} if self.shadow else {}),
+            **({"state_cache": self.states.describe()} if self.states else {}),
         }
 
     def _infer(self, batch: list[Scoring]) -> list[Scores]:
@@ -107,7 +112,9 @@ class DKTService:
         log.debug("batch of %d: %.1f ms", len(batch), 1e3 * (time.perf_counter() - start))
         return scores
 
-    async def _score(self, job: Job) -> list[float]:
+    async def _score(self, job: Job, student_id: str | None = None) -> list[float]:
+        if student_id is not None and self.states is not None:  # a returning student: from their cached state
+            return await asyncio.to_thread(self.states.scores, self.predictor, student_id, job)
         return (await self.batcher.submit(Scoring(job))).production
 
     @bentoml.api(route="/predict")
@@ -116,12 +123,17 @@ class DKTService:
         candidates: Annotated[list[Item], Field(min_length=1, max_length=settings.max_candidates)],
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006 (pydantic copies)
         at: Timestamp | None = None,
+        student_id: StudentId | None = None,
     ) -> dict[str, Any]:
         """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``.
 
         With a shadow model (``DKT_SHADOW_MODEL_TAG``) the response adds ``shadow``: its name, version and
         probabilities for the same candidates at the same time; without one the response is unchanged."""
-        scores = await self.batcher.submit(Scoring(Job(history=history, candidates=candidates, at=at), True))
+        job = Job(history=history, candidates=candidates, at=at)
+        if student_id is not None and self.shadow is None:  # with a shadow both score in one batch, uncached
+            scores = Scores(await self._score(job, student_id))
+        else:
+            scores = await self.batcher.submit(Scoring(job, True))
         out = {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
@@ -138,12 +150,13 @@ class DKTService:
         self,
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
         tags: Annotated[list[Tag], Field(max_length=settings.max_candidates)] | None = None,
+        student_id: StudentId | None = None,
     ) -> dict[str, Any]:
         """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now), ``level`` and
         ``evidence`` (answers in that skill in ``history``; the level rules are in ``dkt/mastery.py``)."""
         cands = self.predictor.catalog_candidates(tags)
         items = [Item(**row) for row in cands.to_dict("records")]
-        prob = await self._score(Job(history=history, candidates=items)) if items else []
+        prob = await self._score(Job(history=history, candidates=items), student_id) if items else []
         mastery = self.predictor.mastery(cands, np.asarray(prob)) if items else {}
         return {
             "model_name": self.predictor.model_name,
@@ -156,9 +169,10 @@ class DKTService:
         self,
         questions: Annotated[list[Item], Field(min_length=1, max_length=settings.max_candidates)],
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
+        student_id: StudentId | None = None,
     ) -> dict[str, Any]:
         """Expected score out of 100 on a question set: the mean P(correct) of its questions."""
-        prob = await self._score(Job(history=history, candidates=questions))
+        prob = await self._score(Job(history=history, candidates=questions), student_id)
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,

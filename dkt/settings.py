@@ -394,6 +394,14 @@ class ServiceSettings(Group):
         "threads",
     )
     access_log: Flag = env("DKT_ACCESS_LOG", True, "one log line per request; `0`, `false` or `no` turn it off")
+    state_cache_bytes: int = env(
+        "DKT_STATE_CACHE_BYTES",
+        512 * 1024 * 1024,
+        "per worker, the memory for cached per-student model states (requests with `student_id`; least recently"
+        " used dropped first; 0 = no cache)",
+        "bytes",
+        ge=0,
+    )
     model_name: str = env("DKT_MODEL_NAME", "dkt-model", "the BentoML model name packer.py stores bundles under")
 
 

@@ -251,3 +251,47 @@ def test_concurrent_requests_are_batched_correctly(service: Server, sim_dir: Pat
         )
     for b, r in zip(bodies, together, strict=True):
         assert len(r.json()["predictions"]) == len(b["candidates"])
+
+
+def test_returning_student_is_scored_from_the_cached_state(service: Server, sim_dir: Path) -> None:
+    """With `student_id` a returning student's second request hits the per-student state cache (its counter in
+    /metadata) and every endpoint answers what the same request without `student_id` answers."""
+    history, cands, at = student(sim_dir, 60, user_rank=1), items(sim_dir, 8, seed=4), "2031-01-01 00:00:00"
+
+    def cache() -> dict:
+        return requests.get(service.url + "/metadata", timeout=30).json()["state_cache"]
+
+    def predict(hist: list[dict], **extra: str) -> list[float]:
+        r = post(service, "/predict", {"history": hist, "candidates": cands, "at": at, **extra})
+        assert r.status_code == 200, r.text
+        return [p["probability"] for p in r.json()["predictions"]]
+
+    before = cache()
+    first = predict(history[:59], student_id="returning-1")
+    second = predict(history, student_id="returning-1")  # one answer more: one step from the cached state
+    after = cache()
+    assert after["hits"] == before["hits"] + 1 and after["steps"] == before["steps"] + 1
+    assert after["misses"] == before["misses"] + 1 and after["entries"] >= 1 and after["bytes"] > 0
+    np.testing.assert_allclose(first, predict(history[:59]), atol=1e-5)
+    np.testing.assert_allclose(second, predict(history), atol=1e-5)
+    # An edited history is not an extension of the cached one: recomputed, the same answer as uncached.
+    edited = [{**history[3], "answerCode": 1 - history[3]["answerCode"]}, *history[:3], *history[4:]]
+    np.testing.assert_allclose(predict(edited, student_id="returning-1"), predict(edited), atol=1e-5)
+    assert cache()["stale"] == after["stale"] + 1
+    # /score and /knowledge_state: the first call stores the state, the second reads it; both as uncached.
+    questions, tags = {"questions": cands}, {"tags": [c["KnowledgeTag"] for c in cands]}
+    for path, body, key, value in (
+        ("/score", questions, "probabilities", float),
+        ("/knowledge_state", tags, "skills", dict),
+    ):
+        plain = post(service, path, {"history": history, **body}).json()
+        for _ in range(2):
+            cached = post(service, path, {"history": history, "student_id": f"returning{path}", **body}).json()
+            assert cached.keys() == plain.keys() and len(cached[key]) == len(plain[key]) > 0
+            if value is dict:
+                assert [s["KnowledgeTag"] for s in cached[key]] == [s["KnowledgeTag"] for s in plain[key]]
+                got, want = [s["mastery"] for s in cached[key]], [s["mastery"] for s in plain[key]]
+            else:
+                got, want = cached[key], plain[key]
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    assert cache()["hits"] >= after["hits"] + 2
