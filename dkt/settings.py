@@ -421,6 +421,13 @@ class StoreSettings(Group):
         "AWS_ENDPOINT_URL", None, "boto3's own endpoint variable; used when DKT_S3_ENDPOINT_URL is unset", "URL"
     )
     region: str | None = env("AWS_DEFAULT_REGION", None, "the bucket's region (boto3's default when unset)")
+    s3_max_attempts: int = env(
+        "DKT_S3_MAX_ATTEMPTS",
+        5,
+        "tries per S3 call (boto3's standard retries, backoff up to 20 s): how long a store call rides out an"
+        " unreachable endpoint before the command fails",
+        ge=1,
+    )
     aws_access_key_id: SecretStr | None = env(
         "AWS_ACCESS_KEY_ID", None, "S3 credentials (boto3 reads them itself; or an instance role / ~/.aws)", secret=True
     )

@@ -331,7 +331,14 @@ class LocalBlobStore(BlobStore):
 class S3BlobStore(BlobStore):
     """Any S3-compatible store: AWS, MinIO, moto... Credentials come from boto3's usual chain (env vars etc.)."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 5,
+    ):
         import boto3
         from botocore.config import Config
 
@@ -342,7 +349,9 @@ class S3BlobStore(BlobStore):
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60),
+            config=Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60
+            ),
         )
 
     @property
@@ -473,5 +482,7 @@ class S3BlobStore(BlobStore):
 
 def open_blobs(settings: StoreSettings) -> BlobStore:
     if settings.kind == "s3":
-        return S3BlobStore(settings.bucket, settings.prefix, settings.endpoint_url, settings.region)
+        return S3BlobStore(
+            settings.bucket, settings.prefix, settings.endpoint_url, settings.region, settings.s3_max_attempts
+        )
     return LocalBlobStore(settings.root)

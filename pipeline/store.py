@@ -529,8 +529,10 @@ class VersionedStore:
         try:
             yield
         except BaseException:
-            if not lease.lost and not self.blobs.exists(f"{kind}/{version}/{MANIFEST}"):
-                with contextlib.suppress(StoreError, OSError):
+            # Best effort, the existence check included: when the store is what failed (its endpoint gone), the
+            # check fails too, and its error would replace the push's own. The next push's sweep removes the rest.
+            with contextlib.suppress(StoreError, OSError):
+                if not lease.lost and not self.blobs.exists(f"{kind}/{version}/{MANIFEST}"):
                     self._wipe(f"{kind}/{version}", keep={LEASE})
             raise
 
