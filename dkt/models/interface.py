@@ -31,8 +31,10 @@ ensemble and serving all go through the two classes below.
     it was given, so a cache may hand the same state to concurrent requests. Each kind chooses what a
     state holds: the LSTM its recurrent state (one O(1) step per answer); attention models the encoded
     rows of the window the next answer is scored in (bounded by ``max_seq_len``, the window rule of
-    ``dkt.data.sequences.window_start``); LightGBM the answers themselves (its features look at the
-    whole history); the ensemble one state per member.
+    ``dkt.data.sequences.window_start``); LightGBM the running counts its features read
+    (``dkt.models.lgbm_features.RunningCounts``); the ensemble one state per member. Each kind's
+    ``state_of`` reaches the same state in one pass over the history (a cold student's cost), and
+    ``serving/state_cache.py`` keeps states per student between requests.
 
 The registry: ``model_names()`` lists the modules of dkt/models that are not ``SUPPORT_MODULES`` (shared
 pieces kinds are built from), without importing them; ``kind_class(name)`` imports ``dkt.models.<name>``
