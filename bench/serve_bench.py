@@ -173,7 +173,8 @@ def report(name: str, c: int, r: Result) -> None:
     print(
         f"{name:24s} c={c:<3d} p50 {r.pct(50):7.1f} ms  p99 {r.pct(99):7.1f} ms  {r.throughput:7.1f} req/s  "
         f"failed {r.failed}  | load generator {100 * r.client_cpu_s / r.seconds:4.0f}% of a core, "
-        f"server {100 * r.server_cpu_s / r.seconds:4.0f}%",
+        f"server {100 * r.server_cpu_s / r.seconds:4.0f}%, {1000 * r.server_cpu_s / len(r.latencies):5.1f} CPU-ms"
+        " per request",
         flush=True,
     )
 

@@ -34,13 +34,18 @@ def job_frames(jobs: list[Job]) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.Tim
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     out = []
     for j, job in enumerate(jobs):
-        cands = pd.DataFrame(
-            {
-                "assessmentItemID": [c.assessmentItemID for c in job.candidates],
-                "testId": [c.testId for c in job.candidates],
-                "KnowledgeTag": np.array([c.KnowledgeTag for c in job.candidates], dtype="int64"),
-            }
-        )
-        at = pd.Timestamp(job.at) if job.at else None
+        cands, at = candidates_frame(job)
         out.append((hist.iloc[bounds[j] : bounds[j + 1]].reset_index(drop=True), cands, at))
     return out
+
+
+def candidates_frame(job: Job) -> tuple[pd.DataFrame, pd.Timestamp | None]:
+    """(candidates, at) of one job: what the model scores after the history."""
+    cands = pd.DataFrame(
+        {
+            "assessmentItemID": [c.assessmentItemID for c in job.candidates],
+            "testId": [c.testId for c in job.candidates],
+            "KnowledgeTag": np.array([c.KnowledgeTag for c in job.candidates], dtype="int64"),
+        }
+    )
+    return cands, pd.Timestamp(job.at) if job.at else None

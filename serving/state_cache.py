@@ -32,11 +32,14 @@ import pandas as pd
 import torch
 
 from dkt.predictor import Predictor
-from serving.frames import job_frames
+from serving.frames import candidates_frame, job_frames
 from serving.schema import Job
 
 # One answer as the cache compares it: what the model reads of it.
 AnswerKey = tuple[str, str, int, str, int]
+# A state is measured when stored cold and again every this many answers: one more answer changes its size by
+# a few bytes (a window state grows by a row until max_seq_len), and walking it costs as much as a model step.
+RESIZE_EVERY = 32
 
 
 def state_bytes(obj: Any, _seen: set[int] | None = None) -> int:
@@ -115,13 +118,17 @@ class StateCache:
             self.counters.steps += len(answers) - entry.n
             return entry.state, entry.n
 
-    def store(self, version: str, student_id: str, answers: list[AnswerKey], state: Any) -> None:
-        nbytes = self.sizer(state) + sys.getsizeof(student_id) + 200  # + the entry and the table's slot
+    def store(self, version: str, student_id: str, answers: list[AnswerKey], state: Any, resize: bool = True) -> None:
+        """Keep ``state`` as the student's; ``resize=False``: it is about the size of the entry it replaces."""
+        nbytes = self.sizer(state) + sys.getsizeof(student_id) + 200 if resize else 0  # + the entry, its slot
         with self.lock:
             self._bind(version)
             old = self.entries.pop(student_id, None)
             if old is not None:
                 self.bytes -= old.nbytes
+                nbytes = nbytes or old.nbytes
+            if not nbytes:
+                nbytes = self.sizer(state) + sys.getsizeof(student_id) + 200
             if nbytes > self.max_bytes:
                 return  # one state larger than the whole cache: not kept
             self.entries[student_id] = Entry(version, len(answers), hash(tuple(answers)), state, nbytes)
@@ -158,9 +165,10 @@ class StateCache:
             for item, test, code, ts, tag in answers[n:]:
                 answer = {"assessmentItemID": item, "testId": test, "answerCode": code, "Timestamp": ts}
                 state = predictor.step(state, answer | {"KnowledgeTag": tag})
+            resize = len(answers) // RESIZE_EVERY > n // RESIZE_EVERY
         else:
             history, _, _ = job_frames([Job(history=rows, candidates=job.candidates, at=job.at)])[0]
-            state = predictor.state_of(history)
-        self.store(version, student_id, answers, state)
-        _, cands, at = job_frames([Job(candidates=job.candidates, at=job.at)])[0]
+            state, resize = predictor.state_of(history), True
+        self.store(version, student_id, answers, state, resize=resize)
+        cands, at = candidates_frame(job)
         return [float(p) for p in predictor.score(state, cands, at)]
