@@ -217,11 +217,9 @@ class Tutor:
         moves = []
         for tag in sorted(set(start) | set(state), key=skill_order):
             before, after = start.get(tag, {}), state.get(tag, {})
-            if "mastery" not in after:
-                continue
+            if "mastery" not in after or not int(after.get("evidence", 0)):
+                continue  # a skill without answers is "not started", whatever the model's figure did
             change = float(after["mastery"]) - float(before.get("mastery", after["mastery"]))
-            if abs(change) < MOVED and tag not in practised:
-                continue  # untouched and unmoved: not news
             moves.append(
                 {
                     "name": skill_label(tag),

@@ -34,14 +34,12 @@ def register_routes(app: Flask, conn: Callable[[], sqlite3.Connection], student_
             return redirect(url_for("index"))
         history = db.mastery_history(conn(), sid)
         series = mastery_series(history)
-        chart = (
-            line_chart(series, "Mastery of each skill you practised", "answer", "mastery (%)", y_range=(0, 100))
-            if series
-            else None
-        )
+        # One small chart per skill: sixteen lines and their legend in one chart are unreadable on a phone.
+        x_range = (1.0, max(2.0, float(max(n for n, _ in history)))) if history else (1.0, 2.0)
+        charts = [line_chart([s], s.name, "answer", "mastery (%)", x_range=x_range, y_range=(0, 100)) for s in series]
         latest = history[-1][1] if history else {}
         levels = [
             (skill_label(int(t)), s["level"], 100 * float(s["mastery"]), int(s.get("evidence", 0)))
             for t, s in sorted(latest.items(), key=lambda kv: skill_order(int(kv[0])))
         ]
-        return render_template("progress.html", chart=chart, levels=levels)
+        return render_template("progress.html", charts=charts, levels=levels)

@@ -182,6 +182,15 @@ class Recorder(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
+def reply_json(handler: BaseHTTPRequestHandler, out: dict[str, Any]) -> None:
+    data = json.dumps(out).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _RecorderHandler(BaseHTTPRequestHandler):
     server: Recorder
 
@@ -201,12 +210,7 @@ class _RecorderHandler(BaseHTTPRequestHandler):
             out = {"skills": [{"KnowledgeTag": 1, "mastery": 0.5}]}
         else:
             out = {"expected_score": 50.0}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, out)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -269,7 +273,6 @@ class Tutoring(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _TutoringHandler)
         self.predicted: list[dict[str, float]] = []  # item id -> probability, per /predict
-        self.scored = 0
 
     @property
     def url(self) -> str:
@@ -297,14 +300,8 @@ class _TutoringHandler(BaseHTTPRequestHandler):
             mastery = {s.tag: min(0.95, 0.3 + 0.1 * right.get(s.tag, 0)) for s in SKILLS}
             out["skills"] = skill_levels(mastery, body["history"])
         else:
-            self.server.scored += 1
             out["expected_score"] = 50.0
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, out)
 
     def log_message(self, *args: object) -> None:
         pass
