@@ -847,12 +847,21 @@ def log_mastery(
     )
 
 
+def latest_mastery(conn: sqlite3.Connection, student_id: int) -> dict[str, Any]:
+    """The knowledge state logged after the student's latest logged answer ({} before any)."""
+    row = conn.execute(
+        "SELECT state FROM mastery_log WHERE student_id = ? ORDER BY interaction_id DESC LIMIT 1", (student_id,)
+    ).fetchone()
+    return json.loads(row[0]) if row is not None else {}
+
+
 def mastery_history(conn: sqlite3.Connection, student_id: int) -> list[tuple[int, dict[str, Any]]]:
     """(answer number, state) after each logged answer, oldest first; the answer number counts all the
     student's answers (1 = the first), so gaps show where the service was down."""
     rows = conn.execute(
-        "SELECT (SELECT COUNT(*) FROM interactions j WHERE j.student_id = m.student_id AND j.id <= m.interaction_id),"
-        " m.state FROM mastery_log m WHERE m.student_id = ? ORDER BY m.interaction_id",
-        (student_id,),
+        "SELECT n.k, m.state FROM mastery_log m JOIN (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS k"
+        " FROM interactions WHERE student_id = ?) n ON n.id = m.interaction_id WHERE m.student_id = ?"
+        " ORDER BY m.interaction_id",
+        (student_id, student_id),
     ).fetchall()
     return [(int(r[0]), json.loads(r[1])) for r in rows]

@@ -145,8 +145,7 @@ class Tutor:
 
     def last_state(self, conn: sqlite3.Connection, student_id: int) -> State:
         """The knowledge state logged after the student's latest logged answer ({} before any)."""
-        logged = db.mastery_history(conn, student_id)
-        return {int(t): v for t, v in logged[-1][1].items()} if logged else {}
+        return {int(t): v for t, v in db.latest_mastery(conn, student_id).items()}
 
     # -- sessions ---------------------------------------------------------------------------------------------
     def settle(self, conn: sqlite3.Connection, student_id: int, state: State, request_id: str | None) -> sqlite3.Row:
