@@ -397,26 +397,29 @@ def mastery_over_time(
     return [(k, _skills(tags, history[:k], a)) for k, a in zip(points, answers, strict=True)], None
 
 
-def over_time_plot(series: list[tuple[int, dict[int, Skill]]], tags: Sequence[int], name: str) -> Markup:
-    """One line per skill the student practised (the others have no evidence to show), mastery in %."""
+def over_time_plots(series: list[tuple[int, dict[int, Skill]]], tags: Sequence[int]) -> list[Markup]:
+    """One small chart per skill the student practised (the others have no evidence to show): mastery in % after
+    each point of the history. Small multiples rather than one chart of many lines: each stays readable, and on a
+    phone too."""
     practised = [t for t in tags if series and series[-1][1][t].evidence > 0]
-    lines = []
+    charts = []
     for t in practised:
         points = [(float(k), 100.0 * float(skills[t].mastery or 0.0)) for k, skills in series]
         tips = [
             f"after {k} answers: {100 * float(skills[t].mastery or 0):.0f}% ({skills[t].level})" for k, skills in series
         ]
-        lines.append(plots.Series(skill_name(t), points, tips=tips))
-    return plots.line_chart(
-        lines,
-        f"{name}: mastery per skill over time",
-        "answers so far",
-        "mastery (%)",
-        x_tick=lambda v: f"{v:.0f}",
-        y_range=(0.0, 100.0),
-        y_fmt=lambda v: f"{v:.0f}",
-        kind="mastery-over-time",
-    )
+        chart = plots.line_chart(
+            [plots.Series("mastery", points, tips=tips)],
+            f"{skill_name(t)}: now {series[-1][1][t].level}",
+            "answers so far",
+            "mastery (%)",
+            x_tick=lambda v: f"{v:.0f}",
+            y_range=(0.0, 100.0),
+            y_fmt=lambda v: f"{v:.0f}",
+            kind="mastery-over-time",
+        )
+        charts.append(chart)
+    return charts
 
 
 # -- CSV ------------------------------------------------------------------------------------------------------
@@ -477,6 +480,24 @@ def _render_or_csv(
     return render_template(template, **context)
 
 
+def page_and_csv(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Route ``path`` to the view as a page (endpoint: the function's name) and ``path.csv`` to the same view as
+    a CSV download (endpoint: the name + ``_csv``): two endpoints, so ``url_for`` never picks one for the other."""
+
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        def page(**kw: Any) -> Any:
+            return view(fmt="html", **kw)
+
+        def as_csv(**kw: Any) -> Any:
+            return view(fmt="csv", **kw)
+
+        bp.add_url_rule(path, view.__name__, page, methods=["GET"])
+        bp.add_url_rule(path + ".csv", view.__name__ + "_csv", as_csv, methods=["GET"])
+        return view
+
+    return register
+
+
 @bp.get("")
 def home() -> str:
     with closing(_conn()) as conn:
@@ -484,8 +505,7 @@ def home() -> str:
         return render_template("teacher_home.html", account=teacher, classes=accounts.classes_of(conn, teacher))
 
 
-@bp.get("/class/<int:class_id>", defaults={"fmt": "html"})
-@bp.get("/class/<int:class_id>.csv", defaults={"fmt": "csv"})
+@page_and_csv("/class/<int:class_id>")
 def grid(class_id: int, fmt: str) -> str | Response:
     with closing(_conn()) as conn:
         teacher, klass, people = _view(conn, class_id)
@@ -526,8 +546,7 @@ def grid(class_id: int, fmt: str) -> str | Response:
     )
 
 
-@bp.get("/class/<int:class_id>/at-risk", defaults={"fmt": "html"})
-@bp.get("/class/<int:class_id>/at-risk.csv", defaults={"fmt": "csv"})
+@page_and_csv("/class/<int:class_id>/at-risk")
 def risk(class_id: int, fmt: str) -> str | Response:
     with closing(_conn()) as conn:
         teacher, klass, people = _view(conn, class_id)
@@ -552,8 +571,7 @@ def risk(class_id: int, fmt: str) -> str | Response:
     )
 
 
-@bp.get("/class/<int:class_id>/items", defaults={"fmt": "html"})
-@bp.get("/class/<int:class_id>/items.csv", defaults={"fmt": "csv"})
+@page_and_csv("/class/<int:class_id>/items")
 def items(class_id: int, fmt: str) -> str | Response:
     with closing(_conn()) as conn:
         teacher, klass, _ = _view(conn, class_id)
@@ -600,8 +618,7 @@ def items(class_id: int, fmt: str) -> str | Response:
     )
 
 
-@bp.get("/class/<int:class_id>/time", defaults={"fmt": "html"})
-@bp.get("/class/<int:class_id>/time.csv", defaults={"fmt": "csv"})
+@page_and_csv("/class/<int:class_id>/time")
 def time_view(class_id: int, fmt: str) -> str | Response:
     with closing(_conn()) as conn:
         teacher, klass, people = _view(conn, class_id)
@@ -634,8 +651,7 @@ def time_view(class_id: int, fmt: str) -> str | Response:
     )
 
 
-@bp.get("/class/<int:class_id>/student/<int:student_id>", defaults={"fmt": "html"})
-@bp.get("/class/<int:class_id>/student/<int:student_id>.csv", defaults={"fmt": "csv"})
+@page_and_csv("/class/<int:class_id>/student/<int:student_id>")
 def student(class_id: int, student_id: int, fmt: str) -> str | Response:
     with closing(_conn()) as conn:
         teacher, klass, people = _view(conn, class_id)
@@ -648,7 +664,7 @@ def student(class_id: int, student_id: int, fmt: str) -> str | Response:
     if why is not None:
         current_app.logger.warning("teacher page: /knowledge_state unavailable: %s", why)
     now = series[-1][1] if series else _skills(tags, history, None)
-    plot = over_time_plot(series, tags, member.name) if series and any(s.evidence for s in now.values()) else None
+    charts = over_time_plots(series, tags)
 
     def rows() -> tuple[list[str], list[list[Any]]]:
         return ["answers_so_far", "skill", "level", "mastery_pct"], [
@@ -667,7 +683,7 @@ def student(class_id: int, student_id: int, fmt: str) -> str | Response:
         klass=klass,
         member=member,
         skills=[now[t] for t in tags],
-        plot=plot,
+        charts=charts,
         message=SERVICE_DOWN if why else None,
         answers=len(history),
         view="student",

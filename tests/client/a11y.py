@@ -35,7 +35,8 @@ def describe(found: list[dict[str, Any]]) -> str:
     for v in found:
         lines.append(f"{v['id']} ({v['impact']}): {v['help']}")
         for node in v["nodes"][:5]:
-            lines.append(f"    {' '.join(node['target'])}: {node.get('failureSummary', '').splitlines()[-1:]}")
+            why = " ".join(node.get("failureSummary", "").split())
+            lines.append(f"    {' '.join(str(t) for t in node['target'])}: {why}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.client import a11y
 from tests.client.browser import chart, client_env, shot, sign_up, solve, submit
 from tests.serving.servers import Server, bentoml_env, bentoml_service, free_port, gunicorn_client, together
 
@@ -46,6 +47,7 @@ def test_student_answers_and_sees_the_knowledge_state_update(
         page.reload()  # type: ignore[attr-defined]
         assert page.inner_text("#question-text") == q  # type: ignore[attr-defined]
         assert "2/4 correct" in page.inner_text("header")  # type: ignore[attr-defined]
+        a11y.check(page, "the practice page")
         shot(page, tmp_path, "practice")
 
 

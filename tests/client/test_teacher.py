@@ -135,6 +135,7 @@ def test_only_the_owning_teacher_sees_a_class_and_a_stopped_service_is_said(
     grace = student_in(app, "grace", theirs)
     home = noether.get("/teach").get_data(as_text=True)
     assert "5B maths" in home and "6A maths" not in home
+    assert f'href="/teach/class/{mine}"' in home  # the class's page, not its CSV
     for view in VIEWS:
         for suffix in ("", ".csv"):
             url = f"/teach/class/{mine}{view}{suffix}" if view else f"/teach/class/{mine}{suffix}"
