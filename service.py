@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from starlette.applications import Starlette
@@ -35,6 +36,7 @@ from starlette.routing import Route
 
 from dkt.bundle import lineage
 from dkt.mastery import skill_levels
+from dkt.models.inputs import resolve_after
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
@@ -145,6 +147,22 @@ class DKTService:
             out["shadow"] = self.shadow.field(scores.shadow)  # logged by the client, never shown
         return out
 
+    async def _skill_mastery(self, history: list[Interaction], items: list[Item]) -> dict[int, float]:
+        """Per skill with answers: its typical items scored after its own answers only (``dkt/mastery.py``), at
+        the time the whole history's request is asked, so only the evidence differs."""
+        answered = sorted({h.KnowledgeTag for h in history if h.answerCode in (0, 1)})
+        own = [[i for i in items if i.KnowledgeTag == tag] for tag in answered]
+        last = max((pd.Timestamp(h.Timestamp) for h in history), default=None)
+        at = resolve_after(last, None).isoformat(sep=" ")
+        jobs = [
+            Job(history=[h for h in history if h.KnowledgeTag == tag], candidates=mine, at=at)
+            for tag, mine in zip(answered, own, strict=True)
+            if mine
+        ]
+        probs = await asyncio.gather(*(self._score(job) for job in jobs))
+        cands = pd.DataFrame([i.model_dump() for job in jobs for i in job.candidates], columns=list(Item.model_fields))
+        return self.predictor.mastery(cands, np.concatenate([np.zeros(0), *probs])) if jobs else {}
+
     @bentoml.api(route="/knowledge_state")
     async def knowledge_state(
         self,
@@ -152,16 +170,18 @@ class DKTService:
         tags: Annotated[list[Tag], Field(max_length=settings.max_candidates)] | None = None,
         student_id: StudentId | None = None,
     ) -> dict[str, Any]:
-        """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now), ``level`` and
-        ``evidence`` (answers in that skill in ``history``; the level rules are in ``dkt/mastery.py``)."""
+        """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now, after the whole
+        history), ``skill_mastery`` (the same after that skill's own answers only; null without any), ``level``
+        (from ``skill_mastery`` and the evidence) and ``evidence`` (answers in that skill): ``dkt/mastery.py``."""
         cands = self.predictor.catalog_candidates(tags)
         items = [Item(**row) for row in cands.to_dict("records")]
         prob = await self._score(Job(history=history, candidates=items), student_id) if items else []
         mastery = self.predictor.mastery(cands, np.asarray(prob)) if items else {}
+        history_rows = [h.model_dump() for h in history]
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
-            "skills": skill_levels(mastery, [h.model_dump() for h in history]),
+            "skills": skill_levels(mastery, history_rows, await self._skill_mastery(history, items)),
         }
 
     @bentoml.api(route="/score")

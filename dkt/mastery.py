@@ -34,8 +34,19 @@ The contract (stable; the student pages and the teacher views import these names
     evidence) and the last ``RECENT`` answer codes, oldest first, in time order (a stable sort on
     ``Timestamp``, as the models read a history).
 
-``skill_levels(mastery, history) -> list[dict]``
-    What ``/knowledge_state`` returns per skill: ``KnowledgeTag``, ``mastery``, ``level``, ``evidence``.
+``skill_levels(mastery, history, skill_mastery=None) -> list[dict]``
+    What ``/knowledge_state`` returns per skill: ``KnowledgeTag``, ``mastery``, ``skill_mastery``, ``level``,
+    ``evidence``.
+
+Two masteries, both the model's P(correct) on the skill's typical items asked now:
+
+- ``mastery``: after the whole history. Every answer moves every skill's figure (the model reads ability off
+  all answers, and features such as the running accuracy are the student's, not the skill's): after one
+  answer in skill s, s moves *less* than the average other skill (docs/mastery.md, bench/mastery_bench.py).
+- ``skill_mastery`` (what a page shows, and what ``level`` is decided from): after the student's answers in
+  that skill only (``Predictor.skill_mastery``), ``None`` for a skill without answers. An answer in s moves s;
+  another skill's figure moves only with time (forgetting), so a bar is that skill's own evidence, read by
+  the model.
 """
 
 from __future__ import annotations
@@ -112,12 +123,27 @@ def skill_evidence(history: pd.DataFrame | Iterable[Mapping[str, Any]]) -> dict[
 
 
 def skill_levels(
-    mastery: Mapping[int, float], history: pd.DataFrame | Iterable[Mapping[str, Any]]
+    mastery: Mapping[int, float],
+    history: pd.DataFrame | Iterable[Mapping[str, Any]],
+    skill_mastery: Mapping[int, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per skill of ``mastery`` (sorted by tag): the model's mastery, the level and the evidence count."""
+    """Per skill of ``mastery`` (sorted by tag): both masteries, the level and the evidence count.
+
+    The level is decided from ``skill_mastery`` (the skill's own answers) when given, else from ``mastery``.
+    """
     evidence = skill_evidence(history)
     out = []
     for tag, p in sorted(mastery.items()):
         n, recent = evidence.get(tag, (0, []))
-        out.append({"KnowledgeTag": tag, "mastery": p, "level": level(p, n, recent), "evidence": n})
+        own = skill_mastery.get(tag) if skill_mastery is not None and n else None
+        shown = own if skill_mastery is not None else p
+        out.append(
+            {
+                "KnowledgeTag": tag,
+                "mastery": p,
+                "skill_mastery": own,
+                "level": level(shown, n, recent),
+                "evidence": n,
+            }
+        )
     return out

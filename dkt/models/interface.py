@@ -215,6 +215,21 @@ class Predictor(ABC):
             return {}
         return self.mastery(cands, self.predict_candidates(history, cands))
 
+    def skill_mastery(
+        self, history: pd.DataFrame, tags: list[int] | None = None, at: pd.Timestamp | str | None = None
+    ) -> dict[int, float]:
+        """Per skill with rows in ``history``: mastery after that skill's own rows only (``dkt/mastery.py``),
+        all asked at the time the whole history gives (``resolve_at``), so only the evidence differs."""
+        at = resolve_at(history, at)
+        cands = self.catalog_candidates(tags)
+        jobs, order = [], []
+        for tag, own in history.groupby("KnowledgeTag", sort=True):
+            mine = cands[cands["KnowledgeTag"] == int(tag)]
+            if len(mine):
+                jobs.append((own, mine, at))
+                order.append(int(tag))
+        return {tag: float(np.mean(p)) for tag, p in zip(order, self.predict_candidates_batch(jobs), strict=True)}
+
 
 class ModelKind(ABC):
     """One model kind. Subclasses set ``name`` and ``bundle_kind`` and implement ``train`` and ``load``."""

@@ -63,6 +63,11 @@ def test_skill_evidence_counts_answers_in_time_order_and_keeps_the_last_few() ->
 def test_skill_levels_is_what_knowledge_state_returns_per_skill() -> None:
     history = [row(3, 1, f"2020-01-01 10:00:0{i}") for i in range(2)]
     assert skill_levels({4: 0.9, 3: 0.6}, history) == [
-        {"KnowledgeTag": 3, "mastery": 0.6, "level": "familiar", "evidence": 2},
-        {"KnowledgeTag": 4, "mastery": 0.9, "level": "not started", "evidence": 0},
+        {"KnowledgeTag": 3, "mastery": 0.6, "skill_mastery": None, "level": "familiar", "evidence": 2},
+        {"KnowledgeTag": 4, "mastery": 0.9, "skill_mastery": None, "level": "not started", "evidence": 0},
+    ]
+    # With the skills' own masteries the level is decided from them, and a skill without answers shows none.
+    assert skill_levels({4: 0.9, 3: 0.9}, history, {3: 0.5, 4: 0.99}) == [
+        {"KnowledgeTag": 3, "mastery": 0.9, "skill_mastery": 0.5, "level": "practising", "evidence": 2},
+        {"KnowledgeTag": 4, "mastery": 0.9, "skill_mastery": None, "level": "not started", "evidence": 0},
     ]

@@ -135,11 +135,14 @@ def test_knowledge_state_and_score(service: Server, packed, sim_dir: Path) -> No
     hist = validate(pd.DataFrame(history).assign(userID="u"), "h", row_offset=0)
     expected = p.knowledge_state(hist)
     evidence = skill_evidence(history)
+    own = p.skill_mastery(hist)  # each skill after its own answers: what the level is decided from
+    assert set(own) == set(evidence)
     for s in ks["skills"]:
         assert s["mastery"] == pytest.approx(expected[s["KnowledgeTag"]], abs=1e-5)
         n, recent = evidence.get(s["KnowledgeTag"], (0, []))
         assert s["evidence"] == n
-        assert s["level"] == level(s["mastery"], n, recent)
+        assert s["skill_mastery"] == (pytest.approx(own[s["KnowledgeTag"]], abs=1e-5) if n else None)
+        assert s["level"] == level(s["skill_mastery"], n, recent)
     answered = {int(h["KnowledgeTag"]) for h in history}
     assert {s["KnowledgeTag"] for s in ks["skills"] if s["evidence"]} == answered
     # No answers in a skill: "not started", whatever the model's population-level P(correct) says.
