@@ -22,14 +22,26 @@ TEST_WORKERS ?= 2
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
+# The virtualenvs are installed by uv (mk/install.py: pip's indexes, find-links and constraints passed on, the same
+# resolution; pip where uv cannot be had, with a warning). uv comes from PATH, else pip installs it into the app venv
+# first (one wheel, a few CPU-s), and the other venvs' installs wait for it.
+UV_PIN := uv==0.13.9
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(abspath $(VENV))/bin/uv)
+export UV
+INSTALL := $(PYTHON) mk/install.py
+
+$(abspath $(VENV))/bin/uv:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(UV_PIN) || echo "warning: pip could not install $(UV_PIN): the venvs are installed by pip" >&2
+
 # pyproject.toml is a prerequisite: a changed entry point or package list reinstalls (the `dkt` command).
 # --no-build-isolation: the venv already has setuptools (torch requires it); an isolated build would install it
-# again in a temporary env first (9 -> 5 CPU-s). pip's byte-compiling stays (84 of the app venv's 181 CPU-s):
-# where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, nothing else would ever write the .pyc.
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# again in a temporary env first. Byte-compiling stays (mk/install.py): where PYTHONDONTWRITEBYTECODE is set, as on
+# this project's machines, nothing else would ever write the .pyc.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | $(UV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(INSTALL) $(PY) --check -r requirements.txt -r requirements-dev.txt
+	$(INSTALL) $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 
 test: ## install what tests need (all parts at once) and run every test, Docker and browser included

@@ -8,10 +8,9 @@ MLFLOW_PINS := mlflow==3.17.2 boto3==1.44.5
 
 .PHONY: mlflow-venv mlflow-status
 
-$(MLFLOW_VENV)/.installed: mk/mlflow.mk
+$(MLFLOW_VENV)/.installed: mk/mlflow.mk | $(UV)
 	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/python -m pip install -q $(MLFLOW_PINS)
-	$(MLFLOW_VENV)/bin/python -m pip check
+	$(INSTALL) $(MLFLOW_VENV)/bin/python --check $(MLFLOW_PINS)
 	touch $@
 
 mlflow-venv: $(MLFLOW_VENV)/.installed ## create the MLflow tracking server's virtualenv (.venv-mlflow)

@@ -1,9 +1,9 @@
 # The retraining loop (issue 4): Airflow in its own virtualenv, `make up` / `make down`.
 AIRFLOW_VENV ?= .venv-airflow
 
-$(AIRFLOW_VENV)/.installed: requirements-airflow.txt
+$(AIRFLOW_VENV)/.installed: requirements-airflow.txt | $(UV)
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/python -m pip install -q -r requirements-airflow.txt
+	$(INSTALL) $(AIRFLOW_VENV)/bin/python --check -r requirements-airflow.txt
 	touch $@
 
 .PHONY: airflow-venv pipeline-status cycle-bench
