@@ -1,7 +1,8 @@
 """A student's session in a real browser: gunicorn + the session's live `bentoml serve` + headless Chromium.
 
 Sign-up, the diagnostic, a one-skill practice session, a refused answer, a reload, the End button's summary,
-the progress plot, and the page at phone width. Screenshots: DKT_SCREENSHOT_DIR=docs/img keeps them."""
+the progress plot, and the page at phone width; axe-core (tests/client/a11y.py) checks each page.
+Screenshots: DKT_SCREENSHOT_DIR=docs/img keeps them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.client import a11y
 from tests.client.browser import client_env, shot, sign_up, solve, submit
 from tests.serving.servers import Server, gunicorn_client
 
@@ -29,6 +31,7 @@ def test_a_students_session_from_sign_up_to_summary(
         page.wait_for_selector("#session")  # type: ignore[attr-defined]
         assert f"Question 1 of {DIAGNOSTIC}" in page.inner_text("#session")  # type: ignore[attr-defined]
         shot(page, tmp_path, "student-diagnostic")
+        a11y.check(page, "the diagnostic")
         skills = []
         for i in range(DIAGNOSTIC):  # the diagnostic: one question from each of five different skills
             skills.append(page.inner_text("#question-skill"))  # type: ignore[attr-defined]
@@ -46,6 +49,7 @@ def test_a_students_session_from_sign_up_to_summary(
         assert page.inner_text("#question-text") == question  # type: ignore[attr-defined]
         assert f"3/{DIAGNOSTIC} correct" in page.inner_text("header")  # type: ignore[attr-defined]
         shot(page, tmp_path, "student-refused")
+        a11y.check(page, "a refused answer under a session summary")
         page.reload()  # type: ignore[attr-defined]
         assert page.inner_text("#question-text") == question  # type: ignore[attr-defined]
 
@@ -62,10 +66,12 @@ def test_a_students_session_from_sign_up_to_summary(
         assert "/100" in page.inner_text("#summary-scores")  # type: ignore[attr-defined]
         assert "Next: practise" in summary
         shot(page, tmp_path, "student-summary")
+        a11y.check(page, "the session summary")
 
         page.goto(web.url + "/progress")  # type: ignore[attr-defined]
         assert len(page.query_selector_all("#mastery-plot polyline")) == DIAGNOSTIC  # type: ignore[attr-defined]
         shot(page, tmp_path, "student-progress")
+        a11y.check(page, "the progress page")
 
         page.set_viewport_size({"width": 390, "height": 844})  # type: ignore[attr-defined]  # a phone
         page.goto(web.url + "/practice")  # type: ignore[attr-defined]
@@ -73,3 +79,4 @@ def test_a_students_session_from_sign_up_to_summary(
         width = page.evaluate("document.documentElement.scrollWidth")  # type: ignore[attr-defined]
         assert width <= 390, f"the page is {width} px wide at phone width"
         shot(page, tmp_path, "student-phone")
+        a11y.check(page, "practice at phone width")
