@@ -1,6 +1,7 @@
 """Put a model bundle into the BentoML model store and build the serving Bento around it.
 
     dkt pack --model-dir artifacts/lstm       (python packer.py ... is the same)
+    dkt pack --model-tag dkt-model:v2         (a model already in the store: only its Bento)
 
 Prints ``model: <model tag>`` and, on the last line, ``bento: <bento tag>``.
 The store is ``$BENTOML_HOME`` (BentoML's default: ~/bentoml). The Bento holds
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,27 @@ def save_model(model_dir: Path, name: str, meta: dict[str, Any]) -> str:
     return str(model.tag)
 
 
-def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
+def stored_model(tag: str) -> str:
+    """The full tag of a model already in the store; PackError when it is not there."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except BentoMLException as e:  # NotFound, or a tag BentoML cannot parse
+        raise PackError(f"--model-tag {tag}: no such model in the store ($BENTOML_HOME): {e}") from e
+
+
+def bento_tag_for(model_tag: str, bentofile: Path = ROOT / "bentofile.yaml") -> str:
+    """The tag of the Bento ``main`` builds around ``model_tag``: the build file's name, the model's version (what
+    the local deploy serves, pipeline/deploy_local.py)."""
+    spec = yaml.safe_load(bentofile.read_text()) or {}
+    if not spec.get("name"):
+        raise PackError(f"{bentofile}: no `name`: the Bento's tag would not follow from the model's")
+    return f"{spec['name']}:{model_tag.split(':', 1)[1]}"
+
+
+def build_bento(model_tag: str, bentofile: Path) -> str:
     """Build the Bento described by ``bentofile``, pinned to ``model_tag``; an existing one is reused.
 
     Its version is the model's, and a model version is never overwritten: re-packing the version that is
@@ -104,47 +126,46 @@ def build_bento(model_tag: str, bentofile: Path, version: str) -> str:
     spec = yaml.safe_load(bentofile.read_text()) or {}
     if spec.get("name"):
         try:
-            return str(bentoml.bentos.get(f"{spec['name']}:{version}").tag)
+            return str(bentoml.bentos.get(bento_tag_for(model_tag, bentofile)).tag)
         except NotFound:
             pass
-    from bentoml._internal.bento.build_config import BentoEnvSchema
-
-    envs = [BentoEnvSchema(**e) for e in spec.get("envs", []) if e.get("name") != "DKT_MODEL_TAG"]
-    envs.append(BentoEnvSchema(name="DKT_MODEL_TAG", value=model_tag))
+    # The build file pinned to this model: DKT_MODEL_TAG in the Bento's env (what the service loads) and the model
+    # in its `models` (what the Bento carries). Built through `bentoml.bentos.build_bentofile`, BentoML's public
+    # API, from a copy of the file beside nothing else: its paths (include, requirements_txt) stay relative to
+    # the build context, the repository.
+    envs = [e for e in spec.get("envs", []) if e.get("name") != "DKT_MODEL_TAG"]
+    spec.update(envs=[*envs, {"name": "DKT_MODEL_TAG", "value": model_tag}], models=[model_tag])
     # The service module reads DKT_MODEL_TAG at import: the build must resolve the same model.
     os.environ["DKT_MODEL_TAG"] = model_tag
-    bento = bentoml.bentos.build(
-        service=spec["service"],
-        name=spec.get("name"),
-        labels=spec.get("labels"),
-        description=spec.get("description"),
-        include=spec.get("include"),
-        exclude=spec.get("exclude"),
-        envs=envs,
-        python=spec.get("python"),
-        models=[model_tag],
-        version=version,
-        build_ctx=str(bentofile.parent),
-    )
+    with tempfile.TemporaryDirectory(prefix="dkt-bentofile-") as tmp:
+        pinned = Path(tmp) / "bentofile.yaml"
+        pinned.write_text(yaml.safe_dump(spec, sort_keys=False))
+        bento = bentoml.bentos.build_bentofile(
+            str(pinned), version=model_tag.split(":", 1)[1], build_ctx=str(bentofile.parent)
+        )
     return str(bento.tag)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="dkt pack", description=__doc__)
-    ap.add_argument("--model-dir", required=True, type=Path, help="model bundle written by dkt train")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", type=Path, help="model bundle written by dkt train")
+    src.add_argument("--model-tag", help="a model already in the store (NAME:VERSION): only build its Bento")
     ap.add_argument("--name", help="model name in the store (default: $DKT_MODEL_NAME, else dkt-model)")
     ap.add_argument("--bentofile", type=Path, default=ROOT / "bentofile.yaml", help="Bento build file")
     ap.add_argument("--no-bento", action="store_true", help="only put the model into the store")
     args = ap.parse_args(argv)
     args.name = args.name or load_or_exit(ServiceSettings).model_name
     try:
-        meta = check_bundle(args.model_dir)
-        model_tag = save_model(args.model_dir, args.name, meta)
+        if args.model_tag:
+            model_tag = stored_model(args.model_tag)
+        else:
+            model_tag = save_model(args.model_dir, args.name, check_bundle(args.model_dir))
         print(f"model: {model_tag}", flush=True)
         if not args.no_bento:
             if not args.bentofile.is_file():
                 raise PackError(f"{args.bentofile}: no such Bento build file")
-            print(f"bento: {build_bento(model_tag, args.bentofile, model_tag.split(':', 1)[1])}", flush=True)
+            print(f"bento: {build_bento(model_tag, args.bentofile)}", flush=True)
     except (BundleError, PackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,9 +64,11 @@ def test_packed_model_labels_and_repack(packed: Packed, tmp_path: Path) -> None:
     reader = subprocess.Popen([PY, "-c", code, packed.model_tag], env=bentoml_env(packed.home),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     # Same version again: reused, same tag; and with the Bento too (a redeploy of the served version): the
-    # existing Bento is reused, not an error.
-    again, full = packs([pack_argv(packed.bundle), pack_argv(packed.bundle, bento=True)], packed.home,
-                        tmp_path / "batch")  # fmt: skip
+    # existing Bento is reused, not an error. --model-tag: the Bento of a model already in the store (what the
+    # swarm build asks for), and an error line for one that is not there.
+    jobs = [pack_argv(packed.bundle), pack_argv(packed.bundle, bento=True), ["--model-tag", packed.model_tag],
+            ["--model-tag", "dkt-model:no-such-version"]]  # fmt: skip
+    again, full, by_tag, missing = packs(jobs, packed.home, tmp_path / "batch")
     stdout, stderr = reader.communicate(timeout=300)
     out = subprocess.CompletedProcess(reader.args, reader.returncode, stdout, stderr)
     assert out.returncode == 0, out.stderr
@@ -80,6 +82,9 @@ def test_packed_model_labels_and_repack(packed: Packed, tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == f"model: {packed.model_tag}"
     assert full.returncode == 0, full.stderr[-2000:]
     assert full.stdout.strip().splitlines()[-2:] == [f"model: {packed.model_tag}", f"bento: {packed.bento_tag}"]
+    assert by_tag.returncode == 0 and by_tag.stdout.strip().splitlines()[-1] == f"bento: {packed.bento_tag}"
+    assert missing.returncode == 2 and missing.stdout == "", missing.stdout
+    assert missing.stderr.startswith("error: --model-tag dkt-model:no-such-version: no such model in the store")
 
 
 @pytest.mark.slow
