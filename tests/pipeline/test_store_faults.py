@@ -45,16 +45,16 @@ class Outage:
         self.restore()
 
     def restore(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener = listener
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the port again after a cut
+        with self._lock:
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
-        assert self._listener is not None
-        self._listener.close()
-        self._listener = None
         with self._lock:
+            assert self._listener is not None
+            self._listener.close()
+            self._listener = None
             conns, self._conns = self._conns, []
         for c in conns:
             # SO_LINGER 0: close sends a RST, what a client sees when the host behind the endpoint goes down.
@@ -69,6 +69,10 @@ class Outage:
                 return
             server = socket.create_connection(self.target)
             with self._lock:
+                if self._listener is not listener:  # cut while this one was being connected: it must not live on
+                    client.close()
+                    server.close()
+                    return
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
