@@ -83,17 +83,18 @@ def replay(predictor: Predictor, student: pd.DataFrame, steps: int) -> list[dict
     return out
 
 
-def ratio(own: list[float], other: list[float]) -> dict[str, float]:
+def ratio(own: list[float], other: list[float]) -> dict[str, float | None]:
     return {
         "own": float(np.mean(own)),
         "other": float(np.mean(other)),
-        "ratio": float(np.mean(own) / np.mean(other)) if np.mean(other) > 0 else float("inf"),
+        # None: the other skills did not move at all ("other": 0.0), a ratio without bound (JSON has no inf).
+        "ratio": float(np.mean(own) / np.mean(other)) if np.mean(other) > 0 else None,
         "n_own": len(own),
         "n_other": len(other),
     }
 
 
-def ratios(steps: list[dict]) -> dict[str, dict[str, float]]:
+def ratios(steps: list[dict]) -> dict[str, dict[str, float | None]]:
     """Mean |change| of the answered skill over that of the other skills, in each view (module doc)."""
     views: dict[str, tuple[list[float], list[float]]] = {
         k: ([], []) for k in ("raw_answer_only", "raw_as_seen", "raw_bars_only", "shown")
