@@ -27,7 +27,7 @@ from dkt.bundle import write_json
 from dkt.settings import REPO_ROOT, ClientSettings, PipelineSettings, load
 from pipeline.blobs import pid_alive, pid_cmdline, runs_command
 
-SERVER_WORDS = ("serve", "service:DKTService")  # in start_server's command line: stop_server checks it
+SERVER_WORDS = ("bentoml", "serve")  # in start_server's command line: stop_server checks it
 
 
 class DeployError(RuntimeError):
@@ -98,7 +98,13 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dic
     log = logs / f"bentoml-{port}.log"
     env = {**app_env(), "DKT_MODEL_TAG": model_tag, "DKT_SHADOW_MODEL_TAG": shadow.model_tag if shadow else ""}
     bentoml = Path(sys.executable).with_name("bentoml")
-    argv = [str(bentoml), *SERVER_WORDS, "--host", "127.0.0.1", "--port", str(port)]
+    from packer import bento_tag_for  # here: packer.py is the app venv's, this module is imported elsewhere too
+
+    # The Bento packer.py built around the model (issue 15: the Bento is what ships), not the checkout's code.
+    bento = bento_tag_for(model_tag)
+    if not (load(PipelineSettings).bentoml_home / "bentos" / bento.replace(":", "/") / "bento.yaml").is_file():
+        raise DeployError(f"no Bento {bento} in {load(PipelineSettings).bentoml_home}: pack {model_tag} with packer.py")
+    argv = [str(bentoml), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as out:
         # Own session: the server outlives the Airflow task that started it and is stopped as a group.
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
