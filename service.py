@@ -6,8 +6,9 @@ The model bundle is loaded once per worker from the BentoML model store (env
 ``DKT_MODEL_TAG``, default ``dkt-model:latest``; store in ``BENTOML_HOME``), and so is a shadow model
 when ``DKT_SHADOW_MODEL_TAG`` names one (``serving/shadow.py``: scored beside production on /predict).
 Endpoints validate their body (400 naming the field and the reason), then
-hand one job each to an in-process adaptive batcher that merges the jobs of
-concurrent requests into one model call. The service keeps no per-request
+hand one job each to an in-process adaptive batcher (``serving/batcher.py``) that merges the jobs of concurrent
+requests into one model call (``DKT_BATCHING=bentoml``: BentoML's adaptive batching in a model worker process,
+``serving/model_worker.py``; measured slower, docs/serving.md#batching). The service keeps no per-request
 state and writes nothing to disk.
 
 This module is the API (the service class and its endpoints); what it stands on,
@@ -40,6 +41,7 @@ from dkt.models.inputs import resolve_after
 from dkt.predictor import Predictor, load_predictor
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
+from serving.model_worker import DKTModel, batch_size_histogram, score_remote
 from serving.schema import Interaction, Item, Job, StudentId, Tag, Timestamp
 from serving.settings import settings
 from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
@@ -71,6 +73,8 @@ info_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
 )
 class DKTService:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
+    if settings.batching == "bentoml":  # the model worker: its own process, BentoML batches there
+        model = bentoml.depends(DKTModel)
 
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.torch_threads))
@@ -82,8 +86,13 @@ class DKTService:
         # A shadow asked for loads now or the service does not start (serving/shadow.py).
         self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
         self.batcher: MicroBatcher[Scoring, Scores] = MicroBatcher(self._infer, settings.max_batch_size)
+        self.observe_batch = batch_size_histogram()
+        self.batched = self._remote if settings.batching == "bentoml" else self.batcher.submit
         # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
         self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
+
+    async def _remote(self, scoring: Scoring) -> Scores:
+        return await score_remote(self.model, scoring)
 
     def metadata(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -110,6 +119,7 @@ class DKTService:
 
     def _infer(self, batch: list[Scoring]) -> list[Scores]:
         start = time.perf_counter()
+        self.observe_batch(len(batch))
         scores = score_batch(self.predictor, self.shadow.predictor if self.shadow else None, batch)
         log.debug("batch of %d: %.1f ms", len(batch), 1e3 * (time.perf_counter() - start))
         return scores
@@ -117,7 +127,7 @@ class DKTService:
     async def _score(self, job: Job, student_id: str | None = None) -> list[float]:
         if student_id is not None and self.states is not None:  # a returning student: from their cached state
             return await asyncio.to_thread(self.states.scores, self.predictor, student_id, job)
-        return (await self.batcher.submit(Scoring(job))).production
+        return (await self.batched(Scoring(job))).production
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -135,7 +145,7 @@ class DKTService:
         if student_id is not None and self.shadow is None:  # with a shadow both score in one batch, uncached
             scores = Scores(await self._score(job, student_id))
         else:
-            scores = await self.batcher.submit(Scoring(job, True))
+            scores = await self.batched(Scoring(job, True))
         out = {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,

@@ -358,7 +358,21 @@ class ServiceSettings(Group):
         "DKT_MAX_BODY_BYTES", 4 * 1024 * 1024, "largest request body; larger ones (chunked too) get 413", "bytes"
     )
     max_batch_size: int = env(
-        "DKT_MAX_BATCH_SIZE", 64, "requests the micro-batcher merges into one model call", "requests"
+        "DKT_MAX_BATCH_SIZE", 64, "requests merged into one model call at most", "requests", ge=1
+    )
+    batching: Literal["inprocess", "bentoml"] = env(
+        "DKT_BATCHING",
+        "inprocess",
+        "how concurrent requests are merged into model calls: `inprocess` (serving/batcher.py, in the API worker)"
+        " or `bentoml` (BentoML's adaptive batching in a model worker process; measured slower on 2 cores:"
+        " docs/serving.md#batching)",
+    )
+    max_latency_ms: int = env(
+        "DKT_MAX_LATENCY_MS",
+        10_000,
+        "BentoML's batching: a request queued this long for the model is answered 503 (with DKT_BATCHING=bentoml)",
+        "ms",
+        ge=1,
     )
     service_timeout_s: int = env("DKT_SERVICE_TIMEOUT_S", 30, "BentoML's request timeout", "s")
     service_host: str = env(
