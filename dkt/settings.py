@@ -357,9 +357,7 @@ class ServiceSettings(Group):
     max_body_bytes: int = env(
         "DKT_MAX_BODY_BYTES", 4 * 1024 * 1024, "largest request body; larger ones (chunked too) get 413", "bytes"
     )
-    max_batch_size: int = env(
-        "DKT_MAX_BATCH_SIZE", 64, "requests merged into one model call at most", "requests", ge=1
-    )
+    max_batch_size: int = env("DKT_MAX_BATCH_SIZE", 64, "requests merged into one model call at most", "requests", ge=1)
     batching: Literal["inprocess", "bentoml"] = env(
         "DKT_BATCHING",
         "inprocess",

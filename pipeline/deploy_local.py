@@ -92,11 +92,37 @@ def alive(pid: int | None) -> bool:
     return bool(pid) and pid_alive(int(pid or 0))
 
 
+STORE_PARTS = ("models", "bentos")  # what a server reads from the shared BentoML store
+
+
+def server_home(port: int) -> Path:
+    """The BENTOML_HOME of the server on ``port``: its own folder under the run dir, the store's models and Bentos
+    linked in. ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts and BentoML has no
+    setting for that folder (it sets PROMETHEUS_MULTIPROC_DIR for its workers itself), so on a shared home the new
+    server of a switch wiped the metric files of the old one while it drained. One folder per port: blue and green
+    never share it, and a restart on the same port only empties its own predecessor's files."""
+    store = load(PipelineSettings).bentoml_home
+    home = run_dir() / "bentoml-home" / str(port)
+    home.mkdir(parents=True, exist_ok=True)
+    for part in STORE_PARTS:
+        target, link = (store / part).resolve(), home / part
+        target.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        if link.is_symlink():
+            link.unlink()  # the store moved (BENTOML_HOME changed since the last deploy on this port)
+        elif link.exists():
+            raise DeployError(f"{link} is not a link to {target}: remove it (the server's home only links the store)")
+        link.symlink_to(target, target_is_directory=True)
+    return home
+
+
 def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dict[str, Any]:
     logs = run_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"bentoml-{port}.log"
     env = {**app_env(), "DKT_MODEL_TAG": model_tag, "DKT_SHADOW_MODEL_TAG": shadow.model_tag if shadow else ""}
+    env["BENTOML_HOME"] = str(server_home(port))  # its own metrics folder (server_home)
     bentoml = Path(sys.executable).with_name("bentoml")
     from packer import bento_tag_for  # here: packer.py is the app venv's, this module is imported elsewhere too
 
@@ -109,7 +135,8 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dic
         # Own session: the server outlives the Airflow task that started it and is stopped as a group.
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    doc = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log)}
+    doc = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log),
+           "bentoml_home": env["BENTOML_HOME"]}  # fmt: skip
     return {**doc, "shadow_model_tag": shadow.model_tag, "shadow_version": shadow.version} if shadow else doc
 
 

@@ -149,7 +149,7 @@ def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
                  "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port()),
                  "DKT_DRAIN_SECONDS": "0", "DKT_READY_TIMEOUT": "240"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)
-    servers = []
+    servers, metric_files = [], {}
     try:
         for bundle, version in ((packed.bundle, "test-v1"), (second, "test-v2")):
             store.push("models", bundle, version, move_pointers=("latest", "production"))
@@ -167,10 +167,18 @@ def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
             assert verified["model_version"] == version and verified["production"] == version
             assert url == state["url"] == verified["url"]
             assert requests.get(url + "/metadata", timeout=10).json()["model_version"] == version
+            # Each server writes its metrics in its own home: the next server's start empties only its own folder.
+            assert requests.get(url + "/metrics", timeout=30).status_code == 200
+            metrics_dir = Path(state["bentoml_home"], "prometheus_multiproc_dir")
+            metric_files[version] = {p.name for p in metrics_dir.glob("*.db")}
+            assert metric_files[version], f"{version} wrote no metric files in {metrics_dir}"
             serving = store.get_state(deploy_served.SERVING_STATE)
             assert (serving["model_version"], serving["mode"], serving["metadata_url"]) == (
                 version, "local", url + "/metadata")  # fmt: skip
         assert state["previous"]["model_version"] == "test-v1" and state["previous"]["port"] != state["port"]
+        old_metrics = Path(state["previous"]["bentoml_home"], "prometheus_multiproc_dir")
+        assert old_metrics != Path(state["bentoml_home"], "prometheus_multiproc_dir")
+        assert metric_files["test-v1"] <= {p.name for p in old_metrics.glob("*.db")}  # v2's start left them
         bento_yaml = Path("bentos", *packed.bento_tag.split(":"), "bento.yaml")
         assert (home / bento_yaml).read_text() == (packed.home / bento_yaml).read_text()  # v1's was reused
         assert not deploy_local.alive(servers[0])  # the old server was stopped after the switch
