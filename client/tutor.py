@@ -128,7 +128,10 @@ def knowledge_state(
     skills = []
     for s in state["skills"]:
         tag = int(s["KnowledgeTag"])
-        mastery = float(s["mastery"])
+        # The bar is the skill's own mastery (the model after this skill's answers only, docs/mastery.md): the
+        # whole-history figure moves every skill with each answer. A skill without answers has none ("not started").
+        own = s.get("skill_mastery")
+        mastery = float(own if own is not None else s["mastery"])
         n, recent = evidence.get(tag, (0, []))
         lvl = str(s["level"]) if s.get("level") in LEVELS else level(mastery, n, recent)
         skills.append(
