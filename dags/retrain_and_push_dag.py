@@ -1,8 +1,10 @@
 """retrain_and_push_dag: a new data set version -> a candidate model, promoted only if it is not worse.
 
 pull_data (holds out the newest answers: the latest $DKT_HOLDOUT_FRACTION, newer than what production trained
-on) -> train (without them) -> evaluate (candidate and production on those answers, each student's earlier
-answers as context; the user-split test set when there are fewer than $DKT_GATE_MIN_ANSWERS) -> push_candidate
+on) -> train (without them, each candidate kind of the param ``candidates`` or $DKT_TRAIN_CANDIDATES, default
+lstm,saint; the one with the best AUC on those answers goes on, docs/pipeline.md#model-selection) -> evaluate
+(candidate and production on those answers, each student's earlier answers as context; the user-split test set
+when there are fewer than $DKT_GATE_MIN_ANSWERS) -> push_candidate
 -> promote_if_better (the paired bootstrap 95% interval of production's AUC minus the candidate's must stay
 within $DKT_PROMOTE_TOLERANCE; the figures go into the task log and the promotion history, `dkt models
 promotions`; emits the model asset when it promotes). docs/pipeline.md#promotion-gates.
@@ -18,14 +20,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from airflow.sdk import Param
+
 # Airflow 3 does not put the DAG folder on sys.path; the shared helper sits beside this file.
 if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
     sys.path.insert(0, _here)
 from dkt_tasks import DRIFT_ASSET, MODEL_ASSET, cli, pipeline_dag
 
-with pipeline_dag("retrain_and_push_dag", [DRIFT_ASSET], __doc__, ["model"]):
+with pipeline_dag(
+    "retrain_and_push_dag",
+    [DRIFT_ASSET],
+    __doc__,
+    ["model"],
+    params={
+        "candidates": Param(
+            "",
+            type="string",
+            # Only names and paths: the value goes into the task's command line.
+            pattern=r"^[A-Za-z0-9_.,/-]*$",
+            description="Model kinds to train and choose from, comma-separated (e.g. lstm,saint); empty:"
+            " $DKT_TRAIN_CANDIDATES.",
+        )
+    },
+):
     pull = cli("pull_data", "-m dkt models pull-data", timeout_minutes=15, train_host=True)
-    train = cli("train", "-m dkt models train", timeout_minutes=120, train_host=True)
+    train = cli("train", "-m dkt models train --candidates '{{ params.candidates }}'", timeout_minutes=120,
+                train_host=True)  # fmt: skip
     evaluate = cli("evaluate", "-m dkt models evaluate", timeout_minutes=30, train_host=True)
     push = cli("push_candidate", "-m dkt models push-candidate", timeout_minutes=15, train_host=True)
     promote = cli("promote_if_better", "-m dkt models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])

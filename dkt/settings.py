@@ -531,8 +531,15 @@ class TrainingSettings(Group):
     config: Path = env(
         "DKT_TRAIN_CONFIG",
         REPO_ROOT / "config" / "lstm.json",
-        "the model config retraining and `make up` train with",
+        "the model config `make up` trains its first model with",
         "path",
+    )
+    candidates: str = env(
+        "DKT_TRAIN_CANDIDATES",
+        "lstm,saint",
+        "retraining: the model kinds trained each cycle (names of config/<name>.json or config paths, comma-separated);"
+        " the best on the time holdout goes to the promotion gate (docs/pipeline.md#model-selection)",
+        "names",
     )
     epochs: int | None = env(
         "DKT_TRAIN_EPOCHS", None, "epochs per training; unset: the config's (`make up` sets 3)", "epochs"

@@ -94,8 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sub, "retrain_and_push_dag", ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")
     )
     train = steps["train"]
-    train.add_argument("--config", type=Path, help="experiment config (default $DKT_TRAIN_CONFIG or config/lstm.json)")
+    train.add_argument("--config", type=Path, help="train this one experiment config (no choice among candidates)")
     train.add_argument("--epochs", type=int, help="maximum epochs (default $DKT_TRAIN_EPOCHS or the config's)")
+    train.add_argument(
+        "--candidates", help="model kinds to train and choose from, comma-separated (default $DKT_TRAIN_CANDIDATES)"
+    )
     steps["promote-if-better"].add_argument(
         "--tolerance", type=float, help="allowed AUC drop (default $DKT_PROMOTE_TOLERANCE or 0.005)"
     )
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "pull-data":
             doc = retrain.pull_data(work, store)
         elif args.cmd == "train":
-            doc = retrain.train(work, args.config, args.epochs)
+            doc = retrain.train(work, args.config, args.epochs, candidates=args.candidates)
         elif args.cmd == "evaluate":
             doc = retrain.evaluate(work, store)
         elif args.cmd == "push-candidate":

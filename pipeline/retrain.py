@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 GATE_DIR = "gate"  # in the work folder: the holdout split pull_data prepares, which train and evaluate read
 HOLDOUT = "holdout.json"
+CANDIDATES_DIR = "candidates"  # in the work folder: one bundle per candidate kind (DKT_TRAIN_CANDIDATES)
+SELECTION = "selection.json"  # in the work folder: which candidate won, on what figures
 
 
 class NotPromoted(Exception):
@@ -145,40 +148,122 @@ def read_holdout(work: Path) -> dict[str, Any]:
             "min_answers": load(TrainingSettings).gate_min_answers, "candidate_trained_until": None}  # fmt: skip
 
 
+def candidate_configs(spec: str) -> list[Path]:
+    """The configs of ``DKT_TRAIN_CANDIDATES`` (or the DAG param): model names (``config/<name>.json``) or paths."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"DKT_TRAIN_CANDIDATES {spec!r}: no model kind named")
+    configs = []
+    for name in names:
+        path = Path(name) if name.endswith(".json") else REPO_ROOT / "config" / f"{name}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in (REPO_ROOT / "config").glob("*.json"))
+            raise ValueError(f"DKT_TRAIN_CANDIDATES {spec!r}: no config {path} (model names: {', '.join(known)})")
+        configs.append(path)
+    return configs
+
+
 def train(
-    work: Path, config: Path | None = None, epochs: int | None = None, device: str | None = None
+    work: Path,
+    config: Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    candidates: str | None = None,
 ) -> dict[str, Any]:
-    """Train a candidate bundle into ``work/candidate`` with train.py (same flags a person would use)."""
-    data_manifest = read_json(work / "data" / "manifest.json")
+    """Train each candidate kind into ``work/candidates/`` with train.py (same flags a person would use), then keep
+    the best (``select``) as ``work/candidate``. ``config`` trains that one config alone."""
     settings = load(TrainingSettings)
-    config = config or settings.config
+    configs = [config] if config else candidate_configs(candidates or settings.candidates)
+    data_manifest = read_json(work / "data" / "manifest.json")
     epochs = epochs or settings.epochs
-    version = default_version()
-    out = work / "candidate"
+    version = default_version()  # one version for all: only the winner is ever stored
     # The holdout split when pull_data made one: the gate's answers never reach training.
     files = work / GATE_DIR if read_holdout(work)["active"] else work / "data"
-    argv = [
-        sys.executable, str(REPO_ROOT / "train.py"),
-        "--config", str(config),
-        "--train-file", str(files / "train.csv"),
-        "--test-file", str(files / "test.csv"),
-        "--output-dir", str(out),
-        "--model-version", version,
-        "--data-version", data_manifest["version"],
-        "--device", device or settings.device,
-        "--no-progress",
-    ]  # fmt: skip
-    if epochs:
-        argv += ["--epochs", str(epochs)]
-    print("train: " + " ".join(argv), file=sys.stderr)
-    # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
-    proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"train.py failed with exit {proc.returncode}")
-    return {
-        "model_version": read_meta(out)["model_version"],
-        "metrics": json.loads(proc.stdout.strip().splitlines()[-1]),
-    }
+    shutil.rmtree(work / CANDIDATES_DIR, ignore_errors=True)  # a retry starts over, no stale candidate competes
+    trained = {}
+    for i, cfg in enumerate(configs):
+        out = work / CANDIDATES_DIR / f"{i + 1}-{cfg.stem}"
+        argv = [
+            sys.executable, str(REPO_ROOT / "train.py"),
+            "--config", str(cfg),
+            "--train-file", str(files / "train.csv"),
+            "--test-file", str(files / "test.csv"),
+            "--output-dir", str(out),
+            "--model-version", version,
+            "--data-version", data_manifest["version"],
+            "--device", device or settings.device,
+            "--no-progress",
+        ]  # fmt: skip
+        if epochs:
+            argv += ["--epochs", str(epochs)]
+        print("train: " + " ".join(argv), file=sys.stderr)
+        # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
+        proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"train.py --config {cfg} failed with exit {proc.returncode}")
+        trained[out.name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    selection = select(work)
+    return {"model_version": version, "model": selection["winner_model"], "metrics": trained[selection["winner"]],
+            "selection": selection}  # fmt: skip
+
+
+def _holdout_context(work: Path, holdout: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every answer of the students with a held-out answer, in time order (what came before is the context),
+    and which rows are held out."""
+    import pandas as pd
+
+    everything = _answers(work / "data")
+    cut = pd.Timestamp(holdout["cutoff"])
+    users = everything.loc[everything["Timestamp"] >= cut, "userID"].unique()
+    context = everything[everything["userID"].isin(users)].sort_values(["userID", "Timestamp"], kind="stable")
+    context = context.reset_index(drop=True)
+    return context, (context["Timestamp"] >= cut).to_numpy()
+
+
+def select(work: Path) -> dict[str, Any]:
+    """Keep the best bundle of ``work/candidates/`` as ``work/candidate``; the figures go to ``selection.json``.
+
+    Ranked by AUC on the time holdout when pull_data made one; without one by each candidate's validation AUC
+    (held-out users of its training file), so that the user-split test set the gate then decides on played no
+    part in the choice. A candidate whose figure is undefined ranks last; ties go to the first listed."""
+    import numpy as np
+
+    from dkt.metrics import auc
+
+    bundles = sorted(p for p in (work / CANDIDATES_DIR).iterdir() if (p / "bundle.json").is_file())
+    if not bundles:
+        raise RuntimeError(f"no trained candidate in {work / CANDIDATES_DIR}")
+    holdout = read_holdout(work)
+    rows = []
+    if len(bundles) == 1:
+        by = "one candidate: nothing to choose from"
+        rows.append({"name": bundles[0].name, "model": read_meta(bundles[0])["model"], "score": None})
+    elif holdout["active"]:
+        by = f"AUC on the time holdout ({holdout['note']})"
+        context, held = _holdout_context(work, holdout)
+        y = context["answerCode"].to_numpy()[held]
+        for b in bundles:
+            [p] = _probabilities(b, [context])
+            ok = ~np.isnan(p[held])
+            rows.append({"name": b.name, "model": read_meta(b)["model"], "score": auc(y[ok], p[held][ok])})
+    else:
+        by = f"validation AUC (no time holdout: {holdout['note']})"
+        for b in bundles:
+            meta = read_meta(b)
+            rows.append({"name": b.name, "model": meta["model"], "score": meta.get("metrics", {}).get("valid_auc")})
+
+    def rank(row: dict[str, Any]) -> float:
+        score = row["score"]
+        return float(score) if score is not None and math.isfinite(score) else -math.inf
+
+    best = max(rows, key=rank)  # max keeps the first of equals
+    shutil.rmtree(work / "candidate", ignore_errors=True)
+    shutil.copytree(work / CANDIDATES_DIR / best["name"], work / "candidate")
+    doc = {"by": by, "candidates": rows, "winner": best["name"], "winner_model": best["model"]}
+    write_json(work / SELECTION, doc)
+    scores = ", ".join(f"{r['name']} {r['score'] if r['score'] is None else round(r['score'], 4)}" for r in rows)
+    print(f"select: {best['model']} ({best['name']}) by {by}: {scores}", file=sys.stderr)
+    return doc
 
 
 def _probabilities(bundle: Path, tables: list[pd.DataFrame]) -> list[np.ndarray]:
@@ -194,7 +279,6 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     ``production``: the offline metrics), and the gate's figures (``gate``) on the time holdout, or on the
     held-out users when there is no holdout (``read_holdout``'s note says why)."""
     import numpy as np
-    import pandas as pd
 
     from dkt.data.io import read_csv
     from dkt.metrics import evaluate_predictions
@@ -205,12 +289,8 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     holdout = read_holdout(work)
     tables = [test]
     if holdout["active"]:
-        # Every answer of the students with a held-out answer, in time order: what came before is the context.
-        everything = _answers(work / "data")
-        cut = pd.Timestamp(holdout["cutoff"])
-        users = everything.loc[everything["Timestamp"] >= cut, "userID"].unique()
-        context = everything[everything["userID"].isin(users)].sort_values(["userID", "Timestamp"], kind="stable")
-        tables.append(context.reset_index(drop=True))
+        context, held = _holdout_context(work, holdout)
+        tables.append(context)
     prod = store.pointed("models", "production")
     doc: dict[str, Any] = {"candidate_version": read_meta(work / "candidate")["model_version"],
                            "production_version": prod}  # fmt: skip
@@ -221,9 +301,8 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     for role, probs in scored.items():
         doc[role] = evaluate_predictions(test, probs[0])
     if holdout["active"]:
-        at = (tables[1]["Timestamp"] >= pd.Timestamp(holdout["cutoff"])).to_numpy()
-        y = tables[1]["answerCode"].to_numpy()[at]
-        picked = {role: probs[1][at] for role, probs in scored.items()}
+        y = context["answerCode"].to_numpy()[held]
+        picked = {role: probs[1][held] for role, probs in scored.items()}
         where = f"time holdout: {holdout['note']}"
     else:
         keep = test["answerCode"].to_numpy() >= 0
@@ -237,6 +316,8 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     )
     figures.update(min_answers=int(holdout["min_answers"]), set=where, cutoff=holdout.get("cutoff"))
     doc["gate"] = {"figures": figures, "candidate_trained_until": holdout.get("candidate_trained_until")}
+    if (work / SELECTION).is_file():  # the train step's choice among the candidate kinds, kept in the manifest
+        doc["selection"] = read_json(work / SELECTION)
     print(f"evaluate: {promotions.describe(figures)}", file=sys.stderr)
     write_json(work / "evaluation.json", doc)
     return doc

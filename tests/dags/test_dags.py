@@ -35,6 +35,8 @@ def test_dags_import_without_errors(dag_info: dict[str, Any]) -> None:
     assert shadow["timetable"] == "CronTriggerTimetable" and shadow["schedule_assets"] == []
     # Operators scale inference by triggering the deploy DAG with {"replicas": N}; empty keeps the count.
     assert info["dags"]["update_inference_server_dag"]["params"] == {"replicas": None}
+    # Retraining chooses among DKT_TRAIN_CANDIDATES unless triggered with {"candidates": "lstm,bert"}.
+    assert info["dags"]["retrain_and_push_dag"]["params"] == {"candidates": ""}
     assert info["deploy_commands"]["5"].endswith("-m dkt deploy deploy --replicas 5 --run-id 'r1'")
     assert "--replicas" not in info["deploy_commands"]["None"]
     for dag in info["dags"].values():

@@ -80,6 +80,7 @@ def students_then_three_dags(
         "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
         "DKT_SECRET_KEY": "e2e-test-only",
         "DKT_TRAIN_CONFIG": str(config),
+        "DKT_TRAIN_CANDIDATES": str(config),  # one kind: choosing among several is tested in tests/pipeline
         "DKT_PROMOTE_TOLERANCE": "1.0",  # this test is about the loop; promotion rules are tested apart
         "DKT_DRAIN_SECONDS": "2",
     }

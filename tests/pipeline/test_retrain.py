@@ -15,7 +15,7 @@ from dkt.bundle import LINEAGE_KEYS, read_meta
 from dkt.config import parse_config
 from dkt.experiment import load_run_data, run
 from models.cli import main as models_cli
-from pipeline import promotions
+from pipeline import promotions, retrain
 from pipeline.dataset import import_initial
 from pipeline.store import VersionedStore, manifest_matches
 from pipeline.workdir import work_dir
@@ -241,6 +241,7 @@ def push_dataset(store: VersionedStore, sim_dir: Path, tmp: Path, version: str, 
 def test_holdout_gate_scores_both_models_on_the_newest_answers_neither_trained_on(
     store: VersionedStore,
     lstm_bundle: Path,
+    flipped_bundle: Path,
     sim_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -273,9 +274,17 @@ def test_holdout_gate_scores_both_models_on_the_newest_answers_neither_trained_o
     assert len(train) + len(test) == len(everything) - holdout["n"]
     assert holdout["candidate_trained_until"] == train["Timestamp"].max().strftime("%Y-%m-%d %H:%M:%S")
 
-    # The candidate as the train step leaves it (here production's weights again: the comparison is under test).
-    copy_as(lstm_bundle, work / "candidate", "cand-v7")
+    # The train step's choice between candidate kinds, on the time holdout: the model trained on inverted answers
+    # (better on its own validation users, which are inverted too) loses to the real one, listed after it.
+    copy_as(flipped_bundle, work / "candidates" / "1-flipped", "cand-v7")
+    copy_as(lstm_bundle, work / "candidates" / "2-lstm", "cand-v7")
+    chosen = retrain.select(work)
+    assert chosen["winner"] == "2-lstm" and chosen["by"].startswith("AUC on the time holdout")
+    flipped, real = (row["score"] for row in chosen["candidates"])
+    assert flipped < 0.5 < 0.6 < real
+    assert (work / "candidate" / "weights.pt").read_bytes() == (lstm_bundle / "weights.pt").read_bytes()
     assert models_cli(["evaluate", "--run-id", "run-7"]) == 0
+    assert json.loads((work / "evaluation.json").read_text())["selection"] == chosen
     figures = json.loads((work / "evaluation.json").read_text())["gate"]["figures"]
     assert figures["set"].startswith("time holdout: ") and figures["n"] == holdout["n"]
     assert figures["cutoff"] == holdout["cutoff"] and figures["min_answers"] == 300
@@ -297,3 +306,16 @@ def test_holdout_gate_scores_both_models_on_the_newest_answers_neither_trained_o
     again = json.loads((work_dir("retrain_and_push", "run-8") / "gate" / "holdout.json").read_text())
     assert not again["active"] and again["production_trained_until"] == holdout["candidate_trained_until"]
     assert f"fewer than DKT_GATE_MIN_ANSWERS={holdout['n'] + 1}: the user-split test set decides" in again["note"]
+
+
+def test_an_unknown_candidate_kind_is_one_error_line_before_any_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
+    monkeypatch.setenv("DKT_TRAIN_CANDIDATES", "lstm,saint")
+    assert retrain.candidate_configs("lstm, saint") == [ROOT / "config" / "lstm.json", ROOT / "config" / "saint.json"]
+    assert models_cli(["train", "--run-id", "r1", "--candidates", "lstm,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: DKT_TRAIN_CANDIDATES 'lstm,nope': no config ") and "nope.json" in err, err
+    assert "\n" not in err and "saint" in err  # the known names are listed
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("candidates"))
