@@ -35,6 +35,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "bert": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2, "n_layers": 1, "max_positions": 16},
     "saint": {"d_model": 16, "emb_dim": 8, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "max_positions": 16},
     "dkvmn": {"d_model": 16, "emb_dim": 8, "memory_size": 4, "key_dim": 8, "value_dim": 8},
+    "akt": {"d_model": 16, "emb_dim": 8, "n_heads": 2},
+    "simplekt": {"d_model": 16, "emb_dim": 8, "n_heads": 2, "n_blocks": 1},
     "lgbm": {"num_leaves": 4, "n_estimators": 8, "n_jobs": 1, "log_every": 0, "n_folds": 2},
 }
 TRAIN = {"max_seq_len": MAX_LEN, "batch_size": 16, "epochs": 1, "max_train_windows": 32, "eval_batch_size": 64}
@@ -115,7 +117,7 @@ def student(data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_every_kind_lives_in_its_own_file_and_registers_itself() -> None:
     names = model_names()
-    assert names == ["bert", "dkvmn", "ensemble", "lgbm", "lstm", "lstmattn", "saint"]
+    assert names == ["akt", "bert", "dkvmn", "ensemble", "lgbm", "lstm", "lstmattn", "saint", "simplekt"]
     for name in names:
         kind = kind_class(name)
         assert issubclass(kind, ModelKind) and kind.name == name
@@ -144,7 +146,7 @@ def test_unknown_or_misplaced_kinds_are_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the incremental form
 
 
-@pytest.mark.parametrize("name", ["bert", "dkvmn", "ensemble", "lgbm", "lstm", "lstmattn", "saint"])
+@pytest.mark.parametrize("name", ["akt", "bert", "dkvmn", "ensemble", "lgbm", "lstm", "lstmattn", "saint", "simplekt"])
 def test_stepping_answers_gives_the_batch_scores(
     name: str, bundles: dict[str, Path], student: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:

@@ -40,6 +40,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "bert": {"hidden_dim": 32, "n_layers": 1},
     "saint": {"n_enc_layers": 1, "n_dec_layers": 1},
     "dkvmn": {"memory_size": 8, "key_dim": 16, "value_dim": 32},
+    "akt": {"n_heads": 2},
+    "simplekt": {"n_heads": 2, "n_blocks": 1},
 }
 
 
@@ -206,6 +208,8 @@ BAD_PARAMS = [
     ("saint", {"n_dec_layers": "2"}, "n_dec_layers must be a positive integer, got '2'"),
     ("dkvmn", {"memory_size": 0}, "memory_size must be a positive integer"),
     ("dkvmn", {"emb_dropout": -0.1}, "emb_dropout must be in"),
+    ("akt", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
+    ("simplekt", {"n_blocks": 0}, "n_blocks must be a positive integer"),
 ]
 
 
