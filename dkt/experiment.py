@@ -92,8 +92,12 @@ def run(
     data_version: str | None = None,
     config_dir: Path | None = None,
     progress: bool = True,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train one model and write its bundle to ``output_dir``; returns the metrics.
+
+    ``init_from``: a bundle whose weights seed the model where its kind allows (warm start; the kind says in the
+    log when it trains from scratch instead, ``SequenceKind.warm_start``).
 
     ``bundle.json`` is written last, and only after the saved model has loaded and scored a smoke
     batch (``dkt.verify``): a folder without it is incomplete and every loader refuses it.
@@ -109,7 +113,7 @@ def run(
     with tracking.training_run(config.model, params) as tracked:
         return _train(
             config, data, Path(output_dir), epochs, device, seed, model_version, data_version, config_dir, progress,
-            tracked,
+            tracked, init_from,
         )  # fmt: skip
 
 
@@ -125,6 +129,7 @@ def _train(
     config_dir: Path | None,
     progress: bool,
     tracked: tracking.TrackedRun,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: --output-dir exists and is not a folder")
@@ -157,6 +162,7 @@ def _train(
         config_dir=config_dir or Path("config"),
         progress=progress,
         train_member=lambda path, out_dir: member(path, output_dir=out_dir),
+        init_from=init_from,
     )
     fit = kind.train(job)
     hashed_config = kind.hashed_config(config_doc, out)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dkt.config import TrainParams
-from dkt.data.features import FeatureFrame
+from dkt.data.features import FIRST, VOCAB_FEATURES, FeatureEncoder, FeatureFrame
 from dkt.data.sequences import Batcher, make_windows, scoring_windows, to_device
 from dkt.metrics import auc
 from dkt.scoring import autocast, score_windows
@@ -36,8 +36,8 @@ def seed_everything(seed: int) -> None:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but torch sees no CUDA device")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -207,3 +207,62 @@ def fit_sequence_model(
         raise TrainingError(f"no epoch gave a finite {criterion.replace('_', ' ')}: training diverged")
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best_auc, epoch, time.perf_counter() - t0, history, criterion, reason)
+
+
+class WarmStartRefused(Exception):
+    """The production model's weights cannot seed this model (another kind, another architecture)."""
+
+
+def vocabulary_rows(old: FeatureEncoder, new: FeatureEncoder) -> dict[str, np.ndarray]:
+    """Per embedding table of ``FeatureEncoder.sizes``: the old encoder's row of each of the new encoder's rows,
+    -1 for a value the old one did not know. Vocabularies are sorted, so a new item shifts the rows after it:
+    rows are matched by value, not by position."""
+    rows: dict[str, np.ndarray] = {}
+    for name in VOCAB_FEATURES:
+        known = old.vocab[name]
+        m = np.full(len(new.vocab[name]) + FIRST, -1, dtype=np.int64)
+        m[:FIRST] = np.arange(FIRST)  # padding and unknown keep their rows
+        for value, i in new.vocab[name].items():
+            m[i] = known.get(value, -1)
+        rows[name] = m
+    for name, base in (("prev_tag_resp", "tag"), ("prev_item_resp", "item")):
+        # Row FIRST + 2 * index + answer (dkt.data.features.FeatureEncoder.transform).
+        r = np.arange(FIRST, 2 * len(rows[base]) + FIRST)
+        src = rows[base][(r - FIRST) // 2]
+        rows[name] = np.concatenate([np.arange(FIRST), np.where(src >= 0, FIRST + 2 * src + (r - FIRST) % 2, -1)])
+    sizes = new.sizes()
+    for name in ("elapsed", "prev_answer"):  # fixed vocabularies
+        rows[name] = np.arange(sizes[name])
+    return rows
+
+
+def warm_start(model: nn.Module, old_state: dict[str, torch.Tensor], rows: dict[str, np.ndarray]) -> str:
+    """Load ``old_state`` (a model of the same kind and parameters on an older vocabulary) into ``model``.
+
+    An embedding table named after a vocabulary (``...cat.item``, ``...resp.prev_tag_resp``) gets the old row of
+    every value both vocabularies know and keeps its fresh initialisation for the new values; every other
+    tensor must keep its shape. Returns what was carried over; ``WarmStartRefused`` when a shape differs."""
+    vocab_tables = {
+        f"{name}.weight": name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in rows
+    }
+    state = model.state_dict()
+    if set(state) != set(old_state):
+        raise WarmStartRefused(f"the parameters differ ({len(set(state) ^ set(old_state))} names in only one)")
+    new_rows = 0
+    for key, tensor in state.items():  # state_dict tensors are detached views of the parameters
+        old = old_state[key]
+        if key in vocab_tables:
+            m = rows[vocab_tables[key]]
+            if len(m) != tensor.shape[0] or old.shape[1:] != tensor.shape[1:] or int(m.max()) >= old.shape[0]:
+                raise WarmStartRefused(f"{key}: {tuple(old.shape)} cannot seed {tuple(tensor.shape)}")
+            kept = torch.from_numpy(np.flatnonzero(m >= 0))
+            tensor[kept] = old[torch.from_numpy(m[m >= 0])].to(tensor.dtype)
+            new_rows += int((m < 0).sum())
+        elif old.shape != tensor.shape:
+            raise WarmStartRefused(f"{key}: shape {tuple(old.shape)} in production, {tuple(tensor.shape)} now")
+        else:
+            tensor.copy_(old)
+    model.load_state_dict(state)
+    return f"{len(state)} tensors from production, {new_rows} new embedding rows initialised fresh"

@@ -47,6 +47,8 @@ def pull_data(work: Path, store: VersionedStore) -> dict[str, Any]:
     m = store.pull("datasets", "latest", work / "data")
     holdout = prepare_holdout(work, store)
     print(f"holdout: {holdout['note']}", file=sys.stderr)
+    if holdout["production"]:  # its weights seed the candidates of its kind (warm start, dkt train --init-from)
+        store.pull("models", holdout["production"], work / "production")
     return {"data_version": m["version"], "rows": m.get("rows", {}), "holdout": holdout}
 
 
@@ -196,6 +198,8 @@ def train(
         ]  # fmt: skip
         if epochs:
             argv += ["--epochs", str(epochs)]
+        if (work / "production" / "bundle.json").is_file():  # pulled by pull_data; the kind decides if it fits
+            argv += ["--init-from", str(work / "production")]
         print("train: " + " ".join(argv), file=sys.stderr)
         # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
         proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)

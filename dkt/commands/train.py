@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-version", help="version recorded in the bundle (default: UTC time)")
     p.add_argument("--data-version", help="data version recorded in the bundle (default: data fingerprint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--init-from", type=Path, help="a model bundle whose weights seed this one when kind and parameters match"
+    )
     return p.parse_args(argv)
 
 
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             data_version=args.data_version,
             config_dir=args.config.parent,
             progress=not args.no_progress,
+            init_from=args.init_from,
         )
     except (ConfigError, DataValidationError, BundleError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -97,6 +97,8 @@ class TrainJob:
     config_dir: Path
     progress: bool
     train_member: Callable[[Path, Path], dict[str, Any]]
+    # A bundle whose weights seed this training (warm start) where the kind can use them; None: from scratch.
+    init_from: Path | None = None
 
 
 class Predictor(ABC):

@@ -9,6 +9,7 @@ Every position is scored in the window ``dkt.data.sequences.window_start`` gives
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,14 @@ from dkt.models.inputs import (
 )
 from dkt.models.interface import ModelKind, Predictor, TrainJob
 from dkt.scoring import score_windows
-from dkt.training import count_params, fit_sequence_model, resolve_device
+from dkt.training import (
+    WarmStartRefused,
+    count_params,
+    fit_sequence_model,
+    resolve_device,
+    vocabulary_rows,
+    warm_start,
+)
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -182,6 +190,8 @@ class SequenceKind(ModelKind):
     def train(cls, job: TrainJob) -> dict[str, Any]:
         config, out = job.config, job.out_dir
         model = cls.build(config.model_params, job.encoder.sizes())
+        if job.init_from is not None:
+            cls.warm_start(model, job)
 
         def save(m: nn.Module, epoch: int, valid_auc: float) -> None:
             torch.save(m.state_dict(), out / (WEIGHTS_FILE + ".tmp"))
@@ -209,6 +219,29 @@ class SequenceKind(ModelKind):
             "selection_reason": result.selection_reason,
             "history": result.history,
         }
+
+    @classmethod
+    def warm_start(cls, model: nn.Module, job: TrainJob) -> bool:
+        """Seed ``model`` with the weights of the bundle ``job.init_from`` when it is this kind with the same
+        ``model_params`` (new vocabulary rows start fresh, ``dkt.training.warm_start``); otherwise say why and
+        leave the model untouched (training from scratch). Returns whether it was seeded."""
+        src = Path(job.init_from or "")
+        try:
+            meta = json.loads((src / "bundle.json").read_text())
+            old_config = json.loads((src / "config.json").read_text())
+            if meta.get("model") != cls.name:
+                raise WarmStartRefused(f"it is a {meta.get('model')} model, this is {cls.name}")
+            if old_config.get("model_params") != job.config.model_params:
+                raise WarmStartRefused("its model_params differ from this config's")
+            old = FeatureEncoder.from_dict(json.loads((src / "encoder.json").read_text()))
+            state = torch.load(src / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            with torch.no_grad():
+                note = warm_start(model, state, vocabulary_rows(old, job.encoder))
+        except (OSError, ValueError, KeyError, WarmStartRefused) as exc:
+            print(f"warm start: not from {src} ({exc}): training from scratch", file=sys.stderr)
+            return False
+        print(f"warm start: from {src} ({meta.get('model_version')}): {note}", file=sys.stderr)
+        return True
 
     @classmethod
     def load(cls, bundle_dir: Path, meta: dict[str, Any], device: str = "cpu") -> SequencePredictor:
