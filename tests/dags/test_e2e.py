@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from dkt.cli import main as dkt_main
 from pipeline import deploy
 from pipeline.store import VersionedStore
 from tests.conftest import TINY_LSTM
-from tests.dags.airflow_runner import ROOT, AirflowCLI
+from tests.dags.airflow_runner import AirflowCLI
 from tests.dags.polling import request
 from tests.pipeline.s3server import moto_server
 from tests.support.ports import free_port
@@ -40,19 +39,11 @@ class Phases:
         return "\n".join(["[e2e] phases:", *self.rows])
 
 
-def py(env: dict[str, str], *commands: list[str]) -> None:
-    """The app's CLI commands, side by side: pass several only when they are independent."""
-    procs = [(args, subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)) for args in commands]  # fmt: skip
-    try:
-        for args, proc in procs:
-            _, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, f"{args}: {err[-3000:]}"
-    finally:
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+def dkt(*argv: str) -> None:
+    """A `dkt` command in this process, as the DAG tasks' `python -m dkt ...` runs it, without the 1.5-2.5 CPU-s
+    start-up of a process of its own (the settings are read from the environment on each call)."""
+    rc = dkt_main(list(argv))
+    assert rc == 0, f"dkt {' '.join(argv)} exited with {rc}"
 
 
 @pytest.mark.slow
@@ -94,11 +85,11 @@ def students_then_three_dags(
         airflow.start(["db", "migrate"], tmp_path / "migrate.log")
         airflow.start(["warm"], tmp_path / "warm.log")
         try:  # from here on a server may run: the inference service is stopped whatever happens
-            # The seed data and the first model go to different parts of the store: pushed at the same time.
-            py(full, ["-m", "dkt", "data", "push", str(sim_dir), "--version", "seed"],
-               ["-m", "dkt", "models", "push", str(lstm_bundle), "--promote"])  # fmt: skip
+            # The seed and the first model, set up in this process: what the DAGs do after is the test.
+            dkt("data", "push", str(sim_dir), "--version", "seed")
+            dkt("models", "push", str(lstm_bundle), "--promote")
             for step in ("pull-model", "pack", "deploy", "verify"):
-                py(full, ["-m", "dkt", "deploy", step, "--run-id", "initial"])
+                dkt("deploy", step, "--run-id", "initial")
             phases.done("seed data and first model pushed, packed, served (Airflow migrating and warming meanwhile)")
             with client_server(full, client_port, tmp_path / "client.log", timeout=180) as base:
                 first = run_students(base, sim_dir / "questions.csv", n_students=5, answers_each=8, seed=1)
@@ -134,7 +125,7 @@ def students_then_three_dags(
 
                 # The fourth DAG, in Airflow: a shadow set but no answers it scored yet (it is not served here),
                 # so the gate waits (exit 99: task skipped, run a success) and moves nothing.
-                py(full, ["-m", "dkt", "models", "shadow", "test-v1"])
+                dkt("models", "shadow", "test-v1")
                 log = airflow.dags_test("promote_shadow_dag", tmp_path / "promote-shadow.log")
                 assert "skip: waiting: 0 of the" in log and "explored answers scored by both" in log
                 assert store.pointed("models", "production") == new_v

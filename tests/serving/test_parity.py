@@ -9,7 +9,7 @@ boundary.
 Parity needs the code paths, not a good model: each shipped config keeps its layers, heads, members and
 options, with narrower layers and a shorter ``max_seq_len`` (so a history of three windows is 60 answers, not
 600 or 3000). The seven bundles are trained, run through ``inference.py`` and packed once per test run; each
-test then starts its own ``bentoml serve``.
+test then starts its own ``bentoml serve`` for two kinds, production and shadow (PAIRS).
 """
 
 from __future__ import annotations
@@ -260,10 +260,23 @@ def requests_for(table: pd.DataFrame) -> list[tuple[int, dict]]:
 
 # ---------------------------------------------------------------- every model kind, served for real
 
+# Kinds served together by one `bentoml serve`: the first as production, the second as its shadow
+# (DKT_SHADOW_MODEL_TAG), so 4 server starts cover the 7 kinds instead of 7 (each start is a supervisor and a worker
+# importing BentoML and torch, 8-10 CPU-s). A shadow is loaded by the same load_predictor and scores the same frames
+# through the same predict_candidates_batch call as production (serving/shadow.py: score_batch), so its
+# probabilities in the response's ``shadow`` field are the kind's served output as much as production's are; the
+# production path without a shadow (no fixed ``at``) is dkvmn's, served alone.
+PAIRS = (("lstm", "lstmattn"), ("bert", "saint"), ("ensemble", "lgbm"), ("dkvmn", None))
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_inference_file_equals_live_service(kind: str, kit: Kit, tmp_path: Path) -> None:
+
+def test_pairs_cover_every_kind_once() -> None:
+    served = [kind for pair in PAIRS for kind in pair if kind]
+    assert sorted(served) == sorted(KINDS)
+
+
+def inferred_file(kit: Kit, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """inference.py's probabilities for the -1 rows (file order), the predictor's own for every row, the -1 rows'
+    positions, and the tag packer.py stored the bundle under; asserts the file equals the predictor's output."""
     bundle = kit.bundle(kind)
     max_len = json.loads((bundle / "bundle.json").read_text())["max_seq_len"]
     assert kit.table.groupby("userID").size().max() >= 3 * max_len  # the long case is really exercised
@@ -277,23 +290,50 @@ def test_inference_file_equals_live_service(kind: str, kit: Kit, tmp_path: Path)
 
     packed = kit.result("pack", kind)
     assert packed.returncode == 0, packed.stderr[-3000:]
-    tag = packed.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    return written, offline, targets, packed.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+
+
+def check_served(kit: Kit, kind: str, file: tuple, served: dict[int, float], meta: dict) -> None:
+    """The service's probabilities for ``kind`` (by file row) equal the offline ones (``file``: inferred_file's)
+    within 1e-5; ``meta`` (the /metadata document, or its ``shadow`` part) names the bundle's version and lineage."""
+    written, offline, targets, _ = file
+    assert sorted(served) == targets.tolist()
+    got = np.array([served[i] for i in targets])
+    delta = np.abs(got - offline[targets])
+    max_len = json.loads((kit.bundle(kind) / "bundle.json").read_text())["max_seq_len"]
+    print(f"\nparity {kind}: max |delta| = {delta.max():.2e} over {len(targets)} rows (max_seq_len {max_len})")
+    assert delta.max() <= 1e-5, f"{kind}: worst row {int(targets[delta.argmax()])}, |delta| {delta.max():.2e}"
+    np.testing.assert_allclose(got, written, atol=1e-5)
+    bundle_meta = json.loads((kit.bundle(kind) / "bundle.json").read_text())
+    assert meta["model_version"] == f"parity-{kind}" and meta["seed"] == 0  # lineage of what is served
+    assert meta["config_hash"] == bundle_meta["config_hash"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,shadow", PAIRS, ids=[f"{k}+{s}" if s else k for k, s in PAIRS])
+def test_inference_file_equals_live_service(kind: str, shadow: str | None, kit: Kit, tmp_path: Path) -> None:
+    files = {k: inferred_file(kit, k) for k in (kind, shadow) if k}
+    tag, shadow_tag = files[kind][3], files[shadow][3] if shadow else None
     # Its own copy of the store: `bentoml serve` writes its metrics files under BENTOML_HOME, and a test on
     # the other xdist worker may serve from the kit at the same time.
     home = tmp_path / "bentoml"
     shutil.copytree(kit.root / "bentoml" / "models", home / "models", symlinks=True)
-    served = {}
-    with bentoml_service("service:DKTService", bentoml_env(home, tag), tmp_path / "bentoml.log") as server:
+    env = bentoml_env(home, tag)
+    if shadow_tag:
+        env["DKT_SHADOW_MODEL_TAG"] = shadow_tag
+    served: dict[int, float] = {}
+    shadowed: dict[int, float] = {}
+    with bentoml_service("service:DKTService", env, tmp_path / "bentoml.log") as server:
         meta = requests.get(server.url + "/metadata", timeout=30).json()
         for idx, body in requests_for(kit.table):
             r = requests.post(server.url + "/predict", json=body, timeout=120)
             assert r.status_code == 200, r.text
             served[idx] = r.json()["predictions"][0]["probability"]
-    assert sorted(served) == targets.tolist()
-    got = np.array([served[i] for i in targets])
-    delta = np.abs(got - offline[targets])
-    print(f"\nparity {kind}: max |delta| = {delta.max():.2e} over {len(targets)} rows (max_seq_len {max_len})")
-    assert delta.max() <= 1e-5, f"{kind}: worst row {int(targets[delta.argmax()])}, |delta| {delta.max():.2e}"
-    np.testing.assert_allclose(got, written, atol=1e-5)
-    assert meta["model_version"] == f"parity-{kind}" and meta["seed"] == 0  # lineage of what is served
-    assert meta["config"] == json.loads((bundle / "config.json").read_text())
+            if shadow:
+                shadowed[idx] = r.json()["shadow"]["probabilities"][0]
+    check_served(kit, kind, files[kind], served, meta)
+    assert meta["config"] == json.loads((kit.bundle(kind) / "config.json").read_text())
+    if shadow:
+        check_served(kit, shadow, files[shadow], shadowed, meta["shadow"])
+    else:
+        assert "shadow" not in meta
