@@ -39,6 +39,7 @@ from dkt.bundle import lineage
 from dkt.mastery import skill_levels
 from dkt.models.inputs import resolve_after
 from dkt.predictor import Predictor, load_predictor
+from dkt.training import resolve_device
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
 from serving.model_worker import DKTModel, batch_size_histogram, score_remote
@@ -79,7 +80,7 @@ class DKTService:
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.torch_threads))
         self.model_dir = Path(self.model_ref.path)
-        self.predictor: Predictor = load_predictor(self.model_dir, device="cpu")
+        self.predictor: Predictor = load_predictor(self.model_dir, device=str(resolve_device(settings.device)))
         self.tag = str(self.model_ref.tag)
         config_file = self.model_dir / "config.json"  # every bundle carries the config it was trained with
         self.config: dict[str, Any] | None = json.loads(config_file.read_text()) if config_file.is_file() else None

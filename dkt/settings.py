@@ -406,6 +406,13 @@ class ServiceSettings(Group):
         "threads",
     )
     access_log: Flag = env("DKT_ACCESS_LOG", True, "one log line per request; `0`, `false` or `no` turn it off")
+    device: str = env(
+        "DKT_SERVICE_DEVICE",
+        "auto",
+        "the service's torch device (also `dkt infer`'s default): auto (cuda when torch sees one, else cpu), cpu,"
+        " cuda, cuda:N",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+    )
     state_cache_bytes: int = env(
         "DKT_STATE_CACHE_BYTES",
         512 * 1024 * 1024,

@@ -23,6 +23,7 @@ import bentoml
 import torch
 
 from dkt.predictor import Predictor, load_predictor
+from dkt.training import resolve_device
 from serving.settings import settings
 from serving.shadow import Scores, Scoring, Shadow, score_batch
 
@@ -77,7 +78,9 @@ class DKTModel:
 
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.torch_threads))
-        self.predictor: Predictor = load_predictor(Path(self.model_ref.path), device="cpu")
+        self.predictor: Predictor = load_predictor(
+            Path(self.model_ref.path), device=str(resolve_device(settings.device))
+        )
         self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
         self.observe_batch = batch_size_histogram()
 

@@ -18,8 +18,10 @@ from typing import Any
 from dkt.bundle import lineage
 from dkt.predictor import Predictor, load_predictor, resolve_at
 from dkt.settings import stop
+from dkt.training import resolve_device
 from serving.frames import job_frames
 from serving.schema import Job
+from serving.settings import settings
 
 log = logging.getLogger("bentoml.dkt_service.shadow")
 
@@ -68,7 +70,7 @@ class Shadow:
 
         try:
             model = bentoml.models.get(tag)
-            predictor = load_predictor(Path(model.path), device="cpu")
+            predictor = load_predictor(Path(model.path), device=str(resolve_device(settings.device)))
         except (BentoMLException, OSError, ValueError) as exc:
             raise ShadowError(f"DKT_SHADOW_MODEL_TAG={tag!r}: cannot load the shadow model: {exc}") from exc
         return cls(predictor, str(model.tag))

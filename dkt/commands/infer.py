@@ -23,14 +23,15 @@ from dkt.cli import Parser
 from dkt.data.io import read_csv
 from dkt.data.schema import ANSWER_TO_PREDICT, DataValidationError
 from dkt.predictor import load_predictor
+from dkt.training import TrainingError, resolve_device
 
 
-def predict_file(model_dir: Path, data_file: Path, device: str = "cpu") -> pd.DataFrame:
+def predict_file(model_dir: Path, data_file: Path, device: str = "auto") -> pd.DataFrame:
     df = read_csv(data_file)
     targets = np.flatnonzero(df["answerCode"].to_numpy() == ANSWER_TO_PREDICT)
     if len(targets) == 0:
         raise DataValidationError(str(data_file), "no rows with answerCode -1 to predict")
-    prob = load_predictor(model_dir, device=device).predict_rows(df)
+    prob = load_predictor(model_dir, device=str(resolve_device(device))).predict_rows(df)
     return pd.DataFrame({"id": np.arange(len(targets)), "prediction": prob[targets]})
 
 
@@ -39,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", required=True, type=Path, help="a model bundle written by dkt train")
     p.add_argument("--data-file", required=True, type=Path, help="canonical CSV with answerCode -1 rows")
     p.add_argument("--output", required=True, type=Path, help="where to write id,prediction")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     args = p.parse_args(argv)
     try:
         out = predict_file(args.model_dir, args.data_file, args.device)
-    except (DataValidationError, BundleError) as exc:
+    except (DataValidationError, BundleError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)

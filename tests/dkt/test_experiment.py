@@ -142,12 +142,19 @@ def test_train_cli_reports_bad_config_and_bad_data_clearly(tmp_path: Path, sim_d
     assert res.returncode == 2 and "answerCode" in res.stderr and str(broken) in res.stderr
 
 
-def test_inference_cli_writes_id_prediction(lstm_bundle: Path, sim_dir: Path, tmp_path: Path) -> None:
+def to_predict(sim_dir: Path, tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    """The test file with each student's last answer hidden (answerCode -1): what inference.py predicts."""
     test = read_csv(sim_dir / "test.csv")
     last = test.sort_values("Timestamp").groupby("userID").tail(1).index
     test.loc[last, "answerCode"] = -1
     data = tmp_path / "to_predict.csv"
     test.to_csv(data, index=False)
+    return test, data
+
+
+def test_inference_cli_writes_id_prediction(lstm_bundle: Path, sim_dir: Path, tmp_path: Path) -> None:
+    test, data = to_predict(sim_dir, tmp_path)
+    last = test.index[test["answerCode"] == -1]
     out = tmp_path / "pred.csv"
     res = run_cli("inference.py", "--model-dir", str(lstm_bundle), "--data-file", str(data), "--output", str(out))
     assert res.returncode == 0, res.stderr
@@ -157,6 +164,24 @@ def test_inference_cli_writes_id_prediction(lstm_bundle: Path, sim_dir: Path, tm
     expected = load_predictor(lstm_bundle).predict_last(test)
     targets = test.loc[test["answerCode"] == -1, "userID"]
     np.testing.assert_allclose(pred["prediction"], expected.loc[targets].to_numpy(), atol=1e-6)
+
+
+def test_inference_on_cuda_without_one_is_one_error_line(
+    lstm_bundle: Path, sim_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--device cuda` (and DKT_SERVICE_DEVICE=cuda for the service, the same resolve_device) on a host whose torch
+    sees no GPU: exit 2 naming the device, no output file; with a GPU the same call writes the predictions."""
+    from dkt.commands.infer import main as infer
+
+    out = tmp_path / "pred.csv"
+    _, data = to_predict(sim_dir, tmp_path)
+    code = infer(["--model-dir", str(lstm_bundle), "--data-file", str(data), "--output", str(out),
+                  "--device", "cuda"])  # fmt: skip
+    if torch.cuda.is_available():
+        assert code == 0 and out.is_file()
+    else:
+        assert code == 2 and not out.exists()
+        assert capsys.readouterr().err == "error: device 'cuda' was asked for but torch sees no CUDA device\n"
 
 
 def test_incomplete_bundle_is_refused(tmp_path: Path) -> None:
