@@ -211,7 +211,7 @@ def train(
             "selection": selection}  # fmt: skip
 
 
-def _holdout_context(work: Path, holdout: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray]:
+def holdout_context(work: Path, holdout: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray]:
     """Every answer of the students with a held-out answer, in time order (what came before is the context),
     and which rows are held out."""
     import pandas as pd
@@ -244,10 +244,10 @@ def select(work: Path) -> dict[str, Any]:
         rows.append({"name": bundles[0].name, "model": read_meta(bundles[0])["model"], "score": None})
     elif holdout["active"]:
         by = f"AUC on the time holdout ({holdout['note']})"
-        context, held = _holdout_context(work, holdout)
+        context, held = holdout_context(work, holdout)
         y = context["answerCode"].to_numpy()[held]
         for b in bundles:
-            [p] = _probabilities(b, [context])
+            [p] = probabilities(b, [context])
             ok = ~np.isnan(p[held])
             rows.append({"name": b.name, "model": read_meta(b)["model"], "score": auc(y[ok], p[held][ok])})
     else:
@@ -270,7 +270,7 @@ def select(work: Path) -> dict[str, Any]:
     return doc
 
 
-def _probabilities(bundle: Path, tables: list[pd.DataFrame]) -> list[np.ndarray]:
+def probabilities(bundle: Path, tables: list[pd.DataFrame]) -> list[np.ndarray]:
     """P(correct) of every row of each table through the serving loader (earlier rows of a student: context)."""
     from dkt.predictor import load_predictor
 
@@ -293,15 +293,15 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     holdout = read_holdout(work)
     tables = [test]
     if holdout["active"]:
-        context, held = _holdout_context(work, holdout)
+        context, held = holdout_context(work, holdout)
         tables.append(context)
     prod = store.pointed("models", "production")
     doc: dict[str, Any] = {"candidate_version": read_meta(work / "candidate")["model_version"],
                            "production_version": prod}  # fmt: skip
-    scored = {"candidate": _probabilities(work / "candidate", tables)}
+    scored = {"candidate": probabilities(work / "candidate", tables)}
     if prod:
         store.pull("models", prod, work / "production")
-        scored["production"] = _probabilities(work / "production", tables)
+        scored["production"] = probabilities(work / "production", tables)
     for role, probs in scored.items():
         doc[role] = evaluate_predictions(test, probs[0])
     if holdout["active"]:
