@@ -28,7 +28,8 @@ from dkt.settings import (
 )
 
 # Product code: everything but the tests and what is not ours (virtualenvs, runtime state, snapshots).
-SKIP_DIRS = {"tests", "var", "run", "__pycache__", "node_modules", "build", "dist"}
+# mk/: the build's own scripts (mk/install.py) run on the system Python before any venv, so before pydantic-settings.
+SKIP_DIRS = {"tests", "var", "run", "__pycache__", "node_modules", "build", "dist", "mk"}
 # Files other than Python that read variables: shell scripts, the stack file, images, the proxy.
 NON_PYTHON = [
     "init_for_inference_server.sh",
