@@ -67,10 +67,12 @@ def previous_ids(token: torch.Tensor) -> torch.Tensor:
 
 class RaschEmbedding(nn.Module):
     """(question, interaction) embeddings per position, Rasch-style: a skill vector plus the item's difficulty
-    scalar times a variation vector."""
+    scalar times a variation vector; each plus the project's ``InputEmbedding`` of the same position."""
 
-    def __init__(self, d_model: int, sizes: dict[str, int]):
+    def __init__(self, cfg: InputConfig, sizes: dict[str, int]):
         super().__init__()
+        d_model = cfg.d_model
+        self.inp = InputEmbedding(cfg, sizes)
         self.skill = nn.Embedding(sizes["tag"], d_model, padding_idx=PAD)
         self.skill_var = nn.Embedding(sizes["tag"], d_model, padding_idx=PAD)
         self.response = nn.Embedding(sizes["prev_tag_resp"], d_model, padding_idx=PAD)
@@ -84,7 +86,8 @@ class RaschEmbedding(nn.Module):
         question = self.skill(tag) + self.difficulty(batch["item"]) * self.skill_var(tag)
         prev_mu = self.difficulty(previous_ids(batch["prev_item_resp"]))
         interaction = self.response(resp) + prev_mu * self.response_var(resp)
-        return question, interaction
+        query, inp_interaction = self.inp(batch)
+        return query + question, inp_interaction + interaction
 
 
 def monotonic_scores(scores: torch.Tensor, allowed: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -155,8 +158,7 @@ class AttentionBlock(nn.Module):
 class AKTModel(nn.Module):
     def __init__(self, cfg: AKTConfig, sizes: dict[str, int]):
         super().__init__()
-        self.inp = InputEmbedding(cfg, sizes)
-        self.rasch = RaschEmbedding(cfg.d_model, sizes)
+        self.embed = RaschEmbedding(cfg, sizes)
         n = range(cfg.n_blocks)
         self.knowledge = nn.ModuleList(AttentionBlock(cfg, monotonic=True) for _ in n)
         # As in the paper's code: the question encoder's layers skip the feed-forward part.
@@ -165,10 +167,8 @@ class AKTModel(nn.Module):
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        query, interaction = self.inp(batch)
-        rasch_q, rasch_y = self.rasch(batch)
-        x_emb = query + rasch_q
-        x, y = x_emb, interaction + rasch_y
+        x_emb, y = self.embed(batch)
+        x = x_emb
         # Right padding: with causal attention no real position ever attends to a padded one.
         for block in self.knowledge:
             y = block(y, y, y)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dkt.models.akt import AKTConfig, AttentionBlock, RaschEmbedding
-from dkt.models.base import InputEmbedding, PredictionHead
+from dkt.models.base import PredictionHead
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind
 
@@ -44,17 +44,14 @@ def sinusoidal_positions(t: int, d: int, device: torch.device) -> torch.Tensor:
 class SimpleKTModel(nn.Module):
     def __init__(self, cfg: SimpleKTConfig, sizes: dict[str, int]):
         super().__init__()
-        self.inp = InputEmbedding(cfg, sizes)
-        self.rasch = RaschEmbedding(cfg.d_model, sizes)
+        self.embed = RaschEmbedding(cfg, sizes)
         self.blocks = nn.ModuleList(AttentionBlock(cfg, monotonic=False, shift_keys=True) for _ in range(cfg.n_blocks))
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        query, interaction = self.inp(batch)
-        rasch_q, rasch_y = self.rasch(batch)
-        x_emb = query + rasch_q
+        x_emb, y = self.embed(batch)
         pos = sinusoidal_positions(x_emb.shape[1], x_emb.shape[2], x_emb.device)
-        x, y = x_emb + pos, interaction + rasch_y + pos
+        x, y = x_emb + pos, y + pos
         # Right padding: with causal attention no real position ever attends to a padded one.
         for block in self.blocks:
             x = block(x, x, y)
