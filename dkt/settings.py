@@ -866,7 +866,7 @@ class ContainerSettings(Group):
         "DKT_MODEL_VERSION",
         None,
         "the model version baked into an inference image (a label for operators)",
-        reader="docker/inference.Dockerfile",
+        reader="docker/bento.Dockerfile.j2",
     )
     gunicorn_workers: int = env(
         "GUNICORN_WORKERS",

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.deploy import parse_pack_output
+from pipeline.deploy_local import DeployError
 from pipeline.swarm_images import (
     REPO_ROOT,
     DockerError,
@@ -27,28 +29,29 @@ def say(msg: str) -> None:
     print(f"[swarm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_model(model_dir: Path | None, model_tag: str | None) -> tuple[str, str]:
-    """(bentoml model tag, model version). A bundle dir is packed first with packer.py."""
+def resolve_model(model_dir: Path | None, model_tag: str | None) -> tuple[str, str, str]:
+    """(bentoml model tag, model version, Bento tag). packer.py puts a bundle dir into the store, and builds (or
+    reuses) the Bento around the model: the one artifact every replica's image is made from."""
     if model_tag:
         if ":" not in model_tag:
             raise ValueError(f"--model-tag {model_tag!r}: expected NAME:VERSION, e.g. dkt-model:v2")
         bundle_version = None
+        source = ["--model-tag", model_tag]
     else:
         assert model_dir is not None
         meta_file = model_dir / "bundle.json"
         if not meta_file.is_file():
             raise ValueError(f"{model_dir}: not a model bundle (no bundle.json)")
         bundle_version = str(json.loads(meta_file.read_text())["model_version"])
-        say(f"packing {model_dir} with packer.py")
-        out = run(
-            [sys.executable, str(REPO_ROOT / "packer.py"), "--model-dir", str(model_dir), "--no-bento"], cwd=REPO_ROOT
-        )
-        tags = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("model:")]
-        if not tags:
-            raise DockerError(f"packer.py printed no `model: TAG` line for {model_dir}")
-        model_tag = tags[-1]
-    version = bundle_version or model_tag.split(":", 1)[1]
-    return model_tag, version
+        source = ["--model-dir", str(model_dir)]
+    say(f"packing {model_dir or model_tag} with packer.py (model and Bento)")
+    out = run([sys.executable, str(REPO_ROOT / "packer.py"), *source], cwd=REPO_ROOT)
+    try:
+        packed = parse_pack_output(out)
+    except DeployError as exc:
+        raise DockerError(str(exc)) from None
+    model_tag = packed["model_tag"]
+    return model_tag, bundle_version or model_tag.split(":", 1)[1], packed["bento_tag"]
 
 
 def ensure_base_image(settings: SwarmSettings) -> None:
@@ -79,13 +82,13 @@ def build(
         images[key] = ref
     result: dict[str, Any] = {"images": images}
     if model is not None:
-        tag, version = model
-        say(f"image inference for {tag}: build and push")
+        tag, version, bento = model
+        say(f"image inference from the Bento {bento}: build and push")
         t_inference = time.monotonic()
         images["inference"] = build_inference_image(
-            stack.config.images["inference"], settings.registry, images["inference-runtime"], tag, version
+            stack.config.images["inference"], settings.registry, images["inference-runtime"], bento, version
         )
         say(f"image inference: {images['inference']} ({time.monotonic() - t_inference:.0f} s)")
-        result.update(model_tag=tag, model_version=version)
+        result.update(model_tag=tag, model_version=version, bento_tag=bento)
     result["build_seconds"] = round(time.monotonic() - t0, 1)
     return result

@@ -313,18 +313,21 @@ def docker_push(ref: str) -> None:
     run(["docker", "push", ref])
 
 
-def export_model(model_tag: str, dest: Path) -> Path:
-    """`bentoml models export` of a packed model (from the app venv's model store) into a build context."""
+def containerize(bento_tag: str, tags: Sequence[str], build_args: dict[str, str]) -> None:
+    """`bentoml containerize` of a Bento in the app venv's store ($BENTOML_HOME): BentoML's generated Dockerfile
+    (bentofile.yaml's docker.dockerfile_template, docker/bento.Dockerfile.j2), the Bento and its model the context."""
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml)] if bentoml.is_file() else [sys.executable, "-m", "bentoml"]
-    run([*cmd, "models", "export", model_tag, str(dest)])
-    if not dest.is_file():
-        # bentoml appends .bentomodel when the name lacks it
-        found = sorted(dest.parent.glob(dest.name + "*"))
-        if not found:
-            raise DockerError(f"bentoml models export {model_tag} wrote nothing at {dest}")
-        found[0].rename(dest)
-    return dest
+    cmd += ["containerize", bento_tag]
+    for tag in tags:
+        cmd += ["-t", tag]
+    for key, value in build_args.items():
+        cmd += ["--opt", f"build-arg={key}={value}"]
+    with tempfile.TemporaryDirectory(prefix="dkt-containerize-") as work:
+        # BentoML copies the Bento into a temporary build context and refuses to read the template from a folder
+        # outside its working directory: the one folder is both. The legacy builder, as for every other image.
+        env = {**os.environ, "TMPDIR": work, "DOCKER_BUILDKIT": "0"}
+        run(cmd, cwd=Path(work), env=env, tail=60)
 
 
 def build_hashed_image(
@@ -384,16 +387,9 @@ def build_hashed_images(
     return {key: f.result() for key, f in futures.items()}
 
 
-def build_inference_image(
-    spec: ImageSpec,
-    registry: str,
-    runtime_ref: str,
-    model_tag: str,
-    model_version: str,
-    *,
-    repo: Path = REPO_ROOT,
-) -> str:
-    """Build and push the inference image for one packed model; tagged with the model version and `latest`.
+def build_inference_image(spec: ImageSpec, registry: str, runtime_ref: str, bento_tag: str, model_version: str) -> str:
+    """Build and push the inference image of one Bento (its code and model); tagged with the model version and
+    `latest`. The Bento's generated Dockerfile, on the runtime image (``runtime_ref``: the distributions).
 
     A model version is never overwritten, so an image already tagged with it is reused: redeploying
     the same version (to scale, say) must not change the image digest, or Swarm would roll every replica.
@@ -403,15 +399,7 @@ def build_inference_image(
     if image_exists(ref):
         run(["docker", "tag", ref, f"{name}:latest"])
     else:
-        with tempfile.TemporaryDirectory(prefix="dkt-inference-") as tmp:
-            ctx = assemble_context(spec, Path(tmp), repo=repo)
-            export_model(model_tag, ctx / "model.bentomodel")
-            docker_build(
-                ctx,
-                ref,
-                {"RUNTIME_IMAGE": runtime_ref, "MODEL_TAG": model_tag, "MODEL_VERSION": model_version},
-                extra_tags=[f"{name}:latest"],
-            )
+        containerize(bento_tag, [ref, f"{name}:latest"], {"RUNTIME_IMAGE": runtime_ref, "MODEL_VERSION": model_version})
     # Pushed either way: the registry may be new (another host, a wiped volume); a no-op when it has it.
     docker_push(ref)
     docker_push(f"{name}:latest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_tag_for_rejects_unusable_versions(bad: str) -> None:
 
 def test_real_stack_config_loads() -> None:
     cfg = load_stack_config(CONFIG)
-    assert cfg.images["inference"].sources == ["dkt", "serving", "service.py"]
+    assert cfg.images["inference"].sources == [], "the inference image's content is the Bento, nothing else"
     assert {"inference", "client", "proxy"} <= set(cfg.services)
 
 
@@ -149,13 +150,21 @@ def test_runtime_image_gets_the_app_venvs_torch_and_bentoml_not_the_clients(tmp_
     assert {"torch", "bentoml", "lightgbm"} <= names and "flask" not in names
 
 
-def test_inference_context_copies_service_and_package(tmp_path: Path) -> None:
-    spec = load_stack_config(CONFIG).images["inference"]
-    ctx = assemble_context(spec, tmp_path / "ctx")
-    assert (ctx / "src" / "service.py").read_text() == (REPO_ROOT / "service.py").read_text()
-    assert (ctx / "src" / "dkt" / "predictor.py").is_file()
-    assert (ctx / "src" / "serving" / "batcher.py").is_file()  # what service.py stands on (serving/)
-    assert not list(ctx.rglob("__pycache__"))
+def test_inference_image_is_the_bentos_generated_dockerfile_on_the_runtime_image() -> None:
+    """The inference image is `bentoml containerize` of the Bento (pipeline/swarm_images.py): bentofile.yaml names
+    the template config/swarm.json names, and the template builds offline on the runtime image: no apt, pip or uv
+    step of BentoML's (they would download torch's CUDA build), the Bento copied as it is."""
+    import yaml
+
+    template = load_stack_config(CONFIG).images["inference"].dockerfile
+    assert yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())["docker"]["dockerfile_template"] == template
+    text = (REPO_ROOT / template).read_text()
+    blocks = dict(re.findall(r"{% block (\w+) %}(.*?){% endblock %}", text, re.S))
+    assert set(blocks) == {"SETUP_BENTO_BASE_IMAGE", "SETUP_BENTO_COMPONENTS"}
+    assert "FROM ${RUNTIME_IMAGE} AS base-container" in blocks["SETUP_BENTO_BASE_IMAGE"]
+    steps = [ln for ln in blocks["SETUP_BENTO_COMPONENTS"].splitlines() if ln.startswith(("RUN", "COPY"))]
+    assert not any(word in step for step in steps for word in ("apt-get", "pip ", "uv ")), steps
+    assert "COPY --chown={{ bento__user }}:{{ bento__user }} . ./" in steps
 
 
 def test_missing_source_is_named(tmp_path: Path) -> None:
