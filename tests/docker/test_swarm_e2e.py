@@ -253,7 +253,8 @@ def test_answers_given_through_the_page_reach_the_next_data_version(
             item, token = ITEM.search(page.text), CSRF.search(page.text)
             assert page.status_code == 200 and item and token, page.text[:300]
             right = (n + k) % 2 == 0
-            answer = key[item.group(1)] if right else "no"
+            # A wrong answer is a wrong number: the page refuses a non-numeric one without storing it.
+            answer = key[item.group(1)] if right else str(int(key[item.group(1)]) + 1)
             form = {"csrf_token": token.group(1), "item": item.group(1), "answer": answer}
             page = s.post(client + "/answer", data=form, timeout=30)
             given.setdefault(nickname, []).append((item.group(1), int(right)))
