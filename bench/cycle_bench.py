@@ -61,7 +61,8 @@ def warm_vs_scratch(work_root: Path, env: dict[str, str], cap: list[str], logs: 
                   *cap, "--no-progress"], env, logs / "scratch.log")  # fmt: skip
     doc: dict[str, Any] = {"holdout": holdout["note"], "warm_log": "", "model": read_meta(warm)["model"]}
     log = (logs / "retrain.log").read_text(errors="replace")
-    doc["warm_log"] = next((ln.strip()[-200:] for ln in log.splitlines() if "warm start: " in ln), "no warm start line")
+    said = [ln.split("warm start: ", 1)[1].split(" [airflow")[0] for ln in log.splitlines() if "warm start: " in ln]
+    doc["warm_log"] = said[0] if said else "no warm start line"
     for name, bundle in (("warm", warm), ("scratch", scratch)):
         m = read_meta(bundle)["metrics"]
         row = {"train_seconds": m["train_seconds"], "epochs_run": m["epochs_run"], "test_auc": m["test_auc"]}
@@ -122,9 +123,13 @@ def main() -> int:
     sh([py, "-m", "dkt", "simulate", "--users", str(args.users), "--out", str(tmp / "sim"), "--seed", "0"], env,
        logs / "sim.log")  # fmt: skip
     sh([py, "-m", "dkt", "data", "push", str(tmp / "sim")], env, logs / "push.log")
+    # Its lineage names the stored data version (as make up's first model): the gate then knows what it trained on
+    # and holds out the answers stored after it.
+    data_version = str(VersionedStore.from_env().pointed("datasets", "latest"))
     sh([py, "-m", "dkt", "train", "--config", args.config, "--train-file", str(tmp / "sim" / "train.csv"),
         "--test-file", str(tmp / "sim" / "test.csv"), "--output-dir", str(tmp / "m0"), *cap,
-        "--model-version", "v0", "--no-progress"], env, logs / "train0.log")  # fmt: skip
+        "--model-version", "v0", "--data-version", data_version, "--no-progress"],
+       env, logs / "train0.log")  # fmt: skip
     sh([py, "-m", "dkt", "models", "push", str(tmp / "m0"), "--promote"], env, logs / "pushm.log")
     for step in ("pull-model", "pack", "deploy", "verify"):
         sh([py, "-m", "dkt", "deploy", step, "--run-id", "initial"], env, logs / f"initial-{step}.log")
