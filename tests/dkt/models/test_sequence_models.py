@@ -40,8 +40,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "bert": {"hidden_dim": 32, "n_layers": 1},
     "saint": {"n_enc_layers": 1, "n_dec_layers": 1},
     "dkvmn": {"memory_size": 8, "key_dim": 16, "value_dim": 32},
-    "akt": {"d_model": 16, "n_heads": 2},
-    "simplekt": {"d_model": 16, "n_heads": 2, "n_blocks": 1},
+    "akt": {"d_model": 16, "emb_dim": 8, "n_heads": 1},
+    "simplekt": {"d_model": 16, "emb_dim": 8, "n_heads": 1, "n_blocks": 1},
 }
 
 
