@@ -127,7 +127,7 @@ def test_every_kind_lives_in_its_own_file_and_registers_itself() -> None:
 
 
 def test_unknown_or_misplaced_kinds_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'lsmt'; known: \['bert'"):
+    with pytest.raises(ValueError, match=r"unknown model 'lsmt'; known: \['akt', 'bert'"):
         kind_class("lsmt")
 
     class Misplaced(ModelKind):
