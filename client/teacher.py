@@ -137,9 +137,7 @@ def _skills(tags: Sequence[int], history: list[dict[str, Any]], state: dict[str,
     for tag in tags:
         n, recent = evidence.get(tag, (0, []))
         s = given.get(tag)
-        # The skill's own mastery where the service gives one (docs/mastery.md), as on the student's page.
-        own = s.get("skill_mastery") if s is not None else None
-        p = float(own if own is not None else s["mastery"]) if s is not None else None
+        p = mastery.shown_mastery(s) if s is not None else None  # as on the student's page (docs/mastery.md)
         # The service's level when it sent one (the same dkt/mastery.py rules); else computed here from its figure.
         lvl = str(s["level"]) if s is not None and s.get("level") in mastery.LEVELS else mastery.level(p, n, recent)
         out[tag] = Skill(tag, skill_name(tag), p, lvl, int(s.get("evidence", n)) if s is not None else n)

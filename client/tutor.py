@@ -12,7 +12,7 @@ from typing import Any
 
 from client.inference import InferenceClient, InferenceUnavailable
 from dkt.itembank import SKILLS, load_questions
-from dkt.mastery import LEVELS, level, skill_evidence
+from dkt.mastery import LEVELS, level, shown_mastery, skill_evidence
 
 OPERATION_NAMES = {"add": "Addition", "sub": "Subtraction", "mul": "Multiplication", "div": "Division"}
 TAG_SKILL = {s.tag: s for s in SKILLS}
@@ -128,10 +128,7 @@ def knowledge_state(
     skills = []
     for s in state["skills"]:
         tag = int(s["KnowledgeTag"])
-        # The bar is the skill's own mastery (the model after this skill's answers only, docs/mastery.md): the
-        # whole-history figure moves every skill with each answer. A skill without answers has none ("not started").
-        own = s.get("skill_mastery")
-        mastery = float(own if own is not None else s["mastery"])
+        mastery = shown_mastery(s)  # the skill's own mastery where there is one (docs/mastery.md)
         n, recent = evidence.get(tag, (0, []))
         lvl = str(s["level"]) if s.get("level") in LEVELS else level(mastery, n, recent)
         skills.append(

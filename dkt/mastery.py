@@ -80,6 +80,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def shown_mastery(skill: Mapping[str, Any]) -> float:
+    """The figure a page shows for one skill of a /knowledge_state answer: the skill's own mastery (the model
+    after that skill's answers only) where the service gives one; else the whole-history ``mastery`` (a skill
+    without answers, or a service from before ``skill_mastery``). The whole-history figure moves every skill
+    with each answer."""
+    own = skill.get("skill_mastery")
+    return float(own if own is not None else skill["mastery"])
+
+
 def level(mastery: float | None, evidence: int, recent: Sequence[int] = ()) -> str:
     """The skill's level from the model's ``mastery`` and the ``evidence`` (count, ``recent`` answer codes)."""
     if evidence <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dkt.mastery import LEVELS, RECENT, RULES, level, skill_evidence, skill_levels
+from dkt.mastery import LEVELS, RECENT, RULES, level, shown_mastery, skill_evidence, skill_levels
 
 
 def row(tag: int, code: int, ts: str) -> dict:
@@ -71,3 +71,9 @@ def test_skill_levels_is_what_knowledge_state_returns_per_skill() -> None:
         {"KnowledgeTag": 3, "mastery": 0.9, "skill_mastery": 0.5, "level": "practising", "evidence": 2},
         {"KnowledgeTag": 4, "mastery": 0.9, "skill_mastery": None, "level": "not started", "evidence": 0},
     ]
+
+
+def test_a_page_shows_the_skills_own_mastery_where_there_is_one() -> None:
+    assert shown_mastery({"mastery": 0.6, "skill_mastery": 0.8}) == 0.8
+    assert shown_mastery({"mastery": 0.6, "skill_mastery": None}) == 0.6  # no answers in the skill
+    assert shown_mastery({"mastery": 0.6}) == 0.6  # a service from before skill_mastery
