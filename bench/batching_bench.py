@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import PY, ROOT, Result, answers, candidates, free_port, report, run_load, server
+from serve_bench import PY, ROOT, Result, answers, candidates, free_port, pack, report, run_load, server
 
 VARIANTS = ("inprocess", "bentoml")
 BATCH_METRIC = re.compile(r"^dkt_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)$", re.M)
@@ -64,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="batching-bench-") as tmp:
         store = Path(tmp, "store")
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(ROOT), "DKT_ACCESS_LOG": "0"}
-        pack = subprocess.run(
-            [PY, "-m", "dkt", "pack", "--model-dir", str(model_dir), "--no-bento"],
-            cwd=ROOT, env={**env, "BENTOML_HOME": str(store)}, capture_output=True, text=True,
-        )  # fmt: skip
-        if pack.returncode != 0:
-            print(pack.stderr.strip(), file=sys.stderr)
+        try:
+            env["DKT_MODEL_TAG"] = pack(model_dir, {**env, "BENTOML_HOME": str(store)})
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 2
-        env["DKT_MODEL_TAG"] = pack.stdout.strip().splitlines()[-1].split(": ", 1)[1]
         print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
         urls: dict[str, str] = {}
         procs: dict[str, psutil.Process] = {}

@@ -77,6 +77,21 @@ def server(
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def pack(model_dir: Path, env: dict[str, str]) -> str:
+    """Pack ``model_dir`` into ``env``'s BentoML store (`dkt pack --no-bento`) and return its model tag; a failed
+    pack raises RuntimeError with the command's error output."""
+    out = subprocess.run(
+        [PY, "-m", "dkt", "pack", "--model-dir", str(model_dir), "--no-bento"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip() or f"error: dkt pack exited with {out.returncode}")
+    return out.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+
+
 def answers(model_dir: Path, n: int, seed: int) -> list[dict]:
     """``n`` answers of one student over the bundle's own item catalog (items the model knows), 40 s apart."""
     catalog = json.loads((model_dir / "catalog.json").read_text())
@@ -216,17 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         env = {**os.environ, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
         env["DKT_ACCESS_LOG"] = "0"  # a log line per request is the server's cost, not the model's
-        pack = subprocess.run(
-            [PY, "-m", "dkt", "pack", "--model-dir", str(model_dir), "--no-bento"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if pack.returncode != 0:
-            print(pack.stderr, file=sys.stderr)
+        try:
+            env["DKT_MODEL_TAG"] = pack(model_dir, env)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 2
-        env["DKT_MODEL_TAG"] = pack.stdout.strip().splitlines()[-1].split(": ", 1)[1]
         bento_port, naive_port = free_port(), free_port()
         bento_cmd = [PY, "-m", "dkt", "serve", "--port", str(bento_port), "--host", "127.0.0.1"]
         naive_cmd = [PY, "-m", "gunicorn", "-w", "1", "--threads", "8", "-b", f"127.0.0.1:{naive_port}"]

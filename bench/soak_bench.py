@@ -23,8 +23,6 @@ import contextlib
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +32,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
-import requests
-
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-sys.path.insert(0, str(ROOT))
-
-from tests.support.ports import free_port  # noqa: E402
+from serve_bench import PY, free_port, pack, server  # this folder: python bench/soak_bench.py
 
 
 @dataclass
@@ -167,43 +159,6 @@ def line(n: int, m: Minute) -> str:
     )
 
 
-def start_server(args: argparse.Namespace, home: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    pack = subprocess.run(
-        [PY, "-m", "dkt", "pack", "--model-dir", str(args.model_dir), "--no-bento"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if pack.returncode != 0:
-        sys.exit(f"error: packing {args.model_dir} failed: {pack.stderr.strip().splitlines()[-1:]}")
-    env["DKT_MODEL_TAG"] = pack.stdout.strip().splitlines()[-1].split(": ", 1)[1]
-    port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [PY, "-m", "dkt", "serve", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: the service exited with {proc.returncode}; log: {log}")
-        try:
-            if requests.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    sys.exit(f"error: the service was not ready within 300 s; log: {log}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True, help="a model bundle written by `dkt train`")
@@ -224,20 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     with tempfile.TemporaryDirectory(prefix="soak-bench-") as tmp:
-        proc, base = start_server(args, Path(tmp) / "bentoml", Path(tmp) / "service.log")
+        env = {**os.environ, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+        port = free_port()
+        cmd = [PY, "-m", "dkt", "serve", "--port", str(port), "--host", "127.0.0.1"]
+        base = f"http://127.0.0.1:{port}"
         try:
-            rss0 = tree_rss_mb(proc.pid)
-            print(f"service ready at {base}, RSS {rss0:.1f} MB; {args.concurrency} students for {args.minutes} min")
-            me = psutil.Process()
-            cpu0, t0 = me.cpu_times(), time.monotonic()
-            minutes = asyncio.run(soak(base + "/predict", args, proc.pid))
-            cpu1, wall = me.cpu_times(), time.monotonic() - t0
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            env["DKT_MODEL_TAG"] = pack(args.model_dir, env)
+            with server(cmd, env, base + "/readyz", Path(tmp) / "service.log", timeout=300) as proc:
+                rss0 = tree_rss_mb(proc.pid)
+                print(f"service ready at {base}, RSS {rss0:.1f} MB; {args.concurrency} students for {args.minutes} min")
+                me = psutil.Process()
+                cpu0, t0 = me.cpu_times(), time.monotonic()
+                minutes = asyncio.run(soak(base + "/predict", args, proc.pid))
+                cpu1, wall = me.cpu_times(), time.monotonic() - t0
+        except RuntimeError as exc:  # the pack failed, or the service never got ready (its log is named)
+            print(exc if str(exc).startswith("error:") else f"error: {exc}", file=sys.stderr)
+            return 2
 
     warm = minutes[args.warmup_minutes - 1].rss_mb[-1]
     final = minutes[-1].rss_mb[-1]
