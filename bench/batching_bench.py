@@ -27,7 +27,19 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import PY, ROOT, Result, answers, candidates, free_port, pack, report, run_load, server
+from serve_bench import (
+    PY,
+    ROOT,
+    Result,
+    answers,
+    candidates,
+    catalog_items,
+    free_port,
+    pack,
+    report,
+    run_load,
+    server,
+)
 
 VARIANTS = ("inprocess", "bentoml")
 BATCH_METRIC = re.compile(r"^dkt_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)$", re.M)
@@ -49,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     model_dir = args.model_dir.resolve()
-    if not (model_dir / "catalog.json").is_file():
-        print(f"error: --model-dir {args.model_dir}: no catalog.json (not a model bundle)", file=sys.stderr)
+    try:
+        catalog_items(model_dir)
+    except ValueError as exc:
+        print(f"error: --model-dir {exc}", file=sys.stderr)
         return 2
     try:
         levels = [int(c) for c in args.concurrency.split(",")]

@@ -92,10 +92,25 @@ def pack(model_dir: Path, env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1].split(": ", 1)[1]
 
 
+def catalog_items(model_dir: Path) -> list[tuple[int, str, str]]:
+    """(KnowledgeTag, item, test) of every item in the bundle's catalog: the items the model knows. ValueError
+    naming the folder when it holds no bundle's catalog or the catalog lists no item."""
+    path = model_dir / "catalog.json"
+    try:
+        catalog = json.loads(path.read_text())
+        items = [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
+    except FileNotFoundError:
+        raise ValueError(f"{model_dir}: no model bundle there (catalog.json missing)") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a model catalog ({exc})") from None
+    if not items:
+        raise ValueError(f"{path}: lists no items")
+    return items
+
+
 def answers(model_dir: Path, n: int, seed: int) -> list[dict]:
     """``n`` answers of one student over the bundle's own item catalog (items the model knows), 40 s apart."""
-    catalog = json.loads((model_dir / "catalog.json").read_text())
-    items = [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
+    items = catalog_items(model_dir)
     rng = np.random.default_rng(seed)
     t0 = np.datetime64("2024-01-01T00:00:00")
     out = []
@@ -115,8 +130,7 @@ def answers(model_dir: Path, n: int, seed: int) -> list[dict]:
 
 
 def candidates(model_dir: Path, k: int, seed: int) -> list[dict]:
-    catalog = json.loads((model_dir / "catalog.json").read_text())
-    items = [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
+    items = catalog_items(model_dir)
     picks = np.random.default_rng(seed).choice(len(items), size=k, replace=len(items) < k)
     return [{"assessmentItemID": items[i][1], "testId": items[i][2], "KnowledgeTag": items[i][0]} for i in picks]
 
@@ -206,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model_dir.resolve()
-    cands = candidates(model_dir, args.candidates, args.seed)
+    try:
+        cands = candidates(model_dir, args.candidates, args.seed)
+    except ValueError as exc:
+        print(f"error: --model-dir {exc}", file=sys.stderr)
+        return 2
     n_max = max(levels)
     per_client = {c: max(1, args.requests // c) for c in levels}
     # Each returning student has the answers of all its requests: request r carries the first history + r + 1.

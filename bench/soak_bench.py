@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
-from serve_bench import PY, free_port, pack, server  # this folder: python bench/soak_bench.py
+from serve_bench import PY, catalog_items, free_port, pack, server  # this folder: python bench/soak_bench.py
 
 
 @dataclass
@@ -55,11 +55,6 @@ def tree_rss_mb(pid: int) -> float:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += p.memory_info().rss
     return total / 2**20
-
-
-def catalog_items(model_dir: Path) -> list[tuple[int, str, str]]:
-    catalog = json.loads((model_dir / "catalog.json").read_text())
-    return [(int(tag), item, test) for tag, pairs in catalog.items() for item, test in pairs]
 
 
 class Student:
@@ -171,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=30.0, help="a request taking longer counts as an error")
     ap.add_argument("--out", type=Path, help="also write the per-minute figures here (JSON)")
     args = ap.parse_args(argv)
-    if not (args.model_dir / "catalog.json").is_file():
-        print(f"error: --model-dir {args.model_dir}: no model bundle there (catalog.json missing)", file=sys.stderr)
+    try:
+        catalog_items(args.model_dir)
+    except ValueError as exc:
+        print(f"error: --model-dir {exc}", file=sys.stderr)
         return 2
     if not 0 < args.warmup_minutes < args.minutes:
         print("error: --warmup-minutes must be at least 1 and less than --minutes", file=sys.stderr)
