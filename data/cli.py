@@ -3,6 +3,7 @@
     dkt data list
     dkt data push data/sim            # a folder with train.csv and test.csv
     dkt data pull latest --dest DIR
+    dkt data prune [--dry-run] [--keep N]   # retention (DKT_DATA_KEEP_VERSIONS); also run after every push
     dkt data drift [VERSION] [--reference V] [--json]   # drift against production's training data
     dkt data export|prepare|publish|advance-watermark|drift --run-id ID   (the update_data_dag steps)
 
@@ -24,9 +25,9 @@ from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
 from dkt.data.schema import DataValidationError
 from pipeline import data_update
 from pipeline.blobs import StoreError, staging_dir
-from pipeline.dataset import import_initial
-from pipeline.settings import SettingsError
-from pipeline.store import VersionedStore, VersionError
+from pipeline.dataset import PARTS_DIR, initial_rows, write_part
+from pipeline.settings import SettingsError, store_settings
+from pipeline.store import PARTITIONED, VersionedStore, VersionError
 from pipeline.workdir import work_dir
 
 FLOW = "update_data"
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pull = sub.add_parser("pull", help="download a version (or 'latest') and check its hashes")
     pull.add_argument("ref", nargs="?", default="latest")
     pull.add_argument("--dest", type=Path, required=True)
+    prune = sub.add_parser(
+        "prune",
+        help="remove data versions past the last DKT_DATA_KEEP_VERSIONS (never latest, never one a stored model"
+        " names) and every partition no kept version names; each removal is logged",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    prune.add_argument("--keep", type=int, help="versions to keep instead of DKT_DATA_KEEP_VERSIONS (0: all)")
     add_dag_steps(sub, "update_data_dag", ("export", "prepare", "publish", "advance-watermark"))
     drift = sub.add_parser(
         "drift",
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in store.versions("datasets"):
                 mark = "  <- latest" if m["version"] == latest else ""
                 rows = m.get("rows", {}).get("interactions.csv", "?")
-                print(f"{m['version']}  rows={rows}  parent={m.get('parent')}  created={m['created_at']}{mark}")
+                parts = f"  partitions={len(m['partitions'])}" if m.get("format") == PARTITIONED else "  csv"
+                print(f"{m['version']}  rows={rows}{parts}  parent={m.get('parent')}  created={m['created_at']}{mark}")
             return 0
         if args.cmd == "push":
             if args.if_empty and (v := store.pointed("datasets", "latest")):
@@ -94,15 +103,26 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             # Not a plain TemporaryDirectory: a killed push would leak it; the next push removes a dead one's.
             with staging_dir() as tmp:
-                rows = import_initial(args.src, tmp)
-                res = store.push(
-                    "datasets",
-                    tmp,
+                # A whole set: one partition of its own, inheriting nothing (the parent is only its predecessor).
+                counts = {"all.parquet": write_part(initial_rows(args.src), tmp / PARTS_DIR / "all.parquet")}
+                res = store.push_partitions(
                     args.version or default_version(),
+                    tmp / PARTS_DIR,
+                    counts,
+                    [],
                     parent=store.pointed("datasets", "latest"),
                     extra={"source": str(args.src)},
                 )
-            print(json.dumps({"version": res.version, "rows": rows}))
+            data_update.retain(store)
+            print(json.dumps({"version": res.version, "rows": res.manifest["rows"]}))
+            return 0
+        if args.cmd == "prune":
+            if args.keep is not None and args.keep < 0:
+                raise VersionError(f"--keep {args.keep}: must be 0 (keep all) or more")
+            keep = store_settings().data_keep_versions if args.keep is None else args.keep
+            r = store.prune(keep, dry_run=args.dry_run)
+            print(json.dumps({"kept": len(r.kept), "removed": r.removed, "partitions_removed": len(r.parts),
+                              "bytes_freed": r.bytes_freed, "dry_run": r.dry_run}))  # fmt: skip
             return 0
         if args.cmd == "pull":
             m = store.pull("datasets", args.ref, args.dest)

@@ -22,10 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from dkt.bundle import default_version, write_json
+from dkt.data.io import read_csv
 from dkt.settings import PipelineSettings, load
-from pipeline.dataset import merge, read_new_interactions, write_dataset
-from pipeline.settings import REPO_ROOT
-from pipeline.store import VersionedStore, VersionError, manifest_matches
+from pipeline.dataset import PARTS_DIR, new_part, old_rows, read_new_interactions, with_flag, write_part
+from pipeline.settings import REPO_ROOT, store_settings
+from pipeline.store import (
+    PART_FILES,
+    PARTITIONED,
+    PruneReport,
+    StoreError,
+    VersionedStore,
+    VersionError,
+    manifest_matches,
+)
 
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
@@ -102,22 +111,45 @@ def export(work: Path, store: VersionedStore, command: str | None = None) -> dic
 
 
 def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
-    """Validate the export and merge it into the latest data set (pulled into the work folder)."""
+    """Validate the export and find its rows the latest data set lacks: the new version's own partition.
+
+    The latest set's partitions are pulled (hash-checked) but only the export's students' rows are read. A parent
+    stored as CSVs (before partitions) becomes, once, a base partition of the new version."""
     new = read_new_interactions(work / EXPORT_FILE)
     parent = store.pointed("datasets", "latest")
-    parent_dir = None
+    inherited: list[dict[str, Any]] = []
+    base = None
+    old = with_flag(new.iloc[0:0], new.iloc[0:0])
     if parent:
-        parent_dir = work / "parent"
-        store.pull("datasets", parent, parent_dir)
+        m = store.pull("datasets", parent, work / "parent", tables=False)
+        if m.get("format") == PARTITIONED:
+            inherited = m["partitions"]
+            old = old_rows([work / "parent" / e["key"] for e in inherited], new)
+        else:
+            base = old = with_flag(read_csv(work / "parent" / "train.csv"), read_csv(work / "parent" / "test.csv"))
     fault_point("prepare:after_pull")
-    result = merge(parent_dir, new, load(PipelineSettings).test_share)
+    result = new_part(old, new, load(PipelineSettings).test_share)
     doc: dict[str, Any] = {"parent": parent, "new_rows": result.new_rows, "added_rows": result.added_rows}
     if result.added_rows:
-        doc["rows"] = write_dataset(result, work / "dataset")
-        doc["version"] = default_version()
+        parts = work / "dataset" / PARTS_DIR
+        counts = {"new.parquet": write_part(result.fresh, parts / "new.parquet")}
+        if base is not None:
+            counts["base.parquet"] = write_part(base, parts / "base.parquet")
+        doc |= {"version": default_version(), "counts": counts, "inherited": inherited}
+        doc["rows"] = {f: sum(c[n] for c in [*counts.values(), *inherited]) for f, n in PART_FILES.items()}
     fault_point("prepare:after_write")
     write_json(work / "prepare.json", doc)
     return doc
+
+
+def retain(store: VersionedStore, dry_run: bool = False) -> PruneReport | None:
+    """Retention after a data push (DKT_DATA_KEEP_VERSIONS): housekeeping, so a failure is a warning, not the
+    step's: the version is stored, and the next push or `dkt data prune` tries again."""
+    try:
+        return store.prune(store_settings().data_keep_versions, dry_run=dry_run)
+    except (StoreError, VersionError) as exc:
+        print(f"warning: prune skipped: {exc}", file=sys.stderr)
+        return None
 
 
 def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
@@ -134,19 +166,22 @@ def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
         if not store.exists("datasets", version):
             break
         manifest = store.manifest("datasets", version)
-        if manifest.get("parent") == prep["parent"] and manifest_matches(manifest, work / "dataset"):
+        if manifest.get("parent") == prep["parent"] and manifest_matches(manifest, work / "dataset" / PARTS_DIR):
             store.set_pointer("datasets", "latest", version, reason="push (retry)")
+            retain(store)
             return manifest
         version = f"{base}-{n}"
-    res = store.push(
-        "datasets",
-        work / "dataset",
+    res = store.push_partitions(
         version,
+        work / "dataset" / PARTS_DIR,
+        prep["counts"],
+        prep["inherited"],
         parent=prep["parent"],
         extra={"watermark": exp["watermark"], "added_rows": prep["added_rows"], "since": exp["since"]},
         upload=_upload_then_die(store) if load(PipelineSettings).fault_point == "publish:mid_upload" else None,
     )
     fault_point("publish:after_push")
+    retain(store)
     return res.manifest
 
 

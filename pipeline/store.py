@@ -2,8 +2,9 @@
 
 Layout (under the store root or the S3 prefix)::
 
-    datasets/<version>/<files...>      models/<version>/<files...>
-    datasets/<version>/manifest.json   models/<version>/manifest.json
+    datasets/<version>/manifest.json   models/<version>/<files...>
+    datasets/_parts/<version>/<token>/<name>.parquet   models/<version>/manifest.json
+    datasets/<version>/<files...>      (a data version written before partitions: its three CSVs)
     <kind>/<version>/.push-lease.json  (only while a push runs)
     datasets/_pointers/latest.json     models/_pointers/{latest,production}.json
     state/<name>.json                  (pipeline state: the export watermark, what is serving)
@@ -24,6 +25,13 @@ Rules that make a crash or a race harmless:
 - everything read back (pointers, manifests, state) is validated; a corrupt object is a
   ``CorruptError`` naming its key, and manifest file names are checked (no absolute path,
   no ``..``) before ``pull`` writes anything.
+
+A data version is a list of Parquet partitions (``push_partitions``): its parent's, by reference, and its own
+new rows', uploaded under ``datasets/_parts/<version>/<token>/`` (a fresh token per push attempt, so a partition
+a kept version still names is never the target of a later upload). ``prune`` keeps the last N data versions,
+the one ``latest`` names and every one a stored model names, and deletes a partition only once no manifest
+names it: a manifest goes before its folder and before the partitions it referenced, so a prune killed at any
+point leaves every remaining manifest complete (what it left is removed by the next prune or push).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import os
 import random
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -60,12 +69,19 @@ from pipeline.settings import StoreSettings, store_settings
 
 Kind = Literal["datasets", "models"]
 MANIFEST = "manifest.json"
+PARTS = "_parts"  # under datasets/: the partitions, outside any one version's folder (kept versions share them)
+PARTITIONED = "parquet-partitions"  # a data manifest's "format"
+# A data version's CSVs (what pull writes) and the partition count that adds up to each one's rows.
+PART_FILES = {"interactions.csv": "rows", "train.csv": "train_rows", "test.csv": "test_rows"}
+PART_COUNTS = tuple(PART_FILES.values())
 LEASE = ".push-lease.json"
 POINTERS = "_pointers"
 # models/shadow: the candidate served beside production, logged, never shown (pipeline/promotions.py); may be unset.
 POINTER_NAMES: dict[str, tuple[str, ...]] = {"datasets": ("latest",), "models": ("latest", "production", "shadow")}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# _parts/<version>/<token>/<name>.parquet: plain names only, so a partition key can never leave a pull's folder.
+PART_KEY_RE = re.compile(rf"^{PARTS}/({VERSION_RE.pattern[1:-1]})/[0-9a-f]{{16}}/[A-Za-z0-9][A-Za-z0-9._-]*\.parquet$")
 POINTER_HISTORY = 20
 POINTER_LOG = 500  # moves kept in a pointer's log (the oldest are dropped beyond this)
 CAS_ATTEMPTS = 200
@@ -128,6 +144,15 @@ def lease_seconds() -> float:
 
 
 @dataclass
+class PruneReport:
+    kept: list[str]
+    dry_run: bool
+    removed: list[str] = field(default_factory=list)  # data versions
+    parts: list[str] = field(default_factory=list)  # partition keys under datasets/
+    bytes_freed: int = 0  # of the removed partitions and CSV versions' files (as their manifests give them)
+
+
+@dataclass
 class PushResult:
     kind: Kind
     version: str
@@ -139,10 +164,21 @@ def payload_files(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
 
 
+def own_partitions(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The partitions a data version uploaded itself (the others are its ancestors')."""
+    return [e for e in manifest.get("partitions", []) if e["version"] == manifest["version"]]
+
+
 def manifest_matches(manifest: dict[str, Any], src: Path) -> bool:
-    """Whether a stored version (its manifest) holds exactly the payload of ``src``: same names, same sha256."""
-    stored = manifest.get("files", {})
-    files = {p.relative_to(src).as_posix(): p for p in payload_files(src)}
+    """Whether a stored version (its manifest) holds exactly the payload of ``src``: same names, same sha256.
+
+    A partitioned data version: its own partitions against ``src``'s ``*.parquet`` files."""
+    if manifest.get("format") == PARTITIONED:
+        stored = {e["key"].rsplit("/", 1)[1]: e for e in own_partitions(manifest)}
+        files = {p.name: p for p in src.glob("*.parquet")}
+    else:
+        stored = manifest.get("files", {})
+        files = {p.relative_to(src).as_posix(): p for p in payload_files(src)}
     return set(files) == set(stored) and all(sha256_file(p) == stored[k]["sha256"] for k, p in files.items())
 
 
@@ -184,8 +220,11 @@ def validate_manifest(url: str, key: str, doc: dict[str, Any], kind: str, versio
     if not isinstance(doc.get("created_at"), str):
         raise bad("'created_at' is missing or not a string")
     files = doc.get("files")
-    if not isinstance(files, dict) or not files:
+    partitioned = kind == "datasets" and doc.get("format") == PARTITIONED
+    if not isinstance(files, dict) or not (files or partitioned):
         raise bad("'files' is missing or not a non-empty object")
+    if partitioned:
+        _validate_partitions(doc.get("partitions"), bad)
     for rel, entry in files.items():
         try:
             check_rel_path(rel)
@@ -199,6 +238,21 @@ def validate_manifest(url: str, key: str, doc: dict[str, Any], kind: str, versio
         if not isinstance(doc.get(name, {}), dict):
             raise bad(f"{name!r} is not an object")
     return doc
+
+
+def _validate_partitions(parts: Any, bad: Callable[[str], CorruptError]) -> None:
+    if not isinstance(parts, list) or not parts:
+        raise bad("'partitions' is missing or not a non-empty list")
+    for e in parts:
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str) or not (m := PART_KEY_RE.match(e["key"])):
+            raise bad(f"partition {e!r:.120}: 'key' is not _parts/<version>/<token>/<name>.parquet")
+        if e.get("version") != m.group(1):
+            raise bad(f"partition {e['key']!r}: 'version' is {e.get('version')!r}, not the version its key names")
+        if not isinstance(e.get("sha256"), str) or not SHA_RE.match(e["sha256"]):
+            raise bad(f"partition {e['key']!r}: 'sha256' is not 64 hex digits")
+        for n in ("bytes", *PART_COUNTS):
+            if not isinstance(e.get(n), int) or e[n] < 0:
+                raise bad(f"partition {e['key']!r}: {n!r} is not a non-negative integer")
 
 
 # -- push leases ---------------------------------------------------------------------------------
@@ -524,8 +578,10 @@ class VersionedStore:
             lease.release()
 
     @contextlib.contextmanager
-    def _clean_on_failure(self, kind: Kind, version: str, lease: Lease) -> Iterator[None]:
-        """A push that fails removes what it uploaded (while still holding the lease): no half version stays."""
+    def _clean_on_failure(self, kind: Kind, version: str, lease: Lease, also: str | None = None) -> Iterator[None]:
+        """A push that fails removes what it uploaded (while still holding the lease): no half version stays.
+
+        ``also``: another prefix this push attempt alone wrote (its partitions)."""
         try:
             yield
         except BaseException:
@@ -534,7 +590,32 @@ class VersionedStore:
             with contextlib.suppress(StoreError, OSError):
                 if not lease.lost and not self.blobs.exists(f"{kind}/{version}/{MANIFEST}"):
                     self._wipe(f"{kind}/{version}", keep={LEASE})
+                    if also:
+                        self._wipe(also)
             raise
+
+    def _new_manifest(
+        self, kind: Kind, version: str, parent: str | None, files: dict[str, Any], metrics: Any, extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "version": version,
+            "parent": parent,
+            # Microseconds so that versions pushed within one second still list in push order.
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "code_version": code_version(),
+            "files": files,
+            "rows": {k: v["rows"] for k, v in files.items() if "rows" in v},
+            "metrics": metrics or {},
+            **(extra or {}),
+        }
+
+    def _complete(self, kind: Kind, version: str, manifest: dict[str, Any], lease: Lease) -> None:
+        """Write the manifest, last and only if absent: from then on the version exists."""
+        lease.check()
+        body = json.dumps(manifest, indent=2, default=str).encode()
+        if self.blobs.put_bytes_if(f"{kind}/{version}/{MANIFEST}", body, None) is None:
+            raise VersionError(f"{self.blobs.url}: {kind} version {version!r} was completed by another push")
 
     def push(
         self,
@@ -566,35 +647,78 @@ class VersionedStore:
                 if (rows := count_rows(p)) is not None:
                     entry["rows"] = rows
                 entries[rel] = entry
-            manifest = {
-                "kind": kind,
-                "version": version,
-                "parent": parent,
-                # Microseconds so that versions pushed within one second still list in push order.
-                "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "code_version": code_version(),
-                "files": entries,
-                "rows": {k: v["rows"] for k, v in entries.items() if "rows" in v},
-                "metrics": metrics or {},
-                **(extra or {}),
-            }
+            manifest = self._new_manifest(kind, version, parent, entries, metrics, extra)
             put = upload or self.blobs.put_file
             for rel in entries:
                 lease.check()
                 put(f"{kind}/{version}/{rel}", src / rel)
             # Verify before the manifest exists: an unverified version is never visible as complete.
-            self._verify_files(kind, version, entries)
-            lease.check()
-            body = json.dumps(manifest, indent=2, default=str).encode()
-            if self.blobs.put_bytes_if(f"{kind}/{version}/{MANIFEST}", body, None) is None:
-                raise VersionError(f"{self.blobs.url}: {kind} version {version!r} was completed by another push")
+            self._verify_keys({f"{kind}/{version}/{rel}": e for rel, e in entries.items()})
+            self._complete(kind, version, manifest, lease)
         for name in move_pointers:
             self.set_pointer(kind, name, version, reason="push")
         return PushResult(kind, version, manifest)
 
-    def _verify_files(self, kind: Kind, version: str, entries: dict[str, dict[str, Any]]) -> None:
-        for rel, entry in entries.items():
-            key = f"{kind}/{version}/{rel}"
+    def push_partitions(
+        self,
+        version: str,
+        src: Path,
+        counts: dict[str, dict[str, int]],
+        inherited: list[dict[str, Any]],
+        parent: str | None = None,
+        extra: dict[str, Any] | None = None,
+        move_pointers: tuple[str, ...] = ("latest",),
+        upload: Callable[[str, Path], None] | None = None,
+    ) -> PushResult:
+        """A data version as partitions: ``src``'s ``*.parquet`` files (rows per file in ``counts``) are its own,
+        uploaded and verified under a fresh ``_parts/<version>/<token>/``; ``inherited`` (its parent's partition
+        entries) are named by reference, after checking they are still stored. Same lease and manifest-last
+        rules as ``push``."""
+        check_version_name(version)
+        files = sorted(Path(src).glob("*.parquet"))
+        if not files:
+            raise VersionError(f"{src}: nothing to push (no .parquet partition)")
+        for p in files:
+            if p.name not in counts or set(counts[p.name]) != set(PART_COUNTS):
+                raise VersionError(f"{p}: no row counts ({', '.join(PART_COUNTS)}) given for this partition")
+        if self.exists("datasets", version):
+            raise self._exists_error("datasets", version)
+        self.sweep("datasets")
+        prefix = f"{PARTS}/{version}/{uuid.uuid4().hex[:16]}"
+        with (
+            self.reserved("datasets", version) as lease,
+            self._clean_on_failure("datasets", version, lease, also=f"datasets/{prefix}"),
+        ):
+            own = [
+                {"key": f"{prefix}/{p.name}", "version": version, "sha256": sha256_file(p), "bytes": p.stat().st_size,
+                 **counts[p.name]}
+                for p in files
+            ]  # fmt: skip
+            partitions = [*inherited, *own]
+            rows = {f: sum(e[n] for e in partitions) for f, n in PART_FILES.items()}
+            meta = {"format": PARTITIONED, "partitions": partitions, "added_bytes": sum(e["bytes"] for e in own)}
+            manifest = self._new_manifest("datasets", version, parent, {}, None, {**(extra or {}), **meta})
+            manifest["rows"] = rows
+            put = upload or self.blobs.put_file
+            for e, p in zip(own, files, strict=True):
+                lease.check()
+                put(f"datasets/{e['key']}", p)
+            self._verify_keys({f"datasets/{e['key']}": e for e in own})
+            # The parent's partitions: a prune may have removed them since they were read (their line abandoned).
+            self._check_present(inherited)
+            self._complete("datasets", version, manifest, lease)
+        for name in move_pointers:
+            self.set_pointer("datasets", name, version, reason="push")
+        return PushResult("datasets", version, manifest)
+
+    def _check_present(self, partitions: list[dict[str, Any]]) -> None:
+        for e in partitions:
+            if not self.blobs.exists(f"datasets/{e['key']}"):
+                where = f"{self.blobs.url}: datasets/{e['key']}"
+                raise IntegrityError(f"{where} (a partition of data version {e['version']}) is missing")
+
+    def _verify_keys(self, entries: dict[str, dict[str, Any]]) -> None:
+        for key, entry in entries.items():
             if not self.blobs.exists(key):
                 raise IntegrityError(f"{self.blobs.url}: {key} missing after upload")
             got = self.blobs.sha256(key)
@@ -602,34 +726,123 @@ class VersionedStore:
                 raise IntegrityError(f"{self.blobs.url}: {key} sha256 {got[:12]}… != manifest {entry['sha256'][:12]}…")
 
     def verify(self, kind: Kind, version: str, manifest: dict[str, Any] | None = None) -> None:
+        """Read back what the version stored itself (sha256); an inherited partition must exist (``pull`` hashes it)."""
         manifest = manifest or self.manifest(kind, version)
-        self._verify_files(kind, version, manifest["files"])
+        self._verify_keys({f"{kind}/{version}/{rel}": e for rel, e in manifest["files"].items()})
+        own = own_partitions(manifest)
+        self._verify_keys({f"{kind}/{e['key']}": e for e in own})
+        self._check_present([e for e in manifest.get("partitions", []) if e not in own])
 
-    def pull(self, kind: Kind, ref: str, dest: Path) -> dict[str, Any]:
-        """Download a version into ``dest`` (checked against the manifest); returns the manifest."""
+    def pull(self, kind: Kind, ref: str, dest: Path, tables: bool = True) -> dict[str, Any]:
+        """Download a version into ``dest`` (checked against the manifest); returns the manifest.
+
+        A partitioned data version: every partition (each one's sha256 checked) into ``dest/_parts/...``, then,
+        with ``tables``, the version's ``interactions.csv``, ``train.csv`` and ``test.csv`` as the CSV versions held
+        them (what training and every other reader take)."""
         version = self.resolve(kind, ref)
         manifest = self.manifest(kind, version)  # validated: every file name is a plain relative path
+        # key in the store -> path in dest: a version's files, or a data version's partitions (keys under datasets/)
+        keys = {f"{kind}/{version}/{rel}": (rel, e) for rel, e in manifest["files"].items()}
+        keys.update({f"{kind}/{e['key']}": (e["key"], e) for e in manifest.get("partitions", [])})
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
-        targets = {}
-        for rel in manifest["files"]:
-            target = (dest / rel).resolve()
-            if not target.is_relative_to(root):  # e.g. a symlinked folder inside dest
+        for rel, _ in keys.values():
+            if not (dest / rel).resolve().is_relative_to(root):  # e.g. a symlinked folder inside dest
                 key = f"{kind}/{version}/{MANIFEST}"
                 raise CorruptError(f"{self.blobs.url}: {key}: file {rel!r} would be written outside {dest}")
-            targets[rel] = dest / rel
         sweep_tmp(dest)  # what a killed pull into this folder left
-        for rel, entry in manifest["files"].items():
-            target = targets[rel]
+        for key, (rel, entry) in keys.items():
+            target = dest / rel
             if target.is_file() and sha256_file(target) == entry["sha256"]:
                 continue  # already there: pulling again is cheap and idempotent
-            self.blobs.get_file(f"{kind}/{version}/{rel}", target)
+            self.blobs.get_file(key, target)
             if (got := sha256_file(target)) != entry["sha256"]:
                 target.unlink(missing_ok=True)
-                raise IntegrityError(f"{self.blobs.url}: {kind}/{version}/{rel} downloaded with sha256 {got[:12]}…")
+                raise IntegrityError(f"{self.blobs.url}: {key} downloaded with sha256 {got[:12]}…")
+        if tables and manifest.get("format") == PARTITIONED:
+            from pipeline.dataset import read_parts, write_tables  # pandas and pyarrow: only for data
+
+            write_tables(read_parts([dest / e["key"] for e in manifest["partitions"]]), dest)
         (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+    # -- retention of data versions ---------------------------------------------------------
+    def _names_partition(self, version: str, key: str) -> bool:
+        if not VERSION_RE.match(version) or not self.exists("datasets", version):
+            return False
+        return key in {e["key"] for e in self.manifest("datasets", version).get("partitions", [])}
+
+    def model_data_versions(self) -> set[str]:
+        """Every data version a stored model names in its lineage (manifest or its ``lineage``)."""
+        errors: list[str] = []
+        named: set[str] = set()
+        for m in self.versions("models", errors):
+            for dv in (m.get("data_version"), (m.get("lineage") or {}).get("data_version")):
+                if isinstance(dv, str) and dv:
+                    named.add(dv)
+        if errors:  # a model we cannot read may name any version: removing none is the only safe answer
+            raise CorruptError(f"{errors[0]} (prune needs every model's lineage: nothing removed)")
+        return named
+
+    def prune(self, keep: int, dry_run: bool = False, log: Callable[[str], None] | None = None) -> PruneReport:
+        """Remove the data versions past the last ``keep`` (0: keep all), never the one ``latest`` names nor one a
+        stored model names, then every partition no remaining manifest names. Each removal is logged.
+
+        Order, so that a kill at any point leaves a consistent store: a version's manifest is deleted first (from
+        then on it is not a version, and nothing reaches its partitions through it), then the rest of its folder,
+        and a partition only after re-reading the manifests, only when none names it and no push of its version
+        is running. What a killed prune left is an unlisted folder (the next sweep removes it) or an unnamed
+        partition (the next prune removes it)."""
+        say = log or (lambda line: print(line, file=sys.stderr))
+        verb = "would remove" if dry_run else "removed"
+        if not dry_run:
+            self.sweep("datasets")
+        versions = self.versions("datasets")  # a corrupt manifest: CorruptError, nothing removed
+        names = [m["version"] for m in versions]
+        latest = self.pointed("datasets", "latest")
+        named = self.model_data_versions() & set(names)
+        last = set(names if keep <= 0 else names[-keep:])
+        kept = last | named | ({latest} if latest else set())
+        report = PruneReport(kept=[n for n in names if n in kept], dry_run=dry_run)
+        for m in versions:
+            v = m["version"]
+            if v in kept:
+                continue
+            size = sum(e["bytes"] for e in m["files"].values()) + sum(e["bytes"] for e in own_partitions(m))
+            if not dry_run:
+                self.blobs.delete(f"datasets/{v}/{MANIFEST}")  # first: see the docstring
+                self._wipe(f"datasets/{v}")
+            report.removed.append(v)
+            report.bytes_freed += sum(e["bytes"] for e in m["files"].values())
+            rows = m.get("rows", {}).get("interactions.csv", "?")
+            say(
+                f"prune: {verb} data version {v} (created {m['created_at']}, {rows} rows, {size} bytes of its own):"
+                f" past the last {keep}, not latest, no model names it"
+            )
+        # Partitions: named by a manifest still there (re-read: a push may have completed meanwhile) or kept.
+        remaining = versions if dry_run else self.versions("datasets")
+        live = [m for m in remaining if m["version"] in kept] if dry_run else remaining
+        referenced = {e["key"] for m in live for e in m.get("partitions", [])}
+        sizes = {e["key"]: e["bytes"] for m in versions for e in m.get("partitions", [])}
+        for rel in sorted(self.blobs.list_keys(f"datasets/{PARTS}")):
+            key = f"{PARTS}/{rel}"
+            if key in referenced:
+                continue
+            owner = rel.split("/", 1)[0]
+            lease = self._lease_doc(f"datasets/{owner}/{LEASE}") if VERSION_RE.match(owner) else None
+            if lease is not None and not lease_is_dead(lease[0], lease_seconds()):
+                continue  # a push of that version is uploading it
+            if not dry_run:
+                if self._names_partition(owner, key):
+                    continue  # its push completed after the listing
+                self.blobs.delete(f"datasets/{key}")
+            report.parts.append(key)
+            report.bytes_freed += sizes.get(key, 0)
+            say(f"prune: {verb} partition datasets/{key} ({sizes.get(key, '?')} bytes): no kept version names it")
+        if not dry_run and isinstance(self.blobs, LocalBlobStore):
+            self.blobs.remove_empty_dirs(f"datasets/{PARTS}")
+        return report
 
     # -- small state documents ------------------------------------------------------------
     def get_state(self, name: str) -> dict[str, Any] | None:
