@@ -461,6 +461,14 @@ class StoreSettings(Group):
         ge=1,
         allow_inf_nan=False,
     )
+    data_keep_versions: int = env(
+        "DKT_DATA_KEEP_VERSIONS",
+        30,
+        "data versions kept: after each data push (and `dkt data prune`) the older ones go, except `latest` and"
+        " any a stored model names; 0: keep all (docs/pipeline.md#versioned-storage)",
+        "versions",
+        ge=0,
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> StoreSettings:
