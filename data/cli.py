@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep is not None and args.keep < 0:
                 raise VersionError(f"--keep {args.keep}: must be 0 (keep all) or more")
             keep = store_settings().data_keep_versions if args.keep is None else args.keep
-            r = store.prune(keep, dry_run=args.dry_run)
+            r = store.prune(keep, dry_run=args.dry_run, checkpoint=data_update.fault_point)
             print(json.dumps({"kept": len(r.kept), "removed": r.removed, "partitions_removed": len(r.parts),
                               "bytes_freed": r.bytes_freed, "dry_run": r.dry_run}))  # fmt: skip
             return 0

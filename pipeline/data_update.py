@@ -146,7 +146,7 @@ def retain(store: VersionedStore, dry_run: bool = False) -> PruneReport | None:
     """Retention after a data push (DKT_DATA_KEEP_VERSIONS): housekeeping, so a failure is a warning, not the
     step's: the version is stored, and the next push or `dkt data prune` tries again."""
     try:
-        return store.prune(store_settings().data_keep_versions, dry_run=dry_run)
+        return store.prune(store_settings().data_keep_versions, dry_run=dry_run, checkpoint=fault_point)
     except (StoreError, VersionError) as exc:
         print(f"warning: prune skipped: {exc}", file=sys.stderr)
         return None

@@ -85,6 +85,8 @@ PART_KEY_RE = re.compile(rf"^{PARTS}/({VERSION_RE.pattern[1:-1]})/[0-9a-f]{{16}}
 POINTER_HISTORY = 20
 POINTER_LOG = 500  # moves kept in a pointer's log (the oldest are dropped beyond this)
 CAS_ATTEMPTS = 200
+# Where a prune can be killed with a visible effect: a manifest deleted, its folder not; a partition deleted.
+PRUNE_POINTS = ("prune:after_manifest", "prune:after_partition")
 
 
 class VersionError(ValueError):
@@ -785,7 +787,13 @@ class VersionedStore:
             raise CorruptError(f"{errors[0]} (prune needs every model's lineage: nothing removed)")
         return named
 
-    def prune(self, keep: int, dry_run: bool = False, log: Callable[[str], None] | None = None) -> PruneReport:
+    def prune(
+        self,
+        keep: int,
+        dry_run: bool = False,
+        log: Callable[[str], None] | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+    ) -> PruneReport:
         """Remove the data versions past the last ``keep`` (0: keep all), never the one ``latest`` names nor one a
         stored model names, then every partition no remaining manifest names. Each removal is logged.
 
@@ -793,8 +801,10 @@ class VersionedStore:
         then on it is not a version, and nothing reaches its partitions through it), then the rest of its folder,
         and a partition only after re-reading the manifests, only when none names it and no push of its version
         is running. What a killed prune left is an unlisted folder (the next sweep removes it) or an unnamed
-        partition (the next prune removes it)."""
+        partition (the next prune removes it). ``checkpoint``: called with each PRUNE_POINTS name as it passes it
+        (the crash tests kill the process there)."""
         say = log or (lambda line: print(line, file=sys.stderr))
+        passed = checkpoint or (lambda point: None)
         verb = "would remove" if dry_run else "removed"
         if not dry_run:
             self.sweep("datasets")
@@ -812,6 +822,7 @@ class VersionedStore:
             size = sum(e["bytes"] for e in m["files"].values()) + sum(e["bytes"] for e in own_partitions(m))
             if not dry_run:
                 self.blobs.delete(f"datasets/{v}/{MANIFEST}")  # first: see the docstring
+                passed(PRUNE_POINTS[0])
                 self._wipe(f"datasets/{v}")
             report.removed.append(v)
             report.bytes_freed += sum(e["bytes"] for e in m["files"].values())
@@ -837,6 +848,7 @@ class VersionedStore:
                 if self._names_partition(owner, key):
                     continue  # its push completed after the listing
                 self.blobs.delete(f"datasets/{key}")
+                passed(PRUNE_POINTS[1])
             report.parts.append(key)
             report.bytes_freed += sizes.get(key, 0)
             say(f"prune: {verb} partition datasets/{key} ({sizes.get(key, '?')} bytes): no kept version names it")
