@@ -66,15 +66,22 @@ def pipeline_dag(dag_id: str, schedule: Any, doc_md: str | None, tags: list[str]
     )
 
 
-def cli(task_id: str, command: str, timeout_minutes: int = 30, train_host: bool = False, **kwargs: Any) -> BashOperator:
-    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root.
+def cli(
+    task_id: str, command: str | list[str], timeout_minutes: int = 30, train_host: bool = False, **kwargs: Any
+) -> BashOperator:
+    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root; a list of
+    commands runs them in order, each as a person would by hand, the first that fails or skips ending the task with
+    its exit code. One task for steps that always run together: each task costs its start (the scheduler's pick-up,
+    Airflow's task runner, an Edge worker's poll) and a retry of the task repeats only cheap steps.
 
     ``train_host``: a GPU task, on queue ``$DKT_TRAIN_QUEUE`` and, with ``DKT_TRAIN_EXECUTOR=edge``,
     sent to the Edge executor (the worker on the train host serves only that queue)."""
     if train_host:
         executor = _EXECUTORS[TRAIN_EXECUTOR]
         kwargs = {"queue": TRAIN_QUEUE, **({"executor": executor} if executor else {}), **kwargs}
-    bash = f"set -euo pipefail; exec {shlex.quote(APP_PYTHON)} {command} --run-id '{{{{ run_id }}}}'"
+    steps = [command] if isinstance(command, str) else command
+    calls = [f"{shlex.quote(APP_PYTHON)} {c} --run-id '{{{{ run_id }}}}'" for c in steps]
+    bash = "; ".join(["set -euo pipefail", *calls[:-1], f"exec {calls[-1]}"])
     return BashOperator(
         task_id=task_id,
         bash_command=bash,

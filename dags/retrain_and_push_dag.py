@@ -1,16 +1,16 @@
 """retrain_and_push_dag: a new data set version -> a candidate model, promoted only if it is not worse.
 
-pull_data (holds out the newest answers: the latest $DKT_HOLDOUT_FRACTION, newer than what production trained
-on) -> train (without them, each candidate kind of the param ``candidates`` or $DKT_TRAIN_CANDIDATES, default
-lstm,saint; the one with the best AUC on those answers goes on, docs/pipeline.md#model-selection) -> evaluate
-(candidate and production on those answers, each student's earlier answers as context; the user-split test set
-when there are fewer than $DKT_GATE_MIN_ANSWERS) -> push_candidate
--> promote_if_better (the paired bootstrap 95% interval of production's AUC minus the candidate's must stay
-within $DKT_PROMOTE_TOLERANCE; the figures go into the task log and the promotion history, `dkt models
-promotions`; emits the model asset when it promotes). docs/pipeline.md#promotion-gates.
+train: pull-data (holds out the newest answers: the latest $DKT_HOLDOUT_FRACTION, newer than what production
+trained on), then train (without them, each candidate kind of the param ``candidates`` or $DKT_TRAIN_CANDIDATES,
+default lstm,saint, warm-started from production where it fits; the one with the best AUC on those answers goes on,
+docs/pipeline.md#model-selection) -> evaluate: evaluate (candidate and production on those answers, each student's
+earlier answers as context; the user-split test set when there are fewer than $DKT_GATE_MIN_ANSWERS), then
+push-candidate -> promote_if_better (the paired bootstrap 95% interval of production's AUC minus the
+candidate's must stay within $DKT_PROMOTE_TOLERANCE; the figures go into the task log and the promotion history,
+`dkt models promotions`; emits the model asset when it promotes). docs/pipeline.md#promotion-gates.
 Nothing unloadable is promoted: evaluate refuses a candidate that does not load and score a smoke batch,
 and promote_if_better pulls the stored version and checks it again (dkt.verify); either fails the task.
-The first four run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
+The first two run on the Airflow queue $DKT_TRAIN_QUEUE (default "train"): they share a work folder and
 want the GPU host (with DKT_TRAIN_EXECUTOR=edge, the Edge worker there). Scheduled on the drift asset:
 update_data_dag emits it when a new data version drifted past $DKT_DRIFT_PSI_THRESHOLD (docs/monitoring.md#drift).
 """
@@ -43,10 +43,12 @@ with pipeline_dag(
         )
     },
 ):
-    pull = cli("pull_data", "-m dkt models pull-data", timeout_minutes=15, train_host=True)
-    train = cli("train", "-m dkt models train --candidates '{{ params.candidates }}'", timeout_minutes=120,
-                train_host=True)  # fmt: skip
-    evaluate = cli("evaluate", "-m dkt models evaluate", timeout_minutes=30, train_host=True)
-    push = cli("push_candidate", "-m dkt models push-candidate", timeout_minutes=15, train_host=True)
+    # Three tasks, not five: pulling the data goes with training it, storing the candidate with evaluating it
+    # (docs/pipeline.md#the-cycle: each task start cost seconds); training stays apart so that a retry of a failed
+    # evaluation or push does not train again, and the promotion runs on the scheduler host.
+    train = cli("train", ["-m dkt models pull-data", "-m dkt models train --candidates '{{ params.candidates }}'"],
+                timeout_minutes=135, train_host=True)  # fmt: skip
+    evaluate = cli("evaluate", ["-m dkt models evaluate", "-m dkt models push-candidate"], timeout_minutes=45,
+                   train_host=True)  # fmt: skip
     promote = cli("promote_if_better", "-m dkt models promote-if-better", timeout_minutes=5, outlets=[MODEL_ASSET])
-    pull >> train >> evaluate >> push >> promote
+    train >> evaluate >> promote

@@ -557,7 +557,22 @@ class TrainingSettings(Group):
         "names",
     )
     epochs: int | None = env(
-        "DKT_TRAIN_EPOCHS", None, "epochs per training; unset: the config's (`make up` sets 3)", "epochs"
+        "DKT_TRAIN_EPOCHS", None, "epochs per training; unset: the config's (early stopping decides)", "epochs"
+    )
+    warm_epochs: int = env(
+        "DKT_WARM_EPOCHS",
+        4,
+        "retraining: most epochs of a candidate warm-started from production (a short fine-tune; DKT_TRAIN_EPOCHS,"
+        " when set, caps it too; docs/pipeline.md#warm-start)",
+        "epochs",
+        ge=1,
+    )
+    warm_patience: int = env(
+        "DKT_WARM_PATIENCE",
+        1,
+        "retraining: early-stopping patience of a warm-started candidate (epochs without a validation gain)",
+        "epochs",
+        ge=1,
     )
     device: str = env("DKT_TRAIN_DEVICE", "auto", "train.py --device: auto, cpu, cuda, cuda:N")
     promote_tolerance: float = env(

@@ -39,6 +39,7 @@ from pipeline.deploy_local import (
 )
 from pipeline.deploy_served import metadata_url, production_back_on_served, production_on_verified
 from pipeline.store import VersionedStore, VersionError
+from pipeline.timings import Laps, record
 
 
 # -- steps ----------------------------------------------------------------------------------
@@ -49,6 +50,7 @@ def shadow_version(store: VersionedStore) -> str | None:
 
 
 def pull_model(work: Path, store: VersionedStore) -> dict[str, Any]:
+    laps = Laps()
     m = store.pull("models", "production", work / "model")
     doc: dict[str, Any] = {"model_version": m["version"]}
     shadow = shadow_version(store)
@@ -57,18 +59,23 @@ def pull_model(work: Path, store: VersionedStore) -> dict[str, Any]:
     elif shadow is not None:
         doc["shadow_version"] = store.pull("models", shadow, work / "shadow")["version"]
     write_json(work / "pull.json", doc)  # which version this run deploys, for the steps after it
+    record(work, "pull_model", laps)
     return doc
 
 
 def pack(work: Path) -> dict[str, Any]:
     """Import the bundle into the BentoML store and build a bento with packer.py; a shadow is only imported."""
     meta = json.loads((work / "model" / "bundle.json").read_text())
-    doc: dict[str, Any] = {**run_packer(work / "model", bento=True), "model_version": str(meta["model_version"])}
+    laps = Laps()
+    with laps.lap("packer.py"):
+        packed = run_packer(work / "model", bento=True)
+    doc: dict[str, Any] = {**packed, "model_version": str(meta["model_version"])}
     shadow = read_json(work / "pull.json").get("shadow_version") if (work / "pull.json").is_file() else None
     if shadow is not None:
         doc["shadow_model_tag"] = run_packer(work / "shadow", bento=False)["model_tag"]
         doc["shadow_version"] = str(shadow)
     write_json(work / "pack.json", doc)
+    record(work, "pack", laps)
     return doc
 
 
@@ -98,6 +105,7 @@ def parse_pack_output(stdout: str, bento: bool = True) -> dict[str, str]:
 def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
     """Roll the packed model out. ``replicas`` (swarm only) also scales inference; None keeps the count."""
     packed = read_json(work / "pack.json")
+    laps = Laps()
     if replicas is not None and replicas < 1:
         raise DeployError(f"replicas must be at least 1, got {replicas}")
     if load(PipelineSettings).deploy_mode == "swarm":
@@ -123,8 +131,9 @@ def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
             print(f"deploy: local mode runs one server; replicas={replicas} applies to swarm mode only",
                   file=sys.stderr)  # fmt: skip
         shadow = Shadow(packed["shadow_model_tag"], packed["shadow_version"]) if packed.get("shadow_version") else None
-        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"], shadow)}
+        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"], shadow, laps)}
     write_json(work / "deploy.json", doc)
+    record(work, "deploy", laps)
     return doc
 
 
@@ -137,6 +146,7 @@ def verify(work: Path) -> dict[str, Any]:
         return {"mode": "swarm", "model_version": packed["model_version"], **read_json(work / "deploy.json")}
     url = current_url()
     shadow = packed.get("shadow_version")
+    laps = Laps()
     try:
         meta = wait_metadata(url, packed["model_version"], timeout=settings.verify_timeout, shadow=shadow)
     except DeployError:
@@ -144,6 +154,7 @@ def verify(work: Path) -> dict[str, Any]:
         what = packed["model_version"] + (f" with shadow {shadow}" if shadow else "")
         raise DeployError(f"{url} does not serve {what}; restored {restored}") from None
     doc = {"url": url, "model_version": meta.get("model_version"), "model": meta.get("model")}
+    record(work, "verify", laps)
     return {**doc, "shadow_version": shadow} if shadow else doc
 
 

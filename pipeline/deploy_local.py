@@ -26,6 +26,7 @@ import requests
 from dkt.bundle import write_json
 from dkt.settings import REPO_ROOT, ClientSettings, PipelineSettings, load
 from pipeline.blobs import pid_alive, pid_cmdline, runs_command
+from pipeline.timings import Laps
 
 SERVER_WORDS = ("bentoml", "serve")  # in start_server's command line: stop_server checks it
 
@@ -208,7 +209,12 @@ def wait_metadata(url: str, version: str, timeout: float, shadow: str | None = N
         time.sleep(1)
 
 
-def switch_local(model_tag: str, version: str, shadow: Shadow | None = None) -> dict[str, Any]:
+def switch_local(
+    model_tag: str, version: str, shadow: Shadow | None = None, laps: Laps | None = None
+) -> dict[str, Any]:
+    """Serve ``model_tag`` on the other port, switch the client to it, stop the old server. ``laps``: where the
+    seconds went (the new server's start to /readyz, its /metadata, the drain)."""
+    laps = laps or Laps()
     old = read_state()
     same = old.get("model_tag") == model_tag and old.get("shadow_model_tag") == (shadow.model_tag if shadow else None)
     if same and alive(old.get("pid")) and current_url() == old.get("url"):
@@ -223,8 +229,10 @@ def switch_local(model_tag: str, version: str, shadow: Shadow | None = None) -> 
     print(f"deploy: started {model_tag}{with_shadow} on {new['url']} (pid {new['pid']})", file=sys.stderr)
     timing = load(PipelineSettings)
     try:
-        wait_ready(new, timing.ready_timeout)
-        wait_metadata(new["url"], version, timeout=30, shadow=shadow.version if shadow else None)
+        with laps.lap("new server start to /readyz"):
+            wait_ready(new, timing.ready_timeout)
+        with laps.lap("new server /metadata"):
+            wait_metadata(new["url"], version, timeout=30, shadow=shadow.version if shadow else None)
     except DeployError:
         stop_server(new["pid"])
         raise
@@ -234,8 +242,10 @@ def switch_local(model_tag: str, version: str, shadow: Shadow | None = None) -> 
     print(f"deploy: client switched to {new['url']}", file=sys.stderr)
     if old.get("pid") and old.get("pid") != new["pid"]:
         # Requests that read the old URL just before the switch finish before the old server goes.
-        time.sleep(timing.drain_seconds)
-        stop_server(old["pid"])
+        with laps.lap("drain (DKT_DRAIN_SECONDS)"):
+            time.sleep(timing.drain_seconds)
+        with laps.lap("stop old server"):
+            stop_server(old["pid"])
         print(f"deploy: stopped the previous server (pid {old['pid']})", file=sys.stderr)
     return doc
 

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dkt.bundle import default_version, lineage, read_meta, write_json
+from dkt.bundle import BundleError, default_version, lineage, read_meta, write_json
 from dkt.settings import TrainingSettings, load
-from pipeline import promotions
+from pipeline import promotions, timings
 from pipeline.data_update import read_json
 from pipeline.settings import REPO_ROOT
 from pipeline.store import PointerMoved, VersionedStore, VersionError, manifest_matches
@@ -44,11 +44,16 @@ class NotPromoted(Exception):
 
 
 def pull_data(work: Path, store: VersionedStore) -> dict[str, Any]:
-    m = store.pull("datasets", "latest", work / "data")
-    holdout = prepare_holdout(work, store)
+    laps = timings.Laps()
+    with laps.lap("pull data"):
+        m = store.pull("datasets", "latest", work / "data")
+    with laps.lap("holdout split"):
+        holdout = prepare_holdout(work, store)
     print(f"holdout: {holdout['note']}", file=sys.stderr)
     if holdout["production"]:  # its weights seed the candidates of its kind (warm start, dkt train --init-from)
-        store.pull("models", holdout["production"], work / "production")
+        with laps.lap("pull production"):
+            store.pull("models", holdout["production"], work / "production")
+    timings.record(work, "pull_data", laps)
     return {"data_version": m["version"], "rows": m.get("rows", {}), "holdout": holdout}
 
 
@@ -165,6 +170,33 @@ def candidate_configs(spec: str) -> list[Path]:
     return configs
 
 
+def fine_tune_config(cfg: Path, production: Path, out: Path) -> Path | None:
+    """A copy of ``cfg`` for a short fine-tune when production's weights can seed it (its kind warm-starts and
+    ``SequenceKind.warm_refusal`` finds nothing against it): at most ``DKT_WARM_EPOCHS`` epochs, early stopping after
+    ``DKT_WARM_PATIENCE`` without a validation gain. The model has learnt the old answers already; the config's
+    from-scratch budget (30 epochs, patience 3) would spend patience + 1 epochs at least on every cycle. None: the
+    candidate trains as configured (from scratch, or a kind that ignores --init-from)."""
+    from dkt.models.interface import kind_class
+
+    doc = json.loads(cfg.read_text())
+    try:
+        if read_meta(production).get("model") != doc.get("model"):
+            return None  # before kind_class: importing a kind's module can take seconds (lightgbm)
+        kind = kind_class(str(doc.get("model")))
+    except (BundleError, ValueError, TypeError):
+        return None  # train.py says why it trains from scratch, or names the unknown kind in its own error
+    refusal = getattr(kind, "warm_refusal", None)
+    if refusal is None or refusal(production, doc.get("model_params") or {}) is not None:
+        return None
+    settings = load(TrainingSettings)
+    section = dict(doc.get("train") or {})
+    section["epochs"] = min(int(section.get("epochs", settings.warm_epochs)), settings.warm_epochs)
+    section["patience"] = settings.warm_patience
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {**doc, "train": section})
+    return out
+
+
 def train(
     work: Path,
     config: Path | None = None,
@@ -182,12 +214,18 @@ def train(
     # The holdout split when pull_data made one: the gate's answers never reach training.
     files = work / GATE_DIR if read_holdout(work)["active"] else work / "data"
     shutil.rmtree(work / CANDIDATES_DIR, ignore_errors=True)  # a retry starts over, no stale candidate competes
+    production = work / "production"
+    warm = (production / "bundle.json").is_file()  # pulled by pull_data; the kind decides if it fits
     trained = {}
+    laps = timings.Laps()
     for i, cfg in enumerate(configs):
         out = work / CANDIDATES_DIR / f"{i + 1}-{cfg.stem}"
+        tuned = fine_tune_config(cfg, production, out.with_name(f"{out.name}.fine-tune.json")) if warm else None
+        if tuned is not None:
+            print(f"train: {cfg.stem} warm-starts from production: a fine-tune ({tuned})", file=sys.stderr)
         argv = [
             sys.executable, str(REPO_ROOT / "train.py"),
-            "--config", str(cfg),
+            "--config", str(tuned or cfg),
             "--train-file", str(files / "train.csv"),
             "--test-file", str(files / "test.csv"),
             "--output-dir", str(out),
@@ -196,17 +234,25 @@ def train(
             "--device", device or settings.device,
             "--no-progress",
         ]  # fmt: skip
-        if epochs:
-            argv += ["--epochs", str(epochs)]
-        if (work / "production" / "bundle.json").is_file():  # pulled by pull_data; the kind decides if it fits
-            argv += ["--init-from", str(work / "production")]
+        if epochs:  # --epochs wins over the config's train.epochs, so a fine-tune keeps its own, smaller cap
+            argv += ["--epochs", str(min(epochs, settings.warm_epochs) if tuned else epochs)]
+        if warm:
+            argv += ["--init-from", str(production)]
         print("train: " + " ".join(argv), file=sys.stderr)
         # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
-        proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        with laps.lap(f"train.py {out.name}"):
+            proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"train.py --config {cfg} failed with exit {proc.returncode}")
         trained[out.name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    selection = select(work)
+    with laps.lap("select"):
+        selection = select(work)
+    # What train.py's own figures say of the winner: its epochs, and the seconds of its training loop (the rest
+    # of its wall time: process start and imports, data, the test-set evaluation and the bundle write).
+    won = read_meta(work / CANDIDATES_DIR / selection["winner"]).get("metrics", {})
+    tuned_winner = (work / CANDIDATES_DIR / f"{selection['winner']}.fine-tune.json").is_file()
+    timings.record(work, "train", laps, epochs=won.get("epochs_run"), training_loop=won.get("train_seconds"),
+                   fine_tune=str(tuned_winner))  # fmt: skip
     return {"model_version": version, "model": selection["winner_model"], "metrics": trained[selection["winner"]],
             "selection": selection}  # fmt: skip
 
@@ -288,7 +334,9 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     from dkt.metrics import evaluate_predictions
     from dkt.verify import verify_bundle
 
+    laps = timings.Laps()
     verify_bundle(work / "candidate")  # an unloadable candidate stops here, before it is stored
+    laps.add("imports and verify", laps.total())
     test = read_csv(work / "data" / "test.csv")
     holdout = read_holdout(work)
     tables = [test]
@@ -298,10 +346,16 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
     prod = store.pointed("models", "production")
     doc: dict[str, Any] = {"candidate_version": read_meta(work / "candidate")["model_version"],
                            "production_version": prod}  # fmt: skip
-    scored = {"candidate": probabilities(work / "candidate", tables)}
+    with laps.lap("score candidate"):
+        scored = {"candidate": probabilities(work / "candidate", tables)}
     if prod:
-        store.pull("models", prod, work / "production")
-        scored["production"] = probabilities(work / "production", tables)
+        pulled = work / "production" / "bundle.json"
+        # pull_data pulled it for the warm start when the tasks share this folder; another host pulls it here.
+        if not (pulled.is_file() and str(read_meta(work / "production").get("model_version")) == prod):
+            with laps.lap("pull production"):
+                store.pull("models", prod, work / "production")
+        with laps.lap("score production"):
+            scored["production"] = probabilities(work / "production", tables)
     for role, probs in scored.items():
         doc[role] = evaluate_predictions(test, probs[0])
     if holdout["active"]:
@@ -324,6 +378,7 @@ def evaluate(work: Path, store: VersionedStore) -> dict[str, Any]:
         doc["selection"] = read_json(work / SELECTION)
     print(f"evaluate: {promotions.describe(figures)}", file=sys.stderr)
     write_json(work / "evaluation.json", doc)
+    timings.record(work, "evaluate", laps)
     return doc
 
 

@@ -59,8 +59,6 @@ def defaults() -> dict[str, str]:
         "DKT_CLIENT_DB": str(VAR / "client.db"),
         "DKT_QUESTIONS": str(SIM_DIR / "questions.csv"),
         "DKT_APP_PYTHON": sys.executable,
-        # Short enough for a first `make up` on a busy 2-core CPU (~20-60 s per epoch on 500 students).
-        "DKT_TRAIN_EPOCHS": "3",
         "AIRFLOW_HOME": str(VAR / "airflow"),
     }
     return {k: v for k, v in d.items() if not is_set(k)}
@@ -154,10 +152,12 @@ def ensure_model(store: VersionedStore) -> None:
     data = work / "data"
     store.pull("datasets", "latest", data)
     training = load_or_exit(TrainingSettings)
-    config, epochs = str(training.config), str(training.epochs)  # up() sets DKT_TRAIN_EPOCHS when it is unset
-    say(f"training the first model ({config}, {epochs} epochs)")
+    # No epoch cap unless DKT_TRAIN_EPOCHS sets one: early stopping decides (docs/pipeline.md#warm-start has how long).
+    config = str(training.config)
+    cap = ["--epochs", str(training.epochs)] if training.epochs else []
+    say(f"training the first model ({config}, {f'{training.epochs} epochs' if cap else 'to early stopping'})")
     py("-m", "dkt", "train", "--config", config, "--train-file", str(data / "train.csv"), "--test-file",
-       str(data / "test.csv"), "--output-dir", str(work / "model"), "--epochs", epochs,
+       str(data / "test.csv"), "--output-dir", str(work / "model"), *cap,
        "--data-version", store.pointed("datasets", "latest") or "")  # fmt: skip
     py("-m", "dkt", "models", "push", str(work / "model"), "--promote")
 

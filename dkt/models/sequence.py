@@ -221,18 +221,30 @@ class SequenceKind(ModelKind):
         }
 
     @classmethod
+    def warm_refusal(cls, src: Path, model_params: Mapping[str, Any]) -> str | None:
+        """Why the bundle ``src`` cannot seed a model of this kind with ``model_params``; None when it can (the
+        retrain step asks before it picks a warm start's fine-tuning settings, pipeline.retrain)."""
+        try:
+            meta = json.loads((src / "bundle.json").read_text())
+            old_config = json.loads((src / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            return str(exc)
+        if meta.get("model") != cls.name:
+            return f"it is a {meta.get('model')} model, this is {cls.name}"
+        if old_config.get("model_params") != dict(model_params):
+            return "its model_params differ from this config's"
+        return None
+
+    @classmethod
     def warm_start(cls, model: nn.Module, job: TrainJob) -> bool:
         """Seed ``model`` with the weights of the bundle ``job.init_from`` when it is this kind with the same
         ``model_params`` (new vocabulary rows start fresh, ``dkt.training.warm_start``); otherwise say why and
         leave the model untouched (training from scratch). Returns whether it was seeded."""
         src = Path(job.init_from or "")
         try:
+            if why := cls.warm_refusal(src, job.config.model_params):
+                raise WarmStartRefused(why)
             meta = json.loads((src / "bundle.json").read_text())
-            old_config = json.loads((src / "config.json").read_text())
-            if meta.get("model") != cls.name:
-                raise WarmStartRefused(f"it is a {meta.get('model')} model, this is {cls.name}")
-            if old_config.get("model_params") != job.config.model_params:
-                raise WarmStartRefused("its model_params differ from this config's")
             old = FeatureEncoder.from_dict(json.loads((src / "encoder.json").read_text()))
             state = torch.load(src / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             with torch.no_grad():

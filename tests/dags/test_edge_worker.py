@@ -24,7 +24,7 @@ from tests.dags.polling import ATTEMPT_TIMEOUT, dag_run, request, tails, wait_fo
 from tests.support.ports import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
-TRAIN_TASKS = {"pull_data", "train", "evaluate", "push_candidate"}
+TRAIN_TASKS = {"train", "evaluate"}
 
 
 def test_train_tasks_route_to_the_edge_executor(dag_info: dict[str, Any]) -> None:

@@ -87,3 +87,25 @@ def test_warm_start_falls_back_to_scratch_and_says_why(
     model = kind_class("saint").build(saint["model_params"], enc.sizes())
     assert not kind_class("saint").warm_start(model, job(saint, enc, lstm_bundle, tmp_path))
     assert "(it is a lstm model, this is saint): training from scratch" in capsys.readouterr().err
+
+
+def test_a_warm_startable_candidate_gets_a_short_fine_tune_another_its_own_config(
+    lstm_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.retrain import fine_tune_config
+
+    monkeypatch.setenv("DKT_WARM_EPOCHS", "2")
+    monkeypatch.setenv("DKT_WARM_PATIENCE", "1")
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({**TINY_LSTM, "train": {**TINY_LSTM["train"], "epochs": 30, "patience": 3}}))
+    tuned = fine_tune_config(same, lstm_bundle, tmp_path / "out" / "1-same.fine-tune.json")
+    assert tuned is not None
+    doc = json.loads(tuned.read_text())
+    assert doc["train"]["epochs"] == 2 and doc["train"]["patience"] == 1
+    assert doc["model_params"] == TINY_LSTM["model_params"] and doc["model"] == "lstm"
+    # Production cannot seed these: they train as configured (from scratch), no fine-tune config is written.
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**TINY_LSTM, "model_params": {**TINY_LSTM["model_params"], "hidden_dim": 48}}))
+    assert fine_tune_config(wider, lstm_bundle, tmp_path / "w.json") is None
+    assert fine_tune_config(Path("config/saint.json"), lstm_bundle, tmp_path / "saint-out.json") is None
+    assert not (tmp_path / "w.json").exists() and not (tmp_path / "saint-out.json").exists()
