@@ -220,7 +220,7 @@ def main() -> int:
             stored = run_students(base, questions, max(1, args.new // 10), 10, seed=1)
             print(f"stored {stored.answers} new interactions through the client ({stored.failed} failed)",
                   file=sys.stderr)  # fmt: skip
-            t0 = time.perf_counter()
+            t0, t0_clock = time.perf_counter(), time.time()
             figures["update_data_dag"] = sh([airflow, "dags", "test", "update_data_dag"], env, logs / "update.log")
             figures["retrain_and_push_dag"] = sh([airflow, "dags", "test", "retrain_and_push_dag"], env,
                                                  logs / "retrain.log")  # fmt: skip
@@ -232,6 +232,9 @@ def main() -> int:
             prod = store.pointed("models", "production")
             meta = requests.get(deploy.current_url() + "/metadata", timeout=10).json()
             figures["total"] = time.perf_counter() - t0
+            # Served from the moment the client's URL file names the new server (the blue/green switch); the
+            # drain, the old server's stop and the verify step come after, while the new model answers.
+            figures["served_at_switch"] = Path(env["DKT_INFERENCE_URL_FILE"]).stat().st_mtime - t0_clock
         result = {
             "new_interactions": stored.answers,
             "warm_vs_scratch": warm_vs_scratch(tmp / "work", env, cap, logs),
