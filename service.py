@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ import bentoml
 import numpy as np
 import pandas as pd
 import torch
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,10 +45,10 @@ from dkt.training import resolve_device
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
 from serving.model_worker import DKTModel, batch_size_histogram, score_remote
-from serving.schema import Interaction, Item, Job, StudentId, Tag, Timestamp
+from serving.schema import Interaction, Item, Job, Since, StudentId, Tag, Timestamp
 from serving.settings import settings
 from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
-from serving.state_cache import StateCache
+from serving.state_cache import CachedJob, NotCached, Scored, StateCache
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
 if settings.shadow_model_tag:
@@ -91,6 +93,15 @@ class DKTService:
         self.batched = self._remote if settings.batching == "bentoml" else self.batcher.submit
         # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
         self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
+        # Returning students who ask at once are stepped and scored together: one model call for all of them.
+        self.cached: MicroBatcher[CachedJob, Scored | Exception] = MicroBatcher(
+            self._cached_batch, settings.max_batch_size
+        )
+
+    def _cached_batch(self, jobs: list[CachedJob]) -> list[Scored | Exception]:
+        assert self.states is not None  # only called with a cache
+        self.observe_batch(len(jobs))
+        return self.states.scores_batch(self.predictor, jobs)
 
     async def _remote(self, scoring: Scoring) -> Scores:
         return await score_remote(self.model, scoring)
@@ -125,10 +136,24 @@ class DKTService:
         log.debug("batch of %d: %.1f ms", len(batch), 1e3 * (time.perf_counter() - start))
         return scores
 
-    async def _score(self, job: Job, student_id: str | None = None) -> list[float]:
+    async def _score(self, job: Job, student_id: str | None = None, since: int | None = None) -> Scored:
+        """``known_count`` is -1 when no state was cached (no ``student_id`` or no cache)."""
+        if since is not None and student_id is None:
+            raise InvalidArgument("since: needs student_id (the student whose cached answers it counts)")
         if student_id is not None and self.states is not None:  # a returning student: from their cached state
-            return await asyncio.to_thread(self.states.scores, self.predictor, student_id, job)
-        return (await self.batched(Scoring(job))).production
+            scored = await self.cached.submit(CachedJob(student_id, job, since))
+            if isinstance(scored, NotCached):
+                raise BentoMLException(str(scored), error_code=HTTPStatus.CONFLICT)
+            if isinstance(scored, Exception):
+                raise scored
+            return scored
+        if since is not None:
+            raise BentoMLException("since: this service keeps no per-student state", error_code=HTTPStatus.CONFLICT)
+        return Scored((await self.batched(Scoring(job))).production, -1)
+
+    @staticmethod
+    def _known(scored: Scored) -> dict[str, int]:
+        return {"known_count": scored.known_count} if scored.known_count >= 0 else {}
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -137,14 +162,23 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006 (pydantic copies)
         at: Timestamp | None = None,
         student_id: StudentId | None = None,
+        since: Since | None = None,
     ) -> dict[str, Any]:
         """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``.
 
+        With ``student_id`` the response adds ``known_count``, the answers the student's cached state holds; the
+        next request may send only the answers after them with ``since`` = that count (409: send them all).
         With a shadow model (``DKT_SHADOW_MODEL_TAG``) the response adds ``shadow``: its name, version and
         probabilities for the same candidates at the same time; without one the response is unchanged."""
         job = Job(history=history, candidates=candidates, at=at)
-        if student_id is not None and self.shadow is None:  # with a shadow both score in one batch, uncached
-            scores = Scores(await self._score(job, student_id))
+        known: dict[str, int] = {}
+        if (student_id is not None or since is not None) and self.shadow is None:  # a shadow: one batch, uncached
+            scored = await self._score(job, student_id, since)
+            scores, known = Scores(scored.probabilities), self._known(scored)
+        elif since is not None:
+            raise BentoMLException(
+                "since: a service with a shadow model scores uncached", error_code=HTTPStatus.CONFLICT
+            )
         else:
             scores = await self.batched(Scoring(job, True))
         out = {
@@ -156,7 +190,7 @@ class DKTService:
         }
         if self.shadow is not None and scores.shadow is not None:
             out["shadow"] = self.shadow.field(scores.shadow)  # logged by the client, never shown
-        return out
+        return out | known
 
     async def _skill_mastery(self, history: list[Interaction], items: list[Item]) -> dict[int, float]:
         """Per skill with answers: its typical items scored after its own answers only (``dkt/mastery.py``), at
@@ -170,7 +204,7 @@ class DKTService:
             for tag, mine in zip(answered, own, strict=True)
             if mine
         ]
-        probs = await asyncio.gather(*(self._score(job) for job in jobs))
+        probs = [s.probabilities for s in await asyncio.gather(*(self._score(job) for job in jobs))]
         cands = pd.DataFrame([i.model_dump() for job in jobs for i in job.candidates], columns=list(Item.model_fields))
         return self.predictor.mastery(cands, np.concatenate([np.zeros(0), *probs])) if jobs else {}
 
@@ -186,7 +220,7 @@ class DKTService:
         (from ``skill_mastery`` and the evidence) and ``evidence`` (answers in that skill): ``dkt/mastery.py``."""
         cands = self.predictor.catalog_candidates(tags)
         items = [Item(**row) for row in cands.to_dict("records")]
-        prob = await self._score(Job(history=history, candidates=items), student_id) if items else []
+        prob = (await self._score(Job(history=history, candidates=items), student_id)).probabilities if items else []
         mastery = self.predictor.mastery(cands, np.asarray(prob)) if items else {}
         history_rows = [h.model_dump() for h in history]
         return {
@@ -201,16 +235,19 @@ class DKTService:
         questions: Annotated[list[Item], Field(min_length=1, max_length=settings.max_candidates)],
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
         student_id: StudentId | None = None,
+        since: Since | None = None,
     ) -> dict[str, Any]:
-        """Expected score out of 100 on a question set: the mean P(correct) of its questions."""
-        prob = await self._score(Job(history=history, candidates=questions), student_id)
+        """Expected score out of 100 on a question set: the mean P(correct) of its questions (``known_count`` and
+        ``since`` as on /predict)."""
+        scored = await self._score(Job(history=history, candidates=questions), student_id, since)
+        prob = scored.probabilities
         return {
             "model_name": self.predictor.model_name,
             "model_version": self.predictor.model_version,
             "expected_score": round(100.0 * float(np.mean(prob)), 2),
             "n_questions": len(questions),
             "probabilities": prob,
-        }
+        } | self._known(scored)
 
 
 class EchoRequestId:

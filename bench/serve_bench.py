@@ -234,16 +234,27 @@ def main(argv: list[str] | None = None) -> int:
         for s in range(n_max)
     ]
 
-    def body(hist: list[dict], student_id: str | None = None) -> bytes:
+    def body(hist: list[dict], student_id: str | None = None, since: int | None = None) -> bytes:
         doc = {"history": hist, "candidates": cands, "at": "2031-01-01 00:00:00"}
-        return json.dumps(doc | ({"student_id": student_id} if student_id else {})).encode()
+        doc |= {"student_id": student_id} if student_id else {}
+        return json.dumps(doc | ({"since": since} if since is not None else {})).encode()
 
     same = body(students[0][: args.history])
 
-    def returning(c: int, n_hist: int, tag: str) -> tuple[list[list[bytes]], list[list[bytes]]]:
-        """(warm-up: each student's first request, the measured requests: one more answer each time)."""
+    def returning(c: int, n_hist: int, tag: str, whole: bool = False) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """(warm-up: each student's first request, the measured requests: one more answer each time). A returning
+        client sends only its new answer after the ``known_count`` the service last gave it (``since``); with
+        ``whole``, its whole history every time (the same scores)."""
         warm = [[body(students[s][:n_hist], f"{tag}-{s}")] for s in range(c)]
-        timed = [[body(students[s][: n_hist + 1 + r], f"{tag}-{s}") for r in range(per_client[c])] for s in range(c)]
+        if whole:
+            timed = [
+                [body(students[s][: n_hist + 1 + r], f"{tag}-{s}") for r in range(per_client[c])] for s in range(c)
+            ]
+        else:
+            timed = [
+                [body(students[s][n_hist + r : n_hist + 1 + r], f"{tag}-{s}", n_hist + r) for r in range(per_client[c])]
+                for s in range(c)
+            ]
         return warm, timed
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -280,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                 run_load(predict["service"][0], warm, bento)
                 results["cached", c] = run_load(predict["service"][0], timed, bento)
                 report("service cached", c, results["cached", c])
+                warm, timed = returning(c, args.history, f"w{c}", whole=True)
+                run_load(predict["service"][0], warm, bento)
+                results["whole", c] = run_load(predict["service"][0], timed, bento)
+                report("service cached, whole", c, results["whole", c])
                 if c == 1:
                     cold = [[body(students[0][: args.history], f"cold-{r}") for r in range(n)]]
                     results["cold", 1] = run_load(predict["service"][0], cold, bento)

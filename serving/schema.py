@@ -12,6 +12,9 @@ from serving.settings import settings
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 # Whose history a request carries, for the per-student state cache (serving/state_cache.py); optional.
 StudentId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+# How many of the student's answers the service's cached state holds and the request leaves out (a returning
+# client's last ``known_count``): the history carries only the answers after them (serving/state_cache.py).
+Since = Annotated[int, Field(strict=True, ge=0, le=10**9)]
 Tag = Annotated[int, Field(strict=True, ge=0, le=2**62)]  # a JSON integer: `true` or "7" is not a skill
 
 

@@ -159,6 +159,16 @@ def stack_frames(frames: Sequence[FeatureFrame]) -> FeatureFrame:
 
 # ---------------------------------------------------------------- incremental form
 
+# A student's candidates as serving holds them: item ids, test ids, KnowledgeTags, and when they are shown.
+CandidateColumns = tuple[list[str], list[str], list[int], pd.Timestamp | None]
+
+
+def candidate_columns(candidates: pd.DataFrame) -> tuple[list[str], list[str], list[int]]:
+    """A candidates frame's (item ids, test ids, KnowledgeTags) as lists."""
+    items = candidates["assessmentItemID"].astype(str).tolist()
+    tests = candidates["testId"].astype(str).tolist()
+    return items, tests, candidates["KnowledgeTag"].astype("int64").tolist()
+
 
 # Only for the column types of an empty history.
 EMPTY_ANSWER = {"assessmentItemID": "", "testId": "", "answerCode": -1, "Timestamp": "2000-01-01", "KnowledgeTag": 0}
@@ -204,9 +214,7 @@ class StudentFeatures:
         """Features of each candidate shown at ``at`` (default now) after these answers, one row each:
         what ``encode_candidates`` gives them after the whole history (``FeatureEncoder.transform``'s rules,
         per row, without building a table)."""
-        items = candidates["assessmentItemID"].astype(str).tolist()
-        tests = candidates["testId"].astype(str).tolist()
-        return self.encode_items(encoder, items, tests, candidates["KnowledgeTag"].astype("int64").tolist(), at)
+        return self.encode_items(encoder, *candidate_columns(candidates), at)
 
     def encode_items(
         self, encoder: FeatureEncoder, items: list[str], tests: list[str], tags: list[int], at: pd.Timestamp | None

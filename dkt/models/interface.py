@@ -24,6 +24,9 @@ ensemble and serving all go through the two classes below.
                                        ``dkt.models.inputs.HISTORY_COLUMNS``); answers come in time order
       ``score(state, candidates, at)`` the candidates shown at ``at`` (default now, never before the last
                                        answer) after the answers stepped into ``state``
+      ``score_items(state, items, tests, tags, at)``  the same from the candidates' columns (serving's form)
+      ``step_batch`` / ``score_items_batch``  the same for several students at once (one model call where the
+                                       kind allows: serving merges concurrent returning students)
       ``state_of(history)``            a history table's answers stepped in time order
     The contract: stepping a history's answers one by one from ``initial_state()`` and then scoring gives
     ``predict_candidates(history, candidates, at)`` (within 1e-6); ``tests/dkt/models/test_interface.py``
@@ -60,6 +63,7 @@ import pandas as pd
 from dkt.models.inputs import (
     EMPTY_ANSWER,
     HISTORY_COLUMNS,
+    CandidateColumns,
     Job,
     answer_frame,
     candidate_rows,
@@ -186,6 +190,25 @@ class Predictor(ABC):
         if state:
             check_order(history["Timestamp"].iloc[-1], at, "at")
         return self.predict_candidates_batch([(history, candidates, at)])[0]
+
+    def score_items(
+        self, state: Any, items: list[str], tests: list[str], tags: list[int], at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        """``score`` with the candidates given as columns (item ids, test ids, KnowledgeTags): what serving holds.
+        By default through a candidates frame; a kind whose features are built per row overrides it (no pandas)."""
+        cands = pd.DataFrame(
+            {"assessmentItemID": items, "testId": tests, "KnowledgeTag": np.asarray(tags, dtype=np.int64)},
+            columns=["assessmentItemID", "testId", "KnowledgeTag"],
+        )
+        return self.score(state, cands, at)
+
+    def step_batch(self, states: Sequence[Any], answers: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """``step`` of each state with its answer (several students at once: a kind may do it in one model call)."""
+        return [self.step(state, answer) for state, answer in zip(states, answers, strict=True)]
+
+    def score_items_batch(self, states: Sequence[Any], candidates: Sequence[CandidateColumns]) -> list[np.ndarray]:
+        """``score_items`` of each state with its (items, tests, tags, at) (several students at once)."""
+        return [self.score_items(state, *cands) for state, cands in zip(states, candidates, strict=True)]
 
     def state_of(self, history: pd.DataFrame) -> Any:
         """``history``'s answers stepped in time order (the stable sort ``predict_rows`` uses) from the start."""

@@ -10,7 +10,7 @@ its incremental form keeps that state: one O(1) step per answer (``LSTMPredictor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from dkt.data.features import FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, eval_stride, to_device, window_start
 from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, input_lstm
-from dkt.models.inputs import EncodedCandidates, StudentFeatures
+from dkt.models.inputs import CandidateColumns, EncodedCandidates, StudentFeatures, candidate_columns, stack_frames
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind, SequencePredictor
 
@@ -79,6 +79,13 @@ class LSTMPredictor(SequencePredictor):
     def _embed_rows(self, ff: FeatureFrame, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.embed(to_device(Batcher(ff).batch(index), self.device))
 
+    def _embed_all(self, ff: FeatureFrame, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_embed_rows`` of every row of ``ff`` in order, as a (batch, time) = ``shape`` batch: the arrays viewed
+        as tensors directly (the serving path's few rows; no padded copy of every column, no gather)."""
+        batch = {k: torch.from_numpy(v).reshape(shape) for k, v in (*ff.cat.items(), *ff.resp.items())}
+        batch["cont"] = torch.from_numpy(ff.cont).reshape(*shape, -1)
+        return self.model.embed(to_device(batch, self.device))
+
     @torch.no_grad()
     def score_candidate_windows(self, enc: EncodedCandidates, histories: list[np.ndarray]) -> np.ndarray:
         """Each job's window run through the LSTM once, then one step per candidate from the state it ends in.
@@ -105,14 +112,14 @@ class LSTMPredictor(SequencePredictor):
         cands = [enc.candidate_rows(u) for u in range(len(histories))]
         target = np.concatenate(cands)
         job = np.repeat(np.arange(len(histories)), [len(c) for c in cands])
-        prob = self._next(state, torch.from_numpy(job).to(self.device), ff, target)
+        x, query = self._embed_rows(ff, target[:, None])
+        prob = self._next(state, torch.from_numpy(job).to(self.device), x, query)
         result = np.full(len(ff), np.nan)
         result[target] = prob
         return result
 
-    def _next(self, state: Recurrent, pick: torch.Tensor, ff: FeatureFrame, rows: np.ndarray) -> np.ndarray:
-        """P(correct) of each row in ``rows`` of ``ff`` as the step after ``state[:, pick]``."""
-        x, query = self._embed_rows(ff, rows[:, None])
+    def _next(self, state: Recurrent, pick: torch.Tensor, x: torch.Tensor, query: torch.Tensor) -> np.ndarray:
+        """P(correct) of each embedded row (``x``, ``query``: (rows, 1, ...)) as the step after ``state[:, pick]``."""
         out, _ = self.model.lstm(x, (state[0][:, pick].contiguous(), state[1][:, pick].contiguous()))
         return torch.sigmoid(self.model.readout(out, query).float())[:, 0].cpu().numpy()
 
@@ -121,22 +128,37 @@ class LSTMPredictor(SequencePredictor):
     def initial_state(self) -> LSTMState:
         return LSTMState()
 
-    @torch.no_grad()
     def step(self, state: LSTMState, answer: Mapping[str, Any]) -> LSTMState:
-        row, features = state.features.after(self.encoder, answer)
-        x, _ = self._embed_rows(row, np.zeros((1, 1), dtype=np.int64))
-        windows = []
-        m = features.position
-        first = int(window_start(m, self.max_seq_len))
-        for start, rec in state.windows:
-            if start >= first:  # windows that start before the next position's are done with
-                _, rec = self.model.lstm(x, rec)
-                windows.append((start, rec))
-        if m % eval_stride(self.max_seq_len) == 0:
-            windows.append((m, None))
-        return LSTMState(features=features, windows=tuple(windows))
+        return self.step_batch([state], [answer])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def step_batch(self, states: Sequence[LSTMState], answers: Sequence[Mapping[str, Any]]) -> list[LSTMState]:
+        """Each state after its answer: the answers' rows embedded in one call, and every live window of every
+        student stepped in one LSTM call (the windows as its batch; a window with no rows yet starts from zeros,
+        as nn.LSTM does without a state)."""
+        stepped = [s.features.after(self.encoder, a) for s, a in zip(states, answers, strict=True)]
+        rows, feats = [r for r, _ in stepped], [f for _, f in stepped]
+        x, _ = self._embed_all(stack_frames(rows), (len(rows), 1))
+        live = []  # (student, window start, its state): windows before the next position's start are done with
+        for i, (state, features) in enumerate(zip(states, feats, strict=True)):
+            first = int(window_start(features.position, self.max_seq_len))
+            live.extend((i, start, rec) for start, rec in state.windows if start >= first)
+        windows: list[list[tuple[int, Recurrent | None]]] = [[] for _ in states]
+        if live:
+            zero = self.model.zero_state(1, self.device)
+            h0 = torch.cat([(rec or zero)[0] for _, _, rec in live], dim=1)
+            c0 = torch.cat([(rec or zero)[1] for _, _, rec in live], dim=1)
+            pick = torch.tensor([i for i, _, _ in live], device=self.device)
+            _, (h, c) = self.model.lstm(x[pick], (h0, c0))
+            for w, (i, start, _) in enumerate(live):  # copies: a cached state must not pin the whole batch
+                windows[i].append((start, (h[:, w : w + 1].clone(), c[:, w : w + 1].clone())))
+        stride = eval_stride(self.max_seq_len)
+        for i, features in enumerate(feats):
+            if features.position % stride == 0:
+                windows[i].append((features.position, None))
+        return [LSTMState(features=f, windows=tuple(w)) for f, w in zip(feats, windows, strict=True)]
+
+    @torch.inference_mode()
     def state_of(self, history: pd.DataFrame) -> LSTMState:
         """The state ``step`` reaches, with each live window's rows run through the LSTM in one call."""
         if len(history) == 0:
@@ -153,13 +175,31 @@ class LSTMPredictor(SequencePredictor):
             windows.append((start, rec))
         return LSTMState(features=StudentFeatures.of(ff, hist), windows=tuple(windows))
 
-    @torch.no_grad()
     def score(self, state: LSTMState, candidates: pd.DataFrame, at: pd.Timestamp | None = None) -> np.ndarray:
-        if len(candidates) == 0:
-            return np.zeros(0)
-        ff = state.features.encode(self.encoder, candidates, at)
-        rec = state.windows[0][1] or self.model.zero_state(1, self.device)
-        return self._next(rec, torch.zeros(len(ff), dtype=torch.long, device=self.device), ff, np.arange(len(ff)))
+        return self.score_items(state, *candidate_columns(candidates), at)
+
+    def score_items(
+        self, state: LSTMState, items: list[str], tests: list[str], tags: list[int], at: pd.Timestamp | None = None
+    ) -> np.ndarray:
+        return self.score_items_batch([state], [(items, tests, tags, at)])[0]
+
+    @torch.inference_mode()
+    def score_items_batch(
+        self, states: Sequence[LSTMState], candidates: Sequence[CandidateColumns]
+    ) -> list[np.ndarray]:
+        """Every student's candidates as the step after their state's first window: their rows embedded in one
+        call, one LSTM step and one head call for all of them."""
+        ffs = [s.features.encode_items(self.encoder, *c) for s, c in zip(states, candidates, strict=True)]
+        sizes = [len(ff) for ff in ffs]
+        if not sum(sizes):
+            return [np.zeros(0) for _ in states]
+        x, query = self._embed_all(stack_frames([ff for ff in ffs if len(ff)]), (sum(sizes), 1))
+        zero = self.model.zero_state(1, self.device)
+        h0 = torch.cat([(s.windows[0][1] or zero)[0] for s in states], dim=1)
+        c0 = torch.cat([(s.windows[0][1] or zero)[1] for s in states], dim=1)
+        pick = torch.from_numpy(np.repeat(np.arange(len(states)), sizes)).to(self.device)
+        prob = self._next((h0, c0), pick, x, query)
+        return np.split(prob, np.cumsum(sizes)[:-1])
 
 
 @register

@@ -281,6 +281,19 @@ def test_returning_student_is_scored_from_the_cached_state(service: Server, sim_
     edited = [{**history[3], "answerCode": 1 - history[3]["answerCode"]}, *history[:3], *history[4:]]
     np.testing.assert_allclose(predict(edited, student_id="returning-1"), predict(edited), atol=1e-5)
     assert cache()["stale"] == after["stale"] + 1
+    # A returning client may send only the answers after the count it got back (`since`): the same scores.
+    tail = post(service, "/predict", {"history": history[:50], "candidates": cands, "at": at, "student_id": "tail"})
+    assert tail.json()["known_count"] == 50
+    since = post(
+        service,
+        "/predict",
+        {"history": history[50:], "candidates": cands, "at": at, "student_id": "tail", "since": 50},
+    )
+    assert since.status_code == 200 and since.json()["known_count"] == len(history), since.text
+    np.testing.assert_allclose([p["probability"] for p in since.json()["predictions"]], second, atol=1e-5)
+    for extra, status in (({"student_id": "tail", "since": 50}, 409), ({"since": 50}, 400)):  # stale count; no id
+        r = post(service, "/predict", {"history": history[50:], "candidates": cands, "at": at, **extra})
+        assert r.status_code == status and "since" in r.text, r.text
     # /score and /knowledge_state: the first call stores the state, the second reads it; both as uncached.
     questions, tags = {"questions": cands}, {"tags": [c["KnowledgeTag"] for c in cands]}
     for path, body, key, value in (
@@ -290,6 +303,7 @@ def test_returning_student_is_scored_from_the_cached_state(service: Server, sim_
         plain = post(service, path, {"history": history, **body}).json()
         for _ in range(2):
             cached = post(service, path, {"history": history, "student_id": f"returning{path}", **body}).json()
+            assert cached.pop("known_count", len(history)) == len(history)  # /score says it, /knowledge_state not
             assert cached.keys() == plain.keys() and len(cached[key]) == len(plain[key]) > 0
             if value is dict:
                 assert [s["KnowledgeTag"] for s in cached[key]] == [s["KnowledgeTag"] for s in plain[key]]
