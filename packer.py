@@ -11,6 +11,7 @@ without any network access.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,16 @@ from dkt.settings import ServiceSettings, load_or_exit
 
 ROOT = Path(__file__).resolve().parent
 LABEL_VALUE = re.compile(r"[^a-zA-Z0-9._-]+")
+# The inference-only packages (names; their pins are requirements.txt's): what every Bento needs.
+SERVE_REQUIREMENTS = ROOT / "requirements-serve.txt"
+# What a model kind imports beyond them (dkt/models/<kind>.py; a test checks every kind's imports against this).
+# A Bento declares only what its kinds need, so the swarm builds the slim image for every other kind and the full
+# one for these (docs/docker.md#which-kinds-get-which-image).
+KIND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "bert": ("transformers",),
+    "lgbm": ("lightgbm",),
+    "ensemble": ("scipy",),
+}
 
 
 class PackError(ValueError):
@@ -44,6 +55,30 @@ def tag_version(model_version: str) -> str:
 def label(value: Any) -> str:
     text = f"{value:.4f}" if isinstance(value, float) else str(value)
     return LABEL_VALUE.sub("-", text).strip("-._")[:63] or "none"
+
+
+def model_kinds(bundle: Path) -> set[str]:
+    """The model kinds a bundle loads: its own, and for an ensemble every member's (dkt/models/ensemble.py)."""
+    from dkt.models.ensemble import ENSEMBLE_FILE
+
+    kinds = {str(read_meta(bundle)["model"])}
+    if (bundle / ENSEMBLE_FILE).is_file():
+        for member in json.loads((bundle / ENSEMBLE_FILE).read_text())["members"]:
+            kinds |= model_kinds(bundle / member["dir"])
+    return kinds
+
+
+def serve_packages(kinds: set[str], requirements: Path = ROOT / "requirements.txt") -> list[str]:
+    """The pinned packages a Bento of ``kinds`` declares: requirements-serve.txt's and the kinds' extras, each with
+    its requirements.txt pin (PackError naming a package requirements.txt does not pin)."""
+    from pipeline.swarm_images import filter_requirements, requirement_names
+
+    names = requirement_names(SERVE_REQUIREMENTS.read_text().splitlines())
+    names += [extra for kind in sorted(kinds) for extra in KIND_EXTRAS.get(kind, ())]
+    try:
+        return filter_requirements(requirements.read_text().splitlines(), names, [])
+    except ValueError as e:
+        raise PackError(f"{requirements}: {e} ({SERVE_REQUIREMENTS.name} or packer.KIND_EXTRAS names it)") from None
 
 
 def check_bundle(model_dir: Path) -> dict[str, Any]:
@@ -135,6 +170,10 @@ def build_bento(model_tag: str, bentofile: Path) -> str:
     # the build context, the repository.
     envs = [e for e in spec.get("envs", []) if e.get("name") != "DKT_MODEL_TAG"]
     spec.update(envs=[*envs, {"name": "DKT_MODEL_TAG", "value": model_tag}], models=[model_tag])
+    # Its python packages: only what the model's kinds need (the image built from the Bento holds just these).
+    python = {k: v for k, v in (spec.get("python") or {}).items() if k != "requirements_txt"}
+    kinds = model_kinds(Path(bentoml.models.get(model_tag).path))
+    spec["python"] = {**python, "packages": serve_packages(kinds, bentofile.parent / "requirements.txt")}
     # The service module reads DKT_MODEL_TAG at import: the build must resolve the same model.
     os.environ["DKT_MODEL_TAG"] = model_tag
     with tempfile.TemporaryDirectory(prefix="dkt-bentofile-") as tmp:

@@ -20,6 +20,7 @@ from pipeline.swarm_images import (
     build_inference_image,
     image_exists,
     run,
+    runtime_for_bento,
 )
 from pipeline.swarm_settings import SwarmSettings
 from pipeline.swarm_stack import Stack
@@ -75,6 +76,8 @@ def build(
     images: dict[str, Any] = {}
     prefixes = {"inference-runtime": "r", "client": "c", "proxy": "p", "prometheus": "m"}  # tag: m-<hash> (monitoring)
     jobs = {key: (stack.config.images[key], prefix) for key, prefix in prefixes.items()}
+    if model is not None:  # the runtime holds the packages the Bento declares (slim for the torch kinds)
+        jobs["inference-runtime"] = (runtime_for_bento(jobs["inference-runtime"][0], model[2]), "r")
     say(f"images {', '.join(spec.name for spec, _ in jobs.values())}: build (skipped when unchanged) and push")
     for key, (ref, _built) in build_hashed_images(
         jobs, settings.registry, base, progress=say, questions=settings.questions

@@ -19,7 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import Distribution, distributions
+from fnmatch import fnmatch
+from importlib.metadata import Distribution
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ class ImageSpec(BaseModel):
     # Executables of this host copied into the context's bin/ (found on PATH): the Prometheus image gets the Debian
     # package's binary, so no image is pulled and nothing is downloaded during the build.
     binaries: list[str] = []
+    # Distributions not taken although a pin depends on them: torch's sympy, mpmath and networkx (torch.compile and
+    # torch.fx's symbolic shapes import them, serving never does) and setuptools (building, not serving).
+    drop_distributions: list[str] = []
+    # Files of the distributions left out (globs on the path under site-packages, `*` spans folders): torch's tests,
+    # headers, executables and test libraries, the packages' test suites, bytecode of what serving never imports.
+    prune: list[str] = []
+    # `strip --strip-unneeded` on the shared objects (their symbol tables: about 90 MB of libtorch_cpu.so alone).
+    strip: bool = False
+    # The Bento whose `bentoml serve` decides which bytecode the image keeps (pipeline.swarm_images.runtime_for_bento);
+    # None: all of it.
+    bytecode_of: str | None = None
 
 
 class StackConfig(BaseModel):
@@ -89,6 +101,11 @@ def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | No
         out = (proc.stdout + proc.stderr).strip().splitlines()
         raise DockerError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n" + "\n".join(out[-tail:]))
     return proc.stdout
+
+
+def requirement_names(lines: Iterable[str]) -> list[str]:
+    """The package names of a requirements file's lines (comments and options such as ``-c`` skipped)."""
+    return [m.group(1) for line in lines if (m := _REQ_NAME.match(line))]
 
 
 def filter_requirements(lines: Iterable[str], include: list[str] | None, exclude: list[str]) -> list[str]:
@@ -148,19 +165,34 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def venv_closure(pins: Sequence[str], site: Path) -> list[Distribution]:
+def venv_closure(pins: Sequence[str], site: Path, drop: Iterable[str] = ()) -> list[Distribution]:
     """The distributions installed in ``site`` that ``pins`` need: each pin checked against the installed version,
-    then their dependencies' closure, markers (extras included) evaluated as pip did when it installed them.
-    ValueError naming a pin the venv does not satisfy or a dependency it lacks."""
-    dists = distributions(path=[str(site)])
-    installed = {canonicalize_name(d.metadata["Name"]): d for d in dists if d.metadata["Name"]}
+    then their dependencies' closure, markers (extras included) evaluated as pip did when it installed them, less
+    ``drop`` (dependencies not followed). ValueError naming a pin the venv does not satisfy or a dependency it lacks.
+
+    Each distribution is found by its ``<name>-<version>.dist-info`` folder (the name as the wheel spec normalises
+    it) and only the ones the closure reaches have their METADATA parsed, once: parsing all 300 of the app venv's,
+    each again for its version and requirements, took seconds per call on a busy host."""
+    dropped = {canonicalize_name(n) for n in drop}
+    installed = {
+        canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]): Distribution.at(info)
+        for info in site.glob("*.dist-info")
+    }
+    metadata: dict[str, Any] = {}
+
+    def meta(name: str) -> Any:
+        if name not in metadata:
+            metadata[name] = installed[name].metadata
+        return metadata[name]
+
     hint = "make setup installs requirements.txt into the app venv"
     todo: list[tuple[Requirement, str]] = []
     for line in pins:
         req = Requirement(line)
-        dist = installed.get(canonicalize_name(req.name))
-        if dist is None or not req.specifier.contains(dist.version, prereleases=True):
-            found = f"{dist.version} is installed" if dist else "it is not installed"
+        name = canonicalize_name(req.name)
+        version = meta(name)["Version"] if name in installed else None
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            found = f"{version} is installed" if version else "it is not installed"
             raise ValueError(f"requirements.txt pins {line} but in {site} {found} ({hint})")
         todo.append((req, line))
     seen: dict[str, Distribution] = {}
@@ -168,17 +200,16 @@ def venv_closure(pins: Sequence[str], site: Path) -> list[Distribution]:
     while todo:
         req, wanted_by = todo.pop()
         name = canonicalize_name(req.name)
-        if (name, frozenset(req.extras)) in done:
+        if name in dropped or (name, frozenset(req.extras)) in done:
             continue
         done.add((name, frozenset(req.extras)))
-        dist = installed.get(name)
-        if dist is None:
+        if name not in installed:
             raise ValueError(f"{wanted_by} needs {req} but it is not installed in {site} ({hint})")
-        seen[name] = dist
+        seen[name] = installed[name]
         envs = [{"extra": e} for e in ("", *req.extras)]
-        for dep in map(Requirement, dist.requires or []):
+        for dep in map(Requirement, meta(name).get_all("Requires-Dist") or []):
             if dep.marker is None or any(dep.marker.evaluate(e) for e in envs):
-                todo.append((dep, f"{dist.metadata['Name']} {dist.version}"))
+                todo.append((dep, f"{meta(name)['Name']} {meta(name)['Version']}"))
     return [seen[n] for n in sorted(seen)]
 
 
@@ -195,7 +226,16 @@ class VenvFiles:
     new as the one the venv's wheels need, which holds for a base image made from the host's packages.
     """
 
-    def __init__(self, pins: Sequence[str], prefix: Path | None = None):
+    def __init__(
+        self,
+        pins: Sequence[str],
+        prefix: Path | None = None,
+        *,
+        drop: Sequence[str] = (),
+        prune: Sequence[str] = (),
+        strip: bool = False,
+        served_bytecode: Callable[[], set[Path]] | None = None,
+    ):
         self.prefix = prefix or Path(sys.prefix)
         if not (self.prefix / "pyvenv.cfg").is_file():
             raise ValueError(
@@ -205,18 +245,28 @@ class VenvFiles:
             sysconfig.get_path("purelib", "venv", vars={"base": str(self.prefix), "platbase": str(self.prefix)})
         )
         self.files: dict[Path, Path] = {}  # path in the venv -> installed file
-        h = hashlib.sha256(sys.implementation.cache_tag.encode())
-        for dist in venv_closure(pins, site):
-            h.update(f"{dist.metadata['Name']} {dist.version}\0".encode() + (dist.read_text("RECORD") or "").encode())
+        self.strip = strip
+        # Only the bytecode of these files (resolved paths) is taken, when given: asked only when the image is built.
+        self.served_bytecode = served_bytecode
+        options = [sys.implementation.cache_tag, sorted(drop), list(prune), strip, served_bytecode is not None]
+        h = hashlib.sha256(json.dumps(options).encode())
+        for dist in venv_closure(pins, site, drop):
+            meta = dist.metadata
+            h.update(f"{meta['Name']} {meta['Version']}\0".encode() + (dist.read_text("RECORD") or "").encode())
             for rel in dist.files or []:
                 src = Path(os.path.normpath(dist.locate_file(rel)))
                 if not src.is_relative_to(self.prefix):
-                    raise ValueError(f"{src}: {dist.metadata['Name']} installed a file outside {self.prefix}")
+                    raise ValueError(f"{src}: {meta['Name']} installed a file outside {self.prefix}")
+                if src.is_relative_to(site) and any(fnmatch(str(src.relative_to(site)), p) for p in prune):
+                    continue
                 self.files[src.relative_to(self.prefix)] = src
         self.digest = h.hexdigest()
 
     def copy_to(self, dest: Path) -> None:
-        """Lay the files out as a venv in ``dest`` (hard links where it can: 1.4 GB is not copied per build)."""
+        """Lay the files out as a venv in ``dest`` (hard links where it can: 1.4 GB is not copied per build); with
+        ``strip``, the shared objects are copies, stripped (never the app venv's own files, which links would be)."""
+        shared: list[Path] = []
+        served = self.served_bytecode() if self.served_bytecode else None
         for rel, src in self.files.items():
             if not src.is_file():
                 raise ValueError(f"{src}: listed in its distribution's RECORD but missing; reinstall it (make setup)")
@@ -226,8 +276,18 @@ class VenvFiles:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(f"#!{IMAGE_VENV}/bin/python".encode() + text[text.find(b"\n") :])
                 shutil.copystat(src, dst)
+            elif rel.parent.name == "__pycache__" and served is not None and src.resolve() not in served:
+                continue  # bytecode of a module serving never imports: compiled in memory should one be imported
+            elif self.strip and ".so" in rel.suffixes and _is_elf(src):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                shared.append(dst)
             else:
                 _link(src, dst)
+        if shared and shutil.which("strip") is None:
+            raise ValueError("strip: not on PATH, the slim image strips its shared objects (apt-get install binutils)")
+        if shared:  # one strip for all of them: torch's 434 MB libtorch_cpu.so takes about 3 s
+            run(["strip", "--strip-unneeded", "--preserve-dates", *map(str, shared)])
 
     def write_tar(self, tar: Path) -> None:
         """The venv as one tar file, which the Dockerfile ADDs: 40,000 files sent and COPYed one by one took the
@@ -243,6 +303,63 @@ def image_pins(spec: ImageSpec, repo: Path = REPO_ROOT) -> list[str] | None:
         return None
     lines = (repo / "requirements.txt").read_text().splitlines()
     return filter_requirements(lines, spec.requirements_include, spec.requirements_exclude)
+
+
+def venv_files(spec: ImageSpec, pins: Sequence[str]) -> VenvFiles:
+    """The app venv's files for ``pins`` as ``spec``'s image takes them (dropped distributions, pruned, stripped,
+    only the bytecode its Bento's serving loads)."""
+    bento = spec.bytecode_of
+    served = (lambda: served_bytecode(bento)) if bento else None
+    return VenvFiles(pins, drop=spec.drop_distributions, prune=spec.prune, strip=spec.strip, served_bytecode=served)
+
+
+# Run by the app venv's python: what a `bentoml serve` of the Bento imports (its service module from the Bento, the
+# model's kind through the predictor, BentoML's command, server and worker modules); prints each module's bytecode.
+_SERVED_MODULES = """
+import importlib, os, sys
+import bentoml
+bento = bentoml.bentos.get(sys.argv[1])
+os.environ["DKT_MODEL_TAG"] = model = str(bento.info.models[0].tag)
+bentoml.load(sys.argv[1])
+from dkt.predictor import load_predictor
+load_predictor(bentoml.models.get(model).path, device="cpu")
+for name in ("bentoml_cli.cli", "bentoml.serving", "_bentoml_impl.server.app", "_bentoml_impl.worker.service"):
+    importlib.import_module(name)
+print("\\n".join(c for m in list(sys.modules.values()) if isinstance(c := getattr(m, "__cached__", None), str)))
+"""
+
+
+def served_bytecode(bento_tag: str) -> set[Path]:
+    """The bytecode files (resolved) of the app venv that serving the Bento loads: a child of the app venv's python
+    imports what `bentoml serve` does (``_SERVED_MODULES``); the image takes only these of the 200 MB pip compiled."""
+    with tempfile.TemporaryDirectory(prefix="dkt-served-") as work:  # the Bento's code, not the checkout's
+        out = run([sys.executable, "-c", _SERVED_MODULES, bento_tag], cwd=Path(work))
+    return {Path(line).resolve() for line in out.splitlines() if line.endswith(".pyc")}
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"\x7fELF"
+
+
+def bento_packages(bento_tag: str) -> list[str]:
+    """The names of the python packages a Bento in the store ($BENTOML_HOME) declares: its
+    ``env/python/requirements.txt``, the file BentoML's own generated Dockerfile would install."""
+    import bentoml
+
+    path = Path(bentoml.bentos.get(bento_tag).path) / "env" / "python" / "requirements.txt"
+    return requirement_names(path.read_text().splitlines())
+
+
+def runtime_for_bento(spec: ImageSpec, bento_tag: str) -> ImageSpec:
+    """The runtime image ``spec`` holding exactly the packages the Bento declares (packer.py picks them per model
+    kind: the slim set for the torch kinds), less the ones ``spec`` excludes: one runtime image per package set,
+    tagged by content, so every Bento of the same set shares it."""
+    excluded = {n.lower() for n in spec.requirements_exclude}
+    wanted = [n for n in bento_packages(bento_tag) if n.lower() not in excluded]
+    return spec.model_copy(
+        update={"requirements_include": wanted, "requirements_exclude": [], "bytecode_of": bento_tag}
+    )
 
 
 def assemble_context(
@@ -341,7 +458,7 @@ def build_hashed_image(
 ) -> tuple[str, bool]:
     """Build (unless present) and push an image tagged by its context hash. Returns (ref, built)."""
     pins = image_pins(spec, repo)
-    venv = VenvFiles(pins) if pins is not None else None
+    venv = venv_files(spec, pins) if pins is not None else None
     with tempfile.TemporaryDirectory(prefix=f"dkt-{spec.name}-") as tmp:
         ctx = assemble_context(spec, Path(tmp), repo=repo, questions=questions)
         content = context_hash(ctx) + (venv.digest if venv else "") + json.dumps(build_args, sort_keys=True)

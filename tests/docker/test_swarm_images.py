@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,8 @@ from pipeline.swarm_images import (
     load_stack_config,
     tag_for,
 )
+from tests.serving.fixtures import Packed
+from tests.serving.servers import Server, bentoml_env
 
 CONFIG = REPO_ROOT / "config" / "swarm.json"
 REQS = (REPO_ROOT / "requirements.txt").read_text().splitlines()
@@ -133,6 +138,37 @@ def test_venv_files_refuse_a_venv_that_does_not_match_the_pins(tmp_path: Path) -
         VenvFiles(["app==1.0"], prefix=venv)
     with pytest.raises(ValueError, match="is no virtualenv"):
         VenvFiles(["app==1.0"], prefix=tmp_path)
+
+
+def test_venv_files_drop_prune_and_strip_without_touching_the_app_venv(tmp_path: Path) -> None:
+    """The slim runtime: a dropped dependency is not followed, pruned files stay out, shared objects are stripped
+    copies (a hard link would strip the app venv's own file) and the options are part of the digest."""
+    import markupsafe
+
+    so = next(Path(markupsafe.__file__).parent.glob("_speedups.*.so"))  # built with its symbols (not stripped)
+    venv = fake_venv(tmp_path / "venv", {
+        "app": ("1.0", ["big>=1", "dep"], {"app/__init__.py": "A", "app/tests/test_app.py": "T",
+                                            "app/jit/__pycache__/x.cpython-311.pyc": "B", "app/jit/x.py": "X"}),
+        "big": ("1", [], {"big.py": "B"}),
+        "dep": ("1", [], {"dep/__init__.py": "D"}),
+    })  # fmt: skip
+    site = Path("lib/python3.11/site-packages")
+    shutil.copy2(so, venv / site / "dep" / "_fast.so")
+    record = venv / site / "dep-1.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "dep/_fast.so,sha256=x,1\n")
+    before = (venv / site / "dep/_fast.so").read_bytes()
+    plain = VenvFiles(["app==1.0"], prefix=venv)
+    slim = VenvFiles(["app==1.0"], prefix=venv, drop=["big"], prune=["*/tests/*", "app/jit/*.pyc"], strip=True)
+    assert {
+        p.relative_to(site).as_posix() for p in slim.files if p.is_relative_to(site) and "dist-info" not in str(p)
+    } == {"app/__init__.py", "app/jit/x.py", "dep/__init__.py", "dep/_fast.so"}
+    assert slim.digest != plain.digest
+    slim.copy_to(tmp_path / "ctx")
+    stripped = tmp_path / "ctx" / site / "dep/_fast.so"
+    assert stripped.stat().st_ino != (venv / site / "dep/_fast.so").stat().st_ino
+    assert stripped.stat().st_size < len(before) and (venv / site / "dep/_fast.so").read_bytes() == before
+    symbols = subprocess.run(["nm", str(stripped)], capture_output=True, text=True)
+    assert "no symbols" in symbols.stderr, symbols.stdout[:300]
 
 
 def test_runtime_image_gets_the_app_venvs_torch_and_bentoml_not_the_clients(tmp_path: Path) -> None:
@@ -282,3 +318,59 @@ def test_an_image_binary_missing_on_the_host_is_named_with_how_to_install_it(
     spec = load_stack_config(CONFIG).images["prometheus"]
     with pytest.raises(ValueError, match=r"^prometheus: executable .* dkt-prometheus is not on PATH \(`make prom"):
         assemble_context(spec, tmp_path / "ctx")
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_the_slim_image_of_the_bento_serves_the_scores_of_the_full_venv(
+    service: Server, packed: Packed, sim_dir: Path, tmp_path: Path
+) -> None:
+    """The swarm's inference image of an lstm Bento (the slim runtime: only the packages the Bento declares, pruned,
+    stripped, bytecode of what serving loads) is at most 700 MB and its `bentoml serve` scores a real request as the
+    app venv's own serve (the session's `service`, every package, nothing stripped) does. The image is built by
+    bench/image_bench.py (packer, runtime, `bentoml containerize`: the swarm build's functions) and removed."""
+    import uuid
+
+    import numpy as np
+    import requests
+
+    from tests.serving.test_service import items, student
+    from tests.support.ports import free_port
+
+    build = subprocess.run(
+        [sys.executable, "bench/image_bench.py", "--model-dir", str(packed.bundle), "--only", "slim", "--keep"],
+        cwd=REPO_ROOT, env=bentoml_env(packed.home), capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    refs = re.findall(r"dkt-bench-(?:runtime|inference)-slim:bench-\d+", build.stdout + build.stderr)
+    name = f"dkt-slim-test-{uuid.uuid4().hex[:8]}"
+    try:
+        assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+        image = next(r for r in refs if "inference" in r)
+        size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                                  capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        print(f"\nslim inference image {image}: {size / 1e6:,.1f} MB; {build.stdout.strip().splitlines()[-2]}")
+        assert size <= 700e6, f"{image} is {size / 1e6:,.1f} MB"
+        port = free_port()
+        subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 600
+        while True:  # a replica imports torch and bentoml in two processes: a minute or more on a busy host
+            try:
+                if requests.get(url + "/readyz", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+            assert time.monotonic() < deadline, f"{image} not ready:\n{logs.stdout}{logs.stderr}"
+            time.sleep(2)
+        body = {"history": student(sim_dir, 30), "candidates": items(sim_dir, 20)}
+        slim = requests.post(url + "/predict", json=body, timeout=120)
+        full = requests.post(service.url + "/predict", json=body, timeout=120)
+        assert slim.status_code == full.status_code == 200, slim.text[:500] + full.text[:500]
+        assert slim.json()["model_version"] == full.json()["model_version"] == "test-v1"
+        got, want = ([p["probability"] for p in r.json()["predictions"]] for r in (slim, full))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        if refs:
+            subprocess.run(["docker", "image", "rm", *sorted(set(refs))], capture_output=True, check=False)

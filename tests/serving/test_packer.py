@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 import requests
+from packaging.utils import canonicalize_name
 
+from dkt.models.interface import model_names
+from packer import serve_packages
 from tests.serving.fixtures import Packed
 from tests.serving.servers import PY, ROOT, bentoml_env, bentoml_service
 from tests.support.scripts import Job, Result, ScriptBatch
@@ -121,3 +128,84 @@ def test_bento_holds_only_the_service_code_whatever_lies_under_var(lstm_bundle: 
     code = [p for package in ("dkt", "serving") for p in (ROOT / package).rglob("*.py")]
     want = {"service.py", "bentofile.yaml"} | {p.relative_to(ROOT).as_posix() for p in code}
     assert got == want, sorted(got ^ want)[:10]
+    requirements = (src.parent / "env" / "python" / "requirements.txt").read_text().split()
+    assert requirements == serve_packages({"lstm"}), "the Bento declares the slim set, no more"
+
+
+@functools.cache  # one parse per file for all the kinds
+def loaded_imports(path: Path) -> tuple[str, ...]:
+    """The modules ``path`` imports when it is loaded: its body's imports (a ``from m import x`` gives m and m.x,
+    x may be a module), not its functions' nor those under TYPE_CHECKING."""
+    names: list[str] = []
+    todo = list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.Try | ast.ClassDef):
+            todo += node.body
+    return tuple(names)
+
+
+def loaded_top_names(start: list[Path]) -> set[str]:
+    """The top-level names loading the modules ``start`` imports, following this repository's modules they import."""
+    seen: set[Path] = set()
+    out: set[str] = set()
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in loaded_imports(path):
+            out.add(name.split(".")[0])
+            base = ROOT / Path(*name.split("."))
+            todo += [p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()]
+    return out
+
+
+def test_every_kinds_bento_declares_every_package_serving_it_loads() -> None:
+    """What `bentoml serve` loads for a model of each kind (service.py, serving/, dkt/models/<kind>.py and the
+    modules of this repository they import on load) comes from the packages its Bento declares
+    (packer.serve_packages) or their dependencies as the slim image takes them: a kind that comes to import another
+    library fails here, not as a crash-looping container in the swarm suite."""
+    from pipeline.swarm_images import load_stack_config, venv_closure
+
+    drop = load_stack_config(ROOT / "config" / "swarm.json").images["inference-runtime"].drop_distributions
+    site = Path(sysconfig.get_path("purelib"))
+
+    @functools.cache
+    def provided(packages: tuple[str, ...]) -> set[str]:  # the top-level names the image's distributions install
+        records = (d.read_text("RECORD") or "" for d in venv_closure(packages, site, drop))
+        return {line.split("/", 1)[0].split(",", 1)[0].removesuffix(".py") for r in records for line in r.splitlines()}
+
+    service = loaded_top_names([ROOT / "service.py", *sorted((ROOT / "serving").glob("*.py"))])
+    ours = {"service", "serving", "dkt", *sys.stdlib_module_names}
+    missing = {}
+    for kind in model_names():
+        loaded = service | loaded_top_names([ROOT / "dkt" / "models" / f"{kind}.py"])
+        if lacking := sorted(loaded - ours - provided(tuple(serve_packages({kind})))):
+            missing[kind] = lacking
+    assert not missing, f"loaded but not declared by the kind's Bento (packer.KIND_EXTRAS): {missing}"
+    assert {"lstm", "saint", "bert", "lgbm", "ensemble"} <= set(model_names())
+    assert {"torch", "pandas", "bentoml"} <= service, "the imports were read"
+
+
+def test_the_torch_kinds_bento_leaves_out_the_training_storage_and_client_packages() -> None:
+    slim = {canonicalize_name(p.split("==")[0]) for p in serve_packages({"lstm", "saint"})}
+    assert {"torch", "bentoml", "numpy", "pandas"} <= slim
+    assert not slim & {
+        "transformers",
+        "lightgbm",
+        "scipy",
+        "scikit-learn",
+        "mlflow-skinny",
+        "boto3",
+        "flask",
+        "pyarrow",
+    }
+    assert "transformers==5.23.0" in serve_packages({"bert"}) and "lightgbm==4.7.0" in serve_packages({"lgbm"})
