@@ -763,9 +763,9 @@ class VersionedStore:
                 target.unlink(missing_ok=True)
                 raise IntegrityError(f"{self.blobs.url}: {key} downloaded with sha256 {got[:12]}…")
         if tables and manifest.get("format") == PARTITIONED:
-            from pipeline.dataset import read_parts, write_tables  # pandas and pyarrow: only for data
+            from pipeline.dataset import write_version_csvs  # pyarrow: only for data
 
-            write_tables(read_parts([dest / e["key"] for e in manifest["partitions"]]), dest)
+            write_version_csvs([dest / e["key"] for e in manifest["partitions"]], dest)
         (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
 

@@ -19,7 +19,7 @@ from data.cli import main as data_cli
 from dkt.bundle import write_json
 from dkt.data.io import read_csv
 from pipeline import data_update
-from pipeline.dataset import KEY, import_initial
+from pipeline.dataset import KEY, TEST, import_initial, read_parts, write_part, write_tables, write_version_csvs
 from pipeline.settings import REPO_ROOT
 from pipeline.store import PRUNE_POINTS, CorruptError, IntegrityError, VersionedStore
 
@@ -192,6 +192,22 @@ def test_retention_keeps_latest_model_named_versions_and_every_named_partition(
     assert part_keys(store) == named and len(named) == 3
     store.pull("datasets", "v2", tmp_path / "p2")
     assert len(read_csv(tmp_path / "p2" / "interactions.csv")) == 180
+
+
+@pytest.mark.parametrize("odd_id", ["plain", 'a "quoted", comma id'])
+def test_the_csvs_of_a_pull_are_what_pandas_writes(tmp_path: Path, odd_id: str) -> None:
+    # Arrow writes them (fast); an id that needs CSV quotes makes it refuse and pandas writes them instead.
+    rows = news(1, 1).assign(**{TEST: lambda d: d["userID"] == "t00"})
+    rows.loc[rows.index[:3], "userID"] = odd_id
+    write_part(rows.iloc[:12], tmp_path / "a.parquet")
+    write_part(rows.iloc[12:], tmp_path / "b.parquet")
+    parts = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    counts = write_version_csvs(parts, tmp_path / "arrow")
+    assert counts == write_tables(read_parts(parts), tmp_path / "pandas") == {
+        "interactions.csv": 20, "train.csv": 15, "test.csv": 5
+    }  # fmt: skip
+    for name in counts:
+        assert (tmp_path / "arrow" / name).read_bytes() == (tmp_path / "pandas" / name).read_bytes(), name
 
 
 def killed_prune(point: str, env: dict[str, str]) -> None:
