@@ -30,6 +30,10 @@ class TrainParams(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     valid_ratio: float = Field(0.1, gt=0, lt=1, description="share of training users held out when no --valid-file")
     max_train_windows: int | None = Field(None, ge=1, description="cap on training windows per epoch (sampled)")
+    bucket_batches: bool = Field(
+        True, description="training batches of windows of similar length (less padding); False: random batches"
+    )
+    amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
 
     @model_validator(mode="after")
     def _stride(self) -> TrainParams:

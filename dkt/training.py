@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from dkt.config import TrainParams
 from dkt.data.features import FIRST, VOCAB_FEATURES, FeatureEncoder, FeatureFrame
-from dkt.data.sequences import Batcher, make_windows, scoring_windows, to_device
+from dkt.data.sequences import Batcher, Windows, make_windows, scoring_windows, to_device, window_lengths
 from dkt.metrics import auc
 from dkt.scoring import autocast, score_windows
 
@@ -80,6 +81,12 @@ def epoch_auc(labels: list[np.ndarray], probs: list[np.ndarray]) -> float:
     return auc(y[finite], p[finite])
 
 
+def by_length(windows: Windows) -> Windows:
+    """``windows`` reordered longest first."""
+    order = np.argsort(-window_lengths(windows), kind="stable")
+    return Windows(windows.index[order], windows.score[order])
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -114,13 +121,17 @@ def fit_sequence_model(
     train_b, valid_b = Batcher(train_ff), Batcher(valid_ff)
     train_w = make_windows(train_ff, params.max_seq_len, params.stride)
     # Validation is scored like the test set and the service (one window rule: dkt.data.sequences.window_start).
-    valid_w = scoring_windows(valid_ff, params.max_seq_len)
+    # Scored longest first: an evaluation batch is as wide as its longest window, so windows of like length
+    # together make batches with little padding. Each row's probability is the same in any order.
+    valid_w = by_length(scoring_windows(valid_ff, params.max_seq_len))
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
     steps_per_epoch = math.ceil(n_windows / params.batch_size)
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, int(params.warmup_ratio * total)))
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    amp = params.amp and device.type == "cuda"
+    # bf16 has fp32's range: only fp16 needs the loss scaled so small gradients do not underflow.
+    use_scaler = amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     valid_y = np.clip(valid_ff.answer, 0, 1)
@@ -146,7 +157,7 @@ def fit_sequence_model(
         seen_p: list[np.ndarray] = []
         seen_y: list[np.ndarray] = []
         bar = tqdm(
-            train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng),
+            train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng, bucket=params.bucket_batches),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{epochs}",
             leave=False,
@@ -154,7 +165,7 @@ def fit_sequence_model(
         )
         for _, batch in bar:
             batch = to_device(batch, device)
-            with autocast(device):
+            with autocast(device) if amp else contextlib.nullcontext():
                 logits = model(batch)
             m = batch["loss_mask"]
             loss = (loss_fn(logits.float(), batch["answer"]) * m).sum() / m.sum().clamp(min=1)

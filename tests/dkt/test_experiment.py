@@ -115,6 +115,31 @@ def test_training_is_deterministic_with_a_seed(sim_dir: Path, tmp_path: Path) ->
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+def test_amp_setting_leaves_cpu_training_in_full_precision(sim_dir: Path) -> None:
+    """``train.amp`` (on by default) acts on CUDA only: on CPU a run with it is the run without it, to the bit."""
+    from dkt.config import parse_config
+    from dkt.data.features import FeatureEncoder
+    from dkt.models.interface import kind_class
+    from dkt.training import fit_sequence_model, seed_everything
+
+    df = read_csv(sim_dir / "train.csv")
+    users = sorted(df["userID"].unique())
+    train, valid = (df[df["userID"].isin(part)] for part in (users[:12], users[12:18]))
+    encoder = FeatureEncoder.fit(train)
+    runs = []
+    for amp in (True, False):
+        cfg = parse_config(TINY_LSTM | {"train": TINY_LSTM["train"] | {"epochs": 1, "amp": amp}})
+        seed_everything(5)
+        model = kind_class("lstm").build(cfg.model_params, encoder.sizes())
+        fit = fit_sequence_model(model, encoder.transform(train), encoder.transform(valid), cfg.train,
+                                 torch.device("cpu"), seed=5, progress=False)  # fmt: skip
+        runs.append((fit.history[0], model.state_dict()))
+    (h1, w1), (h2, w2) = runs
+    assert all(p.dtype == torch.float32 for p in w1.values())
+    assert {k: v for k, v in h1.items() if k != "seconds"} == {k: v for k, v in h2.items() if k != "seconds"}
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 

@@ -55,3 +55,30 @@ def test_batches_are_right_padded_with_masks() -> None:
     assert batch["mask"].sum(dim=1).tolist() == [6, 3]
     assert (batch["item"][1, 3:] == 0).all()
     assert not batch["loss_mask"][1, 3:].any()
+
+
+def test_bucketed_batches_hold_every_window_once_with_less_padding() -> None:
+    # Most students short, a few long (as in real data): random batches are mostly padding.
+    lengths = {f"u{i:03d}": int(n) for i, n in enumerate(np.random.default_rng(0).geometric(0.1, 200))}
+    ff = make_ff(lengths)
+    w = make_windows(ff, max_len=30, stride=15)
+    real = int((w.index != PAD_ROW).sum())
+
+    def computed(bucket: bool, seed: int) -> tuple[list[int], int]:
+        b = Batcher(ff)
+        seen, cells = [], 0
+        for sel, batch in b.iterate(w, 16, shuffle=True, rng=np.random.default_rng(seed), bucket=bucket):
+            seen += sel.tolist()
+            cells += batch["mask"].numel()
+            # The batch holds exactly those windows' rows: trimming never cuts a real row.
+            assert int(batch["mask"].sum()) == int((w.index[sel] != PAD_ROW).sum())
+        return sorted(seen), cells
+
+    seen, random_cells = computed(False, 1)
+    bseen, bucket_cells = computed(True, 1)
+    assert seen == bseen == list(range(len(w)))
+    assert bucket_cells < 0.6 * random_cells and bucket_cells <= 1.2 * real, (bucket_cells, random_cells, real)
+    # Still shuffled: another seed gives another batch order.
+    first = [sel.tolist() for sel, _ in Batcher(ff).iterate(w, 16, True, np.random.default_rng(2), bucket=True)]
+    other = [sel.tolist() for sel, _ in Batcher(ff).iterate(w, 16, True, np.random.default_rng(3), bucket=True)]
+    assert first != other

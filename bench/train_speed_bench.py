@@ -1,0 +1,149 @@
+"""Training speed: our lstm (train.py's path, config/lstm.json) against a minimal reference DKT (bench/min_dkt.py),
+both to early stopping, in one run on the same data and the same train/validation split.
+
+    .venv/bin/python bench/train_speed_bench.py                       # ASSISTments 2009 train file (shared split)
+    .venv/bin/python bench/train_speed_bench.py --max-students 600    # a quick run on the first 600 students
+    .venv/bin/python bench/train_speed_bench.py --data train.txt test.txt --data-format kt3
+
+Validation users are held out of the train file as train.py holds them out (``dkt.experiment.split_run_files``,
+the config's valid_ratio, seed 42); the reference uses the config's max_seq_len, batch_size, lr, epochs and
+patience. Prints per model the time to early stopping, epochs (best), seconds per epoch, validation and test AUC,
+then the ratio lstm / reference. Exit 2 with one line on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench import min_dkt  # noqa: E402
+from dkt.config import ConfigError, ExperimentConfig, TrainParams, load_config  # noqa: E402
+from dkt.data.io import load_run_files  # noqa: E402
+from dkt.data.schema import DataValidationError  # noqa: E402
+from dkt.experiment import run, split_run_files  # noqa: E402
+from dkt.metrics import auc  # noqa: E402
+from dkt.models.interface import RunData  # noqa: E402
+
+ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
+
+
+def first_students(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The rows of the first ``n`` students in file order (all with None)."""
+    if n is None:
+        return df
+    keep = pd.unique(df["userID"])[:n]
+    return df[df["userID"].isin(keep)].reset_index(drop=True)
+
+
+def sequences(df: pd.DataFrame, skills: np.ndarray) -> list[min_dkt.Seq]:
+    """Per student, in time order: (skill index into ``skills``, answer); unlabelled rows dropped."""
+    d = df[df["answerCode"] >= 0].sort_values(["userID", "Timestamp"], kind="stable")
+    skill = np.searchsorted(skills, d["KnowledgeTag"].to_numpy())
+    answer = d["answerCode"].to_numpy().astype(np.int64)
+    user = d["userID"].to_numpy()
+    cuts = np.flatnonzero(np.r_[True, user[1:] != user[:-1], True])
+    return [(skill[s:e], answer[s:e]) for s, e in itertools.pairwise(cuts)]
+
+
+def reference(data: RunData, tp: TrainParams, epochs: int) -> dict[str, Any]:
+    """bench/min_dkt.py trained to early stopping with the config's sequence length, batch, lr and patience."""
+    skills = np.unique(pd.concat([data.train, data.valid, data.test])["KnowledgeTag"].to_numpy())
+    train, valid = sequences(data.train, skills), sequences(data.valid, skills)
+    model, r = min_dkt.fit(train, valid, len(skills), tp.max_seq_len, tp.batch_size, tp.lr, epochs, tp.patience)
+    test = min_dkt.tensors(sequences(data.test, skills), len(skills), tp.max_seq_len)
+    return r | {"test_auc": auc(*min_dkt.predict(model, test))}
+
+
+def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None) -> dict[str, Any]:
+    """train.py's path (``dkt.experiment.run``: encode, fit, write and verify the bundle, evaluate on test)."""
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        m = run(cfg, data, out, epochs=epochs, device="cpu", seed=42, progress=False)
+        wall = time.perf_counter() - t0
+    return {
+        "seconds": m["train_seconds"],
+        "epochs": m["epochs_run"],
+        "best_epoch": m["best_epoch"],
+        "valid_auc": m["valid_auc"],
+        "test_auc": m["test_auc"],
+        "run_wall_s": round(wall, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = (ASSIST2009 / "train.csv", ASSIST2009 / "test.csv")
+    p.add_argument("--data", nargs=2, type=Path, metavar=("TRAIN", "TEST"), default=default, help="ASSISTments 2009")
+    p.add_argument("--data-format", choices=["kt3", "csv"], default="kt3", help="default kt3 (3-line files)")
+    p.add_argument("--config", type=Path, default=ROOT / "config" / "lstm.json")
+    p.add_argument("--max-students", type=int, help="only the first N students of each file (quick runs)")
+    p.add_argument("--epochs", type=int, help="cap on epochs for both (default: the config's)")
+    p.add_argument("--threads", type=int, help="torch threads for both (default: torch's own)")
+    p.add_argument("--before", action="store_true", help="also ours with random batches (bucket_batches false)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.max_students is not None and args.max_students < 2:
+        print("error: --max-students must be at least 2", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+        files = load_run_files(*args.data, None, args.data_format)
+    except (ConfigError, DataValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # The first optimizer imports torch._dynamo (seconds, more under load): paid here, not by whichever runs first.
+    importlib.import_module("torch._dynamo")
+    files.train = first_students(files.train, args.max_students)
+    files.test = first_students(files.test, args.max_students)
+    data = split_run_files(files, cfg.train.valid_ratio, seed=42)
+    load = os.getloadavg()[0]
+    print(
+        f"{data.train['userID'].nunique()} train / {data.valid['userID'].nunique()} validation students, "
+        f"{len(data.train):,} answers; torch threads {torch.get_num_threads()}; load {load:.1f}",
+        file=sys.stderr,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    results["reference DKT (bench/min_dkt.py)"] = reference(data, cfg.train, args.epochs or cfg.train.epochs)
+    print(f"reference: {json.dumps(results['reference DKT (bench/min_dkt.py)'])}", file=sys.stderr, flush=True)
+    if args.before:
+        unbucketed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_batches": False})})
+        results[f"{cfg.model}, random batches (before)"] = ours(unbucketed, data, args.epochs)
+    results[f"{cfg.model} ({args.config.name})"] = ours(cfg, data, args.epochs)
+
+    print("| model | to early stop (s) | epochs (best) | s / epoch | valid AUC | test AUC |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['seconds']:.1f} | {r['epochs']} ({r['best_epoch']}) | {r['seconds'] / r['epochs']:.2f} "
+            f"| {r['valid_auc']:.4f} | {r['test_auc']:.4f} |"
+        )
+    ref, last = (list(results.values())[i] for i in (0, -1))
+    ratio = last["seconds"] / ref["seconds"]
+    print(
+        f"time to early stopping, {cfg.model} / reference: {ratio:.2f}x (target 1.5x); "
+        f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ratio": ratio, "load": load}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
