@@ -49,8 +49,9 @@ test: ## install what tests need (all parts at once) and run every test, Docker 
 	$(PY) -m ruff check .
 	TEST_WORKERS=$(TEST_WORKERS) mk/run-tests.sh $(PY) $(PYTEST_ARGS)
 
+# Bytecode is written while tests run (mk/run-tests.sh says why): `env -u PYTHONDONTWRITEBYTECODE`.
 test-fast: setup ## unit and component tests (no Docker, browser, Airflow run or live server)
-	$(PY) -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -m "$(FAST_TESTS)" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup ## ruff
 	$(PY) -m ruff check .

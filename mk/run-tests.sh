@@ -6,6 +6,12 @@
 # (JSON lines: worker, test, phase, start, stop, CPU) in the log folder, to see where a slow run spent its time.
 # Usage: mk/run-tests.sh PYTHON [pytest args...]. Exits non-zero when either run fails, "no tests" (5) included.
 set -uo pipefail
+# Where PYTHONDONTWRITEBYTECODE is set (this project's machines), no test run kept any bytecode: every pytest process
+# rewrote the assertions of each test module again (5 of the 21 CPU-s a worker spent collecting), and each of the
+# suite's hundreds of subprocesses compiled the project's modules again (0.1 CPU-s a `dkt models --help`, more for a
+# training). Written once, read by every later process: .pyc files in __pycache__ (git-ignored; the Bento and the
+# image build contexts exclude them), pytest's rewritten ones beside the test modules.
+unset PYTHONDONTWRITEBYTECODE
 py=$1
 shift
 workers=${TEST_WORKERS:-2}
