@@ -216,6 +216,7 @@ def killed_prune(point: str, env: dict[str, str]) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a real `dkt data prune` process killed, and a wait of two lease times (2 s) for the sweep
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 @pytest.mark.parametrize("point", PRUNE_POINTS)
 def test_a_prune_killed_at_any_point_leaves_every_listed_version_whole(
