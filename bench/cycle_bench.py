@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,33 @@ def task_seconds(airflow_home: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+LOGS = dict(zip(DAGS, ("update.log", "retrain.log", "deploy.log"), strict=True))  # the DAG runs' logs, main()
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
+
+
+def task_starts(log: Path) -> dict[str, float]:
+    """Per task, the seconds from `airflow dags test` starting it to Airflow's "Task started" (the task runner, and
+    before a DAG's first task the test command's in-process execution API: none of it is the task's own work)."""
+    out: dict[str, float] = {}
+    task, since = None, None
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        m = STAMP.match(line)
+        if not m:
+            continue
+        t = datetime.fromisoformat(m.group(1)).timestamp()
+        if "[DAG TEST] starting task_id=" in line:
+            task, since = line.split("starting task_id=", 1)[1].split()[0], t
+        elif "Task started" in line and task and since is not None:
+            out[task], task, since = t - since, None, None
+    return out
+
+
 def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
     """Rows of (dag, task, part, seconds): every task, inside it what its step timed, the rest its start."""
     from pipeline import timings
 
     tasks = task_seconds(tmp / "airflow")
+    logs = tmp / "logs"
     rows: list[dict[str, Any]] = []
 
     def row(dag: str, task: str, part: str, seconds: float | None) -> None:
@@ -99,8 +123,11 @@ def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
             for work in (tmp / "work" / FLOWS[dag]).glob("*"):
                 if work.name != "initial":  # the first model's deploy, before the cycle
                     steps |= timings.read(work)
+        starts = task_starts(logs / LOGS[dag])
         for task, seconds in durations.items():
             row(dag, task, "task", seconds)
+            if task in starts:
+                row(dag, task, "start: dags test to Airflow's 'Task started'", starts[task])
             timed = [steps[s] for s in STEPS.get(task, (task,)) if s in steps]
             if not timed:
                 continue
