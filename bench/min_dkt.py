@@ -45,26 +45,28 @@ def tensors(seqs: list[Seq], n_skills: int, max_len: int) -> tuple[torch.Tensor,
 
 def predict(model: MinDKT, data: tuple[torch.Tensor, ...], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
+    dev = next(model.parameters()).device
     with torch.no_grad():
         starts = range(0, len(data[0]), batch_size)
-        p = [torch.sigmoid(model(*(x[i : i + batch_size] for x in data[:2]))) for i in starts]
+        p = [torch.sigmoid(model(*(x[i : i + batch_size].to(dev) for x in data[:2]))).cpu() for i in starts]
     mask = data[3].numpy()
     return data[2].numpy()[mask], torch.cat(p).numpy()[mask]
 
 
 def fit(train: list[Seq], valid: list[Seq], n_skills: int, max_len: int = 200, batch_size: int = 64,
-        lr: float = 2e-3, epochs: int = 30, patience: int = 3, seed: int = 42) -> tuple[MinDKT, dict]:  # fmt: skip
+        lr: float = 2e-3, epochs: int = 30, patience: int = 3, seed: int = 42,
+        device: str = "cpu") -> tuple[MinDKT, dict]:  # fmt: skip
     """Train to early stopping; the model ends with its best epoch's weights. Returns (model, summary)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model, tr, va = MinDKT(n_skills), tensors(train, n_skills, max_len), tensors(valid, n_skills, max_len)
+    model, tr, va = MinDKT(n_skills).to(device), tensors(train, n_skills, max_len), tensors(valid, n_skills, max_len)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_epoch, best_state, t0, epoch = -1.0, 0, None, time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
         model.train()
         for sel in np.array_split(rng.permutation(len(tr[0])), max(1, -(-len(tr[0]) // batch_size))):
             width = int(tr[3][sel].sum(1).max())  # trim all-padding columns
-            prev, skill, ans, mask = (x[sel, :width] for x in tr)
+            prev, skill, ans, mask = (x[sel, :width].to(device) for x in tr)
             loss = nn.functional.binary_cross_entropy_with_logits(model(prev, skill)[mask], ans[mask].float())
             opt.zero_grad()
             loss.backward()

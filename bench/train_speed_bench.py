@@ -60,20 +60,22 @@ def sequences(df: pd.DataFrame, skills: np.ndarray) -> list[min_dkt.Seq]:
     return [(skill[s:e], answer[s:e]) for s, e in itertools.pairwise(cuts)]
 
 
-def reference(data: RunData, tp: TrainParams, epochs: int) -> dict[str, Any]:
+def reference(data: RunData, tp: TrainParams, epochs: int, device: str) -> dict[str, Any]:
     """bench/min_dkt.py trained to early stopping with the config's sequence length, batch, lr and patience."""
     skills = np.unique(pd.concat([data.train, data.valid, data.test])["KnowledgeTag"].to_numpy())
     train, valid = sequences(data.train, skills), sequences(data.valid, skills)
-    model, r = min_dkt.fit(train, valid, len(skills), tp.max_seq_len, tp.batch_size, tp.lr, epochs, tp.patience)
+    model, r = min_dkt.fit(
+        train, valid, len(skills), tp.max_seq_len, tp.batch_size, tp.lr, epochs, tp.patience, device=device
+    )
     test = min_dkt.tensors(sequences(data.test, skills), len(skills), tp.max_seq_len)
     return r | {"test_auc": auc(*min_dkt.predict(model, test))}
 
 
-def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None) -> dict[str, Any]:
+def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None, device: str) -> dict[str, Any]:
     """train.py's path (``dkt.experiment.run``: encode, fit, write and verify the bundle, evaluate on test)."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        m = run(cfg, data, out, epochs=epochs, device="cpu", seed=42, progress=False)
+        m = run(cfg, data, out, epochs=epochs, device=device, seed=42, progress=False)
         wall = time.perf_counter() - t0
     return {
         "seconds": m["train_seconds"],
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=ROOT / "config" / "lstm.json")
     p.add_argument("--max-students", type=int, help="only the first N students of each file (quick runs)")
     p.add_argument("--epochs", type=int, help="cap on epochs for both (default: the config's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both models (cuda: ours with train.amp)")
     p.add_argument("--threads", type=int, help="torch threads for both (default: torch's own)")
     p.add_argument("--before", action="store_true", help="also ours with random batches (bucket_batches false)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -120,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     results: dict[str, dict[str, Any]] = {}
-    results["reference DKT (bench/min_dkt.py)"] = reference(data, cfg.train, args.epochs or cfg.train.epochs)
-    print(f"reference: {json.dumps(results['reference DKT (bench/min_dkt.py)'])}", file=sys.stderr, flush=True)
+    ref_name = "reference DKT (bench/min_dkt.py)"
+    results[ref_name] = reference(data, cfg.train, args.epochs or cfg.train.epochs, args.device)
+    print(f"reference: {json.dumps(results[ref_name])}", file=sys.stderr, flush=True)
     if args.before:
         unbucketed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_batches": False})})
-        results[f"{cfg.model}, random batches (before)"] = ours(unbucketed, data, args.epochs)
-    results[f"{cfg.model} ({args.config.name})"] = ours(cfg, data, args.epochs)
+        results[f"{cfg.model}, random batches (before)"] = ours(unbucketed, data, args.epochs, args.device)
+    results[f"{cfg.model} ({args.config.name})"] = ours(cfg, data, args.epochs, args.device)
 
     print("| model | to early stop (s) | epochs (best) | s / epoch | valid AUC | test AUC |")
     print("|---|---|---|---|---|---|")
