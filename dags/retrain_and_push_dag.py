@@ -43,9 +43,9 @@ with pipeline_dag(
         )
     },
 ):
-    # Three tasks, not five: pulling the data goes with training it, storing the candidate with evaluating it
-    # (docs/pipeline.md#the-cycle: each task start cost seconds); training stays apart so that a retry of a failed
-    # evaluation or push does not train again, and the promotion runs on the scheduler host.
+    # Three tasks, not five: pulling the data goes with training it, storing the candidate with evaluating it (each
+    # task start costs seconds: docs/pipeline.md#the-cycle-new-answers---served); training stays apart so that a
+    # retry of a failed evaluation or push does not train again, and the promotion runs on the scheduler host.
     train = cli("train", ["-m dkt models pull-data", "-m dkt models train --candidates '{{ params.candidates }}'"],
                 timeout_minutes=135, train_host=True)  # fmt: skip
     evaluate = cli("evaluate", ["-m dkt models evaluate", "-m dkt models push-candidate"], timeout_minutes=45,

@@ -19,8 +19,9 @@ if (_here := str(Path(__file__).resolve().parent)) not in sys.path:
 from dkt_tasks import DATA_ASSET, DRIFT_ASSET, SETTINGS, cli, pipeline_dag
 
 with pipeline_dag("update_data_dag", SETTINGS.update_schedule, __doc__, ["data"]):
-    # One task for export, prepare and publish (each task start cost seconds, docs/pipeline.md#the-cycle); each step
-    # is still its own command, and a re-run of the task after a crash at any of them adds nothing twice.
+    # One task for export, prepare and publish (each task start costs seconds:
+    # docs/pipeline.md#the-cycle-new-answers---served); each step is still its own command, and a re-run of the task
+    # after a crash at any of them adds nothing twice.
     publish = cli("publish", ["-m dkt data export", "-m dkt data prepare", "-m dkt data publish"],
                   timeout_minutes=45, outlets=[DATA_ASSET])  # fmt: skip
     # none_failed: when publish is skipped (nothing new) the cursor still moves past the exported rows.

@@ -40,8 +40,9 @@ with pipeline_dag(
         )
     },
 ):
-    # Two tasks, not four (each task start cost seconds, docs/pipeline.md#the-cycle): the pull goes with the pack,
-    # the check with the switch (verify switches back itself when it fails); a retry of deploy does not pack again.
+    # Two tasks, not four (each task start costs seconds: docs/pipeline.md#the-cycle-new-answers---served): the pull
+    # goes with the pack, the check with the switch (verify switches back itself when it fails); a retry of deploy
+    # does not pack again.
     pack = cli("pack", ["-m dkt deploy pull-model", "-m dkt deploy pack"], timeout_minutes=35)
     deploy = cli(
         "deploy",
