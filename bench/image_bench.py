@@ -9,7 +9,7 @@ the runtime image and the Bento's image (`bentoml containerize`, pipeline/swarm_
 - slim: the runtime of the Bento's packages (pipeline/swarm_images.runtime_for_bento: dropped, pruned, stripped).
 CPU-s is this process's children (context assembly, tar, strip, the docker and bentoml clients) plus the Docker
 daemon's own CPU time over the build (read from /proc: other builds running beside it count too). The images are
-removed at the end unless --keep. Last line: ``image: full_mb=<a> slim_mb=<b> full_build_s=<c> slim_build_s=<d>``.
+removed at the end unless --keep. Last line: ``image: full_mb=<a> full_build_s=<b> slim_mb=<c> slim_build_s=<d>``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             shown, mb = size_mb(image_ref)
             pins = image_pins(runtime) or []
             print(
-                f"{name}: {len(pins)} pins; image {image_ref} {shown} ({mb:,.1f} MB); runtime build {wall_r:.0f} s wall"
+                f"{name}: {len(pins)} pins; image {image_ref} {shown} ({mb:,.1f} MB) on {runtime_ref};"
+                f" runtime build {wall_r:.0f} s wall"
                 f" / {cpu_r:.0f} CPU-s, containerize {wall_i:.0f} s / {cpu_i:.0f} CPU-s",
                 flush=True,
             )

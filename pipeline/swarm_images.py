@@ -250,9 +250,14 @@ class VenvFiles:
         self.served_bytecode = served_bytecode
         options = [sys.implementation.cache_tag, sorted(drop), list(prune), strip, served_bytecode is not None]
         h = hashlib.sha256(json.dumps(options).encode())
+        # Files of auditwheel-repaired distributions (a `<name>.libs` folder beside the package): patchelf rewrote
+        # their ELF files, and strip then leaves them unloadable (numpy's OpenBLAS: "ELF load command address/offset
+        # not page-aligned" in the image). They are taken as they are.
+        self.unstrippable: set[Path] = set()
         for dist in venv_closure(pins, site, drop):
-            meta = dist.metadata
-            h.update(f"{meta['Name']} {meta['Version']}\0".encode() + (dist.read_text("RECORD") or "").encode())
+            meta, record = dist.metadata, dist.read_text("RECORD") or ""
+            repaired = re.search(r"^[^/,\n]+\.libs/", record, re.M) is not None
+            h.update(f"{meta['Name']} {meta['Version']}\0".encode() + record.encode())
             for rel in dist.files or []:
                 src = Path(os.path.normpath(dist.locate_file(rel)))
                 if not src.is_relative_to(self.prefix):
@@ -260,6 +265,8 @@ class VenvFiles:
                 if src.is_relative_to(site) and any(fnmatch(str(src.relative_to(site)), p) for p in prune):
                     continue
                 self.files[src.relative_to(self.prefix)] = src
+                if repaired:
+                    self.unstrippable.add(src.relative_to(self.prefix))
         self.digest = h.hexdigest()
 
     def copy_to(self, dest: Path) -> None:
@@ -278,7 +285,7 @@ class VenvFiles:
                 shutil.copystat(src, dst)
             elif rel.parent.name == "__pycache__" and served is not None and src.resolve() not in served:
                 continue  # bytecode of a module serving never imports: compiled in memory should one be imported
-            elif self.strip and ".so" in rel.suffixes and _is_elf(src):
+            elif self.strip and rel not in self.unstrippable and ".so" in rel.suffixes and _is_elf(src):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
                 shared.append(dst)

@@ -150,18 +150,30 @@ def test_venv_files_drop_prune_and_strip_without_touching_the_app_venv(tmp_path:
         "app": ("1.0", ["big>=1", "dep"], {"app/__init__.py": "A", "app/tests/test_app.py": "T",
                                             "app/jit/__pycache__/x.cpython-311.pyc": "B", "app/jit/x.py": "X"}),
         "big": ("1", [], {"big.py": "B"}),
-        "dep": ("1", [], {"dep/__init__.py": "D"}),
+        "dep": ("1", ["grafted"], {"dep/__init__.py": "D"}),
+        "grafted": ("1", [], {"grafted/__init__.py": "G"}),  # auditwheel-repaired: its libraries in grafted.libs/
     })  # fmt: skip
     site = Path("lib/python3.11/site-packages")
     shutil.copy2(so, venv / site / "dep" / "_fast.so")
     record = venv / site / "dep-1.dist-info" / "RECORD"
     record.write_text(record.read_text() + "dep/_fast.so,sha256=x,1\n")
+    (venv / site / "grafted.libs").mkdir()
+    shutil.copy2(so, venv / site / "grafted.libs" / "libg.so")
+    record = venv / site / "grafted-1.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "grafted.libs/libg.so,sha256=x,1\n")
     before = (venv / site / "dep/_fast.so").read_bytes()
     plain = VenvFiles(["app==1.0"], prefix=venv)
     slim = VenvFiles(["app==1.0"], prefix=venv, drop=["big"], prune=["*/tests/*", "app/jit/*.pyc"], strip=True)
     assert {
         p.relative_to(site).as_posix() for p in slim.files if p.is_relative_to(site) and "dist-info" not in str(p)
-    } == {"app/__init__.py", "app/jit/x.py", "dep/__init__.py", "dep/_fast.so"}
+    } == {
+        "app/__init__.py",
+        "app/jit/x.py",
+        "dep/__init__.py",
+        "dep/_fast.so",
+        "grafted/__init__.py",
+        "grafted.libs/libg.so",
+    }
     assert slim.digest != plain.digest
     slim.copy_to(tmp_path / "ctx")
     stripped = tmp_path / "ctx" / site / "dep/_fast.so"
@@ -169,6 +181,9 @@ def test_venv_files_drop_prune_and_strip_without_touching_the_app_venv(tmp_path:
     assert stripped.stat().st_size < len(before) and (venv / site / "dep/_fast.so").read_bytes() == before
     symbols = subprocess.run(["nm", str(stripped)], capture_output=True, text=True)
     assert "no symbols" in symbols.stderr, symbols.stdout[:300]
+    # patchelf rewrote a repaired wheel's libraries: strip would corrupt them, so they are the venv's own file
+    grafted = tmp_path / "ctx" / site / "grafted.libs/libg.so"
+    assert grafted.stat().st_ino == (venv / site / "grafted.libs/libg.so").stat().st_ino
 
 
 def test_runtime_image_gets_the_app_venvs_torch_and_bentoml_not_the_clients(tmp_path: Path) -> None:
@@ -360,8 +375,12 @@ def test_the_slim_image_of_the_bento_serves_the_scores_of_the_full_venv(
                     break
             except requests.RequestException:
                 pass
-            logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
-            assert time.monotonic() < deadline, f"{image} not ready:\n{logs.stdout}{logs.stderr}"
+            state = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True
+            )
+            if state.stdout.strip() != "true" or time.monotonic() > deadline:  # exited: no use waiting
+                logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+                pytest.fail(f"{image} not ready (running: {state.stdout.strip()}):\n{logs.stdout}{logs.stderr}")
             time.sleep(2)
         body = {"history": student(sim_dir, 30), "candidates": items(sim_dir, 20)}
         slim = requests.post(url + "/predict", json=body, timeout=120)
