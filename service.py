@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from http import HTTPStatus
+from http.client import CONFLICT
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ import bentoml
 import numpy as np
 import pandas as pd
 import torch
-from bentoml.exceptions import BentoMLException, InvalidArgument
+from bentoml.exceptions import BentoMLException
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -138,17 +138,17 @@ class DKTService:
 
     async def _score(self, job: Job, student_id: str | None = None, since: int | None = None) -> Scored:
         """``known_count`` is -1 when no state was cached (no ``student_id`` or no cache)."""
-        if since is not None and student_id is None:
-            raise InvalidArgument("since: needs student_id (the student whose cached answers it counts)")
+        if since is not None and student_id is None:  # the history is a tail: scored alone it would be wrong
+            raise BentoMLException("since: needs student_id (whose cached answers it counts)", error_code=CONFLICT)
         if student_id is not None and self.states is not None:  # a returning student: from their cached state
             scored = await self.cached.submit(CachedJob(student_id, job, since))
             if isinstance(scored, NotCached):
-                raise BentoMLException(str(scored), error_code=HTTPStatus.CONFLICT)
+                raise BentoMLException(str(scored), error_code=CONFLICT)
             if isinstance(scored, Exception):
                 raise scored
             return scored
         if since is not None:
-            raise BentoMLException("since: this service keeps no per-student state", error_code=HTTPStatus.CONFLICT)
+            raise BentoMLException("since: this service keeps no per-student state", error_code=CONFLICT)
         return Scored((await self.batched(Scoring(job))).production, -1)
 
     @staticmethod
@@ -176,9 +176,7 @@ class DKTService:
             scored = await self._score(job, student_id, since)
             scores, known = Scores(scored.probabilities), self._known(scored)
         elif since is not None:
-            raise BentoMLException(
-                "since: a service with a shadow model scores uncached", error_code=HTTPStatus.CONFLICT
-            )
+            raise BentoMLException("since: a service with a shadow model scores uncached", error_code=CONFLICT)
         else:
             scores = await self.batched(Scoring(job, True))
         out = {

@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/serve_bench.py --model-dir artifacts/lstm
 
+For lstm and for the default served model (the model `make up` serves is trained from DKT_TRAIN_CONFIG, by
+default config/lstm.json, so the same run covers both): a bundle from `dkt train --config config/lstm.json ...
+--output-dir artifacts/lstm` (any bundle folder works: --model-dir; another kind, e.g. config/saint.json, the same way).
+Run it on a quiet machine: latencies need a free core for each server; under load compare the CPU-ms per request.
+
 Both servers run on the same model (the service as `dkt serve` runs it, the baseline as one gunicorn process
 with 8 threads, one model call per request). Every request is one student: a history of --history answers and
 --candidates items to score. The load generator is asyncio (aiohttp, one connection per concurrent client, the
@@ -10,7 +15,9 @@ bodies serialised before the clock starts) in this process; its CPU share is pri
 What is measured, per level:
   naive / service        the same request again and again (no student_id): the whole history every time
   service cached         returning students (student_id): each client is one student whose next request
-                         carries one more answer, so the service steps one answer from the cached state
+                         carries its one new answer with since=<the known_count the service gave back>, so
+                         the service steps one answer from the cached state (concurrent students batched)
+  service cached, whole  the same, each request carrying the student's whole history (no since)
   service cold           c=1 only: a new student_id each time (a full recompute, then cached)
   cached, long history   c=1 only: the same as "cached" with --long-history answers (flat cost: ratio)
 Then the memory the cache holds per student (the service's own accounting in /metadata) for 10,000 students.
@@ -313,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         ratio = results["service", c].throughput / results["naive", c].throughput
         cached = results["cached", c].throughput / results["naive", c].throughput
-        print(f"c={c}: service/naive {ratio:.2f}x, service cached/naive {cached:.2f}x")
+        whole = results["whole", c].throughput / results["naive", c].throughput
+        print(f"c={c}: service/naive {ratio:.2f}x, service cached/naive {cached:.2f}x (whole history {whole:.2f}x)")
     if 1 in levels:
         warm, cold = results["cached", 1].pct(99), results["cold", 1].pct(99)
         flat = results["long", 1].pct(50) / results["cached", 1].pct(50)

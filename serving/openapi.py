@@ -39,6 +39,11 @@ API_ERRORS = {
     400: ("a field is missing, of the wrong type or out of range; the body is not JSON", VALIDATION_ERROR),
     408: ("the request body did not arrive within DKT_BODY_TIMEOUT_S", ERROR),
     413: ("the request body is over DKT_MAX_BODY_BYTES", ERROR),
+    # BentoML answers its own 4xx exceptions with the error object in a one-element list.
+    409: (
+        "`since` does not match the answers the service holds for this student_id: send the whole history",
+        {"type": "array", "items": ERROR, "minItems": 1, "maxItems": 1},
+    ),
     415: ("the body is declared as something other than application/json", ERROR),
     429: ("DKT_MAX_CONCURRENCY requests are already being served", ERROR),
     500: ("the service failed (a bug: never a client's mistake)", ERROR),

@@ -108,7 +108,11 @@ class FeatureEncoder:
         return cls(vocab={k: {str(v): int(i) for v, i in m.items()} for k, m in d["vocab"].items()})
 
     def encode_column(self, name: str, values: pd.Series) -> np.ndarray:
-        mapped = values.map(self.vocab[name])
+        vocab = self.vocab[name]
+        if len(values) < len(vocab):
+            # Few rows (a served student's history): pandas' map would first index the whole vocabulary, per call.
+            return np.fromiter((vocab.get(v, UNK) for v in values), dtype=np.int64, count=len(values))
+        mapped = values.map(vocab)
         return mapped.fillna(UNK).to_numpy(dtype=np.int64)
 
     def transform(self, df: pd.DataFrame) -> FeatureFrame:
