@@ -145,9 +145,12 @@ def print_breakdown(rows: list[dict[str, Any]]) -> None:
         print(f"{r['seconds'] if r['seconds'] is not None else '-':>8}  {where}", file=sys.stderr)
 
 
-def warm_vs_scratch(work_root: Path, env: dict[str, str], cap: list[str], logs: Path) -> dict[str, Any]:
+def warm_vs_scratch(
+    work_root: Path, env: dict[str, str], cap: list[str], logs: Path, candidates: str
+) -> dict[str, Any]:
     """The retrain step's winner (warm-started when production's kind and parameters allowed) against its config
-    trained from scratch on the same files, both scored on the gate's time holdout."""
+    (as listed in ``candidates``, not the fine-tune's copy in the bundle) trained from scratch on the same files, both
+    scored on the gate's time holdout."""
     from dkt.bundle import read_meta
     from dkt.metrics import auc
     from pipeline import retrain
@@ -157,7 +160,9 @@ def warm_vs_scratch(work_root: Path, env: dict[str, str], cap: list[str], logs: 
     files = work / retrain.GATE_DIR if holdout["active"] else work / "data"
     warm = work / "candidate"
     scratch = work.parent / "scratch"
-    seconds = sh([sys.executable, str(ROOT / "train.py"), "--config", str(warm / "config.json"), "--train-file",
+    winner = str(json.loads((work / retrain.SELECTION).read_text())["winner"])  # "<n>-<name>", n from 1
+    config = retrain.candidate_configs(candidates)[int(winner.split("-", 1)[0]) - 1]
+    seconds = sh([sys.executable, str(ROOT / "train.py"), "--config", str(config), "--train-file",
                   str(files / "train.csv"), "--test-file", str(files / "test.csv"), "--output-dir", str(scratch),
                   *cap, "--no-progress"], env, logs / "scratch.log")  # fmt: skip
     doc: dict[str, Any] = {"holdout": holdout["note"], "warm_log": "", "model": read_meta(warm)["model"]}
@@ -264,7 +269,7 @@ def main() -> int:
             figures["served_at_switch"] = Path(env["DKT_INFERENCE_URL_FILE"]).stat().st_mtime - t0_clock
         result = {
             "new_interactions": stored.answers,
-            "warm_vs_scratch": warm_vs_scratch(tmp / "work", env, cap, logs),
+            "warm_vs_scratch": warm_vs_scratch(tmp / "work", env, cap, logs, args.candidates),
             "seconds": {k: round(v, 1) for k, v in figures.items()},
             "breakdown": breakdown(tmp, figures),
             "served_version": meta.get("model_version"),
