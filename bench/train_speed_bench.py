@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="cap on epochs for both (default: the config's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both models (cuda: ours with train.amp)")
     p.add_argument("--threads", type=int, help="torch threads for both (default: torch's own)")
-    p.add_argument("--before", action="store_true", help="also ours with random batches (bucket_batches false)")
+    p.add_argument("--before", action="store_true", help="also ours with train.bucket_batches flipped")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.max_students is not None and args.max_students < 2:
@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     results[ref_name] = reference(data, cfg.train, args.epochs or cfg.train.epochs, args.device)
     print(f"reference: {json.dumps(results[ref_name])}", file=sys.stderr, flush=True)
     if args.before:
-        unbucketed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_batches": False})})
-        results[f"{cfg.model}, random batches (before)"] = ours(unbucketed, data, args.epochs, args.device)
+        flip = not cfg.train.bucket_batches
+        other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_batches": flip})})
+        results[f"{cfg.model}, bucket_batches {str(flip).lower()}"] = ours(other, data, args.epochs, args.device)
     results[f"{cfg.model} ({args.config.name})"] = ours(cfg, data, args.epochs, args.device)
 
     print("| model | to early stop (s) | epochs (best) | s / epoch | valid AUC | test AUC |")

@@ -31,7 +31,7 @@ class TrainParams(BaseModel):
     valid_ratio: float = Field(0.1, gt=0, lt=1, description="share of training users held out when no --valid-file")
     max_train_windows: int | None = Field(None, ge=1, description="cap on training windows per epoch (sampled)")
     bucket_batches: bool = Field(
-        True, description="training batches of windows of similar length (less padding); False: random batches"
+        False, description="training batches of windows of similar length (less padding) instead of random ones"
     )
     amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
 
