@@ -25,6 +25,7 @@ import yaml
 from dkt.bundle import BundleError, read_meta
 from dkt.cli import Parser
 from dkt.settings import ServiceSettings, load_or_exit
+from pipeline.requirements import filter_requirements, requirement_names
 
 ROOT = Path(__file__).resolve().parent
 LABEL_VALUE = re.compile(r"[^a-zA-Z0-9._-]+")
@@ -71,8 +72,6 @@ def model_kinds(bundle: Path) -> set[str]:
 def serve_packages(kinds: set[str], requirements: Path = ROOT / "requirements.txt") -> list[str]:
     """The pinned packages a Bento of ``kinds`` declares: requirements-serve.txt's and the kinds' extras, each with
     its requirements.txt pin (PackError naming a package requirements.txt does not pin)."""
-    from pipeline.swarm_images import filter_requirements, requirement_names
-
     names = requirement_names(SERVE_REQUIREMENTS.read_text().splitlines())
     names += [extra for kind in sorted(kinds) for extra in KIND_EXTRAS.get(kind, ())]
     try:

@@ -29,9 +29,9 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, Field, ValidationError
 
 from dkt.bundle import read_json_file
+from pipeline.requirements import filter_requirements, requirement_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Docker tags: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
 _TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 # Where the Dockerfiles put the distributions copied from the app venv (docker/inference-runtime.Dockerfile).
@@ -101,31 +101,6 @@ def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | No
         out = (proc.stdout + proc.stderr).strip().splitlines()
         raise DockerError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n" + "\n".join(out[-tail:]))
     return proc.stdout
-
-
-def requirement_names(lines: Iterable[str]) -> list[str]:
-    """The package names of a requirements file's lines (comments and options such as ``-c`` skipped)."""
-    return [m.group(1) for line in lines if (m := _REQ_NAME.match(line))]
-
-
-def filter_requirements(lines: Iterable[str], include: list[str] | None, exclude: list[str]) -> list[str]:
-    """The pinned lines of requirements.txt an image needs: pins never drift from the app venv's."""
-    wanted = {n.lower() for n in include} if include is not None else None
-    dropped = {n.lower() for n in exclude}
-    out: list[str] = []
-    seen: set[str] = set()
-    for line in lines:
-        m = _REQ_NAME.match(line)
-        if not m or line.lstrip().startswith("#"):
-            continue
-        name = m.group(1).lower()
-        if name in dropped or (wanted is not None and name not in wanted):
-            continue
-        seen.add(name)
-        out.append(line.strip())
-    if wanted is not None and (missing := wanted - seen):
-        raise ValueError(f"requirements.txt has no pin for {', '.join(sorted(missing))}")
-    return out
 
 
 def tag_for(version: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.requirements import filter_requirements
 from pipeline.swarm_images import (
     IMAGE_VENV,
     REPO_ROOT,
@@ -20,7 +21,6 @@ from pipeline.swarm_images import (
     VenvFiles,
     assemble_context,
     context_hash,
-    filter_requirements,
     image_pins,
     load_stack_config,
     tag_for,
