@@ -296,6 +296,29 @@ def test_the_stacks_prometheus_scrapes_every_inference_replica_and_the_client(
     assert {"DktOnlineAucBelowOffline", "DktOnlineCalibrationPoor", "DktNoAnswersInTerm"} <= alerts
 
 
+def test_the_swarms_inference_image_is_the_slim_bento_and_scores_as_the_app_venv(
+    stack_env: dict[str, str], first_deploy: tuple[dict[str, Any], float], bundles: tuple[Path, Path], sim_dir: Path
+) -> None:
+    """The image the first deploy built from the lstm Bento (`bentoml containerize` on the slim runtime: only the
+    Bento's packages, pruned, stripped) is at most 700 MB (issue 15), and a replica scores a real request as the
+    app venv's own predictor does (nothing stripped). Here rather than in a build of its own: the e2e builds it."""
+    import numpy as np
+
+    from tests.serving.test_service import items, local, student
+
+    image = first_deploy[0]["images"]["inference"]
+    size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                              capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    print(f"\n[e2e] inference image {image}: {size / 1e6:,.1f} MB")
+    assert size <= 700e6, f"{image} is {size / 1e6:,.1f} MB"
+    history, candidates, at = student(sim_dir, 30), items(sim_dir, 20), "2031-01-01 00:00:00"
+    url = f"http://127.0.0.1:{stack_env['DKT_INFERENCE_HOST_PORT']}/predict"
+    got = requests.post(url, json={"history": history, "candidates": candidates, "at": at}, timeout=120)
+    assert got.status_code == 200, got.text[:500]
+    want = local(bundles[0], history, candidates, pd.Timestamp(at))
+    np.testing.assert_allclose([p["probability"] for p in got.json()["predictions"]], want, rtol=0, atol=1e-5)
+
+
 def test_rolling_update_rollback_and_scale_serve_every_request(
     stack_env: dict[str, str],
     bundles: tuple[Path, Path],

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,6 @@ from pipeline.swarm_images import (
     load_stack_config,
     tag_for,
 )
-from tests.serving.fixtures import Packed
-from tests.serving.servers import Server, bentoml_env
 
 CONFIG = REPO_ROOT / "config" / "swarm.json"
 REQS = (REPO_ROOT / "requirements.txt").read_text().splitlines()
@@ -266,7 +263,6 @@ def test_client_context_holds_every_project_module_the_client_imports(tmp_path: 
     """The client image copies a list of files (config/swarm.json): a module the client comes to import that
     is not on the list would only show as a crash-looping container minutes into the swarm suite."""
     import subprocess
-    import sys
 
     spec = load_stack_config(CONFIG).images["client"]
     questions = tmp_path / "questions.csv"
@@ -333,63 +329,3 @@ def test_an_image_binary_missing_on_the_host_is_named_with_how_to_install_it(
     spec = load_stack_config(CONFIG).images["prometheus"]
     with pytest.raises(ValueError, match=r"^prometheus: executable .* dkt-prometheus is not on PATH \(`make prom"):
         assemble_context(spec, tmp_path / "ctx")
-
-
-@pytest.mark.slow
-@pytest.mark.docker
-def test_the_slim_image_of_the_bento_serves_the_scores_of_the_full_venv(
-    service: Server, packed: Packed, sim_dir: Path, tmp_path: Path
-) -> None:
-    """The swarm's inference image of an lstm Bento (the slim runtime: only the packages the Bento declares, pruned,
-    stripped, bytecode of what serving loads) is at most 700 MB and its `bentoml serve` scores a real request as the
-    app venv's own serve (the session's `service`, every package, nothing stripped) does. The image is built by
-    bench/image_bench.py (packer, runtime, `bentoml containerize`: the swarm build's functions) and removed."""
-    import uuid
-
-    import numpy as np
-    import requests
-
-    from tests.serving.test_service import items, student
-    from tests.support.ports import free_port
-
-    build = subprocess.run(
-        [sys.executable, "bench/image_bench.py", "--model-dir", str(packed.bundle), "--only", "slim", "--keep"],
-        cwd=REPO_ROOT, env=bentoml_env(packed.home), capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    refs = re.findall(r"dkt-bench-(?:runtime|inference)-slim:bench-\d+", build.stdout + build.stderr)
-    name = f"dkt-slim-test-{uuid.uuid4().hex[:8]}"
-    try:
-        assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
-        image = next(r for r in refs if "inference" in r)
-        size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
-                                  capture_output=True, text=True, check=True).stdout)  # fmt: skip
-        print(f"\nslim inference image {image}: {size / 1e6:,.1f} MB; {build.stdout.strip().splitlines()[-2]}")
-        assert size <= 700e6, f"{image} is {size / 1e6:,.1f} MB"
-        port = free_port()
-        subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image],
-                       capture_output=True, text=True, check=True)  # fmt: skip
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 600
-        while True:  # a replica imports torch and bentoml in two processes: a minute or more on a busy host
-            try:
-                if requests.get(url + "/readyz", timeout=10).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            state = subprocess.run(
-                ["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True
-            )
-            if state.stdout.strip() != "true" or time.monotonic() > deadline:  # exited: no use waiting
-                logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
-                pytest.fail(f"{image} not ready (running: {state.stdout.strip()}):\n{logs.stdout}{logs.stderr}")
-            time.sleep(2)
-        body = {"history": student(sim_dir, 30), "candidates": items(sim_dir, 20)}
-        slim = requests.post(url + "/predict", json=body, timeout=120)
-        full = requests.post(service.url + "/predict", json=body, timeout=120)
-        assert slim.status_code == full.status_code == 200, slim.text[:500] + full.text[:500]
-        assert slim.json()["model_version"] == full.json()["model_version"] == "test-v1"
-        got, want = ([p["probability"] for p in r.json()["predictions"]] for r in (slim, full))
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        if refs:
-            subprocess.run(["docker", "image", "rm", *sorted(set(refs))], capture_output=True, check=False)
