@@ -26,6 +26,7 @@ Encoders are fitted on training data only. Index 0 is padding and 1 is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,11 @@ RESPONSE: tuple[str, ...] = ("prev_answer", "prev_tag_resp", "prev_item_resp")
 CONTINUOUS: tuple[str, ...] = ("user_acc", "user_count", "tag_acc", "tag_count", "elapsed_s")
 
 
+# Rows up to which a table is encoded with python lists: for one student's history (a served request)
+# pandas' vectorised string, map and groupby machinery costs more to set up than the rows take.
+SMALL_TABLE = 4096
+
+
 def _raw_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
     item = df["assessmentItemID"].astype(str)
     return {
@@ -52,6 +58,18 @@ def _raw_columns(df: pd.DataFrame) -> dict[str, pd.Series]:
         "head": item.str[1:4],
         "paper": item.str[1:7],
         "tail": item.str[7:10],
+    }
+
+
+def _raw_lists(items: list[str], tests: list[str], tags: list[str]) -> dict[str, list[str]]:
+    """``_raw_columns`` of a few rows, as lists (the same strings: python's slices are pandas' ``str[a:b]``)."""
+    return {
+        "item": items,
+        "test": tests,
+        "tag": tags,
+        "head": [i[1:4] for i in items],
+        "paper": [i[1:7] for i in items],
+        "tail": [i[7:10] for i in items],
     }
 
 
@@ -107,9 +125,9 @@ class FeatureEncoder:
     def from_dict(cls, d: dict[str, Any]) -> FeatureEncoder:
         return cls(vocab={k: {str(v): int(i) for v, i in m.items()} for k, m in d["vocab"].items()})
 
-    def encode_column(self, name: str, values: pd.Series) -> np.ndarray:
+    def encode_column(self, name: str, values: pd.Series | list[str]) -> np.ndarray:
         vocab = self.vocab[name]
-        if len(values) < len(vocab):
+        if not isinstance(values, pd.Series) or len(values) < len(vocab):
             # Few rows (a served student's history): pandas' map would first index the whole vocabulary, per call.
             return np.fromiter((vocab.get(v, UNK) for v in values), dtype=np.int64, count=len(values))
         mapped = values.map(vocab)
@@ -117,39 +135,89 @@ class FeatureEncoder:
 
     def transform(self, df: pd.DataFrame) -> FeatureFrame:
         """Encode a validated canonical table (see ``dkt.data.schema.validate``)."""
+        user = df["userID"].to_numpy()
+        ts = df["Timestamp"].to_numpy().astype("datetime64[ns]")
         # Stable sort keeps file order for answers with equal timestamps.
-        order = np.lexsort((np.arange(len(df)), df["Timestamp"].to_numpy(), df["userID"].to_numpy()))
-        d = df.iloc[order].reset_index(drop=True)
-        user = d["userID"].to_numpy()
-        new_user = np.ones(len(d), dtype=bool)
+        order = np.lexsort((np.arange(len(df)), ts, user))
+        if len(df) <= SMALL_TABLE:
+            items = [str(v) for v in df["assessmentItemID"].to_numpy()[order].tolist()]
+            tests = [str(v) for v in df["testId"].to_numpy()[order].tolist()]
+            raw = _raw_lists(items, tests, [str(v) for v in df["KnowledgeTag"].to_numpy()[order].tolist()])
+        else:
+            raw = _raw_columns(df.iloc[order].reset_index(drop=True))
+        return self._encode_sorted(user[order], order, raw, df["answerCode"].to_numpy()[order], ts[order])
+
+    def encode_student(
+        self,
+        items: Sequence[str],
+        tests: Sequence[str],
+        answers: Sequence[int] | np.ndarray,
+        timestamps: Sequence[Any] | np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+        user: str = "0",
+    ) -> FeatureFrame:
+        """``transform`` of ONE student's answers given as columns (any order; ties keep input order), without
+        building a table: what a served cold student costs. ``timestamps``: naive UTC, anything numpy reads as
+        datetime64 (ISO strings as serving normalises them, datetime64 values)."""
+        ts = np.asarray(timestamps, dtype="datetime64[ns]").reshape(-1)
+        n = len(ts)
+        if not len(items) == len(tests) == len(answers) == len(tags) == n:
+            raise ValueError("encode_student: items, tests, answers, timestamps and tags differ in length")
+        order = np.argsort(ts, kind="stable")
+        pick = order.tolist()
+        raw = _raw_lists(
+            [str(items[i]) for i in pick], [str(tests[i]) for i in pick], [str(int(tags[i])) for i in pick]
+        )
+        user_col = np.empty(n, dtype=object)
+        user_col[:] = user
+        return self._encode_sorted(user_col, order, raw, np.asarray(answers, dtype=np.int64)[order], ts[order])
+
+    def _encode_sorted(
+        self,
+        user: np.ndarray,
+        order: np.ndarray,
+        raw: dict[str, pd.Series] | dict[str, list[str]],
+        answer: np.ndarray,
+        ts: np.ndarray,
+    ) -> FeatureFrame:
+        """The features of rows already in (user, time) order: ``order`` maps them to input rows, ``raw`` holds
+        ``_raw_columns`` and ``ts`` the shown-at times (datetime64[ns])."""
+        n_rows = len(user)
+        new_user = np.ones(n_rows, dtype=bool)
         new_user[1:] = user[1:] != user[:-1]
         starts = np.flatnonzero(new_user)
-        user_starts = np.append(starts, len(d))
+        user_starts = np.append(starts, n_rows)
         group = np.cumsum(new_user) - 1
 
-        raw = _raw_columns(d)
         cat = {name: self.encode_column(name, raw[name]) for name in VOCAB_FEATURES}
-        ts = d["Timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
-        elapsed = np.zeros(len(d))
-        elapsed[1:] = ts[1:] - ts[:-1]
+        seconds = ts.astype(np.int64) / 1e9
+        elapsed = np.zeros(n_rows)
+        elapsed[1:] = seconds[1:] - seconds[:-1]
         elapsed = np.clip(elapsed, 0.0, ELAPSED_CAP_S)
         elapsed[new_user] = np.nan
         bucket = np.searchsorted(ELAPSED_BOUNDS_S, np.nan_to_num(elapsed), side="right") + FIRST
         bucket[new_user] = UNK
         cat["elapsed"] = bucket.astype(np.int64)
 
-        answer = d["answerCode"].to_numpy().astype(np.int64)
+        answer = answer.astype(np.int64)
         known = answer >= 0
         correct = np.where(known, answer, 0)
         # Running sums of *previous* rows: cumulative sum minus the row itself, per user.
         cum_n = _group_cumsum_exclusive(known.astype(np.float64), starts, group)
         cum_c = _group_cumsum_exclusive(correct.astype(np.float64), starts, group)
-        tag_key = pd.Series(group.astype(np.int64) * 1_000_003 + cat["tag"])
-        known_s = pd.Series(known.astype(np.float64))
-        tag_n = known_s.groupby(tag_key).cumsum().to_numpy() - known
-        tag_c = pd.Series(correct.astype(np.float64)).groupby(tag_key).cumsum().to_numpy() - correct
+        # ... and per (user, skill): the same sums over the rows in (user, skill) order, the stable sort keeping
+        # time order within each pair. Whole counts, so float64 sums are exact in any order.
+        tag_key = group.astype(np.int64) * 1_000_003 + cat["tag"]
+        by_tag = np.argsort(tag_key, kind="stable")
+        key_sorted = tag_key[by_tag]
+        new_key = np.ones(n_rows, dtype=bool)
+        new_key[1:] = key_sorted[1:] != key_sorted[:-1]
+        key_starts, key_group = np.flatnonzero(new_key), np.cumsum(new_key) - 1
+        tag_n, tag_c = np.empty(n_rows), np.empty(n_rows)
+        tag_n[by_tag] = _group_cumsum_exclusive(known[by_tag].astype(np.float64), key_starts, key_group)
+        tag_c[by_tag] = _group_cumsum_exclusive(correct[by_tag].astype(np.float64), key_starts, key_group)
 
-        prev_ans = np.full(len(d), UNK, dtype=np.int64)
+        prev_ans = np.full(n_rows, UNK, dtype=np.int64)
         prev_ans[1:] = np.where(answer[:-1] >= 0, answer[:-1] + FIRST, FIRST + 2)
         prev_ans[new_user] = UNK
         has_prev = prev_ans >= FIRST

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from dkt.data.features import CONTINUOUS, FIRST, UNK, FeatureEncoder
+from dkt.data import features
+from dkt.data.features import CONTINUOUS, FIRST, UNK, FeatureEncoder, FeatureFrame
 from dkt.data.schema import COLUMNS, validate
 from dkt.simulate import simulate
 
@@ -96,3 +98,74 @@ def test_features_at_t_ignore_the_answer_and_response_time_of_t() -> None:
     # The change is seen from t + 1 on: its previous answer and the elapsed time before it.
     for name in ("prev_answer", "elapsed"):
         assert before_f[name][t + 1] != after_f[name][t + 1], name
+
+
+def assert_same_frame(got: FeatureFrame, want: FeatureFrame) -> None:
+    """Every array of two encodings equal, dtypes included."""
+    assert got.users.dtype == want.users.dtype and got.users.tolist() == want.users.tolist()
+    for name in ("user_starts", "row_index", "answer", "cont"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    for group in ("cat", "resp"):
+        a, b = getattr(got, group), getattr(want, group)
+        assert list(a) == list(b), group
+        for name in b:
+            assert a[name].dtype == b[name].dtype, name
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_one_student_fast_path_equals_the_table_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served cold student is encoded from columns (``encode_student``) and small tables from lists: both give
+    exactly what the pandas path of a large table gives, for real simulated histories with unseen items and skills,
+    unlabelled rows, tied timestamps, rows out of order, and no rows at all."""
+    sim = simulate(10, seed=5)
+    df = validate(sim.interactions[list(COLUMNS)], "sim")
+    users = sorted(df["userID"].unique())
+    enc = FeatureEncoder.fit(df[~df["userID"].isin(users[:3])])  # the first 3 students' unseen items/skills -> UNK
+    rng = np.random.default_rng(0)
+    students = []
+    for u in users[:6]:
+        g = df[df["userID"] == u].head(120).reset_index(drop=True)
+        g.loc[g.index % 7 == 3, "Timestamp"] = g["Timestamp"].shift(1)  # ties: shown in the same second
+        g.loc[g.index % 11 == 5, "answerCode"] = -1
+        students.append(g.iloc[rng.permutation(len(g))].reset_index(drop=True))  # out of order
+    students.append(df.iloc[:0])
+    monkeypatch.setattr(features, "SMALL_TABLE", -1)  # the reference: pandas' vectorised path
+    want = [enc.transform(g) for g in students]
+    monkeypatch.undo()
+    unseen = 0
+    for g, ref in zip(students, want, strict=True):
+        assert_same_frame(enc.transform(g), ref)
+        user = str(g["userID"].iloc[0]) if len(g) else "0"
+        fast = enc.encode_student(
+            g["assessmentItemID"].tolist(),
+            g["testId"].tolist(),
+            g["answerCode"].to_numpy(),
+            g["Timestamp"].astype(str).tolist(),  # as serving holds them: ISO strings
+            g["KnowledgeTag"].tolist(),
+            user=user,
+        )
+        assert_same_frame(fast, ref)
+        unseen += int((fast.cat["item"] == UNK).sum() + (fast.cat["tag"] == UNK).sum())
+    assert unseen > 0  # the unseen cases were exercised
+    assert len(want[-1]) == 0
+
+
+def test_running_skill_counts_match_a_count_of_earlier_rows() -> None:
+    """The per (student, skill) counts against a plain count of each row's earlier labelled answers, in a table
+    of many students large enough for the vectorised path."""
+    df = validate(simulate(40, seed=4).interactions[list(COLUMNS)], "sim")
+    assert len(df) > features.SMALL_TABLE
+    ff = FeatureEncoder.fit(df).transform(df)
+    rows = df.iloc[ff.row_index]
+    seen: dict[tuple[str, int], list[int]] = {}
+    want_n, want_c = [], []
+    for user, tag, code in zip(rows["userID"], rows["KnowledgeTag"], rows["answerCode"], strict=True):
+        n, c = seen.setdefault((user, int(tag)), [0, 0])
+        want_n.append(n)
+        want_c.append(c)
+        if code >= 0:
+            seen[user, int(tag)] = [n + 1, c + int(code)]
+    got = ff.cont[:, CONTINUOUS.index("tag_acc")]
+    np.testing.assert_allclose(got, (np.array(want_c) + 1.0) / (np.array(want_n) + 2.0), rtol=1e-6)
