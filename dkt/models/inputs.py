@@ -125,6 +125,19 @@ def encode_candidates(encoder: FeatureEncoder, jobs: Sequence[Job]) -> EncodedCa
     return EncodedCandidates(ff=ff, table=table, jobs=layout)
 
 
+def encode_history(encoder: FeatureEncoder, history: pd.DataFrame) -> FeatureFrame:
+    """One student's history table (``HISTORY_COLUMNS``, any order) encoded as ``FeatureEncoder.transform`` encodes
+    it as one user's rows (ties in table order), from its columns: no sorted copy, no userID column, no table
+    built; ``row_index`` maps the time order to ``history``'s rows. A cold student's whole encoding."""
+    return encoder.encode_student(
+        history["assessmentItemID"].to_numpy().tolist(),
+        history["testId"].to_numpy().tolist(),
+        history["answerCode"].to_numpy(),
+        history["Timestamp"].to_numpy(),
+        history["KnowledgeTag"].to_numpy().tolist(),
+    )
+
+
 # ---------------------------------------------------------------- FeatureFrame pieces
 
 
@@ -294,8 +307,9 @@ class StudentFeatures:
 
     @classmethod
     def of(cls, ff: FeatureFrame, history: pd.DataFrame) -> StudentFeatures:
-        """The state after a history in one pass: ``history`` (one student, time order) and its encoding ``ff``
-        (``FeatureEncoder.transform`` of it), so a cold student costs one encoding, not a step per answer."""
+        """The state after a history in one pass: ``history`` (one student, any order) and its encoding ``ff``
+        (``FeatureEncoder.transform`` or ``encode_history`` of it, whose ``row_index`` maps its time order to
+        ``history``'s rows), so a cold student costs one encoding, not a step per answer."""
         m = len(ff)
         if m == 0:
             return cls()
@@ -310,7 +324,7 @@ class StudentFeatures:
             n=int(known.sum()),
             correct=int(answer[known].sum()),
             tags=tags,
-            last_ts=pd.Timestamp(history["Timestamp"].iloc[-1]),
+            last_ts=pd.Timestamp(history["Timestamp"].iloc[int(ff.row_index[-1])]),
             last_code=int(answer[-1]),
             last_tag=int(ff.cat["tag"][-1]),
             last_item=int(ff.cat["item"][-1]),

@@ -25,11 +25,11 @@ from dkt.data.features import FeatureEncoder, FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, Windows, scoring_windows, window_start
 from dkt.models.base import build_config
 from dkt.models.inputs import (
-    HISTORY_COLUMNS,
     EncodedCandidates,
     Job,
     StudentFeatures,
     encode_candidates,
+    encode_history,
     frame_rows,
     stack_frames,
 )
@@ -144,9 +144,9 @@ class SequencePredictor(Predictor):
         return WindowState(features=features, window=frame_rows(rows, np.arange(keep, len(rows))))
 
     def encode_history(self, history: pd.DataFrame) -> tuple[pd.DataFrame, FeatureFrame]:
-        """(``history`` in time order, its rows encoded as one student's): what ``state_of`` starts from."""
-        hist = history.sort_values("Timestamp", kind="stable").loc[:, list(HISTORY_COLUMNS)]
-        return hist, self.encoder.transform(hist.assign(userID="0"))
+        """(``history``, its rows encoded as one student's in time order, ``ff.row_index`` mapping them to its rows):
+        what ``state_of`` starts from, from the table's columns (``dkt.models.inputs.encode_history``)."""
+        return history, encode_history(self.encoder, history)
 
     def state_of(self, history: pd.DataFrame) -> WindowState:
         """The state ``step`` reaches, in one encoding of the history: a cold student costs one pass."""
