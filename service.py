@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,6 +52,9 @@ from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
 from serving.state_cache import CachedJob, NotCached, Scored, StateCache
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
+# The endpoints' answer, its media type declared: without it BentoML builds the output's JSON schema on every
+# response (a pydantic TypeAdapter per call) only to learn that a dict is application/json.
+JsonBody = Annotated[dict[str, Any], ContentType("application/json")]
 if settings.shadow_model_tag:
     check_stored(settings.shadow_model_tag)
 
@@ -73,6 +77,8 @@ info_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])])
     workers=1,
     endpoints={"readyz": "/readyz", "livez": "/livez"},
     logging={"access": {"enabled": settings.access_log}},
+    # Tracing off: the API routes are excluded from BentoML's OpenTelemetry middleware, which then passes them through.
+    tracing={} if settings.tracing else {"excluded_urls": ["/predict", "/score", "/knowledge_state"]},
 )
 class DKTService:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
@@ -95,7 +101,7 @@ class DKTService:
         self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
         # Returning students who ask at once are stepped and scored together: one model call for all of them.
         self.cached: MicroBatcher[CachedJob, Scored | Exception] = MicroBatcher(
-            self._cached_batch, settings.max_batch_size
+            self._cached_batch, settings.max_batch_size, inline_alone=True
         )
 
     def _cached_batch(self, jobs: list[CachedJob]) -> list[Scored | Exception]:
@@ -163,7 +169,7 @@ class DKTService:
         at: Timestamp | None = None,
         student_id: StudentId | None = None,
         since: Since | None = None,
-    ) -> dict[str, Any]:
+    ) -> JsonBody:
         """P(correct) for each candidate item if it were shown at ``at`` (default: now, UTC) after ``history``.
 
         With ``student_id`` the response adds ``known_count``, the answers the student's cached state holds; the
@@ -212,7 +218,7 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
         tags: Annotated[list[Tag], Field(max_length=settings.max_candidates)] | None = None,
         student_id: StudentId | None = None,
-    ) -> dict[str, Any]:
+    ) -> JsonBody:
         """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now, after the whole
         history), ``skill_mastery`` (the same after that skill's own answers only; null without any), ``level``
         (from ``skill_mastery`` and the evidence) and ``evidence`` (answers in that skill): ``dkt/mastery.py``."""
@@ -234,7 +240,7 @@ class DKTService:
         history: Annotated[list[Interaction], Field(max_length=settings.max_history)] = [],  # noqa: B006
         student_id: StudentId | None = None,
         since: Since | None = None,
-    ) -> dict[str, Any]:
+    ) -> JsonBody:
         """Expected score out of 100 on a question set: the mean P(correct) of its questions (``known_count`` and
         ``since`` as on /predict)."""
         scored = await self._score(Job(history=history, candidates=questions), student_id, since)

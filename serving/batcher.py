@@ -19,9 +19,13 @@ class MicroBatcher(Generic[J, R]):
     ``fn`` maps a list of jobs to one result per job, in order.
     """
 
-    def __init__(self, fn: Callable[[list[J]], list[R]], max_batch_size: int):
+    def __init__(self, fn: Callable[[list[J]], list[R]], max_batch_size: int, inline_alone: bool = False):
         self.fn = fn
         self.max_batch_size = max(1, max_batch_size)
+        # A batch of one runs on the event loop itself: handing it to a thread and back (the executor's queue, the
+        # thread's wake-up, call_soon_threadsafe's self-pipe write, the GIL passed twice) cost a lone returning
+        # student more than its model step. For fast ``fn`` only: the loop serves nothing else meanwhile.
+        self.inline_alone = inline_alone
         self.queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] | None = None
         self.worker: asyncio.Task[None] | None = None
 
@@ -36,13 +40,19 @@ class MicroBatcher(Generic[J, R]):
     async def _run(self, queue: asyncio.Queue[tuple[J, asyncio.Future[R]]]) -> None:
         while True:
             batch = [await queue.get()]
+            if self.inline_alone and queue.empty():
+                # One turn of the loop first: requests that arrived together reach the queue and share the call.
+                await asyncio.sleep(0)
             while len(batch) < self.max_batch_size and not queue.empty():
                 batch.append(queue.get_nowait())
             batch = [(job, fut) for job, fut in batch if not fut.done()]  # callers that gave up
             if not batch:
                 continue
             try:
-                results = await asyncio.to_thread(self.fn, [job for job, _ in batch])
+                jobs = [job for job, _ in batch]
+                results = (
+                    self.fn(jobs) if self.inline_alone and len(jobs) == 1 else await asyncio.to_thread(self.fn, jobs)
+                )
             except Exception:
                 # One bad job must not fail the others: run each alone, so only its own caller sees the error.
                 for job, fut in batch:
