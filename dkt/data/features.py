@@ -135,42 +135,49 @@ class FeatureEncoder:
 
     def transform(self, df: pd.DataFrame) -> FeatureFrame:
         """Encode a validated canonical table (see ``dkt.data.schema.validate``)."""
+        if len(df) <= SMALL_TABLE:
+            return self.encode_columns(
+                df["assessmentItemID"].to_numpy().tolist(),
+                df["testId"].to_numpy().tolist(),
+                df["answerCode"].to_numpy(),
+                df["Timestamp"].to_numpy(),
+                df["KnowledgeTag"].to_numpy().tolist(),
+                df["userID"].to_numpy(),
+            )
         user = df["userID"].to_numpy()
         ts = df["Timestamp"].to_numpy().astype("datetime64[ns]")
         # Stable sort keeps file order for answers with equal timestamps.
         order = np.lexsort((np.arange(len(df)), ts, user))
-        if len(df) <= SMALL_TABLE:
-            items = [str(v) for v in df["assessmentItemID"].to_numpy()[order].tolist()]
-            tests = [str(v) for v in df["testId"].to_numpy()[order].tolist()]
-            raw = _raw_lists(items, tests, [str(v) for v in df["KnowledgeTag"].to_numpy()[order].tolist()])
-        else:
-            raw = _raw_columns(df.iloc[order].reset_index(drop=True))
+        raw = _raw_columns(df.iloc[order].reset_index(drop=True))
         return self._encode_sorted(user[order], order, raw, df["answerCode"].to_numpy()[order], ts[order])
 
-    def encode_student(
+    def encode_columns(
         self,
-        items: Sequence[str],
-        tests: Sequence[str],
+        items: Sequence[Any],
+        tests: Sequence[Any],
         answers: Sequence[int] | np.ndarray,
         timestamps: Sequence[Any] | np.ndarray,
-        tags: Sequence[int] | np.ndarray,
-        user: str = "0",
+        tags: Sequence[Any],
+        users: np.ndarray | str = "0",
     ) -> FeatureFrame:
-        """``transform`` of ONE student's answers given as columns (any order; ties keep input order), without
-        building a table: what a served cold student costs. ``timestamps``: naive UTC, anything numpy reads as
+        """``transform`` of rows given as columns (``users``: one id per row, or one for all: one student), without
+        building a table: what a served student costs. ``timestamps``: naive UTC, anything numpy reads as
         datetime64 (ISO strings as serving normalises them, datetime64 values)."""
         ts = np.asarray(timestamps, dtype="datetime64[ns]").reshape(-1)
         n = len(ts)
         if not len(items) == len(tests) == len(answers) == len(tags) == n:
-            raise ValueError("encode_student: items, tests, answers, timestamps and tags differ in length")
-        order = np.argsort(ts, kind="stable")
+            raise ValueError("encode_columns: items, tests, answers, timestamps and tags differ in length")
+        if isinstance(users, str):
+            user = np.empty(n, dtype=object)
+            user[:] = users
+            order = np.argsort(ts, kind="stable")  # one user: the time order, ties in input order
+        else:
+            user = np.asarray(users)
+            order = np.lexsort((np.arange(n), ts, user))
         pick = order.tolist()
-        raw = _raw_lists(
-            [str(items[i]) for i in pick], [str(tests[i]) for i in pick], [str(int(tags[i])) for i in pick]
-        )
-        user_col = np.empty(n, dtype=object)
-        user_col[:] = user
-        return self._encode_sorted(user_col, order, raw, np.asarray(answers, dtype=np.int64)[order], ts[order])
+        # str() as pandas' astype(str) writes them (tags: "7" for 7).
+        raw = _raw_lists([str(items[i]) for i in pick], [str(tests[i]) for i in pick], [str(tags[i]) for i in pick])
+        return self._encode_sorted(user[order], order, raw, np.asarray(answers, dtype=np.int64)[order], ts[order])
 
     def _encode_sorted(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,15 @@ class EncodedCandidates:
     """
 
     ff: FeatureFrame
-    table: pd.DataFrame  # the encoded table in input order (``ff.row_index`` maps sorted rows into it)
+    columns: dict[str, Any]  # the encoded table's columns (``table``), in input order
     jobs: list[tuple[int, int, int]]  # (job number, n history rows, k candidates)
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """The encoded table in input order (``ff.row_index`` maps sorted rows into it); built only for a kind
+        that reads it (LightGBM's raw columns), not on every request."""
+        answers = self.columns["answerCode"].astype("int8")  # the dtype ``validate`` gives
+        return pd.DataFrame({**self.columns, "answerCode": answers}, columns=[*HISTORY_COLUMNS, "userID"])
 
     def candidate_rows(self, u: int) -> np.ndarray:
         _, n, k = self.jobs[u]
@@ -100,36 +108,54 @@ def encode_candidates(encoder: FeatureEncoder, jobs: Sequence[Job]) -> EncodedCa
     running counts and accuracies do not move between them; only what describes the previous row
     (elapsed time, previous response) would see the candidate before it, and is copied from the first
     candidate, which follows the history directly.
+
+    The rows go to the encoder as columns (``FeatureEncoder.encode_columns``), not as a concatenated table:
+    per request, pandas' table building cost more than the encoding.
     """
-    frames, layout = [], []
+    parts: dict[str, list[Any]] = {c: [] for c in (*HISTORY_COLUMNS, "userID")}
+    layout = []
     for j, (history, candidates, at) in enumerate(jobs):
-        if len(candidates) == 0:
+        k = len(candidates)
+        if k == 0:
             continue
         at = resolve_at(history, at)
-        hist = known_before(history, at).loc[:, list(HISTORY_COLUMNS)]
+        known = (history["Timestamp"] <= at).to_numpy()  # ``known_before``
+        n = int(known.sum())
         # Candidates come after the history in input order: the stable time sort keeps them after
         # answers given in the same second, as an answerCode -1 row after them in a file would be.
-        table = pd.concat([hist, candidate_rows(candidates, at)], ignore_index=True)
-        frames.append(table.assign(userID=f"{len(layout):08d}"))  # zero-padded: users sort in job order
-        layout.append((j, len(hist), len(candidates)))
+        parts["assessmentItemID"] += [*history["assessmentItemID"].to_numpy()[known].tolist()]
+        parts["assessmentItemID"] += candidates["assessmentItemID"].astype(str).tolist()
+        parts["testId"] += [*history["testId"].to_numpy()[known].tolist(), *candidates["testId"].astype(str).tolist()]
+        parts["answerCode"] += [history["answerCode"].to_numpy()[known].astype(np.int64), np.full(k, -1, np.int64)]
+        at64 = np.datetime64(at.value, "ns")
+        parts["Timestamp"] += [history["Timestamp"].to_numpy()[known].astype("datetime64[ns]"), np.full(k, at64)]
+        parts["KnowledgeTag"] += [*history["KnowledgeTag"].to_numpy()[known].tolist()]
+        parts["KnowledgeTag"] += candidates["KnowledgeTag"].astype("int64").tolist()
+        parts["userID"] += [f"{len(layout):08d}"] * (n + k)  # zero-padded: users sort in job order
+        layout.append((j, n, k))
     if not layout:
         return None
-    table = pd.concat(frames, ignore_index=True)
-    ff = encoder.transform(table)
+    columns = {
+        **parts,
+        "answerCode": np.concatenate(parts["answerCode"]),
+        "Timestamp": np.concatenate(parts["Timestamp"]),
+        "userID": np.array(parts["userID"], dtype=object),
+    }
+    ff = encoder.encode_columns(*(columns[c] for c in HISTORY_COLUMNS), columns["userID"])
     for u, (_, n, k) in enumerate(layout):
         first = int(ff.user_starts[u]) + n
         ff.cat["elapsed"][first + 1 : first + k] = ff.cat["elapsed"][first]
         for name in ff.resp:
             ff.resp[name][first + 1 : first + k] = ff.resp[name][first]
         ff.cont[first + 1 : first + k, ELAPSED_COLUMN] = ff.cont[first, ELAPSED_COLUMN]
-    return EncodedCandidates(ff=ff, table=table, jobs=layout)
+    return EncodedCandidates(ff=ff, columns=columns, jobs=layout)
 
 
 def encode_history(encoder: FeatureEncoder, history: pd.DataFrame) -> FeatureFrame:
     """One student's history table (``HISTORY_COLUMNS``, any order) encoded as ``FeatureEncoder.transform`` encodes
     it as one user's rows (ties in table order), from its columns: no sorted copy, no userID column, no table
     built; ``row_index`` maps the time order to ``history``'s rows. A cold student's whole encoding."""
-    return encoder.encode_student(
+    return encoder.encode_columns(
         history["assessmentItemID"].to_numpy().tolist(),
         history["testId"].to_numpy().tolist(),
         history["answerCode"].to_numpy(),

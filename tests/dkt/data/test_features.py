@@ -116,7 +116,7 @@ def assert_same_frame(got: FeatureFrame, want: FeatureFrame) -> None:
 
 
 def test_one_student_fast_path_equals_the_table_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A served cold student is encoded from columns (``encode_student``) and small tables from lists: both give
+    """A served cold student is encoded from columns (``encode_columns``) and small tables from lists: both give
     exactly what the pandas path of a large table gives, for real simulated histories with unseen items and skills,
     unlabelled rows, tied timestamps, rows out of order, and no rows at all."""
     sim = simulate(10, seed=5)
@@ -138,13 +138,13 @@ def test_one_student_fast_path_equals_the_table_encoding(monkeypatch: pytest.Mon
     for g, ref in zip(students, want, strict=True):
         assert_same_frame(enc.transform(g), ref)
         user = str(g["userID"].iloc[0]) if len(g) else "0"
-        fast = enc.encode_student(
+        fast = enc.encode_columns(
             g["assessmentItemID"].tolist(),
             g["testId"].tolist(),
             g["answerCode"].to_numpy(),
             g["Timestamp"].astype(str).tolist(),  # as serving holds them: ISO strings
             g["KnowledgeTag"].tolist(),
-            user=user,
+            user,
         )
         assert_same_frame(fast, ref)
         unseen += int((fast.cat["item"] == UNK).sum() + (fast.cat["tag"] == UNK).sum())
