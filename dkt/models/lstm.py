@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from dkt.data.features import FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, eval_stride, to_device, window_start
@@ -60,6 +61,20 @@ class LSTMModel(nn.Module):
         x, query = self.embed(batch)
         h, _ = self.lstm(x)
         return self.readout(h, query)
+
+
+def lstm_step(lstm: nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The top layer's output of one time step of ``lstm`` (in eval mode) for rows ``x`` (rows, input) from states
+    ``h``, ``c`` (layers, rows, hidden): nn.LSTM's equations, written out. A one-step nn.LSTM call costs about twice as much
+    (its per-call weight and shape handling); its result differs in float rounding only (~1e-7). Used where the
+    step's state is thrown away (scoring candidates); the states kept are nn.LSTM's, so that ``state_of`` and
+    stepping stay bit-for-bit equal."""
+    for layer in range(lstm.num_layers):
+        gates = F.linear(x, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"))
+        gates = gates + F.linear(h[layer], getattr(lstm, f"weight_hh_l{layer}"), getattr(lstm, f"bias_hh_l{layer}"))
+        i, f, g, o = gates.chunk(4, dim=-1)
+        x = torch.sigmoid(o) * torch.tanh(torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g))
+    return x
 
 
 @dataclass(frozen=True)
@@ -120,8 +135,8 @@ class LSTMPredictor(SequencePredictor):
 
     def _next(self, state: Recurrent, pick: torch.Tensor, x: torch.Tensor, query: torch.Tensor) -> np.ndarray:
         """P(correct) of each embedded row (``x``, ``query``: (rows, 1, ...)) as the step after ``state[:, pick]``."""
-        out, _ = self.model.lstm(x, (state[0][:, pick].contiguous(), state[1][:, pick].contiguous()))
-        return torch.sigmoid(self.model.readout(out, query).float())[:, 0].cpu().numpy()
+        out = lstm_step(self.model.lstm, x[:, 0], state[0][:, pick], state[1][:, pick])
+        return torch.sigmoid(self.model.readout(out[:, None], query).float())[:, 0].cpu().numpy()
 
     # ------------------------------------------------------------ incremental form: the recurrent state
 
