@@ -136,20 +136,25 @@ class FeatureEncoder:
     def transform(self, df: pd.DataFrame) -> FeatureFrame:
         """Encode a validated canonical table (see ``dkt.data.schema.validate``)."""
         if len(df) <= SMALL_TABLE:
-            return self.encode_columns(
-                df["assessmentItemID"].to_numpy().tolist(),
-                df["testId"].to_numpy().tolist(),
-                df["answerCode"].to_numpy(),
-                df["Timestamp"].to_numpy(),
-                df["KnowledgeTag"].to_numpy().tolist(),
-                df["userID"].to_numpy(),
-            )
+            return self.encode_table(df, df["userID"].to_numpy())
         user = df["userID"].to_numpy()
         ts = df["Timestamp"].to_numpy().astype("datetime64[ns]")
         # Stable sort keeps file order for answers with equal timestamps.
         order = np.lexsort((np.arange(len(df)), ts, user))
         raw = _raw_columns(df.iloc[order].reset_index(drop=True))
         return self._encode_sorted(user[order], order, raw, df["answerCode"].to_numpy()[order], ts[order])
+
+    def encode_table(self, df: pd.DataFrame, users: np.ndarray | str = "0") -> FeatureFrame:
+        """``encode_columns`` of a table's columns (``users``: as there; the default, one student, needs no userID
+        column)."""
+        return self.encode_columns(
+            df["assessmentItemID"].to_numpy().tolist(),
+            df["testId"].to_numpy().tolist(),
+            df["answerCode"].to_numpy(),
+            df["Timestamp"].to_numpy(),
+            df["KnowledgeTag"].to_numpy().tolist(),
+            users,
+        )
 
     def encode_columns(
         self,

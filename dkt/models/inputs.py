@@ -151,19 +151,6 @@ def encode_candidates(encoder: FeatureEncoder, jobs: Sequence[Job]) -> EncodedCa
     return EncodedCandidates(ff=ff, columns=columns, jobs=layout)
 
 
-def encode_history(encoder: FeatureEncoder, history: pd.DataFrame) -> FeatureFrame:
-    """One student's history table (``HISTORY_COLUMNS``, any order) encoded as ``FeatureEncoder.transform`` encodes
-    it as one user's rows (ties in table order), from its columns: no sorted copy, no userID column, no table
-    built; ``row_index`` maps the time order to ``history``'s rows. A cold student's whole encoding."""
-    return encoder.encode_columns(
-        history["assessmentItemID"].to_numpy().tolist(),
-        history["testId"].to_numpy().tolist(),
-        history["answerCode"].to_numpy(),
-        history["Timestamp"].to_numpy(),
-        history["KnowledgeTag"].to_numpy().tolist(),
-    )
-
-
 # ---------------------------------------------------------------- FeatureFrame pieces
 
 
@@ -334,7 +321,7 @@ class StudentFeatures:
     @classmethod
     def of(cls, ff: FeatureFrame, history: pd.DataFrame) -> StudentFeatures:
         """The state after a history in one pass: ``history`` (one student, any order) and its encoding ``ff``
-        (``FeatureEncoder.transform`` or ``encode_history`` of it, whose ``row_index`` maps its time order to
+        (``FeatureEncoder.transform`` or ``encode_table`` of it, whose ``row_index`` maps its time order to
         ``history``'s rows), so a cold student costs one encoding, not a step per answer."""
         m = len(ff)
         if m == 0:

@@ -29,7 +29,6 @@ from dkt.models.inputs import (
     Job,
     StudentFeatures,
     encode_candidates,
-    encode_history,
     frame_rows,
     stack_frames,
 )
@@ -145,8 +144,8 @@ class SequencePredictor(Predictor):
 
     def encode_history(self, history: pd.DataFrame) -> tuple[pd.DataFrame, FeatureFrame]:
         """(``history``, its rows encoded as one student's in time order, ``ff.row_index`` mapping them to its rows):
-        what ``state_of`` starts from, from the table's columns (``dkt.models.inputs.encode_history``)."""
-        return history, encode_history(self.encoder, history)
+        what ``state_of`` starts from, from the table's columns (no sorted copy, no userID column)."""
+        return history, self.encoder.encode_table(history)
 
     def state_of(self, history: pd.DataFrame) -> WindowState:
         """The state ``step`` reaches, in one encoding of the history: a cold student costs one pass."""
