@@ -65,9 +65,9 @@ class LSTMModel(nn.Module):
 
 def lstm_step(lstm: nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """The top layer's output of one time step of ``lstm`` (in eval mode) for rows ``x`` (rows, input) from states
-    ``h``, ``c`` (layers, rows, hidden): nn.LSTM's equations, written out. A one-step nn.LSTM call costs about twice as much
-    (its per-call weight and shape handling); its result differs in float rounding only (~1e-7). Used where the
-    step's state is thrown away (scoring candidates); the states kept are nn.LSTM's, so that ``state_of`` and
+    ``h``, ``c`` (layers, rows, hidden): nn.LSTM's equations, written out. A one-step nn.LSTM call costs about twice
+    as much (its per-call weight and shape handling); its result differs in float rounding only (~1e-7). Used where
+    the step's state is thrown away (scoring candidates); the states kept are nn.LSTM's, so that ``state_of`` and
     stepping stay bit-for-bit equal."""
     for layer in range(lstm.num_layers):
         gates = F.linear(x, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"))
