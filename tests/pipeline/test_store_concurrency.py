@@ -60,7 +60,14 @@ def store_leftovers(store: VersionedStore, kind: str) -> list[str]:
     files of versions without a manifest, unfinished multipart uploads."""
     keys = store.blobs.list_keys(kind)
     complete = {k.split("/")[0] for k in keys if k.endswith(f"/{MANIFEST}") and k.count("/") == 1}
-    out = [k for k in keys if TMP_MARK in k or k.endswith(LEASE) or k.split("/")[0] not in complete | {"_pointers"}]
+    # A data version's partitions live under _parts/ (pipeline/store.py): stored, not left over, when a complete
+    # version's manifest names them.
+    named = {e["key"] for v in complete for e in store.manifest(kind, v).get("partitions", [])}  # type: ignore[arg-type]
+    out = [
+        k
+        for k in keys
+        if TMP_MARK in k or k.endswith(LEASE) or (k.split("/")[0] not in complete | {"_pointers"} and k not in named)
+    ]
     if isinstance(store.blobs, S3BlobStore):
         ups = store.blobs.client.list_multipart_uploads(Bucket=store.blobs.bucket, Prefix=store.blobs._key(kind))
         out += [f"multipart upload of {u['Key']}" for u in ups.get("Uploads", [])]
@@ -180,7 +187,7 @@ def test_data_push_killed_leaves_no_staging_folder_after_the_next_run(
     tmp.mkdir()
     proc = cli("data", ["push", str(sim_dir), "--version", "d-killed"], TMPDIR=str(tmp))
     deadline = time.monotonic() + 60
-    while not list(tmp.glob("dkt-staging*/*.csv")):
+    while not list(tmp.glob("dkt-staging*/**/*.parquet")):  # the set is staged as one Parquet partition
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
