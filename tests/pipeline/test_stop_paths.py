@@ -53,9 +53,11 @@ def gone(p: subprocess.Popen[bytes], timeout: float = 30) -> bool:
 
 
 def settled(p: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    """Wait until bash has exec-ed into the retitled process (its command line is what the test says)."""
+    """Wait until bash has exec-ed into the retitled process: its argv[0] is the title ``spawn`` gave it. (Not
+    "until `bash` is gone": mid-exec /proc/<pid>/cmdline reads empty, which once let a test kill bash itself.)"""
+    title = p.args[2].split('"')[1].encode()  # type: ignore[index]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and b"bash" in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+    while time.monotonic() < deadline and Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[0] != title:
         time.sleep(0.02)
     return p
 
