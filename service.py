@@ -100,9 +100,13 @@ class DKTService:
         # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
         self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
         # Returning students who ask at once are stepped and scored together: one model call for all of them.
+        # A lone one whose cached step is cheap runs on the event loop; a cold or heavy one on the thread.
         self.cached: MicroBatcher[CachedJob, Scored | Exception] = MicroBatcher(
-            self._cached_batch, settings.max_batch_size, inline_alone=True
+            self._cached_batch, settings.max_batch_size, inline=self._cheap
         )
+
+    def _cheap(self, job: CachedJob) -> bool:
+        return self.states is not None and self.states.cheap(self.predictor, job)
 
     def _cached_batch(self, jobs: list[CachedJob]) -> list[Scored | Exception]:
         assert self.states is not None  # only called with a cache

@@ -19,13 +19,18 @@ class MicroBatcher(Generic[J, R]):
     ``fn`` maps a list of jobs to one result per job, in order.
     """
 
-    def __init__(self, fn: Callable[[list[J]], list[R]], max_batch_size: int, inline_alone: bool = False):
+    def __init__(
+        self, fn: Callable[[list[J]], list[R]], max_batch_size: int, inline: Callable[[J], bool] | None = None
+    ):
         self.fn = fn
         self.max_batch_size = max(1, max_batch_size)
-        # A batch of one runs on the event loop itself: handing it to a thread and back (the executor's queue, the
-        # thread's wake-up, call_soon_threadsafe's self-pipe write, the GIL passed twice) cost a lone returning
-        # student more than its model step. For fast ``fn`` only: the loop serves nothing else meanwhile.
-        self.inline_alone = inline_alone
+        # ``inline(job)``: may this job, alone in its batch, run on the event loop itself? Handing it to a thread and
+        # back (the executor's queue, the thread's wake-up, call_soon_threadsafe's self-pipe write, the GIL passed
+        # twice) cost a returning student more than its model step. Only for a cheap, bounded job: while it runs the
+        # loop serves nothing else (no other request, no health check), so anything heavy (a cold student's full
+        # recompute, an attention model's windows) must answer False and goes to the thread. ``inline`` itself runs
+        # on the loop: it must be cheap too. None: every batch goes to the thread.
+        self.inline = inline
         self.queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] | None = None
         self.worker: asyncio.Task[None] | None = None
 
@@ -40,7 +45,7 @@ class MicroBatcher(Generic[J, R]):
     async def _run(self, queue: asyncio.Queue[tuple[J, asyncio.Future[R]]]) -> None:
         while True:
             batch = [await queue.get()]
-            if self.inline_alone and queue.empty():
+            if self.inline is not None and queue.empty():
                 # One turn of the loop first: requests that arrived together reach the queue and share the call.
                 await asyncio.sleep(0)
             while len(batch) < self.max_batch_size and not queue.empty():
@@ -50,9 +55,8 @@ class MicroBatcher(Generic[J, R]):
                 continue
             try:
                 jobs = [job for job, _ in batch]
-                results = (
-                    self.fn(jobs) if self.inline_alone and len(jobs) == 1 else await asyncio.to_thread(self.fn, jobs)
-                )
+                alone = self.inline is not None and len(jobs) == 1 and self.inline(jobs[0])
+                results = self.fn(jobs) if alone else await asyncio.to_thread(self.fn, jobs)
             except Exception:
                 # One bad job must not fail the others: run each alone, so only its own caller sees the error.
                 for job, fut in batch:

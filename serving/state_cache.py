@@ -40,7 +40,7 @@ import torch
 from dkt.models.inputs import CandidateColumns
 from dkt.predictor import Predictor
 from serving.frames import job_frames
-from serving.schema import Job
+from serving.schema import Interaction, Job
 
 # One answer as the cache compares it: what the model reads of it (``HISTORY_COLUMNS`` order).
 AnswerKey = tuple[str, str, int, str, int]
@@ -48,6 +48,9 @@ ANSWER_FIELDS = ("assessmentItemID", "testId", "answerCode", "Timestamp", "Knowl
 # A state is measured when stored cold and again every this many answers: one more answer changes its size by
 # a few bytes (a window state grows by a row until max_seq_len), and walking it costs as much as a model step.
 RESIZE_EVERY = 32
+# At most this many new answers for a request to count as cheap (``StateCache.cheap``): a returning student sends
+# one or a few; each is a model step.
+CHEAP_STEPS = 4
 
 
 def state_bytes(obj: Any, _seen: set[int] | None = None) -> int:
@@ -234,15 +237,28 @@ class StateCache:
             out.append(Scored([float(p) for p in plan.probs], total))
         return out
 
+    def cheap(self, predictor: Predictor, job: CachedJob) -> bool:
+        """Would ``job`` be answered from its cached state with at most ``CHEAP_STEPS`` model steps, on a kind whose
+        step and score are cheap (``Predictor.cheap_step``)? What serving may run on its event loop
+        (serving/batcher.py); a cold student's full recompute or an attention model's windows may not. Exact (the
+        cached answers' digest is checked as ``scores`` checks it) and touches no counter: ``scores`` counts."""
+        if not predictor.cheap_step:
+            return False
+        with self.lock:
+            entry = self.entries.get(job.student_id)
+        if entry is None or entry.version != predictor.model_version:
+            return False
+        if job.since is not None:  # the history is the new answers alone
+            return entry.n == job.since and len(job.job.history) <= CHEAP_STEPS
+        if not entry.n <= len(job.job.history) <= entry.n + CHEAP_STEPS:  # before sorting: most misfits end here
+            return False
+        _, answers = _answers(job.job)
+        return entry.n <= len(answers) <= entry.n + CHEAP_STEPS and chain(0, answers[: entry.n]) == entry.digest
+
     def _plan(self, predictor: Predictor, version: str, job: CachedJob) -> _Plan:
         """Where ``job`` starts: its cached state and the answers to step in, or a cold state from its history."""
-        # The request's answers in time order (ties in request order), as ``job_frames`` orders them: the
-        # normalised ISO timestamps (serving/schema.py) sort as the times do. Answers after ``at`` are its future.
         at_key = job.job.at
-        rows = sorted(job.job.history, key=lambda r: r.Timestamp)
-        if at_key is not None:
-            rows = [r for r in rows if r.Timestamp <= at_key]
-        answers = [(r.assessmentItemID, r.testId, r.answerCode, r.Timestamp, r.KnowledgeTag) for r in rows]
+        rows, answers = _answers(job.job)
         cands = job.job.candidates
         columns = (
             [c.assessmentItemID for c in cands],
@@ -318,6 +334,15 @@ class Scored:
 
 class NotCached(Exception):
     """A request with ``since`` whose answers the cached state cannot take: answered 409 (send the whole history)."""
+
+
+def _answers(job: Job) -> tuple[list[Interaction], list[AnswerKey]]:
+    """The request's answers in time order (ties in request order), as ``job_frames`` orders them (the normalised
+    ISO timestamps of serving/schema.py sort as the times do), without those after ``at`` (its future)."""
+    rows = sorted(job.history, key=lambda r: r.Timestamp)
+    if job.at is not None:
+        rows = [r for r in rows if r.Timestamp <= job.at]
+    return rows, [(r.assessmentItemID, r.testId, r.answerCode, r.Timestamp, r.KnowledgeTag) for r in rows]
 
 
 def chain(digest: int, answers: list[AnswerKey]) -> int:

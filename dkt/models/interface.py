@@ -108,6 +108,12 @@ class TrainJob:
 class Predictor(ABC):
     """A loaded model bundle. Subclasses implement ``predict_rows``; the rest has reference implementations."""
 
+    # True where ``step_batch`` of one answer and ``score_items_batch`` of a request's candidates cost a small,
+    # bounded time whatever the history (the LSTM: one recurrent step each). Serving then runs a lone returning
+    # student on its event loop (serving/state_cache.py ``StateCache.cheap``); the reference forms re-score the
+    # answers and attention models a window per candidate, which would hold up every other request meanwhile.
+    cheap_step: ClassVar[bool] = False
+
     def __init__(self, bundle_dir: Path, meta: dict[str, Any]):
         self.bundle_dir = bundle_dir
         self.meta = meta

@@ -90,6 +90,7 @@ class LSTMState:
 
 class LSTMPredictor(SequencePredictor):
     model: LSTMModel
+    cheap_step = True  # a step is one recurrent step per live window; scoring one more for all candidates
 
     def _embed_rows(self, ff: FeatureFrame, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.embed(to_device(Batcher(ff).batch(index), self.device))

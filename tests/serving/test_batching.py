@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +12,6 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.batcher import MicroBatcher
 from serving.model_worker import Failed, score_each
 from serving.schema import Item, Job
 from serving.shadow import Scores, Scoring
@@ -87,26 +84,6 @@ def test_a_job_the_model_raises_on_fails_only_itself() -> None:
     assert out[0] == Scores([0.5]) and out[2] == Scores([0.5] * 3)
     assert isinstance(out[1], Failed) and "history too long" in out[1].error
     assert model.calls == [3, 1, 1, 1]  # the whole batch once, then each job alone
-
-
-def test_a_lone_job_runs_on_the_event_loop_and_concurrent_ones_are_batched_on_a_thread() -> None:
-    """``inline_alone`` (the returning students' batcher): one job at a time never crosses to a thread; jobs submitted
-    together still share one call, off the loop."""
-    calls: list[tuple[list[int], bool]] = []  # (jobs, ran on the event loop's thread)
-
-    def double(jobs: list[int]) -> list[int]:
-        calls.append((jobs, threading.current_thread() is threading.main_thread()))
-        return [2 * j for j in jobs]
-
-    async def scenario() -> tuple[list[int], list[int]]:
-        batcher: MicroBatcher[int, int] = MicroBatcher(double, 64, inline_alone=True)
-        alone = [await batcher.submit(j) for j in (1, 2)]
-        together = await asyncio.gather(*(batcher.submit(j) for j in range(10, 15)))
-        return alone, list(together)
-
-    alone, together = asyncio.run(scenario())
-    assert alone == [2, 4] and together == [20, 22, 24, 26, 28]
-    assert calls == [([1], True), ([2], True), ([10, 11, 12, 13, 14], False)]
 
 
 @pytest.mark.slow
