@@ -17,6 +17,14 @@ pytest_plugins = ["tests.serving.fixtures", "tests.support.timeline", "tests.sup
 # xdist's controller and by the Docker suite's pytest, which run no model code (5 CPU-s each, about 40 s on a busy
 # machine, before the first test).
 
+# Every process the tests start (train.py, `python -m dkt` commands, Airflow's tasks through `dags test`, which
+# append the worker's environment) gets one OpenMP thread, as this process does (one_torch_thread below): torch's
+# default is one per core, and with the tiny tensors of the tests the second thread only spins while the machine is
+# saturated. A train.py run of TINY_LSTM beside two busy loops on 2 cores: 24.7 CPU-s and 43 s with torch's
+# default, 6.5 CPU-s and 23 s with one thread. The served model already runs one (DKT_TORCH_THREADS, service.py);
+# the product's own default for training is untouched: only the tests' environment sets this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
 
