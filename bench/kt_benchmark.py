@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/kt_benchmark.py                      # all models, both data sets
     .venv/bin/python bench/kt_benchmark.py --models lstm,dkvmn --datasets assist2009 --device cuda
+    .venv/bin/python bench/kt_benchmark.py --models bert --datasets assist2009 --threads 1 \
+        --max-students 600 --epochs 8 --set train.lr=0.002 --set model_params.max_positions=256
+
+--max-students trains on the first N students of the train file and tests on the first N of the test file
+(quick comparisons; validation users are held out of those N as train.py holds them out). --set PATH=VALUE
+(repeatable) overrides one field of every chosen model's config before it is validated: a dotted path into
+the config's JSON and a JSON value (a bare word is a string), so a variant needs no config file.
 
 Columns: test AUC over all predicted answers and over each user's last one,
 accuracy, parameters, seconds per epoch, epochs to early stop, and for simulated
@@ -13,20 +20,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dkt.config import load_config  # noqa: E402
-from dkt.experiment import load_run_data, run  # noqa: E402
+import torch  # noqa: E402
+
+from bench.train_speed_bench import first_students  # noqa: E402
+from dkt.bundle import read_json_file  # noqa: E402
+from dkt.config import ConfigError, parse_config  # noqa: E402
+from dkt.data.io import load_run_files  # noqa: E402
+from dkt.experiment import run, split_run_files  # noqa: E402
 from dkt.models import model_names  # noqa: E402
 from dkt.simulate import simulate, write  # noqa: E402
 
 ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
 PUBLISHED = {"DKT (Piech et al. 2015)": 0.8053, "DKVMN (Zhang et al. 2017)": 0.8157}
+
+
+def override(doc: dict[str, Any], setting: str) -> None:
+    """Apply one ``--set a.b.c=value`` to a config document in place (value parsed as JSON, else a string)."""
+    path, sep, raw = setting.partition("=")
+    keys = path.split(".")
+    if not sep or not all(keys):
+        raise ValueError(f"--set {setting!r}: expected PATH=VALUE, e.g. train.lr=0.001")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    node = doc
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {setting!r}: {k} is not an object in the config")
+    node[keys[-1]] = value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--work", type=Path, default=ROOT / "var" / "bench", help="where bundles and data go")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own; 1 on a busy CPU)")
+    p.add_argument("--max-students", type=int, help="only the first N students of each file (quick comparisons)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config field")
     args = p.parse_args(argv)
+    if args.max_students is not None and args.max_students < 2:
+        p.error("--max-students must be at least 2")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(model_names()))
     if unknown:
@@ -57,12 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.error(f"unknown data set {name!r}")
 
+    configs = {}
+    for model in models:
+        cfg_path = ROOT / "config" / f"{model}.json"
+        try:
+            doc = read_json_file(cfg_path, "config file", ConfigError)
+            for setting in args.set:
+                override(doc, setting)
+            configs[model] = (cfg_path, parse_config(doc, str(cfg_path)))
+        except (ValueError, ConfigError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
     rows = []
     for ds, (train, test, fmt, oracle) in datasets.items():
+        files = load_run_files(train, test, None, fmt)
+        files.train = first_students(files.train, args.max_students)
+        files.test = first_students(files.test, args.max_students)
         for model in models:
-            cfg_path = ROOT / "config" / f"{model}.json"
-            cfg = load_config(cfg_path)
-            data = load_run_data(train, test, None, fmt, cfg.train.valid_ratio, seed=42)
+            cfg_path, cfg = configs[model]
+            data = split_run_files(files, cfg.train.valid_ratio, seed=42)
+            load = os.getloadavg()[0]
             t0 = time.perf_counter()
             m = run(
                 cfg,
@@ -85,13 +141,19 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": m["epochs_run"],
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "device": m["device"],
+                "threads": torch.get_num_threads(),
+                "load_start": round(load, 1),
+                "load_end": round(os.getloadavg()[0], 1),
+                "valid_auc": m.get("valid_auc"),
+                "best_epoch": m.get("best_epoch"),
+                "set": args.set,
                 "oracle_auc": oracle,
                 "gap_to_oracle": None if oracle is None else oracle - m["test_auc"],
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 
-    header = "| data | model | AUC | AUC last | acc | params | s/epoch | epochs | wall s | AUC/oracle | gap |"
+    header = "| data | model | AUC | AUC last | acc | params | s/epoch | epochs (best) | wall s | AUC/oracle | gap |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in rows:
@@ -99,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         gap = "" if r["gap_to_oracle"] is None else f"{r['gap_to_oracle']:+.4f}"
         print(
             f"| {r['data']} | {r['model']} | {r['test_auc']:.4f} | {r['test_auc_last']:.4f} | {r['test_acc']:.4f} "
-            f"| {r['n_params']:,} | {r['s_per_epoch']:.1f} | {r['epochs']} | {r['wall_s']:.0f} | {ratio} | {gap} |"
+            f"| {r['n_params']:,} | {r['s_per_epoch']:.1f} | {r['epochs']} ({r['best_epoch']}) | {r['wall_s']:.0f} "
+            f"| {ratio} | {gap} |"
         )
     for ds, (_, _, _, oracle) in datasets.items():
         if oracle is not None:

@@ -107,6 +107,28 @@ def causal_mask(t: int, device: torch.device) -> torch.Tensor:
     return torch.triu(torch.ones(t, t, dtype=torch.bool, device=device), diagonal=1)
 
 
+POSITIONS = ("learned", "none", "alibi")
+
+
+def check_positions(cfg: Any) -> None:
+    """Raise a ValueError naming the config class unless ``cfg.positions`` is one of ``POSITIONS``."""
+    if cfg.positions not in POSITIONS:
+        raise ValueError(f"{type(cfg).__name__}.positions must be one of {POSITIONS}, got {cfg.positions!r}")
+
+
+def alibi_bias(n_heads: int, t: int, device: torch.device) -> torch.Tensor:
+    """Causal attention bias with linear recency (ALiBi, Press et al. 2022): (n_heads, t, t) floats, ``-inf``
+    on the future and ``-slope_h * (i - j)`` on the past, slopes 2^(-8(h+1)/n_heads) (head 0 the most local).
+
+    It depends on distances only, so a position scores the same wherever its window starts, and no table
+    bounds the window's length."""
+    slopes = torch.pow(2.0, -8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)
+    pos = torch.arange(t, device=device)
+    dist = (pos[:, None] - pos[None, :]).float()
+    bias = -slopes[:, None, None] * dist
+    return bias.masked_fill(dist < 0, float("-inf"))
+
+
 class PredictionHead(nn.Module):
     def __init__(self, d_in: int, dropout: float):
         super().__init__()

@@ -19,8 +19,11 @@ from dkt.models.base import (
     InputConfig,
     InputEmbedding,
     PredictionHead,
+    alibi_bias,
+    causal_mask,
     check_divisible,
     check_fractions,
+    check_positions,
     check_positive_ints,
 )
 from dkt.models.interface import register
@@ -34,7 +37,10 @@ class BertKTConfig(InputConfig):
     n_heads: int = 4
     ff_mult: int = 2  # feed-forward width = ff_mult * hidden_dim
     dropout: float = 0.1
-    max_positions: int = 512  # must cover train.max_seq_len
+    max_positions: int = 512  # with positions "learned": must cover train.max_seq_len
+    # "learned": BERT's position table from the window's start; "alibi": a recency bias on the attention
+    # scores (dkt.models.base.alibi_bias); "none": the causal mask only
+    positions: str = "learned"
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -42,12 +48,15 @@ class BertKTConfig(InputConfig):
         )
         check_divisible(self, "hidden_dim")
         check_fractions(self)
+        check_positions(self)
 
 
 class BertKTModel(nn.Module):
     def __init__(self, cfg: BertKTConfig, sizes: dict[str, int]):
         super().__init__()
         self.max_positions = cfg.max_positions
+        self.positions = cfg.positions
+        self.n_heads = cfg.n_heads
         self.inp = InputEmbedding(cfg, sizes)
         self.proj = nn.Linear(2 * cfg.d_model, cfg.hidden_dim)
         bert_cfg = BertConfig(
@@ -69,15 +78,25 @@ class BertKTModel(nn.Module):
         self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = batch["mask"].shape[1]
-        if t > self.max_positions:
-            raise ValueError(f"bert: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")
+        b, t = batch["mask"].shape
         query, interaction = self.inp(batch)
-        h = self.bert(
-            inputs_embeds=self.proj(torch.cat([query, interaction], dim=-1)),
-            attention_mask=batch["mask"].long(),
-            use_cache=False,
-        ).last_hidden_state
+        x = self.proj(torch.cat([query, interaction], dim=-1))
+        if self.positions == "learned":
+            if t > self.max_positions:
+                raise ValueError(f"bert: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")
+            h = self.bert(inputs_embeds=x, attention_mask=batch["mask"].long(), use_cache=False).last_hidden_state
+        else:
+            # Every position gets table row 0 (a constant, so no order information from the table); order comes
+            # from the causal mask alone ("none") or from the recency bias. A 4D float mask is used as given
+            # (right padding: causal masking alone keeps padding out of every real position).
+            zero = torch.zeros((b, t), dtype=torch.long, device=x.device)
+            if self.positions == "alibi":
+                bias = alibi_bias(self.n_heads, t, x.device)
+            else:
+                bias = torch.zeros((1, t, t), device=x.device).masked_fill(causal_mask(t, x.device), float("-inf"))
+            h = self.bert(
+                inputs_embeds=x, attention_mask=bias.to(x.dtype)[None], position_ids=zero, use_cache=False
+            ).last_hidden_state
         return self.head(torch.cat([h, query], dim=-1))
 
 

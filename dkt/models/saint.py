@@ -18,9 +18,11 @@ from dkt.models.base import (
     InputConfig,
     InputEmbedding,
     PredictionHead,
+    alibi_bias,
     causal_mask,
     check_divisible,
     check_fractions,
+    check_positions,
     check_positive_ints,
 )
 from dkt.models.interface import register
@@ -34,7 +36,10 @@ class SaintConfig(InputConfig):
     n_heads: int = 4
     ff_mult: int = 2  # feed-forward width = ff_mult * d_model
     dropout: float = 0.1
-    max_positions: int = 512  # must cover train.max_seq_len
+    max_positions: int = 512  # with positions "learned": must cover train.max_seq_len
+    # "learned": a position table from the window's start (the paper); "alibi": a recency bias on every
+    # attention's scores (dkt.models.base.alibi_bias); "none": causal masks only
+    positions: str = "learned"
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -42,15 +47,19 @@ class SaintConfig(InputConfig):
         )
         check_divisible(self, "d_model")
         check_fractions(self)
+        check_positions(self)
 
 
 class SaintModel(nn.Module):
     def __init__(self, cfg: SaintConfig, sizes: dict[str, int]):
         super().__init__()
         self.max_positions = cfg.max_positions
+        self.positions = cfg.positions
+        self.n_heads = cfg.n_heads
         self.inp = InputEmbedding(cfg, sizes)
-        self.enc_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
-        self.dec_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        if cfg.positions == "learned":
+            self.enc_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+            self.dec_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
         common = {
             "d_model": cfg.d_model,
             "nhead": cfg.n_heads,
@@ -67,20 +76,28 @@ class SaintModel(nn.Module):
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = batch["mask"].shape[1]
-        if t > self.max_positions:
-            raise ValueError(f"saint: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")
+        b, t = batch["mask"].shape
         query, interaction = self.inp(batch)
-        pos = torch.arange(t, device=query.device)
+        enc, dec = query, interaction
         # Right padding: with causal masks no real position ever attends to a padded one.
-        mask = causal_mask(t, query.device)
-        enc = query + self.enc_pos(pos)
+        if self.positions == "alibi":
+            # One (heads, t, t) bias per batch row: what nn.MultiheadAttention takes for a per-head mask.
+            mask = alibi_bias(self.n_heads, t, query.device).to(query.dtype).repeat(b, 1, 1)
+            causal = False
+        else:
+            mask, causal = causal_mask(t, query.device), True
+        if self.positions == "learned":
+            if t > self.max_positions:
+                raise ValueError(
+                    f"saint: sequence length {t} exceeds model_params.max_positions ({self.max_positions})"
+                )
+            pos = torch.arange(t, device=query.device)
+            enc, dec = enc + self.enc_pos(pos), dec + self.dec_pos(pos)
         for layer in self.encoder:
-            enc = layer(enc, src_mask=mask, is_causal=True)
+            enc = layer(enc, src_mask=mask, is_causal=causal)
         enc = self.enc_norm(enc)
-        dec = interaction + self.dec_pos(pos)
         for layer in self.decoder:
-            dec = layer(dec, enc, tgt_mask=mask, memory_mask=mask, tgt_is_causal=True, memory_is_causal=True)
+            dec = layer(dec, enc, tgt_mask=mask, memory_mask=mask, tgt_is_causal=causal, memory_is_causal=causal)
         return self.head(torch.cat([self.dec_norm(dec), query], dim=-1))
 
 
