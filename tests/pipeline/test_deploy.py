@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from pipeline import deploy, deploy_local, deploy_served
+from pipeline import deploy, deploy_served
 from pipeline.store import VersionedStore
 from pipeline.workdir import work_dir
 from tests.serving.fixtures import Packed
@@ -128,61 +127,6 @@ def test_failed_deploy_puts_production_back_on_the_served_model(
     assert lines[1].startswith("broken-v2 ") and lines[1].endswith("<- latest"), lines
 
 
-@pytest.mark.slow
-def test_local_blue_green_deploys_switch_the_client_and_stop_the_old_server(
-    packed: Packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The four DAG steps, twice, with real `bentoml serve` processes: v1 goes live, then v2 on the other port;
-    the client's URL file follows, the old server is stopped, the store records what serves, `stop` ends it."""
-    store = local_store(tmp_path, monkeypatch)
-    second = tmp_path / "second"
-    shutil.copytree(packed.bundle, second)
-    meta = json.loads((second / "bundle.json").read_text())
-    (second / "bundle.json").write_text(json.dumps({**meta, "model_version": "test-v2"}))
-    run = tmp_path / "run"
-    # The store already holds test-v1's model and Bento (the session's packer run): v1's pack step takes the
-    # path of a redeploy (both reused), v2's builds its own, so both ways through `pack` are walked.
-    home = tmp_path / "bentoml"
-    for part in ("models", "bentos"):
-        shutil.copytree(packed.home / part, home / part, symlinks=True)
-    for k, v in {"DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_DEPLOY_MODE": "local",
-                 "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port()),
-                 "DKT_DRAIN_SECONDS": "0", "DKT_READY_TIMEOUT": "240"}.items():  # fmt: skip
-        monkeypatch.setenv(k, v)
-    servers, metric_files = [], {}
-    try:
-        for bundle, version in ((packed.bundle, "test-v1"), (second, "test-v2")):
-            store.push("models", bundle, version, move_pointers=("latest", "production"))
-            t0 = time.monotonic()
-            for step in ("pull-model", "pack", "deploy", "verify"):
-                assert deploy.main([step, "--run-id", version]) == 0, capsys.readouterr().err[-3000:]
-            out = capsys.readouterr().out.strip().splitlines()
-            print(f"\n[deploy] {version}: four steps in {time.monotonic() - t0:.0f} s")
-            verified = json.loads(out[-1])
-            state = json.loads((run / "serving.json").read_text())
-            servers.append(state["pid"])
-            url = (run / "inference_url").read_text().strip()
-            assert json.loads((work_dir(deploy.FLOW, version) / "pack.json").read_text())["bento_tag"] == (
-                f"dkt-service:{version}")  # fmt: skip
-            assert verified["model_version"] == version and verified["production"] == version
-            assert url == state["url"] == verified["url"]
-            assert requests.get(url + "/metadata", timeout=10).json()["model_version"] == version
-            # Each server writes its metrics in its own home: the next server's start empties only its own folder.
-            assert requests.get(url + "/metrics", timeout=30).status_code == 200
-            metrics_dir = Path(state["bentoml_home"], "prometheus_multiproc_dir")
-            metric_files[version] = {p.name for p in metrics_dir.glob("*.db")}
-            assert metric_files[version], f"{version} wrote no metric files in {metrics_dir}"
-            serving = store.get_state(deploy_served.SERVING_STATE)
-            assert (serving["model_version"], serving["mode"], serving["metadata_url"]) == (
-                version, "local", url + "/metadata")  # fmt: skip
-        assert state["previous"]["model_version"] == "test-v1" and state["previous"]["port"] != state["port"]
-        old_metrics = Path(state["previous"]["bentoml_home"], "prometheus_multiproc_dir")
-        assert old_metrics != Path(state["bentoml_home"], "prometheus_multiproc_dir")
-        assert metric_files["test-v1"] <= {p.name for p in old_metrics.glob("*.db")}  # v2's start left them
-        bento_yaml = Path("bentos", *packed.bento_tag.split(":"), "bento.yaml")
-        assert (home / bento_yaml).read_text() == (packed.home / bento_yaml).read_text()  # v1's was reused
-        assert not deploy_local.alive(servers[0])  # the old server was stopped after the switch
-        assert deploy_local.alive(servers[1])
-    finally:
-        assert deploy.main(["stop"]) == 0
-    assert not any(deploy_local.alive(pid) for pid in servers)
+# The local blue/green switch itself (the four steps twice, the client's URL file following, each server's own
+# metric files, the old server stopped, `stop` ending the last) is checked on the two deploys of
+# tests/pipeline/test_shadow_e2e.py: a test of its own here ran the same steps on two more `bentoml serve`.

@@ -9,6 +9,10 @@ Phase 1: production = the session's LSTM, shadow = the same tiny LSTM trained on
   (c) `dkt models promote-shadow` refuses the worse shadow (exit 99), production stays.
 Phase 2, roles swapped (the worse model in production, the better one its shadow; one more blue/green deploy):
   promote-shadow promotes the shadow (exit 0), production names it, the shadow pointer is cleared.
+Both deploys are also the local blue/green switch's test (it was a test of its own in tests/pipeline/test_deploy.py,
+two more `bentoml serve` and a Bento build proving the same steps): phase 1's pack reuses the session's Bento, phase
+2's builds one; the client's URL file, the store's serving state and each server's own metric files follow each
+switch, the old server is stopped after it, and `dkt deploy stop` ends the last.
 Figures are printed with -s (`[shadow-e2e]` lines) and quoted in docs/monitoring.md.
 """
 
@@ -38,8 +42,9 @@ from dkt.predictor import load_predictor
 from dkt.quality import auc
 from dkt.simulate import GUESS, SLOPE
 from models.cli import main as models_cli
-from pipeline import deploy, prometheus
+from pipeline import deploy, deploy_local, deploy_served, prometheus
 from pipeline.store import VersionedStore
+from pipeline.workdir import work_dir
 from tests.pipeline.test_deploy import local_store
 from tests.pipeline.test_prometheus import poll, tool
 from tests.serving.fixtures import Packed
@@ -92,6 +97,25 @@ def deploy_steps(run_id: str) -> dict[str, Any]:
             rc = deploy.main([step, "--run-id", run_id])
         assert rc == 0, f"dkt deploy {step} failed with {rc}"
     return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def switched(run: Path, run_id: str, version: str, verified: dict[str, Any], store: VersionedStore) -> dict[str, Any]:
+    """What one blue/green deploy left (the checks of test_deploy's former blue/green test): the Bento packed for
+    ``version``, the client's URL file on the new server, the store's serving state, the server's metric files in
+    its own BENTOML_HOME. Returns the local serving state with the metric files' names (``metric_files``)."""
+    state = json.loads((run / "serving.json").read_text())
+    url = (run / "inference_url").read_text().strip()
+    packed = json.loads((work_dir(deploy.FLOW, run_id) / "pack.json").read_text())
+    assert packed["bento_tag"] == f"dkt-service:{version}"
+    assert verified["model_version"] == version and verified["production"] == version
+    assert url == state["url"] == verified["url"]
+    assert requests.get(url + "/metrics", timeout=30).status_code == 200
+    metrics_dir = Path(state["bentoml_home"], "prometheus_multiproc_dir")
+    state["metric_files"] = {p.name for p in metrics_dir.glob("*.db")}
+    assert state["metric_files"], f"{version} wrote no metric files in {metrics_dir}"
+    serving = store.get_state(deploy_served.SERVING_STATE)
+    assert (serving["model_version"], serving["mode"], serving["metadata_url"]) == (version, "local", url + "/metadata")
+    return state
 
 
 def offline_auc(bundle: Path, client_db: Path, role: str, version: str) -> tuple[float | None, int]:
@@ -181,12 +205,15 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
     store.push("models", packed.bundle, GOOD, move_pointers=("latest", "production"))
     store.push("models", shuffled_bundle, SHUFFLED_VERSION)
     assert models("shadow", SHUFFLED_VERSION)[0] == 0
+    servers: list[int] = []  # the pids of the deployed servers, in order
     try:
         up = subprocess.run([sys.executable, "-m", "pipeline.prometheus", "up"], cwd=ROOT, env={**os.environ},
                             capture_output=True, text=True, timeout=300)  # fmt: skip
         assert up.returncode == 0, up.stderr
         verified = deploy_steps("phase-1")
         assert (verified["model_version"], verified["shadow_version"]) == (GOOD, SHUFFLED_VERSION)
+        first = switched(run, "phase-1", GOOD, verified, store)
+        servers.append(first["pid"])
         meta = requests.get(verified["url"] + "/metadata", timeout=30).json()
         assert (meta["model_version"], meta["shadow"]["model_version"]) == (GOOD, SHUFFLED_VERSION)
         phase(f"production {GOOD} + shadow {SHUFFLED_VERSION} deployed (4 steps), Prometheus up")
@@ -239,6 +266,16 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
             assert models("shadow", GOOD)[0] == 0
             verified = deploy_steps("phase-2")
             assert (verified["model_version"], verified["shadow_version"]) == (SHUFFLED_VERSION, GOOD)
+            second = switched(run, "phase-2", SHUFFLED_VERSION, verified, store)
+            servers.append(second["pid"])
+            assert second["previous"]["model_version"] == GOOD and second["previous"]["port"] != second["port"]
+            old_metrics = Path(second["previous"]["bentoml_home"], "prometheus_multiproc_dir")
+            assert old_metrics != Path(second["bentoml_home"], "prometheus_multiproc_dir")
+            assert first["metric_files"] <= {p.name for p in old_metrics.glob("*.db")}  # phase 2's start left them
+            bento_yaml = Path("bentos", *packed.bento_tag.split(":"), "bento.yaml")
+            assert (home / bento_yaml).read_text() == (packed.home / bento_yaml).read_text()  # phase 1 reused it
+            assert not deploy_local.alive(first["pid"])  # the old server was stopped after the switch
+            assert deploy_local.alive(second["pid"])
             phase(f"production {SHUFFLED_VERSION} + shadow {GOOD} deployed (4 steps, a Bento built)")
             # The same students go on (signed in again, same abilities): past the bank's easy first items, their
             # answers are less one-sided than new students' and the gate's interval is narrower.
@@ -257,3 +294,4 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
         prometheus.main(["down"])
         assert deploy.main(["stop"]) == 0
         print("\n[shadow-e2e] " + "\n[shadow-e2e] ".join(figures))
+    assert not any(deploy_local.alive(pid) for pid in servers)  # `stop` ended the last one too
