@@ -35,7 +35,10 @@ def test_an_xdist_group_runs_on_one_worker_and_the_timeline_names_both(tmp_path:
     (tmp_path / "test_project.py").write_text(PROJECT)
     seen, timeline = tmp_path / "workers.txt", tmp_path / "timeline.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKERS_SEEN": str(seen)}
+    # pyproject.toml's addopts switch three unused plugins off in every pytest process of `make test`; this
+    # project's folder has no pyproject.toml, so they are named here (3 CPU-s per process, three processes).
     plugins = ["-p", "tests.support.xdist_groups", "-p", "tests.support.timeline"]
+    plugins += ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"]
     args = ["-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "--timeline", str(timeline)]
     res = subprocess.run([sys.executable, "-m", "pytest", *plugins, *args, "test_project.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
