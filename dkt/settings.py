@@ -829,6 +829,34 @@ class SwarmSettings(Group):
         "bytes (Docker units)",
         reader="docker-compose.yml",
     )
+    # One at a time by default: a host that starts every new replica at once shares its CPU among all of their
+    # model loads (and the old replicas still serving). Start-first either way: the old ones serve until the new
+    # are healthy, so more at once costs CPU, never a failed request; the Docker tests start both of theirs at once.
+    inference_update_parallelism: int = env(
+        "DKT_INFERENCE_UPDATE_PARALLELISM",
+        1,
+        "inference replicas a rolling update (and its rollback) starts at once, start-first; 0: all at once",
+        "replicas",
+        reader="docker-compose.yml",
+        ge=0,
+    )
+    inference_update_monitor: str = env(
+        "DKT_INFERENCE_UPDATE_MONITOR",
+        "10s",
+        "how long after a new inference task turns healthy its failure still rolls the update back; Swarm reports "
+        "the update complete only after it",
+        "Docker duration",
+        reader="docker-compose.yml",
+    )
+    # Generous: a replica that is still loading its model when the period ends fails 3 checks and is replaced (on
+    # a busy 2-core host a start took 40-90 s). An image that never turns ready is rolled back only after it.
+    inference_start_period: str = env(
+        "DKT_INFERENCE_START_PERIOD",
+        "240s",
+        "how long a new inference replica may take to turn ready before its failed readiness checks count",
+        "Docker duration",
+        reader="docker-compose.yml",
+    )
     client_db_name: str = env(
         "DKT_CLIENT_DB_NAME",
         "client.db",

@@ -148,6 +148,12 @@ def stack_env(registry: str, sim_dir: Path, tmp_path_factory: pytest.TempPathFac
         "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
         "DKT_SWARM_TIMEOUT": "600",
+        # Every new inference replica at once (still start-first: the old ones serve until the new are healthy),
+        # and a 2 s watch after it turned healthy instead of 10 s: each rollout waits one model load and one
+        # window instead of one per replica (docs/testing.md, "Docker suite, round 1"). A replica that fails
+        # still fails its update: the broken image never turns healthy, whatever the window.
+        "DKT_INFERENCE_UPDATE_PARALLELISM": "0",
+        "DKT_INFERENCE_UPDATE_MONITOR": "2s",
         "DKT_SECRET_KEY": uuid.uuid4().hex,
         # update_inference_server_dag in swarm mode, pulling from a local model store
         "DKT_DEPLOY_MODE": "swarm",

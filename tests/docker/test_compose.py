@@ -15,13 +15,16 @@ def stack() -> dict[str, Any]:
     return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 
 
-def test_inference_rolls_one_task_at_a_time_start_first_with_rollback(stack: dict[str, Any]) -> None:
+def test_inference_rolls_start_first_one_task_at_a_time_by_default_with_rollback(stack: dict[str, Any]) -> None:
     deploy = stack["services"]["inference"]["deploy"]
     assert deploy["replicas"] == "${DKT_INFERENCE_REPLICAS:-3}"
     assert deploy["endpoint_mode"] == "dnsrr"
     update = deploy["update_config"]
-    assert (update["parallelism"], update["order"], update["failure_action"]) == (1, "start-first", "rollback")
-    assert deploy["rollback_config"]["order"] == "start-first"
+    # One at a time unless a host says otherwise (the Docker tests do: DKT_INFERENCE_UPDATE_PARALLELISM=0)
+    one = "${DKT_INFERENCE_UPDATE_PARALLELISM:-1}"
+    assert (update["parallelism"], update["order"], update["failure_action"]) == (one, "start-first", "rollback")
+    assert (deploy["rollback_config"]["parallelism"], deploy["rollback_config"]["order"]) == (one, "start-first")
+    assert update["monitor"] == deploy["rollback_config"]["monitor"] == "${DKT_INFERENCE_UPDATE_MONITOR:-10s}"
     assert {"cpus", "memory"} <= set(deploy["resources"]["limits"])
 
 

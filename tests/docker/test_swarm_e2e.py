@@ -6,11 +6,12 @@ moves inference to a newly promoted model version, while ``dkt swarm deploy`` de
 an image whose readiness check fails, and while the DAG's ``replicas`` param scales inference down.
 Every request must succeed and show a model version; figures are printed (run with -s to see them).
 
-Two replicas, not the three a host runs by default: the update is start-first, one task at a time, so with
-two replicas it already goes through every state three would (a new replica starting beside old ones that
-serve; an old one stopped while old and new serve side by side; the last old one stopped, only new ones
-serving), and scaling 2 -> 1 removes a serving replica as 3 -> 2 would. A third replica only repeats the
-middle step, at the cost of one more replica start (a torch + bentoml import, 40-60 s on a shared 2-core CPU).
+Two replicas, not the three a host runs by default, and the update starts both new ones at once
+(DKT_INFERENCE_UPDATE_PARALLELISM=0 in tests/docker/conftest.py; a host starts one at a time): start-first,
+so new replicas start beside old ones that serve, then every old one is stopped at once with only the new
+ones left to take its requests, the hardest hand-over for zero failed requests; scaling 2 -> 1 removes a
+serving replica as 3 -> 2 would. Each replica start is a torch + bentoml import, 40-60 s on a shared 2-core
+CPU: one at a time, the update waited for two of them and two monitor windows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import pandas as pd
 import pytest
 import requests
 
+from dkt.settings import SwarmSettings
 from pipeline.settings import store_settings
 from pipeline.store import VersionedStore
 from pipeline.swarm_images import REPO_ROOT
@@ -173,6 +177,17 @@ class Load:
         with self.lock:
             return sum(t0 <= t <= t1 for t in self.sent)
 
+    def replies_after(self, t0: float, count: int, timeout: float = 120) -> None:
+        """Wait until ``count`` replies (good or bad) came back after ``t0``: before a phase, that every student is
+        answering; after one, that the load was seen on its far side. An observable condition instead of a fixed
+        sleep; it gives up when every student stopped on a failure, which the caller's assertions then report."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(t.is_alive() for t in self.threads):
+            with self.lock:
+                if sum(t > t0 for t in self.sent) >= count:
+                    return
+            time.sleep(0.1)
+
     def __enter__(self) -> Load:
         self.threads = [
             threading.Thread(target=self.student, args=(i,), daemon=True) for i in range(len(self.sessions))
@@ -187,10 +202,19 @@ class Load:
             t.join(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", autouse=True)
+def migrating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Future[None]]]:
+    """Airflow's `db migrate` (a subprocess, 20-40 s), started with the module so that it runs while the first
+    deploy waits on its replicas' start, instead of after it in the first DAG test's set-up."""
     home = tmp_path_factory.mktemp("airflow")
-    migrate(home)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield home, pool.submit(migrate, home)
+
+
+@pytest.fixture(scope="module")
+def airflow_home(migrating: tuple[Path, Future[None]]) -> Path:
+    home, migrated = migrating
+    migrated.result()  # re-raises the migration's failure here
     return home
 
 
@@ -333,14 +357,14 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
 
     # 1. A new model is promoted; update_inference_server_dag rolls it out while students answer.
     with Load(client, signed_up) as load:
-        time.sleep(3)
+        load.replies_after(0, STUDENTS)
         started = time.monotonic()
         push = subprocess.run([sys.executable, "-m", "dkt", "models", "push", str(v2), "--promote"], env=stack_env,
                               cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
         assert push.returncode == 0, push.stderr[-2000:]
         out = deploy_dag(airflow_home, stack_env, tmp_path / "deploy-v2.log")["result"]
         converged = time.monotonic()
-        time.sleep(5)
+        load.replies_after(converged, 2 * STUDENTS)
     during = load.between(started, converged)
     if load.failures:
         print(f"\n[e2e] update: {load.timeline(started)}; diagnostics in {dump_diagnostics(stack_env, 'update')}")
@@ -364,11 +388,16 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     subprocess.run(["docker", "push", broken], check=True, capture_output=True)
 
     with Load(client, signed_up) as load:
-        time.sleep(3)
+        load.replies_after(0, STUDENTS)
         started = time.monotonic()
-        rollback, rollback_s = swarm_cli(stack_env, "deploy", "--image", broken)
+        # The broken image never turns ready; with the 240 s start period a host needs, Swarm would count its
+        # failed checks only after 255 s. A short one for this deploy alone: the rollback restores the previous
+        # spec, its start period included (asserted below).
+        rollback, rollback_s = swarm_cli(
+            {**stack_env, "DKT_INFERENCE_START_PERIOD": "20s"}, "deploy", "--image", broken
+        )
         ended = time.monotonic()
-        time.sleep(3)
+        load.replies_after(ended, STUDENTS)
     during = load.between(started, ended)
     if load.failures:
         print(f"\n[e2e] rollback: {load.timeline(started)}; diagnostics in {dump_diagnostics(stack_env, 'rollback')}")
@@ -385,16 +414,22 @@ def test_rolling_update_rollback_and_scale_serve_every_request(
     status, _ = swarm_cli(stack_env, "status")
     inference = json.loads(status.stdout)["services"]["inference"]
     assert inference["image"].startswith(v2_image) and inference["running"] == REPLICAS
+    fmt = "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck.StartPeriod}}"
+    name = f"{stack_env['DKT_STACK']}_inference"
+    start_ns = subprocess.run(["docker", "service", "inspect", "--format", fmt, name], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    default = SwarmSettings.model_fields["inference_start_period"].default  # "240s"
+    assert start_ns == str(int(default.removesuffix("s")) * 10**9), start_ns  # nanoseconds: the spec rolled back whole
 
     # 3. An operator scales inference with the DAG's `replicas` param: the same model, no rolling update.
     with Load(client, signed_up) as load:
-        time.sleep(3)
+        load.replies_after(0, STUDENTS)
         started = time.monotonic()
         scaled = deploy_dag(airflow_home, stack_env, tmp_path / "deploy-scale.log", conf={"replicas": REPLICAS - 1})[
             "result"
         ]
         ended = time.monotonic()
-        time.sleep(3)
+        load.replies_after(ended, STUDENTS)
     if load.failures:
         print(f"\n[e2e] scale: {load.timeline(started)}; diagnostics in {dump_diagnostics(stack_env, 'scale')}")
     print(

@@ -329,3 +329,23 @@ def test_an_image_binary_missing_on_the_host_is_named_with_how_to_install_it(
     spec = load_stack_config(CONFIG).images["prometheus"]
     with pytest.raises(ValueError, match=r"^prometheus: executable .* dkt-prometheus is not on PATH \(`make prom"):
         assemble_context(spec, tmp_path / "ctx")
+
+
+def test_a_deploy_of_a_given_inference_image_builds_no_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dkt swarm deploy --image` (going back to an image, the e2e's broken one) rolls that image out as it is: the
+    runtime is only the base of an inference image built from a Bento, and with no Bento it was the full one, a
+    1.6 GB build and push (about 4 minutes of the e2e's rollback) that nothing used. The other images still build."""
+    from pipeline import swarm_build
+    from pipeline.swarm_settings import swarm_settings
+
+    asked: dict[str, str] = {}
+
+    def build_hashed_images(jobs: dict[str, tuple[ImageSpec, str]], registry: str, *_a: object, **_k: object) -> dict:
+        asked.update({key: spec.name for key, (spec, _prefix) in jobs.items()})
+        return {key: (f"{registry}/{spec.name}:{prefix}-0", False) for key, (spec, prefix) in jobs.items()}
+
+    monkeypatch.setattr(swarm_build, "build_hashed_images", build_hashed_images)
+    monkeypatch.setattr(swarm_build, "ensure_base_image", lambda _settings: None)
+    built = swarm_build.build(swarm_settings({"DKT_REGISTRY": "reg:5000"}), with_model=False)
+    assert set(asked) == set(built["images"]) == {"client", "proxy", "prometheus"}
+    assert "model_version" not in built
