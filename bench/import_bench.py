@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,14 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["numpy", "pandas", "torch", "sklearn.metrics", "lightgbm", "dkt.quality", "dkt.metrics", "dkt.experiment"]
 
 
-def import_cpu(module: str, repeat: int) -> float:
+def child_cpu(argv: list[str], repeat: int, **run: Any) -> float:
+    """Median user+sys CPU seconds of ``argv`` run as a child process ``repeat`` times (``run``: subprocess.run's)."""
     samples = []
     for _ in range(repeat):
         before = os.times()
-        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, check=True)
+        subprocess.run(argv, **{"cwd": ROOT, "check": True, **run})
         after = os.times()
         samples.append((after.children_user - before.children_user) + (after.children_system - before.children_system))
     return statistics.median(samples)
+
+
+def import_cpu(module: str, repeat: int) -> float:
+    return child_cpu([sys.executable, "-c", f"import {module}"], repeat)
 
 
 def main() -> None:

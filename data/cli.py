@@ -22,15 +22,21 @@ from pathlib import Path
 
 from dkt.bundle import BundleError, default_version
 from dkt.cli import EXIT_SKIP, Parser, add_dag_steps
-from dkt.data.schema import DataValidationError
 from pipeline import data_update
 from pipeline.blobs import StoreError, staging_dir
-from pipeline.dataset import PARTS_DIR, initial_rows, write_part
 from pipeline.settings import SettingsError, store_settings
 from pipeline.store import PARTITIONED, VersionedStore, VersionError
 from pipeline.workdir import work_dir
 
 FLOW = "update_data"
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """What main reports as one line ``error: ...``, exit 2. A function, evaluated only once an exception is being
+    handled: DataValidationError's module imports pandas (0.8 s), which list, pull and prune never need."""
+    from dkt.data.schema import DataValidationError
+
+    return (DataValidationError, StoreError, VersionError, SettingsError, BundleError, OSError, RuntimeError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_empty and (v := store.pointed("datasets", "latest")):
                 print(f"store already has data set {v}; nothing pushed", file=sys.stderr)
                 return 0
+            from pipeline.dataset import PARTS_DIR, initial_rows, write_part  # pandas: only a push reads tables
+
             # Not a plain TemporaryDirectory: a killed push would leak it; the next push removes a dead one's.
             with staging_dir() as tmp:
                 # A whole set: one partition of its own, inheriting nothing (the parent is only its predecessor).
@@ -143,6 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     except data_update.NothingNew as exc:
         print(f"skip: {exc}", file=sys.stderr)
         return EXIT_SKIP
-    except (DataValidationError, StoreError, VersionError, SettingsError, BundleError, OSError, RuntimeError) as exc:
+    except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,11 +21,12 @@ import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 import dkt
+
+if TYPE_CHECKING:  # pandas only names item_catalog's argument: every store command imports this module, pandas is 0.8 s
+    import pandas as pd
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILE = "bundle.json"

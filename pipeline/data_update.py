@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dkt.bundle import default_version, write_json
-from dkt.data.io import read_csv
 from dkt.settings import PipelineSettings, load
-from pipeline.dataset import PARTS_DIR, new_part, old_rows, read_new_interactions, with_flag, write_part
 from pipeline.settings import REPO_ROOT, store_settings
 from pipeline.store import (
     PART_FILES,
@@ -115,6 +113,10 @@ def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
 
     The latest set's partitions are pulled (hash-checked) but only the export's students' rows are read. A parent
     stored as CSVs (before partitions) becomes, once, a base partition of the new version."""
+    # pandas (0.8 s) only in the steps that read tables: `dkt data list|pull|prune` import this module too.
+    from dkt.data.io import read_csv
+    from pipeline.dataset import PARTS_DIR, new_part, old_rows, read_new_interactions, with_flag, write_part
+
     new = read_new_interactions(work / EXPORT_FILE)
     parent = store.pointed("datasets", "latest")
     inherited: list[dict[str, Any]] = []
@@ -154,6 +156,8 @@ def retain(store: VersionedStore, dry_run: bool = False) -> PruneReport | None:
 
 def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
     """Push the prepared set as a new version and move ``latest``; raises NothingNew when there is nothing to add."""
+    from pipeline.dataset import PARTS_DIR  # its module imports pandas: see prepare
+
     prep = read_json(work / "prepare.json")
     exp = read_json(work / "export.json")
     if not prep.get("added_rows"):

@@ -56,6 +56,38 @@ def test_help_lists_every_command_and_imports_no_model_code(tmp_path: Path) -> N
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
 
 
+# Commands that operators and the DAG tasks run most, which need no table or model code: run one after another in
+# one fresh interpreter, the heavy libraries checked after each (a library loaded by any of them stays listed).
+LIGHT_COMMANDS = (["models", "--help"], ["data", "--help"], ["infer", "--help"], ["train", "--help"],
+                  ["data", "list"], ["models", "list"])  # fmt: skip
+LIGHT_PROBE = """
+import json, sys
+from dkt.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    out.append([argv, code or 0, sorted(m for m in ("pandas", "torch") if m in sys.modules)])
+print(json.dumps(out))
+"""
+
+
+def test_store_commands_and_helps_start_without_pandas_or_torch(tmp_path: Path) -> None:
+    """pandas (0.8 CPU-s) and torch (2 CPU-s) are imported only where tables or models are worked on, so these start
+    in a fraction of that (docs/testing.md#cli-start-up): an import moved back to a module's top fails here."""
+    env = clean_env(DKT_STORE="local", DKT_STORE_ROOT=str(tmp_path / "store"), DKT_WORK_ROOT=str(tmp_path / "work"))
+    res = subprocess.run([sys.executable, "-c", LIGHT_PROBE, json.dumps(LIGHT_COMMANDS)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [argv for argv, _, _ in results] == list(LIGHT_COMMANDS)
+    for argv, code, heavy in results:
+        assert code == 0, f"dkt {' '.join(argv)}: exit {code}: {res.stderr[-2000:]}"
+        assert heavy == [], f"after dkt {' '.join(argv)}: {heavy} imported"
+
+
 # Every command's --help in one fresh interpreter (each command's own imports, as in a process of its own): one
 # start-up instead of one per command. The installed script runs every command in the bad-input test below.
 EVERY_HELP = """

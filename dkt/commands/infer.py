@@ -14,19 +14,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from dkt.bundle import BundleError
 from dkt.cli import Parser
-from dkt.data.io import read_csv
-from dkt.data.schema import ANSWER_TO_PREDICT, DataValidationError
-from dkt.predictor import load_predictor
-from dkt.training import TrainingError, resolve_device
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def predict_file(model_dir: Path, data_file: Path, device: str = "auto") -> pd.DataFrame:
+    # torch, pandas and the models (3 CPU-s) only once the arguments are good: `dkt infer --help` needs none.
+    import numpy as np
+    import pandas as pd
+
+    from dkt.data.io import read_csv
+    from dkt.data.schema import ANSWER_TO_PREDICT, DataValidationError
+    from dkt.predictor import load_predictor
+    from dkt.training import resolve_device
+
     df = read_csv(data_file)
     targets = np.flatnonzero(df["answerCode"].to_numpy() == ANSWER_TO_PREDICT)
     if len(targets) == 0:
@@ -42,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path, help="where to write id,prediction")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     args = p.parse_args(argv)
+    from dkt.data.schema import DataValidationError  # pandas and torch: see predict_file
+    from dkt.training import TrainingError
+
     try:
         out = predict_file(args.model_dir, args.data_file, args.device)
     except (DataValidationError, BundleError, TrainingError) as exc:

@@ -18,8 +18,6 @@ from pathlib import Path
 
 from dkt.bundle import BundleError
 from dkt.cli import Parser
-from dkt.data.io import load_run_files
-from dkt.data.schema import DataValidationError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_dir.exists() and not args.output_dir.is_dir():
         print(f"error: --output-dir {args.output_dir}: exists and is not a folder", file=sys.stderr)
         return 2
+    # pandas (0.8 s) once the flags are good: `dkt train --help` and a flag mistake need none.
+    from dkt.data.io import load_run_files
+    from dkt.data.schema import DataValidationError
+
     try:
         # The data first: checking it needs only pandas, so a bad file is refused in a second, before
         # the model code (torch) is even imported.
