@@ -774,6 +774,10 @@ class TrainHostSettings(Group):
 
 
 # -- swarm (pipeline/swarm.py) ------------------------------------------------------------------------------
+# A Go duration as compose and `docker service` take it (10s, 1m30s, 500ms): checked here, not by a failed deploy.
+DOCKER_DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
+
+
 class SwarmSettings(Group):
     title: ClassVar[str] = "swarm"
     registry: str = env("DKT_REGISTRY", "127.0.0.1:5000", "registry the images are pushed to and the swarm pulls from")
@@ -847,6 +851,7 @@ class SwarmSettings(Group):
         "the update complete only after it",
         "Docker duration",
         reader="docker-compose.yml",
+        pattern=DOCKER_DURATION,
     )
     # Generous: a replica that is still loading its model when the period ends fails 3 checks and is replaced (on
     # a busy 2-core host a start took 40-90 s). An image that never turns ready is rolled back only after it.
@@ -856,6 +861,7 @@ class SwarmSettings(Group):
         "how long a new inference replica may take to turn ready before its failed readiness checks count",
         "Docker duration",
         reader="docker-compose.yml",
+        pattern=DOCKER_DURATION,
     )
     client_db_name: str = env(
         "DKT_CLIENT_DB_NAME",

@@ -177,6 +177,12 @@ def test_show_masks_secrets() -> None:
         ({"DKT_SWARM_TIMEOUT": "0"}, "error: DKT_SWARM_TIMEOUT='0': expected a value above 0.0"),
         ({"DKT_STORE_LEASE_SECONDS": "nan"}, "error: DKT_STORE_LEASE_SECONDS='nan': not a finite number"),
         ({"DKT_TRAIN_EXECUTOR": "celery"}, "error: DKT_TRAIN_EXECUTOR='celery': expected 'local' or 'edge'"),
+        # compose would pass it to Docker, which refuses it only when a deploy is already under way
+        (
+            {"DKT_INFERENCE_START_PERIOD": "4 min"},
+            "error: DKT_INFERENCE_START_PERIOD='4 min': String should match "
+            "pattern '^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$'",
+        ),
     ],
 )
 def test_a_bad_value_stops_with_one_line_and_exit_2(env: dict[str, str], line: str) -> None:
