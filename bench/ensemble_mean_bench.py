@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dkt.bundle import BundleError  # noqa: E402
 from dkt.data.io import load_run_files  # noqa: E402
 from dkt.metrics import evaluate_predictions  # noqa: E402
 from dkt.predictor import load_predictor  # noqa: E402
@@ -48,18 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.bundles) < 2:
         parser.error("give two or more bundles")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     for path in (args.train, args.test):
         if not path.is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
             return 2
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     test = load_run_files(args.train, args.test, None, "kt3").test
     preds: dict[str, np.ndarray] = {}
     print("| bundles | test AUC | AUC last | acc | seconds |\n|---|---|---|---|---|")
     for name, folder in args.bundles:
         t0 = time.perf_counter()
-        preds[name] = np.asarray(load_predictor(folder).predict_rows(test), dtype=float)
+        try:
+            predictor = load_predictor(folder)
+        except BundleError as exc:
+            print(f"error: {name}={folder}: {exc}", file=sys.stderr)
+            return 2
+        preds[name] = np.asarray(predictor.predict_rows(test), dtype=float)
         m = evaluate_predictions(test, preds[name], prefix="test_")
         seconds = time.perf_counter() - t0
         print(f"| {name} | {m['test_auc']:.4f} | {m['test_auc_last']:.4f} | {m['test_acc']:.4f} | {seconds:.0f} |")

@@ -130,13 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_students is not None and args.max_students < 2:
         print("error: --max-students must be at least 2", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print("error: --threads must be at least 1", file=sys.stderr)
+        return 2
     try:
         cfg = with_changes(load_config(args.config), args.set)
         files = load_run_files(*args.data, None, args.data_format)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     # The first optimizer imports torch._dynamo (seconds, more under load): paid here, not by whichever runs first.
     importlib.import_module("torch._dynamo")
