@@ -107,15 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_empty and (v := store.pointed("datasets", "latest")):
                 print(f"store already has data set {v}; nothing pushed", file=sys.stderr)
                 return 0
-            from pipeline.dataset import PARTS_DIR, initial_rows, write_part  # pandas: only a push reads tables
+            from pipeline.dataset import initial_rows, write_part  # pandas: only a push reads tables
 
             # Not a plain TemporaryDirectory: a killed push would leak it; the next push removes a dead one's.
             with staging_dir() as tmp:
                 # A whole set: one partition of its own, inheriting nothing (the parent is only its predecessor).
-                counts = {"all.parquet": write_part(initial_rows(args.src), tmp / PARTS_DIR / "all.parquet")}
+                counts = {
+                    "all.parquet": write_part(initial_rows(args.src), tmp / data_update.PARTS_DIR / "all.parquet")
+                }
                 res = store.push_partitions(
                     args.version or default_version(),
-                    tmp / PARTS_DIR,
+                    tmp / data_update.PARTS_DIR,
                     counts,
                     [],
                     parent=store.pointed("datasets", "latest"),

@@ -36,6 +36,7 @@ from pipeline.store import (
 
 WATERMARK = "watermark"
 EXPORT_FILE = "export.csv"
+PARTS_DIR = "parts"  # a prepared version's own partition files (work/dataset/parts/*.parquet)
 DEFAULT_EXPORT_CMD = f"{shlex.quote(sys.executable)} -m dkt client export-interactions"
 FAULT_ENV = "DKT_FAULT_POINT"  # declared in dkt/settings.py (PipelineSettings.fault_point); the crash tests set it
 FAULT_POINTS = (
@@ -115,7 +116,7 @@ def prepare(work: Path, store: VersionedStore) -> dict[str, Any]:
     stored as CSVs (before partitions) becomes, once, a base partition of the new version."""
     # pandas (0.8 s) only in the steps that read tables: `dkt data list|pull|prune` import this module too.
     from dkt.data.io import read_csv
-    from pipeline.dataset import PARTS_DIR, new_part, old_rows, read_new_interactions, with_flag, write_part
+    from pipeline.dataset import new_part, old_rows, read_new_interactions, with_flag, write_part
 
     new = read_new_interactions(work / EXPORT_FILE)
     parent = store.pointed("datasets", "latest")
@@ -156,8 +157,6 @@ def retain(store: VersionedStore, dry_run: bool = False) -> PruneReport | None:
 
 def publish(work: Path, store: VersionedStore) -> dict[str, Any]:
     """Push the prepared set as a new version and move ``latest``; raises NothingNew when there is nothing to add."""
-    from pipeline.dataset import PARTS_DIR  # its module imports pandas: see prepare
-
     prep = read_json(work / "prepare.json")
     exp = read_json(work / "export.json")
     if not prep.get("added_rows"):

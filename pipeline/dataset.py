@@ -28,7 +28,6 @@ from dkt.data.schema import COLUMNS, DataValidationError, validate
 
 DATA_FILES = ("interactions.csv", "train.csv", "test.csv")
 TEST = "test"  # the partition column: the row's user is on the test side of the split
-PARTS_DIR = "parts"  # a prepared version's own partition files (work/dataset/parts/*.parquet)
 SORT = ["userID", "Timestamp", "assessmentItemID"]
 KEY = ["userID", "assessmentItemID", "Timestamp"]
 DEFAULT_TEST_SHARE = 0.1
