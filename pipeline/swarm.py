@@ -1,7 +1,8 @@
 """Build, push and roll out the DKT stack on Docker Swarm; scale it; report its state.
 
 CLI (``dkt swarm COMMAND --help``, or ``python -m pipeline.swarm``). Progress goes to stderr, one JSON object to
-stdout; exit 1 with ``error: ...`` when something fails (a rolled-back update included), 2 on bad arguments.
+stdout. ``error: ...`` and exit 2 on bad input (an argument, a setting, the answer folder, a folder that is no
+bundle), exit 1 when the work fails (Docker, or an update Swarm rolled back).
 
   build   --model-dir DIR | --model-tag TAG   build and push the images (runtime, inference, client, proxy)
   deploy  --model-dir DIR | --model-tag TAG | --image REF  [--replicas N] [--expect-version V]
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             out = status(settings)
         else:
             out = down(settings)
-    except (ValueError, DockerError, RolloutFailed) as exc:
+    except ValueError as exc:  # bad input: an argument, a setting, a folder, a bundle; nothing was changed yet
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (DockerError, RolloutFailed) as exc:  # the work itself failed: Docker, or Swarm rolled the update back
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out, default=str))

@@ -73,18 +73,18 @@ def test_deploy_of_a_folder_that_is_no_bundle_fails_before_building(tmp_path: Pa
     out = cli(
         "deploy", "--model-dir", str(tmp_path), env={**os.environ, "DKT_CLIENT_DB": str(tmp_path / "answers/c.db")}
     )
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip() == f"error: {tmp_path}: not a model bundle (no bundle.json)"
 
 
 def test_bad_replicas_is_refused() -> None:
     out = cli("scale", "--replicas", "0")
-    assert out.returncode == 1 and "--replicas must be >= 1" in out.stderr
+    assert out.returncode == 2 and "--replicas must be >= 1" in out.stderr
 
 
 def test_bad_env_is_reported_not_raised() -> None:
     out = cli("status", env={**os.environ, "DKT_SWARM_TIMEOUT": "x"})
-    assert out.returncode == 1 and out.stderr.startswith("error: DKT_SWARM_TIMEOUT='x': ")
+    assert out.returncode == 2 and out.stderr.startswith("error: DKT_SWARM_TIMEOUT='x': ")
 
 
 # The answer store: the folder of DKT_CLIENT_DB, bind-mounted into the client, the same file the export reads.
@@ -100,7 +100,7 @@ def test_client_db_defaults_to_the_clients_own_default_resolved_at_the_repositor
 def test_deploy_refuses_a_missing_answer_folder_before_building(tmp_path: Path) -> None:
     db = tmp_path / "nowhere" / "client.db"
     out = cli("deploy", "--model-tag", "dkt-model:v1", env={**os.environ, "DKT_CLIENT_DB": str(db)})
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.startswith(f"error: DKT_CLIENT_DB={db}: folder {db.parent} does not exist; create it")
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
