@@ -140,7 +140,7 @@ def test_make_up_prometheus_scrapes_and_evaluates_the_rules(
         assert f"metrics    {url}" in up.stdout  # `make up` prints the address like the other parts
 
         def query(expr: str) -> list[dict[str, Any]]:
-            doc = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+            doc = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=30).json()
             assert doc["status"] == "success", doc
             return doc["data"]["result"]
 
@@ -153,7 +153,7 @@ def test_make_up_prometheus_scrapes_and_evaluates_the_rules(
         poll("both idle inference targets reported down", lambda: len(query('up{job="inference"} == 0')) == 2)
 
         def rules() -> dict[str, dict[str, Any]]:
-            doc = requests.get(f"{url}/api/v1/rules", timeout=10).json()
+            doc = requests.get(f"{url}/api/v1/rules", timeout=30).json()
             return {r["name"]: {**r, "group": g["name"]} for g in doc["data"]["groups"] for r in g["rules"]}
 
         loaded = rules()
