@@ -5,6 +5,8 @@
 The model bundle is loaded once per worker from the BentoML model store (env
 ``DKT_MODEL_TAG``, default ``dkt-model:latest``; store in ``BENTOML_HOME``), and so is a shadow model
 when ``DKT_SHADOW_MODEL_TAG`` names one (``serving/shadow.py``: scored beside production on /predict).
+With ``DKT_SERVED_MODEL_FILE`` the worker serves the bundle that file names and swaps in a new one when it
+changes, without a restart (``serving/swap.py``); each request keeps the model it started with.
 Endpoints validate their body (400 naming the field and the reason), then
 hand one job each to an in-process adaptive batcher (``serving/batcher.py``) that merges the jobs of concurrent
 requests into one model call (``DKT_BATCHING=bentoml``: BentoML's adaptive batching in a model worker process,
@@ -19,12 +21,12 @@ batcher -> frames -> predictor), its settings in ``serving/settings.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from http.client import CONFLICT
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import bentoml
 import numpy as np
@@ -41,20 +43,22 @@ from starlette.routing import Route
 from dkt.bundle import lineage
 from dkt.mastery import skill_levels
 from dkt.models.inputs import resolve_after
-from dkt.predictor import Predictor, load_predictor
-from dkt.training import resolve_device
+from dkt.predictor import Predictor
 from serving.batcher import MicroBatcher
 from serving.hardening import harden
 from serving.model_worker import DKTModel, batch_size_histogram, score_remote
 from serving.schema import Interaction, Item, Job, Since, StudentId, Tag, Timestamp
 from serving.settings import settings
-from serving.shadow import Scores, Scoring, Shadow, check_stored, score_batch
-from serving.state_cache import CachedJob, NotCached, Scored, StateCache
+from serving.shadow import Scores, Scoring, check_stored, score_batch
+from serving.state_cache import CachedJob, NotCached, Scored
+from serving.swap import Served, swapper_for
 
 log = logging.getLogger("bentoml.dkt_service")  # under "bentoml": its log setup shows it
 # The endpoints' answer, its media type declared: without it BentoML builds the output's JSON schema on every
 # response (a pydantic TypeAdapter per call) only to learn that a dict is application/json.
 JsonBody = Annotated[dict[str, Any], ContentType("application/json")]
+J = TypeVar("J")
+R = TypeVar("R")
 if settings.shadow_model_tag:
     check_stored(settings.shadow_model_tag)
 
@@ -87,47 +91,55 @@ class DKTService:
 
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.torch_threads))
-        self.model_dir = Path(self.model_ref.path)
-        self.predictor: Predictor = load_predictor(self.model_dir, device=str(resolve_device(settings.device)))
-        self.tag = str(self.model_ref.tag)
-        config_file = self.model_dir / "config.json"  # every bundle carries the config it was trained with
-        self.config: dict[str, Any] | None = json.loads(config_file.read_text()) if config_file.is_file() else None
-        # A shadow asked for loads now or the service does not start (serving/shadow.py).
-        self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
-        self.batcher: MicroBatcher[Scoring, Scores] = MicroBatcher(self._infer, settings.max_batch_size)
+        # The model, its shadow, config and state cache, as one swappable reference (serving/swap.py). Without
+        # DKT_SERVED_MODEL_FILE (or before a deploy wrote it) DKT_MODEL_TAG's model; a shadow asked for loads now
+        # or the service does not start (serving/shadow.py).
+        self.swapper = swapper_for(Path(self.model_ref.path), str(self.model_ref.tag))
+        self.batcher: MicroBatcher[tuple[Served, Scoring], Scores] = MicroBatcher(self._infer, settings.max_batch_size)
         self.observe_batch = batch_size_histogram()
-        self.batched = self._remote if settings.batching == "bentoml" else self.batcher.submit
-        # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
-        self.states = StateCache(settings.state_cache_bytes) if settings.state_cache_bytes > 0 else None
         # Returning students who ask at once are stepped and scored together: one model call for all of them.
         # A lone one whose cached step is cheap runs on the event loop; a cold or heavy one on the thread.
-        self.cached: MicroBatcher[CachedJob, Scored | Exception] = MicroBatcher(
+        self.cached: MicroBatcher[tuple[Served, CachedJob], Scored | Exception] = MicroBatcher(
             self._cached_batch, settings.max_batch_size, inline=self._cheap
         )
 
-    def _cheap(self, job: CachedJob) -> bool:
-        return self.states is not None and self.states.cheap(self.predictor, job)
+    @bentoml.on_startup
+    async def _watch_served_file(self) -> None:
+        self._watch = self.swapper.watch_in_background()
 
-    def _cached_batch(self, jobs: list[CachedJob]) -> list[Scored | Exception]:
-        assert self.states is not None  # only called with a cache
+    @property
+    def predictor(self) -> Predictor:
+        """The model serving now (a request takes ``self.swapper.served`` once instead, and keeps it)."""
+        return self.swapper.served.predictor
+
+    @staticmethod
+    def _cheap(job: tuple[Served, CachedJob]) -> bool:
+        served, cached = job
+        return served.states is not None and served.states.cheap(served.predictor, cached)
+
+    def _cached_batch(self, jobs: list[tuple[Served, CachedJob]]) -> list[Scored | Exception]:
         self.observe_batch(len(jobs))
-        return self.states.scores_batch(self.predictor, jobs)
+        return by_model(jobs, lambda served, group: served.states.scores_batch(served.predictor, group))  # type: ignore[union-attr]  # only called with a cache
 
-    async def _remote(self, scoring: Scoring) -> Scores:
-        return await score_remote(self.model, scoring)
+    async def _batched(self, served: Served, scoring: Scoring) -> Scores:
+        if settings.batching == "bentoml":  # the model worker holds (and swaps) its own copy of the model
+            return await score_remote(self.model, scoring)
+        return await self.batcher.submit((served, scoring))
 
     def metadata(self) -> dict[str, Any]:
-        meta = self.predictor.meta
+        served = self.swapper.served
+        predictor = served.predictor
+        meta = predictor.meta
         return {
-            "model_name": self.predictor.model_name,
-            "model_version": self.predictor.model_version,
+            "model_name": predictor.model_name,
+            "model_version": predictor.model_version,
             # Lineage (data version, code commit, config hash, seed): the keys the store manifest carries too.
             **lineage(meta),
-            "config": self.config,
+            "config": served.config,
             "data_fingerprint": meta.get("data_fingerprint"),
             "metrics": meta.get("metrics", {}),
-            "model_tag": self.tag,
-            "max_seq_len": self.predictor.max_seq_len,
+            "model_tag": served.tag,
+            "max_seq_len": predictor.max_seq_len,
             "n_params": meta.get("n_params"),
             "created_at": meta.get("created_at"),
             "limits": {
@@ -135,23 +147,26 @@ class DKTService:
                 "max_candidates": settings.max_candidates,
                 "max_body_bytes": settings.max_body_bytes,
             },
-            **({"shadow": self.shadow.describe()} if self.shadow else {}),
-            **({"state_cache": self.states.describe()} if self.states else {}),
+            **({"shadow": served.shadow.describe()} if served.shadow else {}),
+            **({"state_cache": served.states.describe()} if served.states else {}),
+            **({"swap": self.swapper.describe()} if settings.served_model_file is not None else {}),
         }
 
-    def _infer(self, batch: list[Scoring]) -> list[Scores]:
+    def _infer(self, batch: list[tuple[Served, Scoring]]) -> list[Scores]:
         start = time.perf_counter()
         self.observe_batch(len(batch))
-        scores = score_batch(self.predictor, self.shadow.predictor if self.shadow else None, batch)
+        scores = by_model(
+            batch, lambda m, jobs: score_batch(m.predictor, m.shadow.predictor if m.shadow else None, jobs)
+        )
         log.debug("batch of %d: %.1f ms", len(batch), 1e3 * (time.perf_counter() - start))
         return scores
 
-    async def _score(self, job: Job, student_id: str | None = None, since: int | None = None) -> Scored:
+    async def _score(self, served: Served, job: Job, student_id: str | None = None, since: int | None = None) -> Scored:
         """``known_count`` is -1 when no state was cached (no ``student_id`` or no cache)."""
         if since is not None and student_id is None:  # the history is a tail: scored alone it would be wrong
             raise BentoMLException("since: needs student_id (whose cached answers it counts)", error_code=CONFLICT)
-        if student_id is not None and self.states is not None:  # a returning student: from their cached state
-            scored = await self.cached.submit(CachedJob(student_id, job, since))
+        if student_id is not None and served.states is not None:  # a returning student: from their cached state
+            scored = await self.cached.submit((served, CachedJob(student_id, job, since)))
             if isinstance(scored, NotCached):
                 raise BentoMLException(str(scored), error_code=CONFLICT)
             if isinstance(scored, Exception):
@@ -159,7 +174,7 @@ class DKTService:
             return scored
         if since is not None:
             raise BentoMLException("since: this service keeps no per-student state", error_code=CONFLICT)
-        return Scored((await self.batched(Scoring(job))).production, -1)
+        return Scored((await self._batched(served, Scoring(job))).production, -1)
 
     @staticmethod
     def _known(scored: Scored) -> dict[str, int]:
@@ -181,26 +196,27 @@ class DKTService:
         With a shadow model (``DKT_SHADOW_MODEL_TAG``) the response adds ``shadow``: its name, version and
         probabilities for the same candidates at the same time; without one the response is unchanged."""
         job = Job(history=history, candidates=candidates, at=at)
+        served = self.swapper.served  # this request's model to its end, whatever is swapped in meanwhile
         known: dict[str, int] = {}
-        if (student_id is not None or since is not None) and self.shadow is None:  # a shadow: one batch, uncached
-            scored = await self._score(job, student_id, since)
+        if (student_id is not None or since is not None) and served.shadow is None:  # a shadow: one batch, uncached
+            scored = await self._score(served, job, student_id, since)
             scores, known = Scores(scored.probabilities), self._known(scored)
         elif since is not None:
             raise BentoMLException("since: a service with a shadow model scores uncached", error_code=CONFLICT)
         else:
-            scores = await self.batched(Scoring(job, True))
+            scores = await self._batched(served, Scoring(job, True))
         out = {
-            "model_name": self.predictor.model_name,
-            "model_version": self.predictor.model_version,
+            "model_name": served.predictor.model_name,
+            "model_version": served.predictor.model_version,
             "predictions": [
                 {**c.model_dump(), "probability": p} for c, p in zip(candidates, scores.production, strict=True)
             ],
         }
-        if self.shadow is not None and scores.shadow is not None:
-            out["shadow"] = self.shadow.field(scores.shadow)  # logged by the client, never shown
+        if served.shadow is not None and scores.shadow is not None:
+            out["shadow"] = served.shadow.field(scores.shadow)  # logged by the client, never shown
         return out | known
 
-    async def _skill_mastery(self, history: list[Interaction], items: list[Item]) -> dict[int, float]:
+    async def _skill_mastery(self, served: Served, history: list[Interaction], items: list[Item]) -> dict[int, float]:
         """Per skill with answers: its typical items scored after its own answers only (``dkt/mastery.py``), at
         the time the whole history's request is asked, so only the evidence differs."""
         answered = sorted({h.KnowledgeTag for h in history if h.answerCode in (0, 1)})
@@ -212,9 +228,9 @@ class DKTService:
             for tag, mine in zip(answered, own, strict=True)
             if mine
         ]
-        probs = [s.probabilities for s in await asyncio.gather(*(self._score(job) for job in jobs))]
+        probs = [s.probabilities for s in await asyncio.gather(*(self._score(served, job) for job in jobs))]
         cands = pd.DataFrame([i.model_dump() for job in jobs for i in job.candidates], columns=list(Item.model_fields))
-        return self.predictor.mastery(cands, np.concatenate([np.zeros(0), *probs])) if jobs else {}
+        return served.predictor.mastery(cands, np.concatenate([np.zeros(0), *probs])) if jobs else {}
 
     @bentoml.api(route="/knowledge_state")
     async def knowledge_state(
@@ -226,15 +242,17 @@ class DKTService:
         """Per KnowledgeTag: ``mastery`` (P(correct) on a typical item of that skill, asked now, after the whole
         history), ``skill_mastery`` (the same after that skill's own answers only; null without any), ``level``
         (from ``skill_mastery`` and the evidence) and ``evidence`` (answers in that skill): ``dkt/mastery.py``."""
-        cands = self.predictor.catalog_candidates(tags)
+        served = self.swapper.served
+        cands = served.predictor.catalog_candidates(tags)
         items = [Item(**row) for row in cands.to_dict("records")]
-        prob = (await self._score(Job(history=history, candidates=items), student_id)).probabilities if items else []
-        mastery = self.predictor.mastery(cands, np.asarray(prob)) if items else {}
+        job = Job(history=history, candidates=items)
+        prob = (await self._score(served, job, student_id)).probabilities if items else []
+        mastery = served.predictor.mastery(cands, np.asarray(prob)) if items else {}
         history_rows = [h.model_dump() for h in history]
         return {
-            "model_name": self.predictor.model_name,
-            "model_version": self.predictor.model_version,
-            "skills": skill_levels(mastery, history_rows, await self._skill_mastery(history, items)),
+            "model_name": served.predictor.model_name,
+            "model_version": served.predictor.model_version,
+            "skills": skill_levels(mastery, history_rows, await self._skill_mastery(served, history, items)),
         }
 
     @bentoml.api(route="/score")
@@ -247,15 +265,29 @@ class DKTService:
     ) -> JsonBody:
         """Expected score out of 100 on a question set: the mean P(correct) of its questions (``known_count`` and
         ``since`` as on /predict)."""
-        scored = await self._score(Job(history=history, candidates=questions), student_id, since)
+        served = self.swapper.served
+        scored = await self._score(served, Job(history=history, candidates=questions), student_id, since)
         prob = scored.probabilities
         return {
-            "model_name": self.predictor.model_name,
-            "model_version": self.predictor.model_version,
+            "model_name": served.predictor.model_name,
+            "model_version": served.predictor.model_version,
             "expected_score": round(100.0 * float(np.mean(prob)), 2),
             "n_questions": len(questions),
             "probabilities": prob,
         } | self._known(scored)
+
+
+def by_model(jobs: list[tuple[Served, J]], fn: Callable[[Served, list[J]], Sequence[R]]) -> list[R]:
+    """``fn(served, its jobs)`` once per model in ``jobs`` (one group but in the second a swap happens), the
+    results back in the jobs' order: a batch never scores a job with another model than its request took."""
+    out: list[R | None] = [None] * len(jobs)
+    groups: dict[int, tuple[Served, list[int]]] = {}
+    for i, (served, _) in enumerate(jobs):
+        groups.setdefault(id(served), (served, []))[1].append(i)
+    for served, index in groups.values():
+        for i, result in zip(index, fn(served, [jobs[i][1] for i in index]), strict=True):
+            out[i] = result
+    return out  # type: ignore[return-value]  # every index was filled
 
 
 class EchoRequestId:

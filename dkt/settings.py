@@ -428,6 +428,14 @@ class ServiceSettings(Group):
         ge=0,
     )
     model_name: str = env("DKT_MODEL_NAME", "dkt-model", "the BentoML model name packer.py stores bundles under")
+    served_model_file: Path | None = env(
+        "DKT_SERVED_MODEL_FILE",
+        None,
+        "a JSON file naming the bundle folder (and shadow) to serve: each worker checks it once a second and swaps"
+        " a new bundle in without a restart (`dkt deploy` with DKT_DEPLOY_STRATEGY=swap writes it;"
+        " docs/serving.md#model-swap); unset: DKT_MODEL_TAG for the server's life",
+        "path",
+    )
 
 
 # -- store (pipeline/store.py, `python -m data`, `python -m models`) ---------------------------------------
@@ -519,6 +527,12 @@ class PipelineSettings(Group):
         "DKT_DEPLOY_MODE",
         "local",
         "`local`: blue/green `bentoml serve` on this host; `swarm`: a rolling update of the stack",
+    )
+    deploy_strategy: Literal["swap", "restart"] = env(
+        "DKT_DEPLOY_STRATEGY",
+        "swap",
+        "local mode: `swap` writes the new bundle's name where the running server reads it (no pack, no new server;"
+        " docs/pipeline.md#the-cycle-new-answers---served), `restart` packs a Bento and switches blue/green",
     )
     serve_port: int = env("DKT_SERVE_PORT", 3000, "local blue/green ports: this one and the next", "port")
     verify_timeout: float = env(

@@ -5,7 +5,10 @@
 
 Each step reads and writes files in the run's work folder (``pipeline.workdir``). The deploy mode
 (``DKT_DEPLOY_MODE``) picks how the packed model goes live: ``local`` is a blue/green switch on this
-machine (``pipeline.deploy_local``: a failed verify switches back), ``swarm`` hands the packed model to
+machine (``pipeline.deploy_local``: a failed verify switches back), or with ``DKT_DEPLOY_STRATEGY=swap`` (the
+default) and a server already running, a swap of the bundle into it: pack skips packer.py (no Bento: the server
+loads the bundle folder), deploy rewrites the served-model file and waits for ``/metadata``, a failed verify
+swaps back; ``swarm`` hands the packed model to
 ``dkt swarm deploy`` (a rolling update that Swarm rolls back on failure). Whatever fails,
 the store is then made to name what is served (``pipeline.deploy_served``).
 
@@ -33,7 +36,10 @@ from pipeline.deploy_local import (
     app_env,
     current_url,
     restore_previous,
+    served_doc,
     stop_local,
+    swap_local,
+    swapping,
     switch_local,
     wait_metadata,
 )
@@ -67,10 +73,19 @@ def pack(work: Path) -> dict[str, Any]:
     """Import the bundle into the BentoML store and build a bento with packer.py; a shadow is only imported."""
     meta = json.loads((work / "model" / "bundle.json").read_text())
     laps = Laps()
+    shadow = read_json(work / "pull.json").get("shadow_version") if (work / "pull.json").is_file() else None
+    if swapping():
+        # The running server loads the bundle folder itself: no model store entry, no Bento (`dkt pack` builds one
+        # by hand; swarm mode and a first start here still pack).
+        print(f"pack: swap: the server at {current_url()} takes {meta['model_version']} from its bundle folder;"
+              " packer.py skipped (DKT_DEPLOY_STRATEGY=swap)", file=sys.stderr)  # fmt: skip
+        doc = {"model_version": str(meta["model_version"]), "swap": True}
+        write_json(work / "pack.json", doc | ({"shadow_version": str(shadow)} if shadow is not None else {}))
+        record(work, "pack", laps)
+        return doc
     with laps.lap("packer.py"):
         packed = run_packer(work / "model", bento=True)
     doc: dict[str, Any] = {**packed, "model_version": str(meta["model_version"])}
-    shadow = read_json(work / "pull.json").get("shadow_version") if (work / "pull.json").is_file() else None
     if shadow is not None:
         doc["shadow_model_tag"] = run_packer(work / "shadow", bento=False)["model_tag"]
         doc["shadow_version"] = str(shadow)
@@ -130,8 +145,17 @@ def deploy(work: Path, replicas: int | None = None) -> dict[str, Any]:
             # One blue/green server is all local mode runs; say so rather than fail a model rollout over it.
             print(f"deploy: local mode runs one server; replicas={replicas} applies to swarm mode only",
                   file=sys.stderr)  # fmt: skip
-        shadow = Shadow(packed["shadow_model_tag"], packed["shadow_version"]) if packed.get("shadow_version") else None
-        doc = {"mode": "local", **switch_local(packed["model_tag"], packed["model_version"], shadow, laps)}
+        version = packed["model_version"]
+        bundles = (work / "shadow", str(packed["shadow_version"])) if packed.get("shadow_version") else None
+        if packed.get("swap"):
+            doc = {"mode": "local", "strategy": "swap", **swap_local(work / "model", version, bundles, laps)}
+        else:
+            shadow = Shadow(packed["shadow_model_tag"], packed["shadow_version"]) if bundles else None
+            # Swap strategy: the new server follows the served-model file, so the next model is swapped into it.
+            strategy = load(PipelineSettings).deploy_strategy
+            served = served_doc(work / "model", version, bundles) if strategy == "swap" else None
+            doc = {"mode": "local", "strategy": strategy,
+                   **switch_local(packed["model_tag"], version, shadow, laps, served=served)}  # fmt: skip
     write_json(work / "deploy.json", doc)
     record(work, "deploy", laps)
     return doc

@@ -7,6 +7,12 @@ the switch leaves the old server serving; ``restore_previous`` switches back aft
 recorded in ``$DKT_RUN_DIR/serving.json`` (pid, port, URL, model tag and version, and the previous server).
 A shadow model, when deployed, is part of what a server serves: started with ``DKT_SHADOW_MODEL_TAG``, checked
 in ``/metadata``, recorded and restored with it.
+
+``DKT_DEPLOY_STRATEGY=swap`` (the default): a server is started with ``DKT_SERVED_MODEL_FILE`` =
+``$DKT_RUN_DIR/served_model.json``, and while it runs a new model is not packed nor served by a new server:
+``swap_local`` copies the bundle to ``$DKT_RUN_DIR/bundles/<version>``, rewrites that file atomically and waits
+until ``/metadata`` reports the new version (serving/swap.py: each worker picks it up within a second); a bundle
+the server refuses, or a wait that runs out, rewrites the file back to the previous bundle.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +59,21 @@ def url_file() -> Path:
 
 def state_file() -> Path:
     return run_dir() / "serving.json"
+
+
+def served_file() -> Path:
+    """What a swap-capable server serves (serving/swap.py reads it; ``swap_local`` writes it)."""
+    return run_dir() / "served_model.json"
+
+
+def swapping() -> bool:
+    """Local mode with DKT_DEPLOY_STRATEGY=swap and a live server started to follow ``served_file()``: a new model
+    is swapped into it (no pack, no new server)."""
+    settings = load(PipelineSettings)
+    if settings.deploy_mode != "local" or settings.deploy_strategy != "swap":
+        return False
+    st = read_state()
+    return alive(st.get("pid")) and st.get("served_model_file") == str(served_file()) and current_url() == st["url"]
 
 
 def app_env() -> dict[str, str]:
@@ -118,11 +140,14 @@ def server_home(port: int) -> Path:
     return home
 
 
-def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dict[str, Any]:
+def start_server(model_tag: str, port: int, shadow: Shadow | None = None, served: Path | None = None) -> dict[str, Any]:
+    """``bentoml serve`` of ``model_tag``'s Bento on ``port``; ``served``: the served-model file it follows (it then
+    serves what that file names, which the caller wrote first)."""
     logs = run_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"bentoml-{port}.log"
     env = {**app_env(), "DKT_MODEL_TAG": model_tag, "DKT_SHADOW_MODEL_TAG": shadow.model_tag if shadow else ""}
+    env["DKT_SERVED_MODEL_FILE"] = str(served) if served else ""
     env["BENTOML_HOME"] = str(server_home(port))  # its own metrics folder (server_home)
     bentoml = Path(sys.executable).with_name("bentoml")
     from packer import bento_tag_for  # here: packer.py is the app venv's, this module is imported elsewhere too
@@ -138,6 +163,7 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None) -> dic
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     doc = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}", "model_tag": model_tag, "log": str(log),
            "bentoml_home": env["BENTOML_HOME"]}  # fmt: skip
+    doc |= {"served_model_file": str(served)} if served else {}
     return {**doc, "shadow_model_tag": shadow.model_tag, "shadow_version": shadow.version} if shadow else doc
 
 
@@ -187,15 +213,21 @@ def wait_ready(server: dict[str, Any], timeout: float) -> None:
     raise DeployError(f"bentoml serve on port {server['port']} not ready after {timeout:.0f}s; see {server['log']}")
 
 
-def wait_metadata(url: str, version: str, timeout: float, shadow: str | None = None) -> dict[str, Any]:
+def wait_metadata(
+    url: str, version: str, timeout: float, shadow: str | None = None, refused_after: float | None = None
+) -> dict[str, Any]:
     """``url``'s /metadata once it reports ``version`` and, as its ``shadow``, the version ``shadow`` (no shadow
-    when None: a server left with an old shadow is not the one deployed)."""
+    when None: a server left with an old shadow is not the one deployed). ``refused_after``: a swap of ``version``
+    that /metadata reports refused since that time (``swap.failed``) fails at once instead of at the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         try:
             r = requests.get(url + "/metadata", timeout=5)
             last = r.json() if r.ok else f"HTTP {r.status_code}"
+            failed = (last.get("swap") or {}).get("failed") if isinstance(last, dict) else None
+            if refused_after is not None and failed and failed.get("at", 0) >= refused_after:
+                raise DeployError(f"{url} refused the swap to {failed.get('model_version')}: {failed.get('error')}")
             if isinstance(last, dict) and str(last.get("model_version")) == version:
                 served_shadow = (last.get("shadow") or {}).get("model_version")
                 if (str(served_shadow) if served_shadow is not None else None) == shadow:
@@ -210,10 +242,15 @@ def wait_metadata(url: str, version: str, timeout: float, shadow: str | None = N
 
 
 def switch_local(
-    model_tag: str, version: str, shadow: Shadow | None = None, laps: Laps | None = None
+    model_tag: str,
+    version: str,
+    shadow: Shadow | None = None,
+    laps: Laps | None = None,
+    served: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Serve ``model_tag`` on the other port, switch the client to it, stop the old server. ``laps``: where the
-    seconds went (the new server's start to /readyz, its /metadata, the drain)."""
+    seconds went (the new server's start to /readyz, its /metadata, the drain). ``served`` (swap strategy): the
+    served-model file's document (``served_doc``), written before the new server starts, which then follows it."""
     laps = laps or Laps()
     old = read_state()
     same = old.get("model_tag") == model_tag and old.get("shadow_model_tag") == (shadow.model_tag if shadow else None)
@@ -224,7 +261,11 @@ def switch_local(
     port = base_port() + 1 if old.get("port") == base_port() else base_port()
     if old.get("port") == port and alive(old.get("pid")):
         port = base_port() if port != base_port() else base_port() + 1
-    new = start_server(model_tag, port, shadow)
+    previous = json.loads(served_file().read_text()) if served and served_file().is_file() else None
+    if served:
+        write_json(served_file(), served)
+    new = start_server(model_tag, port, shadow, served_file() if served else None)
+    new |= {"served": served} if served else {}
     with_shadow = f" with shadow {shadow.model_tag}" if shadow else ""
     print(f"deploy: started {model_tag}{with_shadow} on {new['url']} (pid {new['pid']})", file=sys.stderr)
     timing = load(PipelineSettings)
@@ -235,6 +276,10 @@ def switch_local(
             wait_metadata(new["url"], version, timeout=30, shadow=shadow.version if shadow else None)
     except DeployError:
         stop_server(new["pid"])
+        if served and previous:
+            write_json(served_file(), previous)
+        elif served:  # nothing was served from a file before: a later start must not try this bundle first
+            served_file().unlink(missing_ok=True)
         raise
     switch_url(new["url"])
     doc = {**new, "model_version": version, "started_at": time.time(), "previous": _strip(old)}
@@ -250,6 +295,75 @@ def switch_local(
     return doc
 
 
+def stage_bundle(bundle: Path, version: str) -> Path:
+    """A copy of ``bundle`` under ``$DKT_RUN_DIR/bundles`` (the deploy's work folder may be cleaned while it serves);
+    one already there is reused. Copied beside and renamed in: a server never reads half a bundle."""
+    from packer import tag_version  # here: packer.py is the app venv's, this module is imported elsewhere too
+
+    target = run_dir() / "bundles" / tag_version(version)
+    if (target / "bundle.json").is_file() and json.loads((target / "bundle.json").read_text()).get(
+        "model_version"
+    ) == json.loads((bundle / "bundle.json").read_text()).get("model_version"):
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def prune_bundles(keep: set[str]) -> None:
+    """Remove the staged bundles other than ``keep`` (the served and the previous one: a switch-back needs it)."""
+    for folder in (run_dir() / "bundles").glob("*"):
+        if str(folder) not in keep and not folder.name.startswith("."):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def served_doc(bundle: Path, version: str, shadow: tuple[Path, str] | None) -> dict[str, Any]:
+    """The served-model file's document (serving/swap.py reads it), the bundles staged first."""
+    doc: dict[str, Any] = {"bundle": str(stage_bundle(bundle, version)), "model_version": version, "shadow": None}
+    if shadow is not None:
+        doc["shadow"] = {"bundle": str(stage_bundle(*shadow)), "model_version": shadow[1]}
+    return doc
+
+
+def swap_local(
+    bundle: Path, version: str, shadow: tuple[Path, str] | None = None, laps: Laps | None = None
+) -> dict[str, Any]:
+    """Swap ``bundle`` into the running server (``swapping()``): stage it, rewrite the served-model file, wait until
+    /metadata reports it; refused or not reported in time: the file back on the previous bundle, DeployError."""
+    laps = laps or Laps()
+    st = read_state()
+    previous = json.loads(served_file().read_text()) if served_file().is_file() else None
+    with laps.lap("stage bundle"):
+        doc = served_doc(bundle, version, shadow)
+    since = time.time()
+    write_json(served_file(), doc)
+    print(f"deploy: swap: {served_file()} names {version} ({doc['bundle']}); waiting for {st['url']}", file=sys.stderr)
+    try:
+        with laps.lap("swap: file written to /metadata reports it"):
+            wait_metadata(st["url"], version, load(PipelineSettings).verify_timeout,
+                          shadow=shadow[1] if shadow else None, refused_after=since)  # fmt: skip
+    except DeployError as exc:
+        if previous is not None:
+            write_json(served_file(), previous)  # the switch-back: the server keeps (or goes back to) the old one
+        back = previous and previous["model_version"]
+        raise DeployError(f"swap to {version} failed, {served_file()} back on {back}: {exc}") from None
+    served = {"model_tag": f"bundle:{doc['bundle']}", "model_version": version, "served": doc, "swapped_at": since,
+              "served_at": time.time()}  # fmt: skip
+    served |= {"shadow_model_tag": f"bundle:{doc['shadow']['bundle']}", "shadow_version": shadow[1]} if shadow else {}
+    new = {**_strip(st), **served, "previous": {**_strip(st), "served": previous}}
+    for key in ("shadow_model_tag", "shadow_version"):
+        if not shadow:
+            new.pop(key, None)
+    write_state(new)
+    keep = {b for d in (doc, previous) if d for b in (d["bundle"], (d.get("shadow") or {}).get("bundle")) if b}
+    prune_bundles(keep)
+    print(f"deploy: swap: {st['url']} serves {version}", file=sys.stderr)
+    return new
+
+
 def _strip(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "previous"}
 
@@ -258,10 +372,15 @@ def restore_previous() -> str:
     """Serve the previous model again (restarting it if it was already stopped) and switch back."""
     cur = read_state()
     prev = cur.get("previous") or {}
+    if prev.get("served") and swapping():  # a swap: the file back on the previous bundle, in the same server
+        back = prev["served"]
+        shadow = (Path(back["shadow"]["bundle"]), str(back["shadow"]["model_version"])) if back.get("shadow") else None
+        doc = swap_local(Path(back["bundle"]), str(back["model_version"]), shadow)
+        return f"{back['model_version']} swapped back in at {doc['url']}"
     if not prev.get("model_tag"):
         raise DeployError("no previous server to restore")
     shadow = Shadow(prev["shadow_model_tag"], str(prev["shadow_version"])) if prev.get("shadow_model_tag") else None
-    doc = switch_local(prev["model_tag"], str(prev.get("model_version")), shadow)
+    doc = switch_local(prev["model_tag"], str(prev.get("model_version")), shadow, served=prev.get("served"))
     return f"{prev['model_tag']} at {doc['url']}"
 
 

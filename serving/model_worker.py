@@ -22,10 +22,10 @@ import aiohttp
 import bentoml
 import torch
 
-from dkt.predictor import Predictor, load_predictor
-from dkt.training import resolve_device
+from dkt.predictor import Predictor
 from serving.settings import settings
-from serving.shadow import Scores, Scoring, Shadow, score_batch
+from serving.shadow import Scores, Scoring, score_batch
+from serving.swap import swapper_for
 
 log = logging.getLogger("bentoml.dkt_service.model")
 # BentoML 1.4.39's client between services (_bentoml_impl/client/proxy2.py) closes its session every 100 calls or
@@ -78,18 +78,21 @@ class DKTModel:
 
     def __init__(self) -> None:
         torch.set_num_threads(max(1, settings.torch_threads))
-        self.predictor: Predictor = load_predictor(
-            Path(self.model_ref.path), device=str(resolve_device(settings.device))
-        )
-        self.shadow = Shadow.load(settings.shadow_model_tag) if settings.shadow_model_tag else None
+        # Its own copy of the model, swapped as the API worker's is (serving/swap.py).
+        self.swapper = swapper_for(Path(self.model_ref.path), str(self.model_ref.tag))
         self.observe_batch = batch_size_histogram()
+
+    @bentoml.on_startup
+    async def _watch_served_file(self) -> None:
+        self._watch = self.swapper.watch_in_background()
 
     # BentoML refuses a max_batch_size of 1 (no batching: DKT_BATCHING=inprocess with DKT_MAX_BATCH_SIZE=1 is that).
     @bentoml.api(batchable=True, max_batch_size=max(2, settings.max_batch_size), max_latency_ms=settings.max_latency_ms)
     def score(self, jobs: list[Scoring]) -> list[Scores | Failed]:
         start = time.perf_counter()
         self.observe_batch(len(jobs))
-        scores = score_each(self.predictor, self.shadow.predictor if self.shadow else None, jobs)
+        served = self.swapper.served
+        scores = score_each(served.predictor, served.shadow.predictor if served.shadow else None, jobs)
         log.debug("batch of %d: %.1f ms", len(jobs), 1e3 * (time.perf_counter() - start))
         return scores
 

@@ -4,11 +4,19 @@ pointer follows what is really served (a failed deploy puts it back)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
+import requests
 
 from pipeline import deploy, deploy_served
 from pipeline.store import VersionedStore
@@ -130,3 +138,139 @@ def test_failed_deploy_puts_production_back_on_the_served_model(
 # The local blue/green switch itself (the four steps twice, the client's URL file following, each server's own
 # metric files, the old server stopped, `stop` ending the last) is checked on the two deploys of
 # tests/pipeline/test_shadow_e2e.py: a test of its own here ran the same steps on two more `bentoml serve`.
+
+
+# -- the swap: a new model into the running server ---------------------------------------------------
+def perturbed(bundle: Path, out: Path, version: str, broken: bool = False) -> Path:
+    """A copy of ``bundle`` as ``version``: its weights moved by noise (it predicts otherwise), or not a torch file."""
+    import torch
+
+    shutil.copytree(bundle, out)
+    meta = json.loads((out / "bundle.json").read_text())
+    (out / "bundle.json").write_text(json.dumps({**meta, "model_version": version}))
+    if broken:
+        (out / "weights.pt").write_bytes(b"not a torch file")
+        return out
+    state = torch.load(out / "weights.pt", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.3 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(noisy, out / "weights.pt")
+    return out
+
+
+def metadata(url: str) -> dict[str, Any]:
+    """/metadata, or {} while the server does not answer (a loaded machine: polled until a deadline)."""
+    try:
+        r = requests.get(url + "/metadata", timeout=30)
+        return r.json() if r.ok else {}
+    except (requests.RequestException, ValueError):
+        return {}
+
+
+def until(what: str, check: Callable[[], bool], deadline_s: float = 180) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {deadline_s:.0f} s: {what}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_swap_serves_a_new_bundle_refuses_a_broken_one_and_fails_no_request(
+    packed: Packed, service: Server, sim_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The session's `bentoml serve` follows a served-model file. The deploy steps (swap strategy) swap a new version
+    in while four threads keep asking /predict: no request fails, each answer is the in-process prediction of the
+    version it names, /metadata and the state cache follow. A bundle that does not load is refused: the deploy fails,
+    the old model keeps serving, the failure is in /metadata and /metrics, production goes back on what is served."""
+    from tests.serving.test_service import items, local, student
+
+    served = Path(metadata(service.url)["swap"]["file"])
+    run = served.parent  # the deploy's DKT_RUN_DIR: its served_model.json is the one the server follows
+    store = local_store(tmp_path, monkeypatch)
+    v2 = perturbed(packed.bundle, tmp_path / "v2", "test-swap-v2")
+    broken = perturbed(packed.bundle, tmp_path / "broken", "test-swap-broken", broken=True)
+    store.push("models", packed.bundle, "test-v1", move_pointers=("latest", "production"))
+    for bundle, version in ((v2, "test-swap-v2"), (broken, "test-swap-broken")):
+        store.push("models", bundle, version)
+    for k, v in {"DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_DEPLOY_MODE": "local",
+                 "DKT_DEPLOY_STRATEGY": "swap", "DKT_INFERENCE_URL_FILE": str(run / "inference_url"),
+                 "DKT_VERIFY_TIMEOUT": "180"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    (run / "inference_url").write_text(service.url + "\n")
+    # What `dkt deploy` records when it starts a server that follows the file (pipeline/deploy_local.start_server).
+    (run / "serving.json").write_text(json.dumps({"pid": service.proc.pid, "url": service.url, "port": 0,
+        "model_tag": packed.model_tag, "model_version": "test-v1", "served_model_file": str(served)}))  # fmt: skip
+
+    history, cands, at = student(sim_dir, 30), items(sim_dir, 10), "2031-01-01 00:00:00"
+    expected = {v: local(b, history, cands, pd.Timestamp(at)) for v, b in (("test-v1", packed.bundle),
+                                                                            ("test-swap-v2", v2))}  # fmt: skip
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def ask(n: int) -> None:
+        while not stop.is_set():
+            body = {"history": history, "candidates": cands, "at": at, "student_id": f"swap-{n}"}
+            try:
+                r = requests.post(service.url + "/predict", json=body, timeout=120)
+                answers.append((r.status_code, r.json() if r.ok else r.text))
+            except requests.RequestException as exc:  # a failed request: what the swap must never cause
+                answers.append((0, str(exc)))
+
+    def deploy_steps(run_id: str) -> list[int]:
+        rcs = []
+        for step in ("pull-model", "pack", "deploy", "verify"):
+            rcs.append(deploy.main([step, "--run-id", run_id]))
+            if rcs[-1]:
+                break
+        return rcs
+
+    t0 = time.monotonic()
+    try:
+        store.set_pointer("models", "production", "test-swap-v2", reason="promote")
+        with ThreadPoolExecutor(4) as pool:
+            for n in range(4):
+                pool.submit(ask, n)
+            until("answers before the swap", lambda: len(answers) >= 4)
+            rcs = deploy_steps("swap")
+            until("answers after the swap", lambda: sum(a[1]["model_version"] == "test-swap-v2" for a in answers
+                                                         if a[0] == 200) >= 4)  # fmt: skip
+            stop.set()
+        err = capsys.readouterr().err
+        swapped = time.monotonic() - t0
+        assert rcs == [0, 0, 0, 0], err[-3000:]
+        assert "packer.py skipped" in err and not (run / "bentoml-home").exists()  # no Bento, no new server
+        failed = [a for a in answers if a[0] != 200]
+        assert not failed, failed[:3]
+        assert {a[1]["model_version"] for a in answers} == {"test-v1", "test-swap-v2"}
+        for _, body in answers:  # every answer is its named version's own prediction
+            got = [p["probability"] for p in body["predictions"]]
+            np.testing.assert_allclose(got, expected[body["model_version"]], atol=1e-5)
+        assert np.abs(expected["test-v1"] - expected["test-swap-v2"]).max() > 1e-3  # the two really differ
+        meta = metadata(service.url)
+        assert (meta["model_version"], meta["state_cache"]["model_version"]) == ("test-swap-v2", "test-swap-v2")
+        assert meta["model_tag"] == f"bundle:{run / 'bundles' / 'test-swap-v2'}" and meta["swap"]["failed"] is None
+        assert meta["config"] == json.loads((v2 / "config.json").read_text())
+        assert store.get_state(deploy_served.SERVING_STATE)["model_version"] == "test-swap-v2"
+
+        # A bundle that does not load: refused at once (no wait for the deadline), the old model keeps serving.
+        store.set_pointer("models", "production", "test-swap-broken", reason="promoted before loadability checks")
+        rcs = deploy_steps("broken")
+        err = capsys.readouterr().err
+        assert rcs == [0, 0, deploy.EXIT_USAGE], err[-3000:]
+        assert "refused the swap to test-swap-broken" in err and "production pointer back on test-swap-v2" in err
+        meta = metadata(service.url)
+        assert meta["model_version"] == "test-swap-v2" and meta["swap"]["failed"]["model_version"] == "test-swap-broken"
+        assert json.loads(served.read_text())["model_version"] == "test-swap-v2"  # the file back on the old bundle
+        assert store.pointed("models", "production") == "test-swap-v2"
+        metrics = requests.get(service.url + "/metrics", timeout=30).text
+        assert re.search(r"^dkt_model_swap_failures_total(\{[^}]*\})? 1\.0$", metrics, re.M), metrics[-2000:]
+        body = {"history": history, "candidates": cands, "at": at}
+        got = [p["probability"] for p in requests.post(service.url + "/predict", json=body, timeout=60).json()[
+            "predictions"]]  # fmt: skip
+        np.testing.assert_allclose(got, expected["test-swap-v2"], atol=1e-5)
+        print(f"\n[swap] {len(answers)} answers, 0 failed; swapped in {swapped:.1f} s (steps and polling)")
+    finally:
+        stop.set()
+        served.unlink(missing_ok=True)  # the session's server goes back on the packed model (serving/swap.py)
+        until("the packed model served again", lambda: metadata(service.url).get("model_tag") == packed.model_tag)

@@ -187,6 +187,7 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
     env = {
         "DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_VAR_DIR": str(tmp_path / "var"),
         "DKT_DEPLOY_MODE": "local", "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port()),
+        "DKT_DEPLOY_STRATEGY": "restart",  # the blue/green switch is what this test checks (the swap: test_deploy)
         "DKT_DRAIN_SECONDS": "0", "DKT_READY_TIMEOUT": "240", "DKT_VERIFY_TIMEOUT": "120",
         "DKT_CLIENT_DB": str(client_db), "DKT_QUESTIONS": str(sim_dir / "questions.csv"),
         "DKT_INFERENCE_URL_FILE": str(run / "inference_url"), "DKT_SECRET_KEY": "shadow-e2e-only",

@@ -39,7 +39,11 @@ def packed(lstm_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Packe
 
 @pytest.fixture(scope="session")
 def service(packed: Packed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`bentoml serve service:DKTService` from the repo root, on the packed model."""
+    """`bentoml serve service:DKTService` from the repo root, on the packed model. It follows a served-model file in
+    a folder of its own (``/metadata``'s ``swap.file``; absent but while tests/pipeline/test_deploy.py's swap test
+    runs, which removes it again: the server then serves the packed model again)."""
     log = tmp_path_factory.mktemp("logs") / "bentoml.log"
-    with bentoml_service("service:DKTService", bentoml_env(packed.home, packed.model_tag), log) as server:
+    env = bentoml_env(packed.home, packed.model_tag)
+    env["DKT_SERVED_MODEL_FILE"] = str(tmp_path_factory.mktemp("run") / "served_model.json")
+    with bentoml_service("service:DKTService", env, log) as server:
         yield server
