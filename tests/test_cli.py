@@ -19,6 +19,7 @@ import requests
 
 from dkt.cli import COMMANDS
 from tests.serving.servers import ROOT, bentoml_env, free_port, running
+from tests.support.cli import in_process, product_env
 
 DKT = Path(sys.executable).with_name("dkt")
 
@@ -192,33 +193,33 @@ def test_thin_entry_points_run_the_same_commands() -> None:
     assert (bad.returncode, bad.stderr) == (2, "error: --epochs must be at least 1\n")
 
 
-def test_data_push_and_models_list_on_a_local_store(tmp_path: Path, sim_dir: Path, lstm_bundle: Path) -> None:
-    env = clean_env(DKT_STORE="local", DKT_STORE_ROOT=str(tmp_path / "store"), DKT_WORK_ROOT=str(tmp_path / "work"))
+def test_data_push_and_models_list_on_a_local_store(
+    tmp_path: Path,
+    sim_dir: Path,
+    lstm_bundle: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # In-process (was five `dkt` processes, about 1.4 CPU-s of imports each): this test is about what the store
+    # commands write and print; the light ones' fresh-process start is test_store_commands_and_helps_start_....
+    product_env(monkeypatch, DKT_STORE="local", DKT_STORE_ROOT=tmp_path / "store", DKT_WORK_ROOT=tmp_path / "work")
+    monkeypatch.chdir(tmp_path)
 
-    def data_group() -> list[subprocess.CompletedProcess[str]]:
-        return [dkt("data", "push", sim_dir, "--version", "d1", cwd=tmp_path, env=env),
-                dkt("data", "list", cwd=tmp_path, env=env)]  # fmt: skip
-
-    def models_group() -> list[subprocess.CompletedProcess[str]]:
-        return [dkt("models", "list", cwd=tmp_path, env=env),
-                dkt("models", "push", lstm_bundle, "--promote", cwd=tmp_path, env=env),
-                dkt("models", "list", cwd=tmp_path, env=env)]  # fmt: skip
-
-    # The two groups touch different parts of the store: side by side, each in its own order.
-    with ThreadPoolExecutor(2) as pool:
-        data_runs, model_runs = pool.submit(data_group), pool.submit(models_group)
-        (pushed, listed), (empty, promoted, models) = data_runs.result(), model_runs.result()
-    assert pushed.returncode == 0, pushed.stderr
-    doc = json.loads(pushed.stdout)
+    pushed = in_process(["data", "push", sim_dir, "--version", "d1"], capsys)
+    assert pushed[0] == 0, pushed[2]
+    doc = json.loads(pushed[1])
     assert doc["version"] == "d1" and doc["rows"]["interactions.csv"] > 0
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.startswith("d1  rows=") and listed.stdout.rstrip().endswith("<- latest")
+    listed = in_process(["data", "list"], capsys)
+    assert listed[0] == 0, listed[2]
+    assert listed[1].startswith("d1  rows=") and listed[1].rstrip().endswith("<- latest")
 
-    assert (empty.returncode, empty.stdout) == (0, "")
-    assert promoted.returncode == 0, promoted.stderr
-    assert json.loads(promoted.stdout) == {"version": "test-v1", "promoted": True}
-    assert models.returncode == 0, models.stderr
-    (line,) = models.stdout.splitlines()
+    assert in_process(["models", "list"], capsys)[:2] == (0, "")
+    promoted = in_process(["models", "push", lstm_bundle, "--promote"], capsys)
+    assert promoted[0] == 0, promoted[2]
+    assert json.loads(promoted[1]) == {"version": "test-v1", "promoted": True}
+    models = in_process(["models", "list"], capsys)
+    assert models[0] == 0, models[2]
+    (line,) = models[1].splitlines()
     meta = json.loads((lstm_bundle / "bundle.json").read_text())
     assert line.startswith(f"test-v1  model=lstm  test_auc={meta['metrics']['test_auc']:.4f}  data=")
     assert line.endswith("<- production, latest")
