@@ -149,21 +149,32 @@ def test_secrets_have_no_default() -> None:
     assert all(f.default is None for f in secrets)
 
 
-def test_show_masks_secrets() -> None:
+def environ_of(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """This process's environment becomes ``env`` (a clean_env), for the test's duration."""
+    for name in set(os.environ) - set(env):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_show_masks_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """In the test's process (`show` as the command runs it; test_show_prints_... runs it as a process)."""
     values = {
         "DKT_SECRET_KEY": "flask-secret-1234",
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY",
         "AWS_SECRET_ACCESS_KEY": "aws-secret-5678",
         "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret-9012",
     }
-    proc = run_cli("-m", "dkt.settings", "show", env=clean_env(**values, DKT_S3_BUCKET="visible-bucket"))
-    assert proc.returncode == 0, proc.stderr
+    environ_of(monkeypatch, clean_env(**values, DKT_S3_BUCKET="visible-bucket"))
+    assert settings.main(["show"]) == 0
+    out, err = capsys.readouterr()
     for name, secret in values.items():
-        assert secret not in proc.stdout + proc.stderr
-        assert re.search(rf"^  {name} +{re.escape(MASK)}$", proc.stdout, re.M), name
-    assert "visible-bucket" in proc.stdout  # not everything is masked
-    unset = run_cli("-m", "dkt.settings", "show", env=clean_env())
-    assert re.search(r"^  DKT_SECRET_KEY +\(unset\)$", unset.stdout, re.M)
+        assert secret not in out + err
+        assert re.search(rf"^  {name} +{re.escape(MASK)}$", out, re.M), name
+    assert "visible-bucket" in out  # not everything is masked
+    environ_of(monkeypatch, clean_env())
+    assert settings.main(["show"]) == 0
+    assert re.search(r"^  DKT_SECRET_KEY +\(unset\)$", capsys.readouterr().out, re.M)
 
 
 # -- bad values ------------------------------------------------------------------------------------------
@@ -185,9 +196,19 @@ def test_show_masks_secrets() -> None:
         ),
     ],
 )
-def test_a_bad_value_stops_with_one_line_and_exit_2(env: dict[str, str], line: str) -> None:
-    proc = run_cli("-m", "dkt.settings", "show", env=clean_env(**env))
-    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [line])
+def test_a_bad_value_stops_with_one_line_and_exit_2(
+    env: dict[str, str], line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In the test's process (each case was a process of 0.5 CPU-s): what `show` says about each value is the point;
+    the process form of the same refusal is the next test."""
+    environ_of(monkeypatch, clean_env(**env))
+    code = settings.main(["show"])
+    assert (code, capsys.readouterr().err.strip().splitlines()) == (2, [line])
+
+
+def test_a_bad_value_stops_the_settings_process_with_one_line_and_exit_2() -> None:
+    proc = run_cli("-m", "dkt.settings", "show", env=clean_env(DKT_SERVE_PORT="abc"))
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, ["error: DKT_SERVE_PORT='abc': not an integer"])
 
 
 @pytest.mark.parametrize(
