@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ from data.cli import main as data_cli
 from dkt.data.io import read_csv
 from pipeline.dataset import KEY
 from pipeline.store import VersionedStore
+from tests.support.zygote import Zygote
 
 
 def new_rows(sim_dir: Path) -> pd.DataFrame:
@@ -26,15 +26,25 @@ def new_rows(sim_dir: Path) -> pd.DataFrame:
     return pd.concat([old, fresh], ignore_index=True)
 
 
+@pytest.fixture(scope="module")
+def file_export(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    """`python -m pipeline.file_export` as a real process whose imports (0.75 CPU-s: pandas, the project) are paid
+    once for the module's twenty-odd export steps (tests/support/zygote.py)."""
+    with Zygote.started(["pipeline.file_export"], tmp_path_factory.mktemp("zygote")) as zygote:
+        yield zygote
+
+
 @pytest.fixture
-def seeded(store: VersionedStore, sim_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def seeded(
+    store: VersionedStore, sim_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_export: Zygote
+) -> Path:
     """A store holding the simulated set, and an inbox the file exporter reads from."""
     monkeypatch.setenv("DKT_WORK_ROOT", str(tmp_path / "work"))
     assert data_cli(["push", str(sim_dir), "--version", "d1"]) == 0
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     new_rows(sim_dir).to_csv(inbox / "batch1.csv", index=False)
-    monkeypatch.setenv("DKT_EXPORT_CMD", f"{shlex.quote(sys.executable)} -m pipeline.file_export --source {inbox}")
+    monkeypatch.setenv("DKT_EXPORT_CMD", file_export.command("pipeline.file_export", "--source", inbox))
     return inbox
 
 
