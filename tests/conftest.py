@@ -47,6 +47,10 @@ IMPLIED_MARKERS = {
 }
 # Tests that share the live `bentoml serve` run on one xdist worker, so the suite starts it once, not per worker.
 SHARED_SERVICE_GROUP = "bentoml-service"
+# Tests that build or load a BERT (a "bert" parameter, or every kind's bundles) run on one xdist worker too: importing
+# transformers costs 4.4 CPU-s, which each worker running one of them would pay (dkt/models/bert.py imports it where a
+# BERT is built, so collection no longer does).
+TRANSFORMERS_GROUP = "transformers"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,10 +67,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                     item.add_marker(mark)
         if used & {"service", "packed"}:
             item.add_marker(pytest.mark.xdist_group(SHARED_SERVICE_GROUP))
+        # One group per test: two would make a group of their own (tests/support/xdist_groups.py joins the names).
+        if uses_bert(item, used) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(TRANSFORMERS_GROUP))
     # Modules holding slow tests first (collection order kept inside each module, so module fixtures are made
     # once): with parallel workers the long tests start early instead of forming the tail of the run.
     slow_modules = {item.module for item in items if item.get_closest_marker("slow")}  # type: ignore[attr-defined]
     items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)
+
+
+def uses_bert(item: pytest.Item, fixtures: set[str]) -> bool:
+    params = getattr(item, "callspec", None)
+    named = params is not None and any(isinstance(v, str) and v == "bert" for v in params.params.values())
+    return named or "bundles" in fixtures  # tests/dkt/models/test_interface.py's bundles: every kind, bert included
 
 
 def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:

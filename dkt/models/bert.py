@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from dkt.models.base import (
     InputConfig,
@@ -59,6 +58,10 @@ class BertKTModel(nn.Module):
         self.n_heads = cfg.n_heads
         self.inp = InputEmbedding(cfg, sizes)
         self.proj = nn.Linear(2 * cfg.d_model, cfg.hidden_dim)
+        # Imported where a BERT is built: transformers costs 4.4 CPU-s of imports, and the registry imports this
+        # file for every kind's lookup (the model list, a test run's collection), not only to build this one.
+        from transformers import BertConfig, BertModel
+
         bert_cfg = BertConfig(
             vocab_size=1,  # inputs come as embeddings; the word table is never used
             hidden_size=cfg.hidden_dim,
