@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -140,29 +140,48 @@ def test_amp_setting_leaves_cpu_training_in_full_precision(sim_dir: Path) -> Non
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run_cli(
+    main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """A command's ``main`` in the test's process, as a finished process would report it (exit code, stdout, stderr).
+
+    In-process (each was a train.py / inference.py process paying about 2 CPU-s of pandas and torch imports): these
+    tests are about what the commands say and write. Their process contract (exit 2, one error line, no traceback)
+    is checked on real processes: train.py's twelve refusals in tests/dkt/test_train_cli.py, `dkt infer`'s in
+    tests/test_cli.py; an exception here would fail the test, where a process would have printed a traceback."""
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
-def test_train_cli_reports_bad_config_and_bad_data_clearly(tmp_path: Path, sim_dir: Path) -> None:
+def test_train_cli_reports_bad_config_and_bad_data_clearly(
+    tmp_path: Path, sim_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dkt.commands.train import main as train
+
+    monkeypatch.chdir(ROOT)  # where train.py runs: config/lstm.json below is relative to it
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "lstm", "train": {"max_seq_len": 1, "lr": -1}}))
     common = ["--train-file", str(sim_dir / "train.csv"), "--test-file", str(sim_dir / "test.csv")]
-    res = run_cli("train.py", "--config", str(bad), *common, "--output-dir", str(tmp_path / "o"))
+    res = run_cli(train, ["--config", str(bad), *common, "--output-dir", str(tmp_path / "o")], capsys)
     assert res.returncode == 2
     assert "train.max_seq_len" in res.stderr and "train.lr" in res.stderr and "Traceback" not in res.stderr
     broken = tmp_path / "broken.csv"
     broken.write_text((sim_dir / "train.csv").read_text().replace(",1,2020", ",7,2020", 1))
     res = run_cli(
-        "train.py",
-        "--config",
-        "config/lstm.json",
-        "--train-file",
-        str(broken),
-        "--test-file",
-        str(sim_dir / "test.csv"),
-        "--output-dir",
-        str(tmp_path / "o"),
+        train,
+        [
+            "--config",
+            "config/lstm.json",
+            "--train-file",
+            str(broken),
+            "--test-file",
+            str(sim_dir / "test.csv"),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
     )
     assert res.returncode == 2 and "answerCode" in res.stderr and str(broken) in res.stderr
 
@@ -177,11 +196,15 @@ def to_predict(sim_dir: Path, tmp_path: Path) -> tuple[pd.DataFrame, Path]:
     return test, data
 
 
-def test_inference_cli_writes_id_prediction(lstm_bundle: Path, sim_dir: Path, tmp_path: Path) -> None:
+def test_inference_cli_writes_id_prediction(
+    lstm_bundle: Path, sim_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dkt.commands.infer import main as infer
+
     test, data = to_predict(sim_dir, tmp_path)
     last = test.index[test["answerCode"] == -1]
     out = tmp_path / "pred.csv"
-    res = run_cli("inference.py", "--model-dir", str(lstm_bundle), "--data-file", str(data), "--output", str(out))
+    res = run_cli(infer, ["--model-dir", str(lstm_bundle), "--data-file", str(data), "--output", str(out)], capsys)
     assert res.returncode == 0, res.stderr
     pred = pd.read_csv(out)
     assert list(pred.columns) == ["id", "prediction"]

@@ -162,6 +162,8 @@ def refusals(sim_dir: Path, config_file: Path, tmp_path_factory: pytest.TempPath
     return {name: Refusal(r, out, exp) for (name, (_, out, exp)), r in zip(made.items(), results, strict=True)}
 
 
+# On one xdist worker: split between two, each made the module's `refusals` (4.2 CPU-s: the child's imports).
+@pytest.mark.xdist_group("train-cli-refusals")
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
 def test_bad_input_is_one_error_line_exit_2_and_no_bundle(case: Case, refusals: dict[str, Refusal]) -> None:
     refusal = refusals[case.__name__]
