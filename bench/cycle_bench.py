@@ -1,10 +1,15 @@
 """Time one retraining cycle: "N new interactions stored" -> "the service answers with the new model".
 
     .venv/bin/python bench/cycle_bench.py [--users 500] [--new 200] [--epochs N] [--candidates lstm]
+        [--driver scheduler|dags-test]
 
 Sets up a throwaway stack in a temp folder (simulated data, a first model, the BentoML
 service, the client), lets simulated students store N answers through the client, then
-runs the three DAGs with `airflow dags test` and prints the seconds of each step, and where they went: each
+runs the three DAGs and prints the seconds of each step. ``--driver scheduler`` (default) drives them as `make up`
+does: its Airflow (api-server, scheduler, dag-processor: pipeline/stack.py), started after the answers are stored;
+update_data_dag's first scheduled run starts the cycle, the asset events chain the other two; "new answers -> served"
+runs from that run's creation to /metadata reporting the promoted version. ``--driver dags-test`` runs each DAG with
+`airflow dags test` (its own start-up in the figures). Where the seconds went: each
 task's duration from Airflow's database, the parts each step timed itself (its work folder's timings.json,
 pipeline/timings.py), and what is left of the task (its start: Airflow's task runner, the app process, imports).
 While the model is switched, students keep answering; failed requests are counted (target: 0).
@@ -33,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dkt.settings import StackSettings, load_or_exit  # noqa: E402
+from dkt.settings import PipelineSettings, StackSettings, load, load_or_exit  # noqa: E402
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
@@ -53,15 +58,21 @@ DAGS = ("update_data_dag", "retrain_and_push_dag", "update_inference_server_dag"
 FLOWS = {"retrain_and_push_dag": "retrain_and_push", "update_inference_server_dag": "update_inference_server"}
 # The steps (their timings.json names) a task of the DAGs runs, where they are not one step of the same name.
 STEPS = {"train": ("pull_data", "train"), "pack": ("pull_model", "pack"), "deploy": ("deploy", "verify")}
+ONE_DEPLOY_TASK = ("pull_model", "pack", "deploy", "verify")  # the swap strategy's one task (no "pack" task)
+
+
+def airflow_db(airflow_home: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        return db.execute(sql).fetchall()
 
 
 def task_seconds(airflow_home: Path) -> dict[str, dict[str, float]]:
     """Each task's duration (end - start, as Airflow's database has them) per DAG, in the order they started."""
-    with sqlite3.connect(airflow_home / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT dag_id, task_id, (julianday(end_date) - julianday(start_date)) * 86400 FROM task_instance"
-            " WHERE start_date IS NOT NULL AND end_date IS NOT NULL ORDER BY start_date"
-        ).fetchall()
+    rows = airflow_db(
+        airflow_home,
+        "SELECT dag_id, task_id, (julianday(end_date) - julianday(start_date)) * 86400 FROM task_instance"
+        " WHERE start_date IS NOT NULL AND end_date IS NOT NULL ORDER BY start_date",
+    )
     out: dict[str, dict[str, float]] = {}
     for dag, task, seconds in rows:
         out.setdefault(dag, {})[task] = float(seconds)
@@ -87,6 +98,74 @@ def task_starts(log: Path) -> dict[str, float]:
         elif "Task started" in line and task and since is not None:
             out[task], task, since = t - since, None, None
     return out
+
+
+def dag_runs(airflow_home: Path) -> dict[str, dict[str, float]]:
+    """The latest run of each DAG: queued, start and end as epoch seconds (None while unset)."""
+    epoch = "(julianday({}) - 2440587.5) * 86400"
+    rows = airflow_db(
+        airflow_home,
+        f"SELECT dag_id, state, {epoch.format('queued_at')}, {epoch.format('start_date')},"
+        f" {epoch.format('end_date')} FROM dag_run ORDER BY id",
+    )
+    return {dag: {"state": state, "queued": q, "start": s, "end": e} for dag, state, q, s, e in rows}
+
+
+def airflow_session(url: str, password: str) -> requests.Session:
+    """An authorised session on the stack's Airflow REST API (simple auth manager: admin)."""
+    token = requests.post(url + "/auth/token", json={"username": "admin", "password": password}, timeout=60)
+    token.raise_for_status()
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return session
+
+
+def wait_for(what: str, check: Any, deadline_s: float, every: float = 0.5) -> Any:
+    """``check()``'s first truthy value; transient errors are retried until the deadline (a loaded machine)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            if found := check():
+                return found
+        except (requests.RequestException, sqlite3.Error, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: not within {deadline_s:.0f} s: {what}")
+        time.sleep(every)
+
+
+def scheduler_cycle(tmp: Path, served_version: str) -> dict[str, float]:
+    """The cycle as `make up` runs it: start the stack's Airflow (pipeline/stack.ensure_airflow), wait for
+    update_data_dag's scheduled run (DAGs are unpaused at creation, as in `make up`) and the two DAGs its asset
+    events start, until /metadata reports a version other than ``served_version``. Seconds from the data run's
+    creation (queued) to served, each DAG run's wall and the gaps between them (the asset event to the next run)."""
+    from pipeline import stack
+
+    stack.ensure_airflow()
+    home = tmp / "airflow"
+    first = wait_for("update_data_dag's scheduled run", lambda: dag_runs(home).get("update_data_dag"), 600)
+    t0 = first["queued"] or time.time()
+
+    def served() -> float | None:
+        meta = requests.get(deploy.current_url() + "/metadata", timeout=10).json()
+        return time.time() if meta.get("model_version") not in (None, served_version) else None
+
+    served_at = wait_for("the promoted model served", served, 3600)
+    runs = wait_for("update_inference_server_dag's run ended", lambda: (r := dag_runs(home)).get(
+        "update_inference_server_dag", {}).get("end") and r, 600)  # fmt: skip
+    figures = {
+        "new answers -> served": served_at - t0,
+        "served -> deploy DAG run ended": runs[DAGS[2]]["end"] - served_at,
+    }
+    previous_end = t0
+    for dag in DAGS:
+        run = runs[dag]
+        figures[f"{dag}: previous step (or the data run's creation) -> run start"] = run["start"] - previous_end
+        figures[dag] = run["end"] - run["start"]
+        previous_end = run["end"]
+    for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-api-server"):
+        stack.stop_part(name)
+    return figures
 
 
 def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
@@ -115,7 +194,7 @@ def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
 
     for dag in DAGS:
         durations = tasks.get(dag, {})
-        row(dag, "", "airflow dags test, wall", dag_wall.get(dag))
+        row(dag, "", "DAG run, wall", dag_wall.get(dag))
         row(dag, "", "outside the tasks (the airflow CLI, DAG parsing, between tasks)",
             dag_wall.get(dag, 0.0) - sum(durations.values()))  # fmt: skip
         steps: dict[str, dict[str, Any]] = {}
@@ -128,7 +207,8 @@ def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
             row(dag, task, "task", seconds)
             if task in starts:
                 row(dag, task, "start: dags test to Airflow's 'Task started'", starts[task])
-            timed = [steps[s] for s in STEPS.get(task, (task,)) if s in steps]
+            names = ONE_DEPLOY_TASK if task == "deploy" and "pack" not in durations else STEPS.get(task, (task,))
+            timed = [steps[s] for s in names if s in steps]
             if not timed:
                 continue
             for laps in timed:
@@ -166,8 +246,12 @@ def warm_vs_scratch(
                   str(files / "train.csv"), "--test-file", str(files / "test.csv"), "--output-dir", str(scratch),
                   *cap, "--no-progress"], env, logs / "scratch.log")  # fmt: skip
     doc: dict[str, Any] = {"holdout": holdout["note"], "warm_log": "", "model": read_meta(warm)["model"]}
-    log = (logs / "retrain.log").read_text(errors="replace")
-    said = [ln.split("warm start: ", 1)[1].split(" [airflow")[0] for ln in log.splitlines() if "warm start: " in ln]
+    # `airflow dags test`'s output, or the scheduler's task logs
+    found = [logs / "retrain.log", *(logs.parent / "airflow" / "logs").glob("dag_id=retrain_and_push_dag/**/*.log")]
+    log = "\n".join(f.read_text(errors="replace") for f in found if f.is_file())
+    # The line's end: the dags-test log's " [airflow..." or the task log's JSON ('",').
+    ends = re.compile(r' \[airflow|",')
+    said = [ends.split(ln.split("warm start: ", 1)[1])[0] for ln in log.splitlines() if "warm start: " in ln]
     doc["warm_log"] = said[0] if said else "no warm start line"
     for name, bundle in (("warm", warm), ("scratch", scratch)):
         m = read_meta(bundle)["metrics"]
@@ -195,6 +279,8 @@ def main() -> int:
     p.add_argument("--candidates", default="lstm", help="DKT_TRAIN_CANDIDATES of the retrain step (default: lstm)")
     p.add_argument("--config", default=str(ROOT / "config" / "lstm.json"), help="the first model's config")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
+    p.add_argument("--driver", choices=["scheduler", "dags-test"], default="scheduler",
+                   help="run the DAGs as `make up` does (default) or each with `airflow dags test`")  # fmt: skip
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dkt-cycle-"))
     airflow = str(load_or_exit(StackSettings).airflow_venv / "bin" / "airflow")
@@ -219,6 +305,11 @@ def main() -> int:
         "AIRFLOW_HOME": str(tmp / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "DKT_AIRFLOW_PORT": str(free_port()),
+        # The scheduler starts retraining on the drift task's asset: every new version retrains here (as
+        # `airflow dags test` of the retrain DAG does), whatever the drift of 300 answers.
+        "DKT_DRIFT_PSI_THRESHOLD": "0",
+        "DKT_DRIFT_MIN_ANSWERS": "1",
     }
     if args.epochs:
         env["DKT_TRAIN_EPOCHS"] = str(args.epochs)
@@ -253,20 +344,28 @@ def main() -> int:
             print(f"stored {stored.answers} new interactions through the client ({stored.failed} failed)",
                   file=sys.stderr)  # fmt: skip
             t0, t0_clock = time.perf_counter(), time.time()
-            figures["update_data_dag"] = sh([airflow, "dags", "test", "update_data_dag"], env, logs / "update.log")
-            figures["retrain_and_push_dag"] = sh([airflow, "dags", "test", "retrain_and_push_dag"], env,
-                                                 logs / "retrain.log")  # fmt: skip
-            with answering(base, questions) as during:
-                figures["update_inference_server_dag"] = sh(
-                    [airflow, "dags", "test", "update_inference_server_dag"], env, logs / "deploy.log"
-                )
+            if args.driver == "scheduler":
+                with answering(base, questions) as during:
+                    figures |= scheduler_cycle(tmp, "v0")
+            else:
+                figures["update_data_dag"] = sh([airflow, "dags", "test", "update_data_dag"], env, logs / "update.log")
+                figures["retrain_and_push_dag"] = sh([airflow, "dags", "test", "retrain_and_push_dag"], env,
+                                                     logs / "retrain.log")  # fmt: skip
+                with answering(base, questions) as during:
+                    figures["update_inference_server_dag"] = sh(
+                        [airflow, "dags", "test", "update_inference_server_dag"], env, logs / "deploy.log"
+                    )
+                figures["total"] = time.perf_counter() - t0
             store = VersionedStore.from_env()
             prod = store.pointed("models", "production")
             meta = requests.get(deploy.current_url() + "/metadata", timeout=10).json()
-            figures["total"] = time.perf_counter() - t0
-            # Served from the moment the client's URL file names the new server (the blue/green switch); the
-            # drain, the old server's stop and the verify step come after, while the new model answers.
-            figures["served_at_switch"] = Path(env["DKT_INFERENCE_URL_FILE"]).stat().st_mtime - t0_clock
+            if args.driver == "scheduler":
+                pass  # scheduler_cycle timed "new answers -> served" itself, from the data run's creation
+            elif load(PipelineSettings).deploy_strategy == "swap":  # served once /metadata reported it (swap_local)
+                doc = json.loads((tmp / "run" / "serving.json").read_text())
+                figures["served_at_swap"] = float(doc.get("served_at") or 0) - t0_clock
+            else:  # served from the moment the client's URL file names the new server (the blue/green switch)
+                figures["served_at_switch"] = Path(env["DKT_INFERENCE_URL_FILE"]).stat().st_mtime - t0_clock
         result = {
             "new_interactions": stored.answers,
             "warm_vs_scratch": warm_vs_scratch(tmp / "work", env, cap, logs, args.candidates),

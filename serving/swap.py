@@ -216,10 +216,11 @@ class Swapper:
 
 
 def _names(doc: dict[str, Any], served: Served) -> bool:
-    """Whether ``doc`` names exactly what ``served`` is (bundle folder and shadow)."""
+    """Whether ``doc`` names exactly what ``served`` is (bundle folder, version and shadow)."""
     shadow = doc.get("shadow")
     want_shadow = f"bundle:{shadow['bundle']}" if shadow else None
-    return served.tag == f"bundle:{doc['bundle']}" and (served.shadow.tag if served.shadow else None) == want_shadow
+    same = served.tag == f"bundle:{doc['bundle']}" and str(served.predictor.model_version) == str(doc["model_version"])
+    return same and (served.shadow.tag if served.shadow else None) == want_shadow
 
 
 def _version_in(path: Path) -> str | None:
