@@ -38,5 +38,10 @@ def test_the_named_bundle_is_swapped_in_a_bad_one_refused_and_a_removed_file_goe
     file.write_text("{")  # half a document (a writer that did not rename)
     assert not swapper.check() and refused == [1, 1] and "cannot read" in swapper.describe()["failed"]["error"]
 
+    shadow = {"bundle": str(lstm_bundle), "model_version": "test-v1"}  # the shadow goes with the model
+    write_json(file, {"bundle": str(v2), "model_version": "v2", "shadow": shadow})
+    assert swapper.check() and swapper.failed is None and swapper.served.shadow is not None
+    assert swapper.served.shadow.describe()["model_tag"] == f"bundle:{lstm_bundle}"
+
     file.unlink()
-    assert swapper.check() and swapper.served.tag == "dkt-model:t" and swapper.failed is None
+    assert swapper.check() and swapper.served.tag == "dkt-model:t" and swapper.served.shadow is None
