@@ -67,8 +67,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                     item.add_marker(mark)
         if used & {"service", "packed"}:
             item.add_marker(pytest.mark.xdist_group(SHARED_SERVICE_GROUP))
-        # One group per test: two would make a group of their own (tests/support/xdist_groups.py joins the names).
-        if uses_bert(item, used) and not item.get_closest_marker("xdist_group"):
+    # A module holding a fast test that builds or loads a BERT sends its fast tests there whole: its module-scoped
+    # fixtures (data, small models) are then made once, not on both workers. Slow tests keep their own schedule (a
+    # slow module in one group would make a tail). One group per test: two would make a group of their own
+    # (tests/support/xdist_groups.py joins the names).
+    fast = [item for item in items if not item.get_closest_marker("slow")]
+    bert_modules = {getattr(item, "module", None) for item in fast if uses_bert(item)}
+    for item in fast:
+        if getattr(item, "module", None) in bert_modules and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(TRANSFORMERS_GROUP))
     # Modules holding slow tests first (collection order kept inside each module, so module fixtures are made
     # once): with parallel workers the long tests start early instead of forming the tail of the run.
@@ -76,10 +82,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)
 
 
-def uses_bert(item: pytest.Item, fixtures: set[str]) -> bool:
+def uses_bert(item: pytest.Item) -> bool:
     params = getattr(item, "callspec", None)
     named = params is not None and any(isinstance(v, str) and v == "bert" for v in params.params.values())
-    return named or "bundles" in fixtures  # tests/dkt/models/test_interface.py's bundles: every kind, bert included
+    # tests/dkt/models/test_interface.py's bundles: every kind, bert included
+    return named or "bundles" in getattr(item, "fixturenames", ())
 
 
 def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
