@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from pipeline.swarm import METADATA_SAMPLES, SwarmSettings, check_client_store, check_metadata, swarm_settings
 from pipeline.swarm_images import REPO_ROOT
 from pipeline.swarm_service import RolloutFailed
+from tests.support.cli import in_process
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dkt", "swarm", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
-    )
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    """``dkt swarm ARGS`` in the test's process from the repository root, ``env`` added to this environment (was a
+    `python -m dkt swarm` process per call, 0.6 CPU-s of imports each). What the command refuses and says is the point
+    here; its process contract (exit 2, one line, no traceback) is tests/test_cli.py's bad-input test, on the installed
+    script; an exception here fails the test, where a process would have printed a traceback."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Ran:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(REPO_ROOT)
+        return Ran(*in_process(["swarm", *args], capsys))
+
+    return run
 
 
 def test_settings_defaults() -> None:
@@ -55,7 +71,7 @@ def test_metadata_stuck_on_the_old_version_fails_with_the_url() -> None:
         check_metadata(swarm_settings({}), "v2", timeout=0.5, fetch=fetcher(["v1"]))
 
 
-def test_help_lists_the_commands() -> None:
+def test_help_lists_the_commands(cli: Callable[..., Ran]) -> None:
     out = cli("--help")
     assert out.returncode == 0
     for command in ("build", "deploy", "scale", "status", "down"):
@@ -63,27 +79,25 @@ def test_help_lists_the_commands() -> None:
     assert "--replicas" in cli("scale", "--help").stdout
 
 
-def test_deploy_needs_a_model_or_an_image() -> None:
+def test_deploy_needs_a_model_or_an_image(cli: Callable[..., Ran]) -> None:
     out = cli("deploy")
     assert out.returncode == 2 and "one of the arguments --model-dir --model-tag --image is required" in out.stderr
 
 
-def test_deploy_of_a_folder_that_is_no_bundle_fails_before_building(tmp_path: Path) -> None:
+def test_deploy_of_a_folder_that_is_no_bundle_fails_before_building(tmp_path: Path, cli: Callable[..., Ran]) -> None:
     (tmp_path / "answers").mkdir()
-    out = cli(
-        "deploy", "--model-dir", str(tmp_path), env={**os.environ, "DKT_CLIENT_DB": str(tmp_path / "answers/c.db")}
-    )
+    out = cli("deploy", "--model-dir", str(tmp_path), env={"DKT_CLIENT_DB": str(tmp_path / "answers/c.db")})
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {tmp_path}: not a model bundle (no bundle.json)"
 
 
-def test_bad_replicas_is_refused() -> None:
+def test_bad_replicas_is_refused(cli: Callable[..., Ran]) -> None:
     out = cli("scale", "--replicas", "0")
     assert out.returncode == 2 and "--replicas must be >= 1" in out.stderr
 
 
-def test_bad_env_is_reported_not_raised() -> None:
-    out = cli("status", env={**os.environ, "DKT_SWARM_TIMEOUT": "x"})
+def test_bad_env_is_reported_not_raised(cli: Callable[..., Ran]) -> None:
+    out = cli("status", env={"DKT_SWARM_TIMEOUT": "x"})
     assert out.returncode == 2 and out.stderr.startswith("error: DKT_SWARM_TIMEOUT='x': ")
 
 
@@ -97,9 +111,9 @@ def test_client_db_defaults_to_the_clients_own_default_resolved_at_the_repositor
     assert swarm_settings({"DKT_CLIENT_DB": "/srv/a/c.db"}).client_db == Path("/srv/a/c.db")
 
 
-def test_deploy_refuses_a_missing_answer_folder_before_building(tmp_path: Path) -> None:
+def test_deploy_refuses_a_missing_answer_folder_before_building(tmp_path: Path, cli: Callable[..., Ran]) -> None:
     db = tmp_path / "nowhere" / "client.db"
-    out = cli("deploy", "--model-tag", "dkt-model:v1", env={**os.environ, "DKT_CLIENT_DB": str(db)})
+    out = cli("deploy", "--model-tag", "dkt-model:v1", env={"DKT_CLIENT_DB": str(db)})
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: DKT_CLIENT_DB={db}: folder {db.parent} does not exist; create it")
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
