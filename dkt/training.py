@@ -72,11 +72,12 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def epoch_auc(labels: list[np.ndarray], probs: list[np.ndarray]) -> float:
-    """AUC of an epoch's own predictions, batch by batch; NaN when undefined (one class, or a diverged epoch whose
-    predictions are all NaN: those are left out, as the validation AUC leaves out unscored positions)."""
-    y = np.concatenate(labels) if labels else np.empty(0)
-    p = np.concatenate(probs) if probs else np.empty(0)
+def epoch_auc(labels: list[torch.Tensor], probs: list[torch.Tensor]) -> float:
+    """AUC of an epoch's own predictions, batch by batch (tensors wherever they were computed: copied once here);
+    NaN when undefined (one class, or a diverged epoch whose predictions are all NaN: those are left out, as the
+    validation AUC leaves out unscored positions)."""
+    y = torch.cat(labels).cpu().numpy() if labels else np.empty(0)
+    p = torch.cat(probs).cpu().numpy() if probs else np.empty(0)
     finite = np.isfinite(p)
     return auc(y[finite], p[finite])
 
@@ -151,11 +152,13 @@ def fit_sequence_model(
         if n_windows < len(train_w):
             pick = rng.choice(len(train_w), n_windows, replace=False)
             sub = type(train_w)(train_w.index[pick], train_w.score[pick])
-        total_loss, total_n = 0.0, 0
+        # Summed on the device and read once per epoch: a .item() or .cpu() per step would wait for the GPU each step.
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        total_n = torch.zeros((), dtype=torch.int64, device=device)
         # The epoch's own predictions on its labelled positions, for its train AUC: what the optimiser saw, as it
         # changed over the epoch (dropout on), not a second pass over the data after it.
-        seen_p: list[np.ndarray] = []
-        seen_y: list[np.ndarray] = []
+        seen_p: list[torch.Tensor] = []
+        seen_y: list[torch.Tensor] = []
         bar = tqdm(
             train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng, bucket=params.bucket_batches),
             total=steps_per_epoch,
@@ -176,17 +179,19 @@ def fit_sequence_model(
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total_loss += loss.item() * int(m.sum())
-            total_n += int(m.sum())
-            seen_p.append(torch.sigmoid(logits.detach()[m].float()).cpu().numpy())
-            seen_y.append(batch["answer"][m].cpu().numpy())
-            bar.set_postfix(loss=f"{total_loss / max(1, total_n):.4f}")
+            n = m.sum()
+            total_loss += loss.detach().double() * n
+            total_n += n
+            seen_p.append(torch.sigmoid(logits.detach()[m].float()))
+            seen_y.append(batch["answer"][m])
+            if show:  # the bar's running loss is the one per-step read, and only on a terminal
+                bar.set_postfix(loss=f"{total_loss.item() / max(1, int(total_n)):.4f}")
         prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
         labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
         v_auc = auc(valid_y[labelled], prob[labelled])
         v_loss = log_loss(valid_y[labelled], prob[labelled])
         seconds = time.perf_counter() - tick
-        train_loss = total_loss / max(1, total_n)
+        train_loss = total_loss.item() / max(1, int(total_n))
         train_auc = epoch_auc(seen_y, seen_p)
         history.append(
             {"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc, "valid_auc": v_auc,

@@ -26,6 +26,11 @@ class InputConfig:
     categorical: tuple[str, ...] = CATEGORICAL
     response: tuple[str, ...] = RESPONSE
     use_continuous: bool = True
+    # How the features become the two vectors: "concat" (each feature emb_dim wide, concatenated, dropout, projected
+    # to d_model) or "sum" (each feature d_model wide, summed, dropout; emb_dim unused). A projection of a
+    # concatenation is a sum of per-feature maps, so "sum" learns the same kind of function without the wide
+    # concatenation, its dropout masks and the two projections (docs/training-speed.md).
+    embedding: str = "concat"
 
 
 def check_positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
@@ -51,15 +56,19 @@ def check_divisible(cfg: Any, name: str, by: str = "n_heads") -> None:
         raise ValueError(f"{type(cfg).__name__}: {name} ({value}) must be divisible by {by} ({parts})")
 
 
-def input_lstm(cfg: Any) -> nn.LSTM:
-    """The LSTM over the embedded (query, interaction) pairs that lstm and lstmattn both start with."""
+def input_lstm(cfg: Any, input_size: int | None = None) -> nn.LSTM:
+    """The LSTM over the embedded (query, interaction) pairs that lstm and lstmattn both start with (``input_size``:
+    default both side by side, 2 * d_model)."""
     return nn.LSTM(
-        2 * cfg.d_model,
+        input_size or 2 * cfg.d_model,
         cfg.hidden_dim,
         num_layers=cfg.n_layers,
         batch_first=True,
         dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
     )
+
+
+EMBEDDINGS = ("concat", "sum")
 
 
 def build_config(cls: type, params: dict[str, Any]) -> Any:
@@ -72,6 +81,8 @@ def build_config(cls: type, params: dict[str, Any]) -> Any:
     for k in ("categorical", "response"):
         if k in params and (bad := set(params[k]) - set(getattr(InputConfig, k))):
             raise ValueError(f"{cls.__name__}.{k}: unknown feature(s) {sorted(bad)}")
+    if params.get("embedding", "concat") not in EMBEDDINGS:
+        raise ValueError(f"{cls.__name__}.embedding must be one of {EMBEDDINGS}, got {params['embedding']!r}")
     return cls(**params)
 
 
@@ -85,18 +96,27 @@ class InputEmbedding(nn.Module):
     def __init__(self, cfg: InputConfig, sizes: dict[str, int]):
         super().__init__()
         self.cfg = cfg
-        self.cat = nn.ModuleDict({k: nn.Embedding(sizes[k], cfg.emb_dim, padding_idx=0) for k in cfg.categorical})
-        self.resp = nn.ModuleDict({k: nn.Embedding(sizes[k], cfg.emb_dim, padding_idx=0) for k in cfg.response})
+        summed = cfg.embedding == "sum"
+        width = cfg.d_model if summed else cfg.emb_dim
+        self.cat = nn.ModuleDict({k: nn.Embedding(sizes[k], width, padding_idx=0) for k in cfg.categorical})
+        self.resp = nn.ModuleDict({k: nn.Embedding(sizes[k], width, padding_idx=0) for k in cfg.response})
         n_cont = len(CONTINUOUS) if cfg.use_continuous else 0
-        self.query_proj = nn.Linear(len(cfg.categorical) * cfg.emb_dim + n_cont, cfg.d_model)
-        self.inter_proj = nn.Linear(len(cfg.response) * cfg.emb_dim, cfg.d_model)
+        if summed:
+            self.cont_proj = nn.Linear(n_cont, cfg.d_model) if n_cont else None
+        else:
+            self.query_proj = nn.Linear(len(cfg.categorical) * cfg.emb_dim + n_cont, cfg.d_model)
+            self.inter_proj = nn.Linear(len(cfg.response) * cfg.emb_dim, cfg.d_model)
         self.drop = nn.Dropout(cfg.emb_dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         q = [self.cat[k](batch[k]) for k in self.cfg.categorical]
+        r = [self.resp[k](batch[k]) for k in self.cfg.response]
+        if self.cfg.embedding == "sum":
+            if self.cont_proj is not None:
+                q.append(self.cont_proj(batch["cont"]))
+            return self.drop(sum(q[1:], q[0])), self.drop(sum(r[1:], r[0]))
         if self.cfg.use_continuous:
             q.append(batch["cont"])
-        r = [self.resp[k](batch[k]) for k in self.cfg.response]
         query = self.query_proj(self.drop(torch.cat(q, dim=-1)))
         interaction = self.inter_proj(self.drop(torch.cat(r, dim=-1)))
         return query, interaction
@@ -130,9 +150,10 @@ def alibi_bias(n_heads: int, t: int, device: torch.device) -> torch.Tensor:
 
 
 class PredictionHead(nn.Module):
-    def __init__(self, d_in: int, dropout: float):
+    def __init__(self, d_in: int, dropout: float, hidden: int | None = None):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_in, 1))
+        hidden = hidden or d_in
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)

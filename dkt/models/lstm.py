@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from dkt.data.features import FeatureFrame
 from dkt.data.sequences import PAD_ROW, Batcher, eval_stride, to_device, window_start
-from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, input_lstm
+from dkt.models.base import InputConfig, InputEmbedding, PredictionHead, check_positive_ints, input_lstm
 from dkt.models.inputs import CandidateColumns, EncodedCandidates, StudentFeatures, candidate_columns, stack_frames
 from dkt.models.interface import register
 from dkt.models.sequence import SequenceKind, SequencePredictor
@@ -30,24 +30,38 @@ from dkt.models.sequence import SequenceKind, SequencePredictor
 Recurrent = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (n_layers, batch, hidden_dim)
 
 
+LSTM_INPUTS = ("concat", "sum")
+
+
 @dataclass
 class LSTMConfig(InputConfig):
     hidden_dim: int = 128
     n_layers: int = 1
     dropout: float = 0.2
+    # What the LSTM reads per step: query and interaction side by side ("concat", 2 * d_model wide) or added
+    # ("sum", d_model wide: the reference DKT's width; docs/training-speed.md).
+    lstm_input: str = "concat"
+    head_dim: int | None = None  # the prediction head's hidden width; None: as wide as its input
+
+    def __post_init__(self) -> None:
+        if self.lstm_input not in LSTM_INPUTS:
+            raise ValueError(f"LSTMConfig.lstm_input must be one of {LSTM_INPUTS}, got {self.lstm_input!r}")
+        if self.head_dim is not None:
+            check_positive_ints(self, ("head_dim",))
 
 
 class LSTMModel(nn.Module):
     def __init__(self, cfg: LSTMConfig, sizes: dict[str, int]):
         super().__init__()
+        self.summed = cfg.lstm_input == "sum"
         self.inp = InputEmbedding(cfg, sizes)
-        self.lstm = input_lstm(cfg)
-        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
+        self.lstm = input_lstm(cfg, cfg.d_model if self.summed else None)
+        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, cfg.head_dim)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(LSTM input, query) per position."""
         query, interaction = self.inp(batch)
-        return torch.cat([query, interaction], dim=-1), query
+        return (query + interaction if self.summed else torch.cat([query, interaction], dim=-1)), query
 
     def readout(self, h: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         # The query again beside the state: the head compares "what is asked" with "what is known".

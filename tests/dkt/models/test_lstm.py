@@ -1,0 +1,88 @@
+"""lstm's lighter input (``embedding`` "sum", ``lstm_input`` "sum", ``head_dim``): what it computes and its errors.
+
+The contract every kind keeps (causality, padding, learning) is checked for lstm's shipped options in
+test_sequence_models.py; here: that the summed embedding is the concatenated one re-parametrised, that the options
+change the widths they name, and that a bad value is named when the config is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dkt.config import ConfigError, parse_config
+from dkt.data.features import CATEGORICAL, CONTINUOUS, RESPONSE, FeatureEncoder
+from dkt.data.sequences import Batcher, make_windows
+from dkt.models.base import InputConfig, InputEmbedding
+from dkt.models.lstm import LSTMKind, LSTMModel
+from dkt.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def encoded() -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """(embedding sizes, one batch of every simulated user's last 40 answers)."""
+    df = simulate(12, seed=3).interactions
+    enc = FeatureEncoder.fit(df)
+    ff = enc.transform(df)
+    windows = make_windows(ff, 40, last_only=True)
+    return enc.sizes(), Batcher(ff).batch(windows.index, windows.score)
+
+
+def test_summed_embedding_is_the_concatenated_one_reparametrised(encoded: tuple[dict, dict]) -> None:
+    """A projection of a concatenation is a sum of per-feature projections: each summed table set to its concat
+    table times its block of the projection (and the bias carried by the continuous map) gives the same two
+    vectors, so "sum" loses nothing that "concat" could learn."""
+    sizes, batch = encoded
+    torch.manual_seed(0)
+    concat = InputEmbedding(InputConfig(d_model=24, emb_dim=8), sizes).eval()
+    summed = InputEmbedding(InputConfig(d_model=24, emb_dim=8, embedding="sum"), sizes).eval()
+    with torch.no_grad():
+        for names, tables, proj in ((CATEGORICAL, "cat", "query_proj"), (RESPONSE, "resp", "inter_proj")):
+            blocks = getattr(concat, proj).weight.split(8, dim=1)
+            for name, block in zip(names, blocks, strict=False):
+                getattr(summed, tables)[name].weight.copy_(getattr(concat, tables)[name].weight @ block.T)
+        summed.cont_proj.weight.copy_(concat.query_proj.weight[:, -len(CONTINUOUS) :])
+        summed.cont_proj.bias.copy_(concat.query_proj.bias)
+        # The interaction's bias has no continuous map to ride on: put it on the previous answer's rows, which
+        # every position reads exactly once (padding included, whose row 0 is the zero vector, hence the mask).
+        summed.resp["prev_answer"].weight.add_(concat.inter_proj.bias)
+        (q_cat, i_cat), (q_sum, i_sum) = concat(batch), summed(batch)
+    torch.testing.assert_close(q_sum, q_cat, rtol=0, atol=1e-5)
+    real = batch["mask"] & (batch["prev_answer"] != 0)
+    torch.testing.assert_close(i_sum[real], i_cat[real], rtol=0, atol=1e-5)
+    assert real.sum() > 100
+
+
+@pytest.mark.parametrize(
+    ("params", "lstm_in", "head"),
+    [({}, 32, 48), ({"lstm_input": "sum"}, 16, 48), ({"lstm_input": "sum", "head_dim": 8}, 16, 8)],
+)
+def test_options_set_the_lstm_input_and_head_widths(
+    params: dict[str, Any], lstm_in: int, head: int, encoded: tuple[dict, dict]
+) -> None:
+    sizes, batch = encoded
+    model = LSTMKind.build({"d_model": 16, "hidden_dim": 32, "embedding": "sum", **params}, sizes)
+    assert isinstance(model, LSTMModel)
+    assert model.lstm.input_size == lstm_in and model.head.net[0].out_features == head
+    out = model.eval()(batch)
+    assert out.shape == batch["mask"].shape and torch.isfinite(out).all()
+    # The incremental step reads the same input: one LSTM step from zeros is the batch's first position.
+    x, query = model.embed(batch)
+    h, _ = model.lstm(x[:, :1])
+    np.testing.assert_allclose(model.readout(h, query[:, :1])[:, 0].detach(), out[:, 0].detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"lstm_input": "wide"}, r"LSTMConfig.lstm_input must be one of \('concat', 'sum'\), got 'wide'"),
+        ({"embedding": "mean"}, r"LSTMConfig.embedding must be one of \('concat', 'sum'\), got 'mean'"),
+        ({"head_dim": 0}, r"LSTMConfig.head_dim must be a positive integer, got 0"),
+    ],
+)
+def test_a_bad_option_is_named_when_the_config_is_read(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"exp\.json: invalid config\n.*{message}"):
+        parse_config({"model": "lstm", "model_params": params}, "exp.json")
