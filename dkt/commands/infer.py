@@ -30,15 +30,24 @@ def predict_file(model_dir: Path, data_file: Path, device: str = "auto") -> pd.D
 
     from dkt.data.io import read_csv
     from dkt.data.schema import ANSWER_TO_PREDICT, DataValidationError
-    from dkt.predictor import load_predictor
-    from dkt.training import resolve_device
 
     df = read_csv(data_file)
     targets = np.flatnonzero(df["answerCode"].to_numpy() == ANSWER_TO_PREDICT)
     if len(targets) == 0:
         raise DataValidationError(str(data_file), "no rows with answerCode -1 to predict")
+    # torch and the models (2.5 CPU-s) once the data is good: a missing or bad file is refused without them.
+    from dkt.predictor import load_predictor
+    from dkt.training import resolve_device
+
     prob = load_predictor(model_dir, device=str(resolve_device(device))).predict_rows(df)
     return pd.DataFrame({"id": np.arange(len(targets)), "prediction": prob[targets]})
+
+
+def training_error() -> type[Exception]:
+    """Its module imports torch (2.5 CPU-s): imported only when an error is not one of the data's or the bundle's."""
+    from dkt.training import TrainingError
+
+    return TrainingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path, help="where to write id,prediction")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     args = p.parse_args(argv)
-    from dkt.data.schema import DataValidationError  # pandas and torch: see predict_file
-    from dkt.training import TrainingError
+    from dkt.data.schema import DataValidationError  # pandas: predict_file reads the table with it anyway
 
     try:
         out = predict_file(args.model_dir, args.data_file, args.device)
-    except (DataValidationError, BundleError, TrainingError) as exc:
+    except (DataValidationError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except training_error() as exc:  # evaluated only when the clause above did not match
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
