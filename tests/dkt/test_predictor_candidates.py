@@ -78,7 +78,9 @@ def test_lgbm_candidates_match_generic(sim_dir: Path, jobs: list, tmp_path_facto
     """LightGBM encodes each history once with all its candidates; the one-pseudo-user-per-candidate path agrees."""
     out = tmp_path_factory.mktemp("lgbm") / "lgbm"
     data = load_run_data(sim_dir / "train.csv", sim_dir / "test.csv", None, "csv", 0.15, seed=1)
-    config = {"model": "lgbm", "model_params": {"n_estimators": 30, "min_child_samples": 5, "log_every": 0}}
+    # One LightGBM thread (its default two only spin on the tests' tiny trees), two folds: any trained model will do.
+    params = {"n_estimators": 30, "min_child_samples": 5, "log_every": 0, "n_jobs": 1, "n_folds": 2}
+    config = {"model": "lgbm", "model_params": params}
     run(parse_config({**config, "train": {"max_seq_len": 20}}), data, out, device="cpu", seed=1, progress=False)
     p = load_predictor(out)
     assert len(jobs[2][0]) > 3 * p.max_seq_len  # lgbm ignores max_seq_len: features over the whole history
