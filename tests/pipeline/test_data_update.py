@@ -26,6 +26,10 @@ def new_rows(sim_dir: Path) -> pd.DataFrame:
     return pd.concat([old, fresh], ignore_index=True)
 
 
+# On one xdist worker: the module's exporter zygote (below) is then started once, not on both.
+pytestmark = pytest.mark.xdist_group("data-update")
+
+
 @pytest.fixture(scope="module")
 def file_export(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     """`python -m pipeline.file_export` as a real process whose imports (0.75 CPU-s: pandas, the project) are paid

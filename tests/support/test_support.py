@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.students import answer_key, answering, client_server, run_students
+from tests.support.zygote import Zygote
 
 
 def test_free_port_can_be_listened_on_at_once() -> None:
@@ -21,6 +25,43 @@ def test_free_port_can_be_listened_on_at_once() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
             s.listen()
+
+
+PROBE = """
+import os, sys
+print(sys.argv[1:], os.getcwd(), os.environ.get("PROBE"), __name__)
+print("to stderr", file=sys.stderr)
+if sys.argv[1] == "raise":
+    raise RuntimeError("probe failed")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_zygote_run_is_what_python_m_gives(tmp_path: Path) -> None:
+    """tests/support/zygote.py: exit code, stdout, stderr, argv, environment, working folder and __main__ as
+    `python -m MODULE` gives them; an uncaught exception is exit 1 with its traceback's last line."""
+    (tmp_path / "zygote_probe.py").write_text(PROBE)
+    env = {**os.environ, "PROBE": "p1"}
+
+    def both(*args: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        forked = subprocess.run(shlex.split(zygote.command("zygote_probe", *args)), cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        direct = subprocess.run([sys.executable, "-m", "zygote_probe", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        return forked, direct
+
+    with Zygote.started([], tmp_path) as zygote:
+        for code in ("0", "3"):
+            forked, direct = both(code, "two words")
+            assert (forked.returncode, forked.stdout, forked.stderr) == (
+                direct.returncode,
+                direct.stdout,
+                direct.stderr,
+            )
+            assert forked.returncode == int(code) and f"'two words'] {tmp_path} p1 __main__" in forked.stdout
+        forked, direct = both("raise")
+        assert forked.returncode == direct.returncode == 1
+        assert forked.stderr.splitlines()[-1] == direct.stderr.splitlines()[-1] == "RuntimeError: probe failed"
 
 
 @pytest.mark.slow

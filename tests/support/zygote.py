@@ -86,6 +86,7 @@ def run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    sys.path[0] = request["cwd"]  # `python -m` puts the working folder first
     module = request["module"]
     sys.argv = [module, *request["argv"]]
     sys.modules.pop(module, None)  # a fresh copy runs as __main__, as under `python -m`
