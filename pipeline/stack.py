@@ -168,7 +168,8 @@ def ensure_service(store: VersionedStore) -> str:
     if st.get("model_version") == prod and deploy_local.alive(st.get("pid")):
         say(f"inference service already serving {prod} at {st['url']}")
         return str(st["url"])
-    say(f"packing and serving model {prod}")
+    # Swap strategy with a server running: the new model is swapped into it (no pack, no new server).
+    say(f"{'swapping in' if deploy_local.swapping() else 'packing and serving'} model {prod}")
     run_id = f"up-{prod}"
     for step in ("pull-model", "pack", "deploy", "verify"):
         py("-m", "dkt", "deploy", step, "--run-id", run_id)
