@@ -132,7 +132,10 @@ def small_configs(out: Path) -> None:
         cfg = json.loads((ROOT / "config" / f"{kind}.json").read_text())
         params = cfg.get("model_params", {})
         cfg["model_params"] = {k: SMALL_PARAMS.get(k, v) for k, v in params.items()}
-        cfg["train"]["max_seq_len"] = LGBM_LEN if kind == "lgbm" else SEQ_LEN
+        train, small_len = cfg["train"], LGBM_LEN if kind == "lgbm" else SEQ_LEN
+        if "window_stride" in train:  # the same share of the shorter window
+            train["window_stride"] = max(1, train["window_stride"] * small_len // train["max_seq_len"])
+        train["max_seq_len"] = small_len
         (out / f"{kind}.json").write_text(json.dumps(cfg))
 
 
@@ -225,9 +228,13 @@ def test_small_configs_keep_every_shipped_option_and_the_long_histories(sim_dir:
         assert small["model_params"].keys() == shipped["model_params"].keys()
         changed = {k for k, v in small["model_params"].items() if v != shipped["model_params"][k]}
         assert changed <= set(SMALL_PARAMS), changed
-        assert {k: v for k, v in small["train"].items() if k != "max_seq_len"} == {
-            k: v for k, v in shipped["train"].items() if k != "max_seq_len"
+        sized = ("max_seq_len", "window_stride")
+        assert {k: v for k, v in small["train"].items() if k not in sized} == {
+            k: v for k, v in shipped["train"].items() if k not in sized
         }
+        stride = [c["train"].get("window_stride", c["train"]["max_seq_len"] // 2) / c["train"]["max_seq_len"]
+                  for c in (small, shipped)]  # fmt: skip
+        assert stride[0] == stride[1], (kind, stride)
     table = to_predict(read_csv(sim_dir / "test.csv"))
     sizes = table.groupby("userID").size()
     assert sizes["long-lgbm"] >= 3 * LGBM_LEN and sizes["long-seq"] >= 3 * SEQ_LEN

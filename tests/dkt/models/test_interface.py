@@ -30,7 +30,7 @@ from tests.conftest import made_once
 
 MAX_LEN = 8  # windows move on every 4 answers: a 30-answer history crosses the rule several times
 SMALL: dict[str, dict[str, Any]] = {
-    "lstm": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16},
+    "lstm": {"d_model": 16, "hidden_dim": 16, "embedding": "sum", "lstm_input": "sum", "head_dim": 16},  # as shipped
     "lstmattn": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2},
     "bert": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2, "n_layers": 1, "max_positions": 16},
     "saint": {"d_model": 16, "emb_dim": 8, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "max_positions": 16},

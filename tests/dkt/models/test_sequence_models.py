@@ -35,7 +35,7 @@ SEQ_LEN = 50
 BATCH_LEN = 200  # window of the batch-level tests: long enough for real padding, within every max_positions
 # Small versions of each model: the contract does not depend on width, and small trains in seconds.
 SMALL: dict[str, dict[str, Any]] = {
-    "lstm": {"hidden_dim": 32},
+    "lstm": {"hidden_dim": 32, "embedding": "sum", "lstm_input": "sum", "head_dim": 32},  # config/lstm.json's options
     "lstmattn": {"hidden_dim": 32},
     "bert": {"hidden_dim": 32, "n_layers": 1},
     "saint": {"n_enc_layers": 1, "n_dec_layers": 1},
