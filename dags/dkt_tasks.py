@@ -35,6 +35,7 @@ TRAIN_QUEUE = SETTINGS.train_queue
 # (`make up` / init_for_inference_server.sh do with the same variable).
 TRAIN_EXECUTOR = SETTINGS.train_executor
 _EXECUTORS = {"local": None, "edge": "EdgeExecutor"}
+DKT = "-m dkt "  # the project CLI; a task of several steps runs them with `dkt steps`
 
 DATA_ASSET = Asset(name="dkt_dataset_latest", uri="file:///dkt/datasets/latest")
 # Emitted by update_data_dag's drift task only when the new version calls for retraining (its PSI against
@@ -69,22 +70,28 @@ def pipeline_dag(dag_id: str, schedule: Any, doc_md: str | None, tags: list[str]
 def cli(
     task_id: str, command: str | list[str], timeout_minutes: int = 30, train_host: bool = False, **kwargs: Any
 ) -> BashOperator:
-    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root; a list of
-    commands runs them in order, each as a person would by hand, the first that fails or skips ending the task with
-    its exit code. One task for steps that always run together: each task costs its start (the scheduler's pick-up,
-    Airflow's task runner, an Edge worker's poll) and a retry of the task repeats only cheap steps.
+    """A task that runs ``$DKT_APP_PYTHON <command> --run-id <run id>`` from the repository root. A list of
+    ``-m dkt`` commands runs them in order in one process, ``dkt steps`` (pipeline/steps.py): each step is still the
+    command a person repeats by hand, with its output, error line and figures; the first that fails or skips ends the
+    task with its exit code; the interpreter and libraries load once (1-1.5 CPU-s a step). One task for steps that
+    always run together: each task costs its start (the scheduler's pick-up, Airflow's task runner, an Edge worker's
+    poll) and a retry of the task repeats only cheap steps.
 
     ``train_host``: a GPU task, on queue ``$DKT_TRAIN_QUEUE`` and, with ``DKT_TRAIN_EXECUTOR=edge``,
     sent to the Edge executor (the worker on the train host serves only that queue)."""
     if train_host:
         executor = _EXECUTORS[TRAIN_EXECUTOR]
         kwargs = {"queue": TRAIN_QUEUE, **({"executor": executor} if executor else {}), **kwargs}
-    steps = [command] if isinstance(command, str) else command
-    calls = [f"{shlex.quote(APP_PYTHON)} {c} --run-id '{{{{ run_id }}}}'" for c in steps]
-    bash = "; ".join(["set -euo pipefail", *calls[:-1], f"exec {calls[-1]}"])
+    run_id = "--run-id '{{ run_id }}'"
+    if isinstance(command, str):
+        call = f"{command} {run_id}"
+    else:  # each step one argument, split again by dkt steps (the DAG params in them are names and numbers only)
+        if bad := [c for c in command if not c.startswith(DKT)]:
+            raise ValueError(f"task {task_id}: steps run in one process must be {DKT}... commands, not {bad}")
+        call = f"{DKT}steps {run_id} " + " ".join(shlex.quote(c.removeprefix(DKT)) for c in command)
     return BashOperator(
         task_id=task_id,
-        bash_command=bash,
+        bash_command=f"exec {shlex.quote(APP_PYTHON)} {call}",
         cwd=str(REPO),
         env={"PYTHONUNBUFFERED": "1"},
         append_env=True,

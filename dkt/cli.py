@@ -13,6 +13,7 @@
     dkt client run | export-interactions|export-predictions --since W --out F | routes
     dkt file-export --source DIR --since TIMESTAMP --out F
     dkt deploy pull-model|pack|deploy|verify --run-id ID | stop
+    dkt steps --run-id ID 'data export' 'data prepare' ...   (DAG steps in one process)
     dkt stack up | down | status | airflow-env
     dkt swarm deploy | scale | status | down
     dkt settings [show | markdown [--write README.md]]
@@ -94,6 +95,7 @@ COMMANDS: dict[str, Command] = {
     "client": Command("client.cli:main", "the student web app: run it, export its answers (Flask's CLI)"),
     "file-export": Command("pipeline.file_export:main", "export answers dropped as CSV files (a DKT_EXPORT_CMD)"),
     "deploy": Command("pipeline.deploy:main", "the update_inference_server_dag steps, and stopping the local service"),
+    "steps": Command("pipeline.steps:main", "several DAG steps of one run in one process (what a DAG task runs)"),
     "stack": Command("pipeline.stack:main", "the whole product on this machine (make up / make down)"),
     "swarm": Command("pipeline.swarm:main", "the product as a Docker Swarm stack"),
     "settings": Command("dkt.settings:main", "the environment variables: effective values (secrets masked), docs"),

@@ -581,7 +581,8 @@ class TrainingSettings(Group):
     )
     warm_epochs: int = env(
         "DKT_WARM_EPOCHS",
-        4,
+        # 1: every measured fine-tune's best epoch was its first (docs/pipeline.md#the-cycle-new-answers---served)
+        1,
         "retraining: most epochs of a candidate warm-started from production (a short fine-tune; DKT_TRAIN_EPOCHS,"
         " when set, caps it too; docs/pipeline.md#warm-start)",
         "epochs",

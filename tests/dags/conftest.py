@@ -20,8 +20,10 @@ DAG_INFO = """
 import json, os, sys
 from airflow.dag_processing.dagbag import DagBag
 out = {}
-for mode in ("local", "edge"):
-    os.environ["DKT_TRAIN_EXECUTOR"] = mode
+# "every-version": local with DKT_DRIFT_PSI_THRESHOLD=0 (retrain on every new data version)
+for mode in ("local", "edge", "every-version"):
+    os.environ["DKT_TRAIN_EXECUTOR"] = "edge" if mode == "edge" else "local"
+    os.environ["DKT_DRIFT_PSI_THRESHOLD"] = "0" if mode == "every-version" else "0.2"
     sys.modules.pop("dkt_tasks", None)
     bag = DagBag(sys.argv[1])
     info = {"errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()}, "dags": {}}
@@ -35,6 +37,12 @@ for mode in ("local", "edge"):
                                                               "objects", ())),
             "params": d.params.dump(),
         }
+    for dag_id, task_id in (("update_data_dag", "publish"), ("retrain_and_push_dag", "train")):
+        if (d := bag.dags.get(dag_id)) is not None:
+            task = d.get_task(task_id)
+            info["dags"][dag_id]["tasks"][task_id]["command"] = task.render_template(
+                task.bash_command, {"params": {"candidates": "lstm,saint"}, "run_id": "r1"},
+                jinja_env=d.get_template_env())
     serve = bag.dags.get("update_inference_server_dag")
     if serve is not None:
         deploy = serve.get_task("deploy")

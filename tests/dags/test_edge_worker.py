@@ -24,18 +24,21 @@ from tests.dags.polling import ATTEMPT_TIMEOUT, dag_run, request, tails, wait_fo
 from tests.support.ports import free_port
 
 SCRIPT = ROOT / "init_for_train_server.sh"
-TRAIN_TASKS = {"train", "evaluate"}
 
 
 def test_train_tasks_route_to_the_edge_executor(dag_info: dict[str, Any]) -> None:
-    """The real retrain DAG: unset/local -> no executor (today's behaviour); edge -> EdgeExecutor, queue train."""
-    for mode in ("local", "edge"):
-        assert dag_info[mode]["errors"] == {}, dag_info[mode]["errors"]
-        tasks = dag_info[mode]["dags"]["retrain_and_push_dag"]["tasks"]
-        assert {t for t, v in tasks.items() if v["queue"] == "train"} == TRAIN_TASKS
-        executor = "EdgeExecutor" if mode == "edge" else None
-        assert {t: v["executor"] for t, v in tasks.items()} == {**dict.fromkeys(TRAIN_TASKS, executor),
-                                                                 "promote_if_better": None}  # fmt: skip
+    """The real retrain DAG: unset/local -> no executor, the promotion in the evaluate task (one host); edge ->
+    EdgeExecutor and queue train for the train-host tasks, promote_if_better on the scheduler host."""
+    local = dag_info["local"]["dags"]["retrain_and_push_dag"]["tasks"]
+    assert {t: (v["queue"], v["executor"]) for t, v in local.items()} == {
+        "train": ("train", None),
+        "evaluate_and_promote": ("train", None),
+    }
+    assert dag_info["edge"]["errors"] == {}, dag_info["edge"]["errors"]
+    edge = dag_info["edge"]["dags"]["retrain_and_push_dag"]["tasks"]
+    assert {t for t, v in edge.items() if v["queue"] == "train"} == {"train", "evaluate"}
+    assert {t: v["executor"] for t, v in edge.items()} == {"train": "EdgeExecutor", "evaluate": "EdgeExecutor",
+                                                           "promote_if_better": None}  # fmt: skip
 
 
 def test_executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
