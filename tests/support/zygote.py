@@ -119,9 +119,17 @@ def serve(sock_path: str, preload: Sequence[str]) -> None:
         server.bind(sock_path)
         server.listen(16)
         print("ready", flush=True)
+        parent = os.getppid()
+        server.settimeout(10)
         try:
             while True:
-                conn, _ = server.accept()
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    if os.getppid() != parent:  # the test process died without stopping it: no orphan left behind
+                        break
+                    continue
+                conn.settimeout(None)
                 request, fds = receive_request(conn)
                 sys.stdout.flush()
                 sys.stderr.flush()
