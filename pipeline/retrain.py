@@ -14,11 +14,13 @@ loads and scores a smoke batch (``dkt.verify``); every decision is recorded in t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import shutil
-import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,7 +226,6 @@ def train(
         if tuned is not None:
             print(f"train: {cfg.stem} warm-starts from production: a fine-tune ({tuned})", file=sys.stderr)
         argv = [
-            sys.executable, str(REPO_ROOT / "train.py"),
             "--config", str(tuned or cfg),
             "--train-file", str(files / "train.csv"),
             "--test-file", str(files / "test.csv"),
@@ -238,13 +239,12 @@ def train(
             argv += ["--epochs", str(min(epochs, settings.warm_epochs) if tuned else epochs)]
         if warm:
             argv += ["--init-from", str(production)]
-        print("train: " + " ".join(argv), file=sys.stderr)
-        # Training logs go straight to the task log; only the last stdout line (metrics JSON) is kept.
+        print("train: python train.py " + " ".join(argv), file=sys.stderr)  # what a person runs to repeat it
         with laps.lap(f"train.py {out.name}"):
-            proc = subprocess.run(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"train.py --config {cfg} failed with exit {proc.returncode}")
-        trained[out.name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            code, stdout = train_in_process(argv)
+        if code != 0:
+            raise RuntimeError(f"train.py --config {cfg} failed with exit {code}")
+        trained[out.name] = json.loads(stdout.strip().splitlines()[-1])
     with laps.lap("select"):
         selection = select(work)
     # What train.py's own figures say of the winner: its epochs, and the seconds of its training loop (the rest
@@ -255,6 +255,24 @@ def train(
                    fine_tune=str(tuned_winner))  # fmt: skip
     return {"model_version": version, "model": selection["winner_model"], "metrics": trained[selection["winner"]],
             "selection": selection}  # fmt: skip
+
+
+def train_in_process(argv: list[str]) -> tuple[int, str]:
+    """``train.py argv`` in this process: its exit code and its stdout (the last line: the metrics JSON); its logs go
+    to stderr (the task log). Not a child process: the interpreter, pandas and torch (imported here already to check
+    the warm start) are not loaded a second time, 3-4 s at load. A crash is printed and is exit 1, as a child's."""
+    from dkt.commands.train import main as train_main
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = train_main(argv)
+    except SystemExit as exc:  # argparse: its one line is printed
+        code = exc.code if isinstance(exc.code, int) else 2
+    except Exception:  # an unforeseen failure: its traceback in the task log, then one error line
+        traceback.print_exc()
+        code = 1
+    return code, out.getvalue()
 
 
 def holdout_context(work: Path, holdout: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray]:
