@@ -150,6 +150,7 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str
         "settings": (["show"], {"DKT_SERVE_PORT": "abc"}, "DKT_SERVE_PORT='abc'"),
         "client": (["routes"], {"DKT_SECRET_KEY": "cli-test"}, "data/sim/questions.csv: item bank not found"),
         "file-export": (["--source", str(tmp)], {}, "the following arguments are required: --out"),
+        "steps": (["--run-id", "r", "data nope"], {}, "step 'data nope' is not a DAG step"),
     }
 
 
