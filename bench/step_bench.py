@@ -1,0 +1,103 @@
+"""CPU cost of one training step of a sequence model (forward, loss, backward, AdamW), random inputs.
+
+    .venv/bin/python bench/step_bench.py --model bert --set model_params.positions=alibi --set model_params.dropout=0
+    .venv/bin/python bench/step_bench.py --model saint --profile       # where the step's time goes (torch.profiler)
+
+The config is config/<model>.json (or a path) with --set overrides applied as in bench/kt_benchmark.py. A batch
+of --batch windows x --len positions, every position real, vocabularies of 200 ids: the model body's cost, which
+is what decides an epoch (docs/sequence-models.md, round 4). Prints the minimum and median CPU-s per step
+(time.process_time) over --steps steps after one warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bench.kt_benchmark import override  # noqa: E402
+from dkt.config import ConfigError, parse_config  # noqa: E402
+from dkt.data.features import CATEGORICAL, CONTINUOUS, FIRST, RESPONSE  # noqa: E402
+from dkt.models.interface import kind_class  # noqa: E402
+from dkt.models.sequence import SequenceKind  # noqa: E402
+
+VOCAB = 200
+
+
+def random_batch(b: int, t: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.randint(FIRST, VOCAB, (b, t), generator=gen) for k in (*CATEGORICAL, *RESPONSE)}
+    batch["cont"] = torch.rand(b, t, len(CONTINUOUS), generator=gen)
+    batch["mask"] = torch.ones(b, t, dtype=torch.bool)
+    return batch
+
+
+def step_costs(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
+    """CPU-s of each of ``steps`` training steps, after one warm-up step."""
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    target = torch.randint(0, 2, batch["mask"].shape, generator=torch.Generator().manual_seed(1)).float()
+    costs = []
+    for _ in range(steps + 1):
+        start = time.process_time()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(batch), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        costs.append(time.process_time() - start)
+    return costs[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="config/<name>.json or a config path")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config field")
+    p.add_argument("--batch", type=int, default=32, help="windows per batch (default 32)")
+    p.add_argument("--len", type=int, default=200, help="positions per window (default 200)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler's table over 3 steps")
+    args = p.parse_args(argv)
+    path = Path(args.model) if args.model.endswith(".json") else ROOT / "config" / f"{args.model}.json"
+    try:
+        if min(args.batch, args.len, args.steps, args.threads) < 1:
+            raise ValueError("--batch, --len, --steps and --threads must be at least 1")
+        doc = json.loads(path.read_text())
+        for setting in args.set:
+            override(doc, setting)
+        config = parse_config(doc, str(path))
+        kind = kind_class(config.model)
+        if not issubclass(kind, SequenceKind):
+            raise ValueError(f"{config.model} is not a torch sequence model")
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        model = kind.build(config.model_params, {k: VOCAB for k in (*CATEGORICAL, *RESPONSE)}).train()
+    except (OSError, ValueError) as exc:  # a ConfigError names its file already
+        message = str(exc) if isinstance(exc, ConfigError) else f"{path}: {exc}"
+        print(f"error: {message}".replace("\n", "; "), file=sys.stderr)
+        return 2
+    batch = random_batch(args.batch, args.len)
+    costs = step_costs(model, batch, args.steps)
+    print(
+        f"{config.model} {' '.join(args.set)}: min {min(costs):.3f} median {statistics.median(costs):.3f} CPU-s "
+        f"per step ({args.batch} x {args.len}, {args.threads} thread(s))"
+    )
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step_costs(model, batch, 2)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
