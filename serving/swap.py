@@ -56,9 +56,10 @@ class Served:
     states: StateCache | None
 
 
-def served_from(model_dir: Path, tag: str, shadow: Shadow | None) -> Served:
-    """Load the bundle in ``model_dir`` (its config, a fresh state cache) as the service serves it."""
-    predictor = load_predictor(model_dir, device=str(resolve_device(settings.device)))
+def served_from(model_dir: Path, tag: str, shadow: Shadow | None, predictor: Predictor | None = None) -> Served:
+    """The bundle in ``model_dir`` (its config, a fresh state cache) as the service serves it; ``predictor`` when
+    the caller loaded it already (the swap checks its version first), else loaded here."""
+    predictor = predictor or load_predictor(model_dir, device=str(resolve_device(settings.device)))
     config_file = model_dir / "config.json"  # every bundle carries the config it was trained with
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
     # Per-student model states for requests that carry student_id (serving/state_cache.py); 0 bytes: none.
@@ -98,10 +99,8 @@ def load_named(doc: dict[str, Any]) -> Served:
     if doc.get("shadow"):
         folder, predictor = predictor_of(doc["shadow"])
         shadow = Shadow(predictor, f"bundle:{folder}")
-    folder, _ = predictor_of(doc)
-    # Loaded twice (once checked above, once with its config and cache): a bundle is small, and one loader serves
-    # both the start and the swap.
-    return served_from(folder, f"bundle:{folder}", shadow)
+    folder, predictor = predictor_of(doc)
+    return served_from(folder, f"bundle:{folder}", shadow, predictor)
 
 
 def failure_counter() -> Callable[[], None]:
