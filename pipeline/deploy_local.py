@@ -66,6 +66,11 @@ def served_file() -> Path:
     return run_dir() / "served_model.json"
 
 
+def read_served() -> dict[str, Any] | None:
+    """The served-model file's document as last written (a switch-back writes it again), None when there is none."""
+    return json.loads(served_file().read_text()) if served_file().is_file() else None
+
+
 def swapping() -> bool:
     """Local mode with DKT_DEPLOY_STRATEGY=swap and a live server started to follow ``served_file()``: a new model
     is swapped into it (no pack, no new server)."""
@@ -261,7 +266,7 @@ def switch_local(
     port = base_port() + 1 if old.get("port") == base_port() else base_port()
     if old.get("port") == port and alive(old.get("pid")):
         port = base_port() if port != base_port() else base_port() + 1
-    previous = json.loads(served_file().read_text()) if served and served_file().is_file() else None
+    previous = read_served() if served else None
     if served:
         write_json(served_file(), served)
     new = start_server(model_tag, port, shadow, served_file() if served else None)
@@ -335,7 +340,7 @@ def swap_local(
     /metadata reports it; refused or not reported in time: the file back on the previous bundle, DeployError."""
     laps = laps or Laps()
     st = read_state()
-    previous = json.loads(served_file().read_text()) if served_file().is_file() else None
+    previous = read_served()
     with laps.lap("stage bundle"):
         doc = served_doc(bundle, version, shadow)
     since = time.time()
