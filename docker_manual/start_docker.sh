@@ -35,8 +35,8 @@ if ((${#need[@]})); then
     exit 1
   fi
   echo "installing ${need[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  # One apt-get at a time beside `make test`'s other parts (mk/apt-install.sh says why).
+  "$(dirname "$0")/../mk/apt-install.sh" "${need[@]}" >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then

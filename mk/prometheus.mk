@@ -6,13 +6,12 @@
 # config and rule checks). The tests fail, never skip, without them: part of every `make test`.
 TEST_SETUP_PARTS += prometheus
 
-# Installed side by side with the other parts: apt waits for the lock another part's apt-get holds.
+# Installed side by side with the other parts: mk/apt-install.sh runs one apt-get at a time.
 prometheus: ## install Debian's prometheus and promtool (skipped when present)
 	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
 		echo "prometheus: $$(command -v prometheus)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get \
-			-o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends prometheus; \
+		mk/apt-install.sh --no-install-recommends prometheus; \
 	else echo "error: prometheus/promtool missing and cannot be installed (needs root + apt-get)" >&2; exit 1; fi
 
 up:: prometheus

@@ -9,13 +9,12 @@ RUN_DIR ?= run
 # The browser tests drive Debian's chromium through Playwright (the pip package; never `playwright install`).
 TEST_SETUP_PARTS += chromium
 
-# `make test` installs its parts side by side: apt waits for the lock another part's apt-get holds (Docker's).
+# `make test` installs its parts side by side: mk/apt-install.sh runs one apt-get at a time (Docker's included).
 # No chromium and no way to install it stops `make test`: the browser tests are part of every run.
 chromium: ## install Debian's chromium for the headless browser tests (skipped when present)
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get \
-			-o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends chromium fonts-dejavu-core; \
+		mk/apt-install.sh --no-install-recommends chromium fonts-dejavu-core; \
 	else echo "error: chromium missing and cannot be installed (needs root + apt-get)" >&2; exit 1; fi
 
 serving-up: setup ## pack MODEL_DIR (optional), start the service on SERVICE_PORT and the web page on CLIENT_PORT
