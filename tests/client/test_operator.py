@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -211,7 +211,8 @@ def test_quality_plots_have_a_point_per_day_per_series_and_axis_labels(conn: sql
 
 def test_answers_per_day_fills_gaps_and_plots_a_bar_per_day(conn: sqlite3.Connection) -> None:
     per_day = operator.answers_per_day(conn)
-    gap = (db.utc_now().date() - timedelta(days=3)).isoformat()
+    # The day between DAYS[2] and DAYS[3], from DAYS (set at import): a run that crosses midnight keeps it.
+    gap = (date.fromisoformat(DAYS[3]) - timedelta(days=1)).isoformat()
     assert per_day == [(DAYS[0], 30), (DAYS[1], 30), (DAYS[2], 30), (gap, 0), (DAYS[3], 30)]
     assert operator.answers_per_day(conn, days=2) == per_day[-2:]
     panel = operator.Panel("answers", "a")
