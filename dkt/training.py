@@ -72,12 +72,15 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def epoch_auc(labels: list[torch.Tensor], probs: list[torch.Tensor]) -> float:
-    """AUC of an epoch's own predictions, batch by batch (tensors wherever they were computed: copied once here);
-    NaN when undefined (one class, or a diverged epoch whose predictions are all NaN: those are left out, as the
-    validation AUC leaves out unscored positions)."""
+def epoch_auc(labels: list[torch.Tensor], probs: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> float:
+    """AUC of an epoch's own predictions, batch by batch (tensors wherever they were computed: copied once here),
+    over the positions ``masks`` keeps (all without); NaN when undefined (one class, or a diverged epoch whose
+    predictions are all NaN: those are left out, as the validation AUC leaves out unscored positions)."""
     y = torch.cat(labels).cpu().numpy() if labels else np.empty(0)
     p = torch.cat(probs).cpu().numpy() if probs else np.empty(0)
+    if masks is not None:
+        keep = torch.cat(masks).cpu().numpy() if masks else np.empty(0, dtype=bool)
+        y, p = y[keep], p[keep]
     finite = np.isfinite(p)
     return auc(y[finite], p[finite])
 
@@ -119,7 +122,7 @@ def fit_sequence_model(
     epochs = epochs or params.epochs
     rng = np.random.default_rng(seed)
     model.to(device)
-    train_b, valid_b = Batcher(train_ff), Batcher(valid_ff)
+    train_b, valid_b = Batcher(train_ff, device), Batcher(valid_ff, device)
     train_w = make_windows(train_ff, params.max_seq_len, params.stride)
     # Validation is scored like the test set and the service (one window rule: dkt.data.sequences.window_start).
     # Scored longest first: an evaluation batch is as wide as its longest window, so windows of like length
@@ -128,7 +131,10 @@ def fit_sequence_model(
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
     steps_per_epoch = math.ceil(n_windows / params.batch_size)
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # On CUDA the fused AdamW updates every parameter in one kernel: with this project's small models an epoch is
+    # mostly kernel launches there (docs/training-speed.md). The CPU keeps the default (foreach) implementation.
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, int(params.warmup_ratio * total)))
     amp = params.amp and device.type == "cuda"
     # bf16 has fp32's range: only fp16 needs the loss scaled so small gradients do not underflow.
@@ -155,10 +161,12 @@ def fit_sequence_model(
         # Summed on the device and read once per epoch: a .item() or .cpu() per step would wait for the GPU each step.
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         total_n = torch.zeros((), dtype=torch.int64, device=device)
-        # The epoch's own predictions on its labelled positions, for its train AUC: what the optimiser saw, as it
-        # changed over the epoch (dropout on), not a second pass over the data after it.
+        # The epoch's own predictions and their loss masks, for its train AUC: what the optimiser saw, as it changed
+        # over the epoch (dropout on), not a second pass over the data after it. Masked once at the epoch's end: a
+        # boolean index per step would wait for the GPU each step.
         seen_p: list[torch.Tensor] = []
         seen_y: list[torch.Tensor] = []
+        seen_m: list[torch.Tensor] = []
         bar = tqdm(
             train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng, bucket=params.bucket_batches),
             total=steps_per_epoch,
@@ -182,8 +190,9 @@ def fit_sequence_model(
             n = m.sum()
             total_loss += loss.detach().double() * n
             total_n += n
-            seen_p.append(torch.sigmoid(logits.detach()[m].float()))
-            seen_y.append(batch["answer"][m])
+            seen_p.append(torch.sigmoid(logits.detach().float()).flatten())
+            seen_y.append(batch["answer"].flatten())
+            seen_m.append(m.flatten())
             if show:  # the bar's running loss is the one per-step read, and only on a terminal
                 bar.set_postfix(loss=f"{total_loss.item() / max(1, int(total_n)):.4f}")
         prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
@@ -192,7 +201,7 @@ def fit_sequence_model(
         v_loss = log_loss(valid_y[labelled], prob[labelled])
         seconds = time.perf_counter() - tick
         train_loss = total_loss.item() / max(1, int(total_n))
-        train_auc = epoch_auc(seen_y, seen_p)
+        train_auc = epoch_auc(seen_y, seen_p, seen_m)
         history.append(
             {"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc, "valid_auc": v_auc,
              "valid_loss": v_loss, "seconds": seconds}

@@ -108,21 +108,28 @@ def scoring_windows(ff: FeatureFrame, max_len: int, targets: np.ndarray | None =
 
 
 class Batcher:
-    """Gathers padded tensors for windows of one FeatureFrame."""
+    """Gathers padded tensors for windows of one FeatureFrame.
 
-    def __init__(self, ff: FeatureFrame):
+    ``device``: where the columns live and batches are gathered. The training loop puts them on its accelerator
+    once, so a step's batch is a few gathers there instead of a gather on the host and a dozen host-to-device
+    copies (on an H100 these, not the model, set an lstm epoch's time: docs/training-speed.md).
+    """
+
+    def __init__(self, ff: FeatureFrame, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
         # One extra all-zero row at the end: PAD_ROW (-1) indexes it directly.
-        def padded(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([a, np.zeros((1, *a.shape[1:]), dtype=a.dtype)])
+        def padded(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([a, np.zeros((1, *a.shape[1:]), dtype=a.dtype)])).to(self.device)
 
-        self.cat = {k: torch.from_numpy(padded(ff.cat[k])) for k in CATEGORICAL}
-        self.resp = {k: torch.from_numpy(padded(ff.resp[k])) for k in RESPONSE}
-        self.cont = torch.from_numpy(padded(ff.cont))
-        self.answer = torch.from_numpy(padded(np.clip(ff.answer, 0, 1).astype(np.float32)))
-        self.labelled = torch.from_numpy(padded(ff.answer >= 0))
+        self.cat = {k: padded(ff.cat[k]) for k in CATEGORICAL}
+        self.resp = {k: padded(ff.resp[k]) for k in RESPONSE}
+        self.cont = padded(ff.cont)
+        self.answer = padded(np.clip(ff.answer, 0, 1).astype(np.float32))
+        self.labelled = padded(ff.answer >= 0)
 
     def batch(self, index: np.ndarray, score: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        idx = torch.from_numpy(index)
+        idx = torch.from_numpy(index).to(self.device)
         mask = idx != PAD_ROW
         out: dict[str, torch.Tensor] = {k: v[idx] for k, v in self.cat.items()}
         out.update({k: v[idx] for k, v in self.resp.items()})
@@ -131,7 +138,7 @@ class Batcher:
         out["mask"] = mask
         labelled = self.labelled[idx] & mask
         out["loss_mask"] = labelled
-        scored = mask & torch.from_numpy(score) if score is not None else mask
+        scored = mask & torch.from_numpy(score).to(self.device) if score is not None else mask
         out["score_pos"] = scored  # every position to predict, labelled or not (answerCode -1)
         out["score_mask"] = labelled & scored  # positions that count for metrics
         return out

@@ -164,7 +164,7 @@ class AKTModel(nn.Module):
         # As in the paper's code: the question encoder's layers skip the feed-forward part.
         self.questions = nn.ModuleList(AttentionBlock(cfg, monotonic=True, feed_forward=False) for _ in n)
         self.retriever = nn.ModuleList(AttentionBlock(cfg, monotonic=True, shift_keys=True) for _ in n)
-        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x_emb, y = self.embed(batch)

@@ -78,7 +78,7 @@ class BertKTModel(nn.Module):
             attn_implementation="sdpa",
         )
         self.bert = BertModel(bert_cfg, add_pooling_layer=False)
-        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b, t = batch["mask"].shape

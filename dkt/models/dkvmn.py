@@ -44,7 +44,7 @@ class DKVMNModel(nn.Module):
         self.value_init = nn.Parameter(torch.randn(cfg.memory_size, cfg.value_dim) * 0.1)
         self.erase = nn.Linear(cfg.d_model, cfg.value_dim)
         self.add = nn.Linear(cfg.d_model, cfg.value_dim)
-        self.head = PredictionHead(cfg.value_dim + cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(cfg.value_dim + cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         query, interaction = self.inp(batch)

@@ -56,7 +56,7 @@ class LSTMModel(nn.Module):
         self.summed = cfg.lstm_input == "sum"
         self.inp = InputEmbedding(cfg, sizes)
         self.lstm = input_lstm(cfg, cfg.d_model if self.summed else None)
-        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, cfg.head_dim)
+        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, cfg.head_dim, cfg.dropout_mask)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(LSTM input, query) per position."""

@@ -60,7 +60,7 @@ class LSTMAttnModel(nn.Module):
             for _ in range(cfg.n_attn_layers)
         )
         self.norm = nn.LayerNorm(cfg.hidden_dim)
-        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         query, interaction = self.inp(batch)

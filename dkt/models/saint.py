@@ -73,7 +73,7 @@ class SaintModel(nn.Module):
         self.enc_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(nn.TransformerDecoderLayer(**common) for _ in range(cfg.n_dec_layers))
         self.dec_norm = nn.LayerNorm(cfg.d_model)
-        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b, t = batch["mask"].shape

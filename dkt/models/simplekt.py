@@ -46,7 +46,7 @@ class SimpleKTModel(nn.Module):
         super().__init__()
         self.embed = RaschEmbedding(cfg, sizes)
         self.blocks = nn.ModuleList(AttentionBlock(cfg, monotonic=False, shift_keys=True) for _ in range(cfg.n_blocks))
-        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout)
+        self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x_emb, y = self.embed(batch)

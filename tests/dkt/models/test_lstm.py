@@ -16,7 +16,7 @@ import torch
 from dkt.config import ConfigError, parse_config
 from dkt.data.features import CATEGORICAL, CONTINUOUS, RESPONSE, FeatureEncoder
 from dkt.data.sequences import Batcher, make_windows
-from dkt.models.base import InputConfig, InputEmbedding
+from dkt.models.base import InputConfig, InputEmbedding, SequenceDropout
 from dkt.models.lstm import LSTMKind, LSTMModel
 from dkt.simulate import simulate
 
@@ -80,8 +80,43 @@ def test_options_set_the_lstm_input_and_head_widths(
         ({"lstm_input": "wide"}, r"LSTMConfig.lstm_input must be one of \('concat', 'sum'\), got 'wide'"),
         ({"embedding": "mean"}, r"LSTMConfig.embedding must be one of \('concat', 'sum'\), got 'mean'"),
         ({"head_dim": 0}, r"LSTMConfig.head_dim must be a positive integer, got 0"),
+        ({"dropout_mask": "row"}, r"LSTMConfig.dropout_mask must be one of \('element', 'sequence'\), got 'row'"),
     ],
 )
 def test_a_bad_option_is_named_when_the_config_is_read(params: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=rf"exp\.json: invalid config\n.*{message}"):
         parse_config({"model": "lstm", "model_params": params}, "exp.json")
+
+
+def test_sequence_dropout_shares_one_mask_over_time_and_is_off_in_evaluation() -> None:
+    """``dropout_mask`` "sequence": every time step of a sequence loses the same features, each kept one scaled by
+    1 / (1 - p); sequences draw their own masks; evaluation passes the input through unchanged."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 30, 16) + 0.5  # no zeros of its own: a zero in the output is a dropped feature
+    drop = SequenceDropout(0.25).train()
+    y = drop(x)
+    kept = y != 0
+    assert (kept == kept[:, :1]).all()  # the same features at every step of a sequence
+    assert not (kept[:, 0] == kept[:1, 0]).all()  # not the same for every sequence
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    assert 0.65 < kept[:, 0].float().mean() < 0.85  # about 1 - p kept
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_an_lstm_with_sequence_dropout_masks_its_input_and_head_per_sequence(encoded: tuple[dict, dict]) -> None:
+    """The option reaches the input embedding's and the head's dropout; the model in evaluation (the scores that
+    validation, test and serving read) is the same function as with element masks on the same weights."""
+    sizes, batch = encoded
+    params = {"d_model": 16, "hidden_dim": 32, "embedding": "sum", "lstm_input": "sum", "head_dim": 8}
+    torch.manual_seed(1)
+    seq = LSTMKind.build({**params, "dropout_mask": "sequence"}, sizes)
+    elem = LSTMKind.build(params, sizes)
+    elem.load_state_dict(seq.state_dict())  # the option adds no parameter: the same state loads either way
+    assert isinstance(seq.inp.drop, SequenceDropout) and isinstance(seq.head.net[2], SequenceDropout)
+    assert isinstance(elem.inp.drop, torch.nn.Dropout) and isinstance(elem.head.net[2], torch.nn.Dropout)
+    torch.testing.assert_close(seq.eval()(batch), elem.eval()(batch), rtol=0, atol=0)
+    seq.train()
+    query, _ = seq.inp(batch)
+    dropped = (query == 0) & batch["mask"][..., None]
+    rows = batch["mask"].all(1)  # sequences with no padding: every step's dropped features are the same
+    assert dropped[rows].any() and (dropped[rows] == dropped[rows][:, :1]).all()
