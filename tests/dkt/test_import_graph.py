@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("dkt", "pipeline", "client", "data", "models")
+PACKAGES = ("dkt", "pipeline", "client", "data", "models", "serving")
 
 
 def module_files() -> dict[str, Path]:
