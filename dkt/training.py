@@ -72,15 +72,13 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def epoch_auc(labels: list[torch.Tensor], probs: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> float:
+def epoch_auc(labels: list[torch.Tensor], probs: list[torch.Tensor], masks: list[torch.Tensor]) -> float:
     """AUC of an epoch's own predictions, batch by batch (tensors wherever they were computed: copied once here),
-    over the positions ``masks`` keeps (all without); NaN when undefined (one class, or a diverged epoch whose
-    predictions are all NaN: those are left out, as the validation AUC leaves out unscored positions)."""
-    y = torch.cat(labels).cpu().numpy() if labels else np.empty(0)
-    p = torch.cat(probs).cpu().numpy() if probs else np.empty(0)
-    if masks is not None:
-        keep = torch.cat(masks).cpu().numpy() if masks else np.empty(0, dtype=bool)
-        y, p = y[keep], p[keep]
+    over the positions ``masks`` keeps; NaN when undefined (one class, or a diverged epoch whose predictions are all
+    NaN: those are left out, as the validation AUC leaves out unscored positions)."""
+    keep = torch.cat(masks).cpu().numpy() if masks else np.empty(0, dtype=bool)
+    y = torch.cat(labels).cpu().numpy()[keep] if labels else np.empty(0)
+    p = torch.cat(probs).cpu().numpy()[keep] if probs else np.empty(0)
     finite = np.isfinite(p)
     return auc(y[finite], p[finite])
 
