@@ -87,10 +87,9 @@ def build_config(cls: type, params: dict[str, Any]) -> Any:
     for k in ("categorical", "response"):
         if k in params and (bad := set(params[k]) - set(getattr(InputConfig, k))):
             raise ValueError(f"{cls.__name__}.{k}: unknown feature(s) {sorted(bad)}")
-    if params.get("embedding", "concat") not in EMBEDDINGS:
-        raise ValueError(f"{cls.__name__}.embedding must be one of {EMBEDDINGS}, got {params['embedding']!r}")
-    if params.get("dropout_mask", "element") not in DROPOUT_MASKS:
-        raise ValueError(f"{cls.__name__}.dropout_mask must be one of {DROPOUT_MASKS}, got {params['dropout_mask']!r}")
+    for name, choices in (("embedding", EMBEDDINGS), ("dropout_mask", DROPOUT_MASKS)):  # each default is choices[0]
+        if params.get(name, choices[0]) not in choices:
+            raise ValueError(f"{cls.__name__}.{name} must be one of {choices}, got {params[name]!r}")
     return cls(**params)
 
 
