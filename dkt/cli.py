@@ -75,6 +75,12 @@ def run_actions(
     return actions[p.parse_args(argv).command][0]()
 
 
+def exit_code(exc: SystemExit) -> int:
+    """The exit code of a command run in this process that raised SystemExit (argparse's bad input has printed its
+    one line): its own code when it gave one, else bad input."""
+    return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+
+
 class Command(NamedTuple):  # a NamedTuple, not a dataclass: dataclasses imports inspect, a third of startup
     target: str  # "module:function"; the function takes the arguments after the command name, returns the exit code
     help: str

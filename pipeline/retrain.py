@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dkt.bundle import BundleError, default_version, lineage, read_meta, write_json
+from dkt.cli import exit_code
 from dkt.settings import TrainingSettings, load
 from pipeline import promotions, timings
 from pipeline.data_update import read_json
@@ -268,7 +269,7 @@ def train_in_process(argv: list[str]) -> tuple[int, str]:
         with contextlib.redirect_stdout(out):
             code = train_main(argv)
     except SystemExit as exc:  # argparse: its one line is printed
-        code = exc.code if isinstance(exc.code, int) else 2
+        code = exit_code(exc)
     except Exception:  # an unforeseen failure: its traceback in the task log, then one error line
         traceback.print_exc()
         code = 1

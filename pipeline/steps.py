@@ -18,7 +18,7 @@ import importlib
 import shlex
 import sys
 
-from dkt.cli import COMMANDS, EXIT_BAD_INPUT, Parser
+from dkt.cli import COMMANDS, Parser, exit_code
 
 # The DAG steps, per command: only these run here (each takes --run-id and works in its flow's work folder).
 DAG_STEPS = {
@@ -53,7 +53,7 @@ def run_step(words: list[str]) -> int:
     try:
         return COMMANDS[words[0]].run(words[1:])
     except SystemExit as exc:  # a step's own bad input: argparse has printed its one line
-        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+        return exit_code(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
