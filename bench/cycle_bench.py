@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from dkt.settings import PipelineSettings, StackSettings, load, load_or_exit  # noqa: E402
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from tests.support.ports import free_port, free_port_pair  # noqa: E402
 from tests.support.students import answering, client_server, run_students  # noqa: E402
 
 
@@ -332,7 +332,7 @@ def main() -> int:
         "DKT_WORK_ROOT": str(tmp / "work"),
         "DKT_RUN_DIR": str(tmp / "run"),
         "BENTOML_HOME": str(tmp / "bentoml"),
-        "DKT_SERVE_PORT": str(free_port()),
+        "DKT_SERVE_PORT": str(free_port_pair()),
         "DKT_INFERENCE_URL_FILE": str(tmp / "run" / "inference_url"),
         "DKT_CLIENT_DB": str(tmp / "client.db"),
         "DKT_QUESTIONS": str(tmp / "sim" / "questions.csv"),

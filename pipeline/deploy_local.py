@@ -204,11 +204,24 @@ def stop_group(pid: int | None, grace: float = 30.0) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+def log_tail(log: str | Path, lines: int = 1) -> str:
+    """The last non-empty ``lines`` of a server's log (its reason to exit, such as a port in use), or ''."""
+    try:
+        with Path(log).open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join([ln.strip() for ln in text.splitlines() if ln.strip()][-lines:])
+
+
 def wait_ready(server: dict[str, Any], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(server["pid"]):
-            raise DeployError(f"bentoml serve on port {server['port']} exited; see {server['log']}")
+            said = log_tail(server["log"])
+            raise DeployError(f"bentoml serve on port {server['port']} exited"
+                              f"{f' ({said})' if said else ''}; see {server['log']}")  # fmt: skip
         try:
             if requests.get(server["url"] + "/readyz", timeout=2).status_code == 200:
                 return

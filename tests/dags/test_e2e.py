@@ -19,7 +19,7 @@ from tests.conftest import TINY_LSTM
 from tests.dags.airflow_runner import AirflowCLI
 from tests.dags.polling import request
 from tests.pipeline.s3server import moto_server
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_port_pair
 from tests.support.students import answering, client_server, run_students
 
 
@@ -65,7 +65,7 @@ def students_then_three_dags(
         "DKT_WORK_ROOT": str(tmp_path / "work"),
         "DKT_RUN_DIR": str(tmp_path / "run"),
         "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "DKT_SERVE_PORT": str(free_port()),
+        "DKT_SERVE_PORT": str(free_port_pair()),
         "DKT_INFERENCE_URL_FILE": str(tmp_path / "run" / "inference_url"),
         "DKT_CLIENT_DB": str(tmp_path / "client.db"),
         "DKT_QUESTIONS": str(sim_dir / "questions.csv"),

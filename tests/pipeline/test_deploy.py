@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from pipeline import deploy, deploy_served
 from pipeline.store import VersionedStore
 from pipeline.workdir import work_dir
 from tests.serving.fixtures import Packed
-from tests.serving.servers import Server, free_port
+from tests.serving.servers import Server
+from tests.support.ports import free_port_pair
 
 
 @pytest.fixture
@@ -108,7 +110,7 @@ def test_failed_deploy_puts_production_back_on_the_served_model(
     run.mkdir()
     (run / "inference_url").write_text(service.url + "\n")  # what the client uses: the served test-v1
     for k, v in {"DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_DEPLOY_MODE": "local",
-                 "BENTOML_HOME": str(tmp_path / "bentoml"), "DKT_SERVE_PORT": str(free_port()),
+                 "BENTOML_HOME": str(tmp_path / "bentoml"), "DKT_SERVE_PORT": str(free_port_pair()),
                  "DKT_READY_TIMEOUT": "120"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)
     t0 = time.monotonic()
@@ -274,3 +276,27 @@ def test_swap_serves_a_new_bundle_refuses_a_broken_one_and_fails_no_request(
         stop.set()
         served.unlink(missing_ok=True)  # the session's server goes back on the packed model (serving/swap.py)
         until("the packed model served again", lambda: metadata(service.url).get("model_tag") == packed.model_tag)
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_bind_its_port_fails_the_deploy_with_the_reason(
+    packed: Packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `bentoml serve` on a port something else holds exits at once: the deploy's error carries the log's
+    last line (the bind error), not only the log's path (stop 21's CI showed only "failed with 2")."""
+    from pipeline import deploy_local
+
+    monkeypatch.setenv("BENTOML_HOME", str(packed.home))
+    monkeypatch.setenv("DKT_RUN_DIR", str(tmp_path / "run"))
+    port = free_port_pair()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        server = deploy_local.start_server(packed.model_tag, port)
+        try:
+            with pytest.raises(deploy_local.DeployError) as err:
+                deploy_local.wait_ready(server, timeout=120)
+        finally:
+            deploy_local.stop_server(server["pid"], grace=5)
+    assert f"bentoml serve on port {port} exited (" in str(err.value)
+    assert "Address already in use" in str(err.value) and server["log"] in str(err.value)

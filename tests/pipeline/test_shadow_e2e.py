@@ -27,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from tests.pipeline.test_prometheus import poll, tool
 from tests.serving.fixtures import Packed
 from tests.serving.servers import ROOT, free_port
 from tests.serving.shadow_bundles import SHUFFLED_VERSION, shuffled_bundle_dir
+from tests.support.ports import free_port_pair
 from tests.support.students import Chance, client_server, run_students
 
 pytestmark = pytest.mark.slow
@@ -93,9 +94,12 @@ def deploy_steps(run_id: str) -> dict[str, Any]:
     """The four update_inference_server_dag steps; the verify step's document."""
     out = io.StringIO()
     for step in ("pull-model", "pack", "deploy", "verify"):
-        with redirect_stdout(out):
+        err = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
             rc = deploy.main([step, "--run-id", run_id])
-        assert rc == 0, f"dkt deploy {step} failed with {rc}"
+        sys.stderr.write(err.getvalue())
+        said = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        assert rc == 0, f"dkt deploy {step} failed with {rc}: {said}"  # the reason in the summary line, not a log
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
@@ -186,7 +190,7 @@ def test_shadow_online_quality_prometheus_and_promotion_on_live_evidence(
     client_db, client_port, prom_port = tmp_path / "client.db", free_port(), free_port()
     env = {
         "DKT_RUN_DIR": str(run), "DKT_WORK_ROOT": str(tmp_path / "work"), "DKT_VAR_DIR": str(tmp_path / "var"),
-        "DKT_DEPLOY_MODE": "local", "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port()),
+        "DKT_DEPLOY_MODE": "local", "BENTOML_HOME": str(home), "DKT_SERVE_PORT": str(free_port_pair()),
         "DKT_DEPLOY_STRATEGY": "restart",  # the blue/green switch is what this test checks (the swap: test_deploy)
         "DKT_DRAIN_SECONDS": "0", "DKT_READY_TIMEOUT": "240", "DKT_VERIFY_TIMEOUT": "120",
         "DKT_CLIENT_DB": str(client_db), "DKT_QUESTIONS": str(sim_dir / "questions.csv"),

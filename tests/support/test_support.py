@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ports import free_port
+from tests.support.ports import ephemeral_range, free_port, free_port_pair
 from tests.support.students import answer_key, answering, client_server, run_students
 from tests.support.zygote import Zygote
 
@@ -25,6 +25,23 @@ def test_free_port_can_be_listened_on_at_once() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
             s.listen()
+
+
+def test_free_port_pair_is_outside_the_ports_the_kernel_hands_out() -> None:
+    """tests/support/ports.free_port_pair: P and P + 1 free and below ip_local_port_range, where a connect() never
+    takes one (a real outgoing connection's port lands inside that range; free_port() + 1 lands there too)."""
+    low, high = ephemeral_range()
+    for _ in range(20):
+        port = free_port_pair()
+        assert 1024 <= port < port + 1 < low
+        for p in (port, port + 1):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", free_port()))
+        server.listen()
+        client.connect(server.getsockname())
+        assert low <= client.getsockname()[1] <= high
 
 
 PROBE = """
