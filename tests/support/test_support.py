@@ -29,7 +29,7 @@ def test_free_port_can_be_listened_on_at_once() -> None:
 
 def test_free_port_pair_is_outside_the_ports_the_kernel_hands_out() -> None:
     """tests/support/ports.free_port_pair: P and P + 1 free and below ip_local_port_range, where a connect() never
-    takes one (a real outgoing connection's port lands inside that range; free_port() + 1 lands there too)."""
+    takes one (a real outgoing connection's port lands inside that range)."""
     low, high = ephemeral_range()
     for _ in range(20):
         port = free_port_pair()
