@@ -51,6 +51,8 @@ class EnsembleMember(BaseModel):
 
     config: str = Field(description="path of the member's config, relative to this file's folder")
     weight: float = Field(1.0, gt=0)
+    # Seeds of one config are members of their own: several seeds of one model are a stronger ensemble than one.
+    seed: int | None = Field(None, ge=0, description="the member's training seed (default: the run's --seed)")
 
 
 class ExperimentConfig(BaseModel):

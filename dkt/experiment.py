@@ -161,7 +161,7 @@ def _train(
         seed=seed,
         config_dir=config_dir or Path("config"),
         progress=progress,
-        train_member=lambda path, out_dir: member(path, output_dir=out_dir),
+        train_member=lambda path, out_dir, member_seed: member(path, output_dir=out_dir, seed=member_seed),
         init_from=init_from,
     )
     fit = kind.train(job)

@@ -1,4 +1,4 @@
-"""Evaluation: AUC and accuracy over every predicted answer and over each user's last one.
+"""Evaluation: AUC, accuracy and RMSE over every predicted answer; AUC and accuracy over each user's last one.
 
 ``auc`` and ``accuracy`` return NaN when undefined (for arithmetic inside training);
 ``evaluate_predictions`` turns that into ``None`` plus a ``<key>_reason``, so JSON never carries NaN.
@@ -25,6 +25,11 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((p >= 0.5) == (y == 1))) if len(y) else float("nan")
+
+
+def rmse(y: np.ndarray, p: np.ndarray) -> float:
+    """Root mean squared error of the probabilities (the KT benchmarks' third column, beside AUC and accuracy)."""
+    return float(np.sqrt(np.mean((p - y) ** 2))) if len(y) else float("nan")
 
 
 def why_undefined(y: np.ndarray, what: str) -> str:
@@ -73,6 +78,7 @@ def evaluate_predictions(df: pd.DataFrame, prob: np.ndarray, prefix: str = "") -
     out: dict[str, Any] = {}
     put_metric(out, f"{prefix}auc", auc(y, p), why_undefined(y, what))
     put_metric(out, f"{prefix}acc", accuracy(y, p), why_undefined(y, what))
+    put_metric(out, f"{prefix}rmse", rmse(y.astype(np.float64), p), f"no labelled answers in {what}")
     put_metric(out, f"{prefix}auc_last", auc(y[last], p[last]), why_undefined(y[last], f"last answers of {what}"))
     put_metric(out, f"{prefix}acc_last", accuracy(y[last], p[last]), why_undefined(y[last], f"last answers of {what}"))
     out[f"{prefix}n"] = len(y)

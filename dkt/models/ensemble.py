@@ -1,11 +1,14 @@
-"""Soft-voting ensemble: a weighted mean of the member models' P(correct).
+"""Soft-voting ensemble: a weighted mean of the member models' P(correct), or of its log-odds.
 
 Each member listed in ``config/ensemble.json`` is trained as a bundle of its own
-under ``members/<nn>-<name>/`` (so it can be inspected, or served alone); the
-ensemble's ``ensemble.json`` names the member folders and their normalised
-weights. With ``model_params.fit_weights`` the weights are instead chosen to
-minimise log loss on the validation users (the same users that early-stopped
-the members, so the ensemble's ``valid_auc`` is then slightly optimistic).
+under ``members/<nn>-<name>/`` (so it can be inspected, or served alone), with the
+run's seed or its own (``seed``: several seeds of one config are members of their
+own); the ensemble's ``ensemble.json`` names the member folders, their normalised
+weights and how they are combined. With ``model_params.fit_weights`` the weights are
+instead chosen to minimise log loss on the validation users (the same users that
+early-stopped the members, so the ensemble's ``valid_auc`` is then slightly
+optimistic); ``model_params.combine`` "auto" picks the mean of probabilities or of
+log-odds by the same validation log loss. Nothing is chosen on the test file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +44,9 @@ class EnsembleParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fit_weights: bool = Field(False, description="fit member weights on validation log loss instead of the config's")
+    combine: Literal["prob", "logit", "auto"] = Field(
+        "prob", description="weighted mean of P(correct), of its log-odds, or the one of lower validation log loss"
+    )
 
 
 def parse_params(params: dict[str, Any]) -> EnsembleParams:
@@ -59,25 +65,53 @@ def normalise(weights: list[float] | np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def weighted_mean(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """Soft vote: sum of w_i * p_i with weights summing to 1 (NaN where any member has none)."""
+def weighted_mean(probs: list[np.ndarray], weights: np.ndarray, combine: str = "prob") -> np.ndarray:
+    """Soft vote with weights summing to 1 (NaN where any member has none): sum of w_i * p_i, or with ``combine``
+    "logit" the sigmoid of sum of w_i * logit(p_i) (members that agree on a confident answer stay confident)."""
+    if combine == "logit":
+        z = np.sum([w * logit(p) for w, p in zip(weights, probs, strict=True)], axis=0)
+        return 1.0 / (1.0 + np.exp(-z))
     return np.sum([w * p for w, p in zip(weights, probs, strict=True)], axis=0)
 
 
-def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """Weights on the simplex (softmax of free parameters) minimising validation log loss."""
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(q) - np.log1p(-q)
+
+
+def log_loss(y: np.ndarray, q: np.ndarray) -> float:
+    q = np.clip(q, EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def fit_weights(probs: list[np.ndarray], y: np.ndarray, combine: str = "prob") -> np.ndarray:
+    """Weights on the simplex (softmax of free parameters) minimising validation log loss of the ``combine`` mean.
+    L-BFGS, not Nelder-Mead: an ensemble of a dozen members is a dozen dimensions, where a simplex search stalls."""
     if len(probs) == 1:
         return np.ones(1)
     p = np.clip(np.stack(probs), EPS, 1 - EPS)
 
-    def loss(theta: np.ndarray) -> float:
+    def weights(theta: np.ndarray) -> np.ndarray:
         w = np.exp(theta - theta.max())
-        q = np.clip((w / w.sum()) @ p, EPS, 1 - EPS)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+        return w / w.sum()
 
-    res = minimize(loss, np.zeros(len(probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
-    w = np.exp(res.x - res.x.max())
-    return w / w.sum()
+    res = minimize(lambda t: log_loss(y, weighted_mean(list(p), weights(t), combine)), np.zeros(len(probs)),
+                   method="L-BFGS-B")  # fmt: skip
+    return weights(res.x)
+
+
+def choose_combine(
+    probs: list[np.ndarray], y: np.ndarray | None, params: EnsembleParams, configured: np.ndarray
+) -> tuple[str, np.ndarray, dict[str, float]]:
+    """The combine mode and weights to ship, and each candidate mode's validation log loss. ``y``: the labelled
+    validation answers (None: too few to fit or choose on; the config's weights and mode then, "prob" for "auto")."""
+    modes = ["prob", "logit"] if params.combine == "auto" else [params.combine]
+    if y is None:
+        return modes[0], configured, {}
+    fitted = {m: fit_weights(probs, y, m) if params.fit_weights else configured for m in modes}
+    losses = {m: log_loss(y, weighted_mean(probs, fitted[m], m)) for m in modes}
+    best = min(modes, key=lambda m: losses[m])
+    return best, fitted[best], losses
 
 
 def member_dir_name(i: int, model: str) -> str:
@@ -92,19 +126,25 @@ def train_ensemble(job: TrainJob) -> dict[str, Any]:
     config, data, out_dir = job.config, job.data, job.out_dir
     params = parse_params(config.model_params)
     # Read every member config first so a typo fails before hours of training.
-    member_cfgs = []
+    member_cfgs: list[tuple[Path, Any, int]] = []
+    seen: dict[tuple[Path, int], int] = {}
     for i, m in enumerate(config.members):
         path = Path(m.config) if Path(m.config).is_absolute() else job.config_dir / m.config
         cfg = load_config(path)
         if cfg.model == "ensemble":
             raise ConfigError(f"{path}: members[{i}] is itself an ensemble; list its members here instead")
-        member_cfgs.append((path, cfg))
+        seed = job.seed if m.seed is None else m.seed
+        twin = seen.setdefault((path.resolve(), seed), i)
+        if twin != i:  # the same config and seed train the same model twice: a weight, not a member
+            raise ConfigError(f"members[{i}] repeats members[{twin}] ({m.config}, seed {seed}): give it another seed")
+        member_cfgs.append((path, cfg, seed))
 
     names, member_metrics = [], []
-    for i, (path, cfg) in enumerate(member_cfgs):
+    for i, (path, cfg, seed) in enumerate(member_cfgs):
         name = member_dir_name(i, cfg.model)
-        print(f"ensemble member {i + 1}/{len(member_cfgs)}: {cfg.model} ({path})", file=sys.stderr, flush=True)
-        metrics = job.train_member(path, out_dir / MEMBERS_DIR / name)
+        print(f"ensemble member {i + 1}/{len(member_cfgs)}: {cfg.model} ({path}, seed {seed})", file=sys.stderr,
+              flush=True)  # fmt: skip
+        metrics = job.train_member(path, out_dir / MEMBERS_DIR / name, seed)
         names.append(name)
         member_metrics.append(metrics)
 
@@ -112,15 +152,18 @@ def train_ensemble(job: TrainJob) -> dict[str, Any]:
     labelled = valid_y >= 0
     dev = str(resolve_device(job.device))
     probs = [load_predictor(out_dir / MEMBERS_DIR / n, device=dev).predict_rows(data.valid) for n in names]
-    if params.fit_weights and len(np.unique(valid_y[labelled])) == 2:
-        weights = fit_weights([p[labelled] for p in probs], valid_y[labelled].astype(np.float64))
-    else:  # as configured; also when validation has too few labels to fit anything on
-        weights = normalise([m.weight for m in config.members])
+    # Fit and choose on labelled validation answers; as configured when they hold one class or none.
+    fit_y = valid_y[labelled].astype(np.float64) if len(np.unique(valid_y[labelled])) == 2 else None
+    configured = normalise([m.weight for m in config.members])
+    combine, weights, losses = choose_combine([p[labelled] for p in probs], fit_y, params, configured)
     write_json(
         out_dir / ENSEMBLE_FILE,
-        {"members": [{"dir": f"{MEMBERS_DIR}/{n}", "weight": float(w)} for n, w in zip(names, weights, strict=True)]},
-    )
-    ens = weighted_mean(probs, weights)
+        {"combine": combine,
+         "members": [{"dir": f"{MEMBERS_DIR}/{n}", "weight": float(w)} for n, w in zip(names, weights, strict=True)]},
+    )  # fmt: skip
+    print(f"ensemble: {combine} mean, weights {np.round(weights, 3).tolist()}"
+          + (f", validation log loss {losses}" if losses else ""), file=sys.stderr)  # fmt: skip
+    ens = weighted_mean(probs, weights, combine)
     train_seconds = float(sum(m["train_seconds"] for m in member_metrics))
     return {
         "n_params": int(sum(m["n_params"] for m in member_metrics)),
@@ -153,9 +196,13 @@ class EnsemblePredictor(Predictor):
         spec = json.loads(spec_file.read_text())
         self.members: list[Predictor] = [load_predictor(bundle_dir / m["dir"], device=device) for m in spec["members"]]
         self.weights = normalise([m["weight"] for m in spec["members"]])
+        self.combine = str(spec.get("combine", "prob"))  # bundles made before the option mean probabilities
+        if self.combine not in ("prob", "logit"):
+            raise BundleError(f"{spec_file}: combine {self.combine!r} is neither 'prob' nor 'logit'")
 
     def predict_rows(self, df: pd.DataFrame, last_only: bool = False) -> np.ndarray:
-        return weighted_mean([m.predict_rows(df, last_only=last_only) for m in self.members], self.weights)
+        probs = [m.predict_rows(df, last_only=last_only) for m in self.members]
+        return weighted_mean(probs, self.weights, self.combine)
 
     def predict_candidates_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """The weighted mean of each member's own candidate path (its window, its features), as ``predict_rows``.
@@ -164,7 +211,7 @@ class EnsemblePredictor(Predictor):
         """
         fixed = [(h, c, resolve_at(h, at)) for h, c, at in jobs]
         per_member = [m.predict_candidates_batch(fixed) for m in self.members]
-        return [weighted_mean([p[j] for p in per_member], self.weights) for j in range(len(jobs))]
+        return [weighted_mean([p[j] for p in per_member], self.weights, self.combine) for j in range(len(jobs))]
 
     # ------------------------------------------------------------ incremental form: one state per member
 
@@ -186,7 +233,7 @@ class EnsemblePredictor(Predictor):
         # Fixed once here, so members that default it to "now" all see the same time (as the batch form).
         at = resolve_at(EMPTY_HISTORY if state.last is None else pd.DataFrame({"Timestamp": [state.last]}), at)
         probs = [m.score(s, candidates, at) for m, s in zip(self.members, state.members, strict=True)]
-        return weighted_mean(probs, self.weights)
+        return weighted_mean(probs, self.weights, self.combine)
 
 
 @register

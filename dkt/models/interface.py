@@ -89,7 +89,8 @@ class RunData:
 
 @dataclass
 class TrainJob:
-    """Everything ``ModelKind.train`` needs; ``train_member`` trains another config into a folder (ensemble)."""
+    """Everything ``ModelKind.train`` needs; ``train_member(config, folder, seed)`` trains another config into a
+    folder on this run's data (ensemble)."""
 
     config: ExperimentConfig
     encoder: FeatureEncoder
@@ -100,7 +101,7 @@ class TrainJob:
     seed: int
     config_dir: Path
     progress: bool
-    train_member: Callable[[Path, Path], dict[str, Any]]
+    train_member: Callable[[Path, Path, int], dict[str, Any]]
     # A bundle whose weights seed this training (warm start) where the kind can use them; None: from scratch.
     init_from: Path | None = None
 

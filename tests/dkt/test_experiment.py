@@ -56,7 +56,11 @@ def test_reloaded_bundle_gives_the_same_predictions(lstm_bundle: Path, sim_dir: 
     assert not np.isnan(p1).any()
     np.testing.assert_array_equal(p1, p2)
     metrics = json.loads((lstm_bundle / "metrics.json").read_text())
-    assert auc(test["answerCode"].to_numpy(), p1) == pytest.approx(metrics["test_auc"], abs=1e-9)
+    y = test["answerCode"].to_numpy()
+    assert auc(y, p1) == pytest.approx(metrics["test_auc"], abs=1e-9)
+    # RMSE of the probabilities, the benchmarks' third column; a constant prediction of the mean does worse.
+    assert np.sqrt(np.mean((p1 - y) ** 2)) == pytest.approx(metrics["test_rmse"], abs=1e-9)
+    assert metrics["test_rmse"] < np.sqrt(np.mean((y.mean() - y) ** 2))
 
 
 def test_changing_a_future_answer_never_changes_an_earlier_prediction(lstm_bundle: Path, sim_dir: Path) -> None:

@@ -14,7 +14,15 @@ from dkt.config import ConfigError, load_config
 from dkt.data.schema import COLUMNS, validate
 from dkt.experiment import RunData, run
 from dkt.metrics import auc
-from dkt.models.ensemble import EnsemblePredictor, fit_weights, normalise, parse_params, weighted_mean
+from dkt.models.ensemble import (
+    EnsemblePredictor,
+    choose_combine,
+    fit_weights,
+    log_loss,
+    normalise,
+    parse_params,
+    weighted_mean,
+)
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 from tests.conftest import made_once
@@ -122,9 +130,82 @@ def test_fitted_weights_are_written_and_used(data: RunData, tmp_path: Path) -> N
     np.testing.assert_allclose(load_predictor(out).predict_rows(data.test), weighted_mean(members, np.array(weights)))
 
 
+def test_logit_mean_is_the_sigmoid_of_the_weighted_log_odds() -> None:
+    p = [np.array([0.9, 0.2, 0.5]), np.array([0.6, 0.1, 0.5])]
+    w = np.array([0.25, 0.75])
+    z = 0.25 * np.log(p[0] / (1 - p[0])) + 0.75 * np.log(p[1] / (1 - p[1]))
+    np.testing.assert_allclose(weighted_mean(p, w, "logit"), 1 / (1 + np.exp(-z)), rtol=0, atol=1e-12)
+    # Two members that agree on a confident answer stay as confident under either mean; where they disagree the
+    # log-odds mean leans to the more confident one.
+    assert weighted_mean([np.array([0.9]), np.array([0.9])], np.array([0.5, 0.5]), "logit")[0] == pytest.approx(0.9)
+    assert weighted_mean([np.array([0.99]), np.array([0.3])], np.array([0.5, 0.5]), "logit")[0] > 0.645
+
+
+def test_auto_combine_takes_the_mode_of_lower_validation_log_loss() -> None:
+    """Members whose log-odds add up (each sees half the evidence): the logit mean is the better one and "auto"
+    picks it; members that are the truth plus noise in probability: the probability mean."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1.5, 20_000), rng.normal(0, 1.5, 20_000)
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(a + b)))).astype(float)
+    halves = [1 / (1 + np.exp(-2 * a)), 1 / (1 + np.exp(-2 * b))]
+    equal = normalise([1.0, 1.0])
+    combine, _, losses = choose_combine(halves, y, parse_params({"combine": "auto"}), equal)
+    assert combine == "logit" and losses["logit"] < losses["prob"]
+    assert losses == {m: pytest.approx(log_loss(y, weighted_mean(halves, equal, m))) for m in ("prob", "logit")}
+    p_true = rng.uniform(0.02, 0.98, 20_000)
+    y2 = (rng.random(20_000) < p_true).astype(float)
+    noisy = [np.clip(p_true + rng.normal(0, 0.15, 20_000), 0.01, 0.99) for _ in range(2)]
+    combine2, _, losses2 = choose_combine(noisy, y2, parse_params({"combine": "auto"}), equal)
+    assert combine2 == "prob" and losses2["prob"] < losses2["logit"]
+    # No labels to choose on: the config's weights, and "prob" for "auto".
+    fitting = parse_params({"combine": "auto", "fit_weights": True})
+    combine3, weights3, losses3 = choose_combine(halves, None, fitting, equal)
+    assert (combine3, weights3.tolist(), losses3) == ("prob", [0.5, 0.5], {})
+
+
+def test_fit_weights_finds_the_best_of_a_dozen_members() -> None:
+    """Twelve members, one the truth and eleven noise: the fit puts (nearly) all the weight on the truth."""
+    rng = np.random.default_rng(1)
+    p_true = rng.uniform(0.05, 0.95, 6000)
+    y = (rng.random(6000) < p_true).astype(float)
+    members = [rng.uniform(0.05, 0.95, 6000) for _ in range(11)]
+    members.insert(7, p_true)
+    for mode in ("prob", "logit"):
+        w = fit_weights(members, y, mode)
+        assert int(np.argmax(w)) == 7 and w[7] > 0.85, (mode, w.round(3))
+
+
+def test_member_seeds_train_distinct_members_and_a_repeat_is_refused(data: RunData, tmp_path: Path) -> None:
+    """Two members of one config with their own seeds are two models (the bundles record the seeds); the same
+    config and seed twice is refused before anything trains."""
+    cfg = write_configs(tmp_path / "config", {"combine": "logit"})
+    raw = json.loads(cfg.read_text())
+    raw["members"] = [{"config": "tiny_lgbm.json", "seed": 3}, {"config": "tiny_lgbm.json", "seed": 4}]
+    cfg.write_text(json.dumps(raw))
+    out = tmp_path / "bundle"
+    run(cfg, data, out, device="cpu", seed=2, progress=False)
+    seeds = [json.loads((out / "members" / n / "bundle.json").read_text())["seed"] for n in ("00-lgbm", "01-lgbm")]
+    assert seeds == [3, 4]
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert spec["combine"] == "logit"
+    members = [load_predictor(out / "members" / n).predict_rows(data.test) for n in ("00-lgbm", "01-lgbm")]
+    assert not np.allclose(members[0], members[1])  # the seeds made two models (bagging draws differ)
+    weights = np.array([m["weight"] for m in spec["members"]])
+    expected = weighted_mean(members, weights, "logit")
+    np.testing.assert_allclose(load_predictor(out).predict_rows(data.test), expected, rtol=0, atol=1e-12)
+
+    raw["members"] = [{"config": "tiny_lgbm.json"}, {"config": "tiny_lgbm.json", "seed": 2}]
+    cfg.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"members\[1\] repeats members\[0\] \(tiny_lgbm\.json, seed 2\)"):
+        run(cfg, data, tmp_path / "twice", device="cpu", seed=2, progress=False)
+    assert not (tmp_path / "twice" / "members").exists()
+
+
 def test_bad_configs_fail_clearly(data: RunData, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model_params\.fit_wieghts"):
         parse_params({"fit_wieghts": True})
+    with pytest.raises(ConfigError, match=r"model_params\.combine"):
+        parse_params({"combine": "median"})
     with pytest.raises(ValueError, match="non-negative with a positive sum"):
         normalise([0.0, 0.0])
     cfg = write_configs(tmp_path / "config")
@@ -136,9 +217,12 @@ def test_bad_configs_fail_clearly(data: RunData, tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "members").exists()  # configs are checked before any member trains
 
 
-def test_repo_ensemble_config_is_valid() -> None:
-    cfg = load_config(REPO / "config" / "ensemble.json")
+@pytest.mark.parametrize("name", ["ensemble.json", "ensemble_best.json"])
+def test_repo_ensemble_configs_are_valid(name: str) -> None:
+    cfg = load_config(REPO / "config" / name)
     assert cfg.model == "ensemble" and len(cfg.members) >= 2
     parse_params(cfg.model_params)
     for m in cfg.members:
         assert load_config(REPO / "config" / m.config).model != "ensemble"
+    pairs = [(m.config, m.seed) for m in cfg.members]
+    assert len(set(pairs)) == len(pairs)  # no member trained twice

@@ -75,7 +75,7 @@ def make_bundle(name: str, data: RunData, out: Path) -> Path:
     return out
 
 
-def _no_members(config: Path, out: Path) -> dict[str, Any]:
+def _no_members(config: Path, out: Path, seed: int) -> dict[str, Any]:
     raise AssertionError("only an ensemble trains members")
 
 
