@@ -29,6 +29,9 @@ from pipeline.store import PARTITIONED, VersionedStore, VersionError
 from pipeline.workdir import work_dir
 
 FLOW = "update_data"
+# The update_data_dag steps (pipeline/steps.py runs them in one process); drift also runs by hand, without --run-id.
+RUN_STEPS = ("export", "prepare", "publish", "advance-watermark")
+DAG_STEPS = (*RUN_STEPS, "drift")
 
 
 def input_errors() -> tuple[type[Exception], ...]:
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     prune.add_argument("--keep", type=int, help="versions to keep instead of DKT_DATA_KEEP_VERSIONS (0: all)")
-    add_dag_steps(sub, "update_data_dag", ("export", "prepare", "publish", "advance-watermark"))
+    add_dag_steps(sub, "update_data_dag", RUN_STEPS)
     drift = sub.add_parser(
         "drift",
         help="drift of a data version against production's training data (PSI per feature, production's AUC)",

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FLOW = "retrain_and_push"
+DAG_STEPS = ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")  # retrain_and_push_dag's
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,9 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only answers to explored questions (drawn at random, DKT_EXPLORE_RATE): the others were chosen near"
         " the target difficulty by production, which squeezes its probabilities and its AUC (docs/monitoring.md)",
     )
-    steps = add_dag_steps(
-        sub, "retrain_and_push_dag", ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better")
-    )
+    steps = add_dag_steps(sub, "retrain_and_push_dag", DAG_STEPS)
     train = steps["train"]
     train.add_argument("--config", type=Path, help="train this one experiment config (no choice among candidates)")
     train.add_argument("--epochs", type=int, help="maximum epochs (default $DKT_TRAIN_EPOCHS or the config's)")

@@ -191,6 +191,7 @@ def deploying(work: Path) -> str | None:
 
 
 FLOW = "update_inference_server"
+DAG_STEPS = ("pull-model", "pack", "deploy", "verify")  # update_inference_server_dag's, in order
 EXIT_USAGE = 2
 
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.workdir import work_dir
 
     p = Parser(prog="dkt deploy", description=__doc__)
-    p.add_argument("step", choices=["pull-model", "pack", "deploy", "verify", "stop"])
+    p.add_argument("step", choices=[*DAG_STEPS, "stop"])
     p.add_argument("--run-id", help="the DAG run id; names the work folder (all steps but stop)")
     p.add_argument("--replicas", type=int, help="deploy only, swarm mode: inference replicas (default: keep)")
     args = p.parse_args(argv)

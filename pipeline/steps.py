@@ -17,15 +17,20 @@ from __future__ import annotations
 import importlib
 import shlex
 import sys
+from typing import Any
 
 from dkt.cli import COMMANDS, Parser, exit_code
 
-# The DAG steps, per command: only these run here (each takes --run-id and works in its flow's work folder).
-DAG_STEPS = {
-    "data": ("export", "prepare", "publish", "advance-watermark", "drift"),
-    "models": ("pull-data", "train", "evaluate", "push-candidate", "promote-if-better"),
-    "deploy": ("pull-model", "pack", "deploy", "verify"),
-}
+
+def command_module(command: str) -> Any:
+    """The module behind ``dkt COMMAND`` (data.cli, models.cli, pipeline.deploy): its FLOW and DAG_STEPS."""
+    return importlib.import_module(COMMANDS[command].target.split(":")[0])
+
+
+def dag_steps() -> dict[str, tuple[str, ...]]:
+    """The DAG steps, per command, as each command module declares them: only these run here (each takes
+    --run-id and works in its flow's work folder)."""
+    return {c: tuple(command_module(c).DAG_STEPS) for c in ("data", "models", "deploy")}
 
 
 def parse(argv: list[str] | None) -> tuple[str, list[list[str]]]:
@@ -39,8 +44,9 @@ def parse(argv: list[str] | None) -> tuple[str, list[list[str]]]:
             words = shlex.split(text)
         except ValueError as exc:
             p.error(f"step {text!r}: {exc}")
-        if len(words) < 2 or words[1] not in DAG_STEPS.get(words[0], ()):
-            known = "; ".join(f"{c} {'|'.join(s)}" for c, s in DAG_STEPS.items())
+        known_steps = dag_steps()
+        if len(words) < 2 or words[1] not in known_steps.get(words[0], ()):
+            known = "; ".join(f"{c} {'|'.join(s)}" for c, s in known_steps.items())
             p.error(f"step {text!r} is not a DAG step (known: {known})")
         if "--run-id" in words:
             p.error(f"step {text!r}: --run-id is given once, before the steps")
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"steps: {name} exited {code}; the steps after it do not run", file=sys.stderr)
             break
     # The flow's work folder, from the step's own command module (data.cli.FLOW, models.cli.FLOW, ...).
-    flow = importlib.import_module(COMMANDS[steps[0][0]].target.split(":")[0]).FLOW
+    flow = command_module(steps[0][0]).FLOW
     work = work_dir(flow, run_id)
     work.mkdir(parents=True, exist_ok=True)
     timings.record(work, "task " + ", ".join(" ".join(w[:2]) for w in steps), laps)
