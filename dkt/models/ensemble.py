@@ -9,10 +9,16 @@ instead chosen to minimise log loss on the validation users (the same users that
 early-stopped the members, so the ensemble's ``valid_auc`` is then slightly
 optimistic); ``model_params.combine`` "auto" picks the mean of probabilities or of
 log-odds by the same validation log loss. Nothing is chosen on the test file.
+
+A member trained by an earlier run into the same folder from the same config, seed,
+epoch cap and data (``member.json`` records them) is kept, not trained again: an
+ensemble run that stopped part way resumes, and members added to the config cost only
+their own training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,7 +31,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.optimize import minimize
 
-from dkt.bundle import BundleError, read_meta, write_json
+from dkt.bundle import BundleError, config_hash, read_meta, write_json
 from dkt.config import ConfigError, load_config
 from dkt.metrics import auc
 from dkt.models.inputs import EMPTY_HISTORY, Job, resolve_at
@@ -35,6 +41,7 @@ from dkt.training import resolve_device
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"
+MEMBER_FILE = "member.json"  # in each member's folder: what it was trained from (member_key), for a rerun to keep it
 EPS = 1e-6
 
 
@@ -118,6 +125,29 @@ def member_dir_name(i: int, model: str) -> str:
     return f"{i:02d}-{model}"
 
 
+def users_hash(df: pd.DataFrame) -> str:
+    users = "\n".join(sorted(map(str, df["userID"].unique())))
+    return "sha256:" + hashlib.sha256(users.encode()).hexdigest()
+
+
+def member_key(config_doc: dict[str, Any], seed: int, job: TrainJob) -> dict[str, Any]:
+    """What makes a member the model it is: its config, seed and epoch cap, the files and the validation users."""
+    return {"config_hash": config_hash(config_doc), "seed": seed, "epochs": job.epochs,
+            "data": job.data.fingerprints, "valid_users": users_hash(job.data.valid)}  # fmt: skip
+
+
+def kept_member(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of a member an earlier run of this ensemble trained into ``folder`` from the same ``key`` (a
+    run that stopped part way, or members added to the config): None when there is none, or it differs."""
+    try:
+        read_meta(folder)  # complete: bundle.json is written last
+        if json.loads((folder / MEMBER_FILE).read_text()) != key:
+            return None
+        return dict(json.loads((folder / "metrics.json").read_text()))
+    except (BundleError, OSError, ValueError):
+        return None
+
+
 def train_ensemble(job: TrainJob) -> dict[str, Any]:
     """Train every member into ``out_dir/members/`` and write ``ensemble.json``; returns the fit summary.
 
@@ -142,9 +172,16 @@ def train_ensemble(job: TrainJob) -> dict[str, Any]:
     names, member_metrics = [], []
     for i, (path, cfg, seed) in enumerate(member_cfgs):
         name = member_dir_name(i, cfg.model)
-        print(f"ensemble member {i + 1}/{len(member_cfgs)}: {cfg.model} ({path}, seed {seed})", file=sys.stderr,
-              flush=True)  # fmt: skip
-        metrics = job.train_member(path, out_dir / MEMBERS_DIR / name, seed)
+        folder, key = out_dir / MEMBERS_DIR / name, member_key(cfg.model_dump(mode="json"), seed, job)
+        said = f"ensemble member {i + 1}/{len(member_cfgs)}: {cfg.model} ({path}, seed {seed})"
+        metrics = kept_member(folder, key)
+        if metrics is not None:
+            print(f"{said}: kept, trained before from the same config, seed, epochs and data", file=sys.stderr)
+        else:
+            print(said, file=sys.stderr, flush=True)
+            (folder / MEMBER_FILE).unlink(missing_ok=True)
+            metrics = job.train_member(path, folder, seed)
+            write_json(folder / MEMBER_FILE, key)
         names.append(name)
         member_metrics.append(metrics)
 

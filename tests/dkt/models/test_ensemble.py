@@ -201,6 +201,41 @@ def test_member_seeds_train_distinct_members_and_a_repeat_is_refused(data: RunDa
     assert not (tmp_path / "twice" / "members").exists()
 
 
+def test_a_rerun_keeps_the_members_it_already_trained(
+    data: RunData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Members trained by an earlier run into the same folder from the same config, seed, epochs and data are kept
+    (a run that stopped part way, or a member added to the config); any difference trains the member again."""
+    cfg = write_configs(tmp_path / "config")
+    raw = json.loads(cfg.read_text())
+    raw["members"] = [{"config": "tiny_lgbm.json", "seed": 3}, {"config": "tiny_lgbm.json", "seed": 4}]
+    cfg.write_text(json.dumps(raw))
+    out = tmp_path / "bundle"
+    run(cfg, data, out, device="cpu", seed=2, progress=False)
+    first = json.loads((out / "history.json").read_text())
+    stamps = {n: (out / "members" / n / "bundle.json").stat().st_mtime_ns for n in ("00-lgbm", "01-lgbm")}
+    capsys.readouterr()
+
+    raw["members"].append({"config": "tiny_lstm.json", "seed": 3})  # one member added at the end
+    cfg.write_text(json.dumps(raw))
+    run(cfg, data, out, device="cpu", seed=2, progress=False)
+    err = capsys.readouterr().err
+    assert err.count(": kept, trained before") == 2 and "member 3/3: lstm" in err
+    assert {n: (out / "members" / n / "bundle.json").stat().st_mtime_ns for n in stamps} == stamps
+    members = [load_predictor(out / "members" / n).predict_rows(data.test) for n in ("00-lgbm", "01-lgbm", "02-lstm")]
+    weights = np.array([m["weight"] for m in json.loads((out / "ensemble.json").read_text())["members"]])
+    np.testing.assert_allclose(load_predictor(out).predict_rows(data.test), weighted_mean(members, weights))
+    kept = json.loads((out / "history.json").read_text())
+    assert [h["test_auc"] for h in kept[:2]] == [h["test_auc"] for h in first] and kept[2]["member"] == "02-lstm"
+
+    # Another epoch cap, or other validation users (another run seed), is another model: trained again.
+    run(cfg, data, out, epochs=1, device="cpu", seed=2, progress=False)
+    assert ": kept" not in capsys.readouterr().err
+    (out / "members" / "00-lgbm" / "bundle.json").unlink()  # a member cut short: never kept
+    run(cfg, data, out, epochs=1, device="cpu", seed=2, progress=False)
+    assert capsys.readouterr().err.count(": kept, trained before") == 2
+
+
 def test_bad_configs_fail_clearly(data: RunData, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model_params\.fit_wieghts"):
         parse_params({"fit_wieghts": True})
