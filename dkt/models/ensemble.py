@@ -91,31 +91,49 @@ def log_loss(y: np.ndarray, q: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
-def fit_weights(probs: list[np.ndarray], y: np.ndarray, combine: str = "prob") -> np.ndarray:
+def fit_weights(
+    probs: list[np.ndarray], y: np.ndarray, combine: str = "prob", groups: Sequence[Any] | None = None
+) -> np.ndarray:
     """Weights on the simplex (softmax of free parameters) minimising validation log loss of the ``combine`` mean.
-    L-BFGS, not Nelder-Mead: an ensemble of a dozen members is a dozen dimensions, where a simplex search stalls."""
-    if len(probs) == 1:
-        return np.ones(1)
+    L-BFGS, not Nelder-Mead: an ensemble of a dozen members is a dozen dimensions, where a simplex search stalls.
+
+    ``groups`` (one label per member; default: each its own): members of one group share one fitted weight equally.
+    Seeds of one config are exchangeable, and a weight per seed, fitted on the validation users that also
+    early-stopped each seed, rewards whichever had the luckiest validation score: thirteen members fitted one by one
+    got eleven weights under 0.01 (docs/sequence-models.md, round 6)."""
+    labels = list(range(len(probs))) if groups is None else list(groups)
+    if len(labels) != len(probs):
+        raise ValueError(f"{len(labels)} group labels for {len(probs)} members")
+    index = {g: i for i, g in enumerate(dict.fromkeys(labels))}
+    member_group = np.array([index[g] for g in labels])
+    size = np.bincount(member_group, minlength=len(index)).astype(np.float64)
+    if len(index) == 1:
+        return np.full(len(probs), 1.0 / len(probs))
     p = np.clip(np.stack(probs), EPS, 1 - EPS)
 
     def weights(theta: np.ndarray) -> np.ndarray:
         w = np.exp(theta - theta.max())
-        return w / w.sum()
+        return (w / w.sum())[member_group] / size[member_group]
 
-    res = minimize(lambda t: log_loss(y, weighted_mean(list(p), weights(t), combine)), np.zeros(len(probs)),
+    res = minimize(lambda t: log_loss(y, weighted_mean(list(p), weights(t), combine)), np.zeros(len(index)),
                    method="L-BFGS-B")  # fmt: skip
     return weights(res.x)
 
 
 def choose_combine(
-    probs: list[np.ndarray], y: np.ndarray | None, params: EnsembleParams, configured: np.ndarray
+    probs: list[np.ndarray],
+    y: np.ndarray | None,
+    params: EnsembleParams,
+    configured: np.ndarray,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[str, np.ndarray, dict[str, float]]:
     """The combine mode and weights to ship, and each candidate mode's validation log loss. ``y``: the labelled
-    validation answers (None: too few to fit or choose on; the config's weights and mode then, "prob" for "auto")."""
+    validation answers (None: too few to fit or choose on; the config's weights and mode then, "prob" for "auto").
+    ``groups``: members that share a fitted weight (``fit_weights``)."""
     modes = ["prob", "logit"] if params.combine == "auto" else [params.combine]
     if y is None:
         return modes[0], configured, {}
-    fitted = {m: fit_weights(probs, y, m) if params.fit_weights else configured for m in modes}
+    fitted = {m: fit_weights(probs, y, m, groups) if params.fit_weights else configured for m in modes}
     losses = {m: log_loss(y, weighted_mean(probs, fitted[m], m)) for m in modes}
     best = min(modes, key=lambda m: losses[m])
     return best, fitted[best], losses
@@ -192,7 +210,8 @@ def train_ensemble(job: TrainJob) -> dict[str, Any]:
     # Fit and choose on labelled validation answers; as configured when they hold one class or none.
     fit_y = valid_y[labelled].astype(np.float64) if len(np.unique(valid_y[labelled])) == 2 else None
     configured = normalise([m.weight for m in config.members])
-    combine, weights, losses = choose_combine([p[labelled] for p in probs], fit_y, params, configured)
+    groups = [path.resolve() for path, _, _ in member_cfgs]  # the seeds of one config share one fitted weight
+    combine, weights, losses = choose_combine([p[labelled] for p in probs], fit_y, params, configured, groups)
     write_json(
         out_dir / ENSEMBLE_FILE,
         {"combine": combine,

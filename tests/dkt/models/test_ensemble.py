@@ -175,6 +175,26 @@ def test_fit_weights_finds_the_best_of_a_dozen_members() -> None:
         assert int(np.argmax(w)) == 7 and w[7] > 0.85, (mode, w.round(3))
 
 
+def test_members_of_one_group_share_one_fitted_weight() -> None:
+    """Seeds of one config (one group) get equal weights; the fit is over groups. Two noisy copies of the truth
+    (group "model") against two noise members (group "noise"): the model's group takes most, half each."""
+    rng = np.random.default_rng(2)
+    p_true = rng.uniform(0.05, 0.95, 8000)
+    y = (rng.random(8000) < p_true).astype(float)
+    seeds = [np.clip(p_true + rng.normal(0, s, 8000), 0.01, 0.99) for s in (0.05, 0.2)]  # one luckier than the other
+    noise = [rng.uniform(0.05, 0.95, 8000) for _ in range(2)]
+    for mode in ("prob", "logit"):
+        w = fit_weights([seeds[0], noise[0], seeds[1], noise[1]], y, mode, ["model", "noise", "model", "noise"])
+        assert w.sum() == pytest.approx(1.0)
+        assert w[0] == pytest.approx(w[2]) and w[1] == pytest.approx(w[3]), w
+        assert w[0] + w[2] > 0.75, (mode, w.round(3))
+        alone = fit_weights([seeds[0], noise[0], seeds[1], noise[1]], y, mode)  # each its own weight
+        assert alone[0] > 2 * alone[2]  # fitted one by one, the luckier seed takes the larger share
+    assert fit_weights(seeds, y, "prob", ["one", "one"]).tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="3 group labels for 2 members"):
+        fit_weights(seeds, y, "prob", ["a", "b", "c"])
+
+
 def test_member_seeds_train_distinct_members_and_a_repeat_is_refused(data: RunData, tmp_path: Path) -> None:
     """Two members of one config with their own seeds are two models (the bundles record the seeds); the same
     config and seed twice is refused before anything trains."""
