@@ -70,13 +70,14 @@ def override(doc: dict[str, Any], setting: str) -> None:
 def parse_pair(value: str) -> tuple[str, Path, Path]:
     """``NAME=TRAIN,TEST`` -> (name, train, test); both files must exist."""
     name, sep, files = value.partition("=")
-    parts = [Path(f) for f in files.split(",")] if sep else []
-    if not name or len(parts) != 2 or not all(str(f) for f in parts):
+    raw = files.split(",") if sep else []
+    if not name or len(raw) != 2 or not all(raw):  # the strings: Path("") is "." and would pass
         raise ValueError(f"--pair {value!r}: expected NAME=TRAIN,TEST, e.g. statics=train.csv,test.csv")
-    for f in parts:
+    train, test = Path(raw[0]), Path(raw[1])
+    for f in (train, test):
         if not f.is_file():
             raise ValueError(f"--pair {value!r}: {f}: no such file")
-    return name, parts[0], parts[1]
+    return name, train, test
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def evaluate_predictions(df: pd.DataFrame, prob: np.ndarray, prefix: str = "") -
     out: dict[str, Any] = {}
     put_metric(out, f"{prefix}auc", auc(y, p), why_undefined(y, what))
     put_metric(out, f"{prefix}acc", accuracy(y, p), why_undefined(y, what))
-    put_metric(out, f"{prefix}rmse", rmse(y.astype(np.float64), p), f"no labelled answers in {what}")
+    put_metric(out, f"{prefix}rmse", rmse(y.astype(np.float64), p), why_undefined(y, what))
     put_metric(out, f"{prefix}auc_last", auc(y[last], p[last]), why_undefined(y[last], f"last answers of {what}"))
     put_metric(out, f"{prefix}acc_last", accuracy(y[last], p[last]), why_undefined(y[last], f"last answers of {what}"))
     out[f"{prefix}n"] = len(y)

@@ -204,15 +204,15 @@ def stop_group(pid: int | None, grace: float = 30.0) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def log_tail(log: str | Path, lines: int = 1) -> str:
-    """The last non-empty ``lines`` of a server's log (its reason to exit, such as a port in use), or ''."""
+def log_tail(log: str | Path) -> str:
+    """The last non-empty line of a server's log (its reason to exit, such as a port in use), or ''."""
     try:
         with Path(log).open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return " | ".join([ln.strip() for ln in text.splitlines() if ln.strip()][-lines:])
+    return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
 
 
 def wait_ready(server: dict[str, Any], timeout: float) -> None:

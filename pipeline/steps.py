@@ -38,13 +38,13 @@ def parse(argv: list[str] | None) -> tuple[str, list[list[str]]]:
     p.add_argument("--run-id", required=True, help="the DAG run id, given to every step; names the work folder")
     p.add_argument("step", nargs="+", help="one step with its options, one argument each: 'data export'")
     args = p.parse_args(argv)
+    known_steps = dag_steps()
     steps = []
     for text in args.step:
         try:
             words = shlex.split(text)
         except ValueError as exc:
             p.error(f"step {text!r}: {exc}")
-        known_steps = dag_steps()
         if len(words) < 2 or words[1] not in known_steps.get(words[0], ()):
             known = "; ".join(f"{c} {'|'.join(s)}" for c, s in known_steps.items())
             p.error(f"step {text!r} is not a DAG step (known: {known})")

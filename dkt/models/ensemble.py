@@ -18,7 +18,6 @@ their own training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,11 +32,12 @@ from scipy.optimize import minimize
 
 from dkt.bundle import BundleError, config_hash, read_meta, write_json
 from dkt.config import ConfigError, load_config
+from dkt.data.io import fingerprint
 from dkt.metrics import auc
 from dkt.models.inputs import EMPTY_HISTORY, Job, resolve_at
 from dkt.models.interface import ModelKind, Predictor, TrainJob, register
 from dkt.predictor import load_predictor
-from dkt.training import resolve_device
+from dkt.training import log_loss, resolve_device
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"
@@ -84,11 +84,6 @@ def weighted_mean(probs: list[np.ndarray], weights: np.ndarray, combine: str = "
 def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     return np.log(q) - np.log1p(-q)
-
-
-def log_loss(y: np.ndarray, q: np.ndarray) -> float:
-    q = np.clip(q, EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
 def fit_weights(
@@ -143,15 +138,11 @@ def member_dir_name(i: int, model: str) -> str:
     return f"{i:02d}-{model}"
 
 
-def users_hash(df: pd.DataFrame) -> str:
-    users = "\n".join(sorted(map(str, df["userID"].unique())))
-    return "sha256:" + hashlib.sha256(users.encode()).hexdigest()
-
-
 def member_key(config_doc: dict[str, Any], seed: int, job: TrainJob) -> dict[str, Any]:
-    """What makes a member the model it is: its config, seed and epoch cap, the files and the validation users."""
+    """What makes a member the model it is: its config, seed and epoch cap, the files and the validation rows (the
+    files' fingerprints do not say which users the run held out)."""
     return {"config_hash": config_hash(config_doc), "seed": seed, "epochs": job.epochs,
-            "data": job.data.fingerprints, "valid_users": users_hash(job.data.valid)}  # fmt: skip
+            "data": job.data.fingerprints, "valid": fingerprint(job.data.valid)}  # fmt: skip
 
 
 def kept_member(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -197,7 +188,6 @@ def train_ensemble(job: TrainJob) -> dict[str, Any]:
             print(f"{said}: kept, trained before from the same config, seed, epochs and data", file=sys.stderr)
         else:
             print(said, file=sys.stderr, flush=True)
-            (folder / MEMBER_FILE).unlink(missing_ok=True)
             metrics = job.train_member(path, folder, seed)
             write_json(folder / MEMBER_FILE, key)
         names.append(name)

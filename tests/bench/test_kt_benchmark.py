@@ -66,6 +66,7 @@ def test_a_pair_of_kt3_files_gives_one_table_with_rmse(
     ("value", "said"),
     [
         ("tiny={train}", "expected NAME=TRAIN,TEST"),
+        ("tiny=,{train}", "expected NAME=TRAIN,TEST"),
         ("tiny={train},{missing}", "missing.csv: no such file"),
         ("assist2009={train},{train}", "the name 'assist2009' is taken"),
     ],

@@ -18,13 +18,13 @@ from dkt.models.ensemble import (
     EnsemblePredictor,
     choose_combine,
     fit_weights,
-    log_loss,
     normalise,
     parse_params,
     weighted_mean,
 )
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
+from dkt.training import log_loss
 from tests.conftest import made_once
 
 REPO = Path(__file__).resolve().parents[3]
