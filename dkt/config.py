@@ -85,5 +85,8 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()]
+        lines = [
+            f"{'.'.join(map(str, e['loc'])) or '<root>'}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None

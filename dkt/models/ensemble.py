@@ -288,6 +288,10 @@ class EnsembleKind(ModelKind):
     bundle_kind = "ensemble"
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        parse_params(params)
+
+    @classmethod
     def train(cls, job: TrainJob) -> dict[str, Any]:
         return train_ensemble(job)
 

@@ -271,11 +271,8 @@ class ModelKind(ABC):
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
-        """Called when a config is read (``dkt.config``): raise ValueError naming a bad ``model_params`` key.
-
-        Kinds whose settings are a pydantic model (lgbm, ensemble) check them in ``train`` instead, where
-        their message lists every bad key and the known ones; this default checks nothing.
-        """
+        """Called when a config is read (``dkt.config``): raise ValueError naming a bad ``model_params`` key,
+        so a bad config stops before any data is loaded or any file is written. This default checks nothing."""
         return None
 
     @classmethod

@@ -281,6 +281,10 @@ class LGBMKind(ModelKind):
     bundle_kind = "lgbm"
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        parse_params(params)
+
+    @classmethod
     def train(cls, job: TrainJob) -> dict[str, Any]:
         return train_lgbm(job.config, job.encoder, job.data.train, job.data.valid, job.out_dir, job.seed)
 

@@ -261,6 +261,11 @@ def test_bad_configs_fail_clearly(data: RunData, tmp_path: Path) -> None:
         parse_params({"fit_wieghts": True})
     with pytest.raises(ConfigError, match=r"model_params\.combine"):
         parse_params({"combine": "median"})
+    # ...and when the config is read, before any data loads or any file is written, naming the file
+    bad = {"model": "ensemble", "model_params": {"combine": "median"}, "members": [{"config": "lstm.json"}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"bad\.json: invalid config\n.*ensemble: invalid model_params\n.*combine"):
+        load_config(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="non-negative with a positive sum"):
         normalise([0.0, 0.0])
     cfg = write_configs(tmp_path / "config")

@@ -178,5 +178,7 @@ def test_cli_rejects_bad_params_with_exit_2(tmp_path: Path, data: RunData) -> No
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "error: lgbm: invalid model_params" in proc.stderr and "leaves" in proc.stderr
-    assert not (tmp_path / "out" / "bundle.json").exists()
+    # Named when the config is read: before any data loads, so nothing is written to the output folder.
+    assert "bad.json: invalid config" in proc.stderr and "lgbm: invalid model_params" in proc.stderr
+    assert "leaves" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
