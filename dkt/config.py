@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dkt.bundle import read_json_file
 from dkt.models import kind_class, model_names
 
+P = TypeVar("P", bound=BaseModel)
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
+
+
+def parse_model_params(model: type[P], kind: str, params: dict[str, Any]) -> P:
+    """``model_params`` of a kind whose settings are a pydantic model (lgbm, ensemble): every bad key named, then the
+    known ones, as one ``ConfigError``."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        lines = [f"model_params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        known = ", ".join(model.model_fields)
+        raise ConfigError(f"{kind}: invalid model_params\n  " + "\n  ".join(lines) + f"\n  known: {known}") from None
 
 
 class TrainParams(BaseModel):

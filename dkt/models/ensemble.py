@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 
 from dkt.bundle import BundleError, config_hash, read_meta, write_json
-from dkt.config import ConfigError, load_config
+from dkt.config import ConfigError, load_config, parse_model_params
 from dkt.data.io import fingerprint
 from dkt.metrics import auc
 from dkt.models.inputs import EMPTY_HISTORY, Job, resolve_at
@@ -57,12 +57,7 @@ class EnsembleParams(BaseModel):
 
 
 def parse_params(params: dict[str, Any]) -> EnsembleParams:
-    try:
-        return EnsembleParams.model_validate(params)
-    except ValidationError as exc:
-        lines = [f"model_params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        known = ", ".join(EnsembleParams.model_fields)
-        raise ConfigError("ensemble: invalid model_params\n  " + "\n  ".join(lines) + f"\n  known: {known}") from None
+    return parse_model_params(EnsembleParams, "ensemble", params)
 
 
 def normalise(weights: list[float] | np.ndarray) -> np.ndarray:

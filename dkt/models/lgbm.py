@@ -19,10 +19,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from dkt.bundle import write_json
-from dkt.config import ConfigError, ExperimentConfig
+from dkt.config import ExperimentConfig, parse_model_params
 from dkt.data.features import FeatureEncoder
 from dkt.metrics import auc
 from dkt.models.inputs import HISTORY_COLUMNS, Job, StudentFeatures, encode_candidates
@@ -67,12 +67,7 @@ class LGBMParams(BaseModel):
 
 
 def parse_params(params: dict[str, Any]) -> LGBMParams:
-    try:
-        return LGBMParams.model_validate(params)
-    except ValidationError as exc:
-        lines = [f"model_params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        known = ", ".join(LGBMParams.model_fields)
-        raise ConfigError("lgbm: invalid model_params\n  " + "\n  ".join(lines) + f"\n  known: {known}") from None
+    return parse_model_params(LGBMParams, "lgbm", params)
 
 
 # ---------------------------------------------------------------- training
