@@ -46,8 +46,13 @@ def check_positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
             raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
 
 
-def check_fractions(cfg: Any, names: tuple[str, ...] = ("dropout", "emb_dropout")) -> None:
-    """Raise a ValueError naming the config class and field unless each field is a number in [0, 1)."""
+def check_fractions(cfg: Any, names: tuple[str, ...] | None = None) -> None:
+    """Raise a ValueError naming the config class and field unless each field is a number in [0, 1) (``names``
+    default: dropout and emb_dropout, and attn_dropout where the config has it and sets it)."""
+    if names is None:
+        names = ("dropout", "emb_dropout")
+        if getattr(cfg, "attn_dropout", None) is not None:
+            names += ("attn_dropout",)
     for name in names:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:

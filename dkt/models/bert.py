@@ -36,6 +36,9 @@ class BertKTConfig(InputConfig):
     n_heads: int = 4
     ff_mult: int = 2  # feed-forward width = ff_mult * hidden_dim
     dropout: float = 0.1
+    # Dropout on the attention probabilities; None: ``dropout``. Its masks are drawn over (batch, heads, t, t), so
+    # at 0 a training step costs 0.55-0.75x as much on the CPU (docs/sequence-models.md, round 8).
+    attn_dropout: float | None = None
     max_positions: int = 512  # with positions "learned": must cover train.max_seq_len
     # "learned": BERT's position table from the window's start; "alibi": a recency bias on the attention
     # scores (dkt.models.base.alibi_bias); "none": the causal mask only
@@ -69,7 +72,7 @@ class BertKTModel(nn.Module):
             num_attention_heads=cfg.n_heads,
             intermediate_size=cfg.ff_mult * cfg.hidden_dim,
             hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
             max_position_embeddings=cfg.max_positions,
             type_vocab_size=1,
             is_decoder=True,

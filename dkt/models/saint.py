@@ -36,6 +36,9 @@ class SaintConfig(InputConfig):
     n_heads: int = 4
     ff_mult: int = 2  # feed-forward width = ff_mult * d_model
     dropout: float = 0.1
+    # Dropout on the attention probabilities (every attention); None: ``dropout`` (as bert's: its masks are drawn
+    # over (batch, heads, t, t), the costly part of a step on the CPU)
+    attn_dropout: float | None = None
     max_positions: int = 512  # with positions "learned": must cover train.max_seq_len
     # "learned": a position table from the window's start (the paper); "alibi": a recency bias on every
     # attention's scores (dkt.models.base.alibi_bias); "none": causal masks only
@@ -73,6 +76,12 @@ class SaintModel(nn.Module):
         self.enc_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(nn.TransformerDecoderLayer(**common) for _ in range(cfg.n_dec_layers))
         self.dec_norm = nn.LayerNorm(cfg.d_model)
+        if cfg.attn_dropout is not None:
+            # nn.MultiheadAttention reads its dropout at each call; the feed-forward and residual dropouts keep theirs
+            for layer in (*self.encoder, *self.decoder):
+                layer.self_attn.dropout = cfg.attn_dropout
+                if isinstance(layer, nn.TransformerDecoderLayer):
+                    layer.multihead_attn.dropout = cfg.attn_dropout
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

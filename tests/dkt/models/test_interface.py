@@ -32,7 +32,18 @@ MAX_LEN = 8  # windows move on every 4 answers: a 30-answer history crosses the 
 SMALL: dict[str, dict[str, Any]] = {
     "lstm": {"d_model": 16, "hidden_dim": 16, "embedding": "sum", "lstm_input": "sum", "head_dim": 16},  # as shipped
     "lstmattn": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2},
-    "bert": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2, "n_layers": 1, "max_positions": 16},
+    # bert as shipped (ALiBi, summed input, no dropout); saint keeps the learned position table, so both of the
+    # attention models' position forms go through the interface's state and batch checks.
+    "bert": {
+        "d_model": 16,
+        "hidden_dim": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "dropout": 0.0,
+        "emb_dropout": 0.0,
+        "positions": "alibi",
+        "embedding": "sum",
+    },
     "saint": {"d_model": 16, "emb_dim": 8, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "max_positions": 16},
     "dkvmn": {"d_model": 16, "emb_dim": 8, "memory_size": 4, "key_dim": 8, "value_dim": 8},
     "akt": {"d_model": 16, "emb_dim": 8, "n_heads": 2},

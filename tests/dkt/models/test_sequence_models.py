@@ -206,6 +206,8 @@ BAD_PARAMS = [
     ("lstmattn", {"n_attn_layers": 0}, "n_attn_layers must be a positive integer"),
     ("bert", {"hidden_dim": 100, "n_heads": 3}, "hidden_dim .100. must be divisible by n_heads .3."),
     ("bert", {"dropout": 1.5}, "dropout must be in"),
+    ("bert", {"attn_dropout": 1.0}, "attn_dropout must be in .0, 1., got 1.0"),
+    ("saint", {"attn_dropout": -0.1}, "attn_dropout must be in"),
     ("lstmattn", {"dropout": "0.2"}, "dropout must be in .0, 1., got .0.2."),
     ("saint", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
     ("saint", {"n_dec_layers": "2"}, "n_dec_layers must be a positive integer, got '2'"),
@@ -252,6 +254,35 @@ def test_alibi_reads_no_position_table(name: str, data: SimData) -> None:
     with torch.no_grad():
         out = short(batch_of(data.encoder.transform(one_user(data))))
     assert out.shape[1] > 8 and torch.isfinite(out).all()
+
+
+def train_mode_outputs(model: nn.Module, data: SimData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two training-mode forward passes over the same batch: equal unless a dropout mask was drawn."""
+    batch = batch_of(data.encoder.transform(data.test))
+    model.train()
+    with torch.no_grad():
+        return model(batch), model(batch)
+
+
+@pytest.mark.parametrize("name", ["bert", "saint"])
+def test_attn_dropout_drops_the_attention_probabilities_only(name: str, data: SimData) -> None:
+    """attn_dropout alone decides the attention's masks: with every other dropout at 0, a training pass is random
+    exactly when attn_dropout is above 0; and unset, it follows ``dropout`` (the shipped configs' behaviour)."""
+    quiet = small_params(name) | {"dropout": 0.0, "emb_dropout": 0.0}
+    for params, random in (
+        (quiet | {"attn_dropout": 0.5}, True),
+        (quiet | {"attn_dropout": 0.0}, False),
+        (quiet, False),
+        (small_params(name) | {"dropout": 0.5, "emb_dropout": 0.0}, True),
+    ):
+        torch.manual_seed(0)
+        a, b = train_mode_outputs(build_torch_model(name, params, data.encoder.sizes()), data)
+        assert (not torch.equal(a, b)) is random, params
+    # The other dropouts (feed-forward, residual, head) keep ``dropout`` when attn_dropout is 0.
+    torch.manual_seed(0)
+    model = build_torch_model(name, quiet | {"dropout": 0.5, "attn_dropout": 0.0}, data.encoder.sizes())
+    a, b = train_mode_outputs(model, data)
+    assert not torch.equal(a, b)
 
 
 @pytest.mark.slow  # trains every kind until it learns: most of this file's time, kept out of `make test-fast`
