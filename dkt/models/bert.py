@@ -37,7 +37,7 @@ class BertKTConfig(InputConfig):
     ff_mult: int = 2  # feed-forward width = ff_mult * hidden_dim
     dropout: float = 0.1
     # Dropout on the attention probabilities; None: ``dropout``. Its masks are drawn over (batch, heads, t, t), so
-    # at 0 a training step costs 0.55-0.75x as much on the CPU (docs/sequence-models.md, round 8).
+    # at 0 a training step costs 0.5-0.75x as much on the CPU (docs/sequence-models.md, round 8).
     attn_dropout: float | None = None
     max_positions: int = 512  # with positions "learned": must cover train.max_seq_len
     # "learned": BERT's position table from the window's start; "alibi": a recency bias on the attention
