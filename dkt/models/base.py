@@ -118,6 +118,11 @@ def dropout(p: float, mask: str = "element") -> nn.Module:
     return SequenceDropout(p) if mask == "sequence" else nn.Dropout(p)
 
 
+def attention_dropout(cfg: Any) -> float:
+    """The dropout on a config's attention probabilities: its ``attn_dropout``, or ``dropout`` where that is unset."""
+    return cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
+
+
 class InputEmbedding(nn.Module):
     """Turns a batch into two (B, T, d_model) tensors.
 

@@ -19,6 +19,7 @@ from dkt.models.base import (
     InputEmbedding,
     PredictionHead,
     alibi_bias,
+    attention_dropout,
     causal_mask,
     check_divisible,
     check_fractions,
@@ -76,12 +77,12 @@ class SaintModel(nn.Module):
         self.enc_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(nn.TransformerDecoderLayer(**common) for _ in range(cfg.n_dec_layers))
         self.dec_norm = nn.LayerNorm(cfg.d_model)
-        if cfg.attn_dropout is not None:
-            # nn.MultiheadAttention reads its dropout at each call; the feed-forward and residual dropouts keep theirs
-            for layer in (*self.encoder, *self.decoder):
-                layer.self_attn.dropout = cfg.attn_dropout
-                if isinstance(layer, nn.TransformerDecoderLayer):
-                    layer.multihead_attn.dropout = cfg.attn_dropout
+        # The layers take one dropout for everything; nn.MultiheadAttention reads its own at each call, so the
+        # attentions get attention_dropout's while the feed-forward and residual dropouts keep ``dropout``.
+        for layer in (*self.encoder, *self.decoder):
+            layer.self_attn.dropout = attention_dropout(cfg)
+            if isinstance(layer, nn.TransformerDecoderLayer):
+                layer.multihead_attn.dropout = attention_dropout(cfg)
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -278,7 +278,7 @@ def test_attn_dropout_drops_the_attention_probabilities_only(name: str, data: Si
         torch.manual_seed(0)
         a, b = train_mode_outputs(build_torch_model(name, params, data.encoder.sizes()), data)
         assert (not torch.equal(a, b)) is random, params
-    # The other dropouts (feed-forward, residual, head) keep ``dropout`` when attn_dropout is 0.
+    # attn_dropout 0 turns off the attention's dropout only: with ``dropout`` on, a training pass stays random.
     torch.manual_seed(0)
     model = build_torch_model(name, quiet | {"dropout": 0.5, "attn_dropout": 0.0}, data.encoder.sizes())
     a, b = train_mode_outputs(model, data)
