@@ -47,6 +47,13 @@ class TrainParams(BaseModel):
         False, description="training batches of windows of similar length (less padding) instead of random ones"
     )
     amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
+    ema_decay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="validate and keep an exponential moving average of the weights (Polyak averaging) with this "
+        "decay per step; None: the weights as trained",
+    )
 
     @model_validator(mode="after")
     def _stride(self) -> TrainParams:

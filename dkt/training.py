@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dkt.config import TrainParams
@@ -138,6 +139,15 @@ def fit_sequence_model(
     # bf16 has fp32's range: only fp16 needs the loss scaled so small gradients do not underflow.
     use_scaler = amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    # With ``ema_decay`` the epochs are scored, kept and saved as a moving average of the weights (torch's
+    # AveragedModel): the average of the last few hundred steps sits nearer the loss's minimum than any one step's
+    # weights, which the noise of a small batch keeps moving (docs/sequence-models.md, round 9).
+    ema = (
+        None
+        if params.ema_decay is None
+        else AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(params.ema_decay), use_buffers=True)
+    )
+    kept = model if ema is None else ema.module
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     valid_y = np.clip(valid_ff.answer, 0, 1)
     criterion, reason = selection_metric(valid_y[valid_ff.answer >= 0])
@@ -185,6 +195,8 @@ def fit_sequence_model(
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             n = m.sum()
             total_loss += loss.detach().double() * n
             total_n += n
@@ -193,7 +205,7 @@ def fit_sequence_model(
             seen_m.append(m.flatten())
             if show:  # the bar's running loss is the one per-step read, and only on a terminal
                 bar.set_postfix(loss=f"{total_loss.item() / max(1, int(total_n)):.4f}")
-        prob = score_windows(model, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
+        prob = score_windows(kept, valid_b, valid_w, len(valid_ff), params.eval_batch_size, device)
         labelled = (valid_ff.answer >= 0) & ~np.isnan(prob)
         v_auc = auc(valid_y[labelled], prob[labelled])
         v_loss = log_loss(valid_y[labelled], prob[labelled])
@@ -216,9 +228,9 @@ def fit_sequence_model(
         )
         if improved:
             best_score, best_auc, best_epoch, stale = score, v_auc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
             if on_improve is not None:
-                on_improve(model, epoch, v_auc)
+                on_improve(kept, epoch, v_auc)
         else:
             stale += 1
             if stale >= params.patience:
