@@ -154,7 +154,69 @@ def causal_features(rows: Rows, stats_per_row: dict[str, tuple[np.ndarray, np.nd
     tag_k = _key(rows.group, rows.raw["tag"])
     tag_n = _exclusive_cumsum(known, tag_k)
     f["tag_resid"] = np.where(tag_n > 0, _exclusive_cumsum(resid, tag_k) / np.maximum(tag_n, 1), np.nan)
+    recency = recency_features(rows.group, rows.raw["tag"], rows.answer)
+    for name, col in recency.items():
+        f[name] = col
     return f
+
+
+# ---------------------------------------------------------------- recency: the order of a student's answers
+
+# The counts above are order-blind: a skill answered wrong, wrong, right and one answered right, wrong, wrong have the
+# same accuracy. What a sequence model reads first is the order, and so do these: on ASSISTments 2009 they take
+# this model from 0.8078 to 0.8197 test AUC, and the ensemble from 0.8293 to 0.8303 (docs/lgbm-ensemble.md).
+RECENCY: tuple[str, ...] = (
+    "tag_last", "tag_last2", "tag_last3", "tag_streak", "tag_gap", "tag_ewm", "user_streak", "user_ewm"
+)  # fmt: skip
+TAG_DECAY = 0.5  # tag_ewm: the skill's answers weighted 1, 1/2, 1/4, ... from the latest
+USER_DECAY = 0.9  # user_ewm: every answer, weighted 1, 0.9, 0.81, ...
+NAN = float("nan")
+# A skill's running record: its last three answers, its signed streak, the labelled-answer count at its last answer,
+# and tag_ewm's numerator and denominator.
+TagRecord = tuple[float, float, float, float, float, float, float]
+
+
+def _streak(streak: float, y: float) -> float:
+    """A signed run length after answer ``y``: +k after k right answers in a row, -k after k wrong ones."""
+    if y:
+        return streak + 1.0 if streak > 0 else 1.0
+    return streak - 1.0 if streak < 0 else -1.0
+
+
+def _tag_after(record: TagRecord | None, y: float, n: float) -> TagRecord:
+    """A skill's record after answer ``y``, the student's labelled answer number ``n`` (0-based)."""
+    if record is None:
+        return (y, NAN, NAN, _streak(0.0, y), n, y, 1.0)
+    return (y, record[0], record[1], _streak(record[3], y), n, TAG_DECAY * record[5] + y, TAG_DECAY * record[6] + 1.0)
+
+
+def _tag_features(record: TagRecord | None, n: float) -> tuple[float, ...]:
+    """tag_last .. tag_ewm of a row whose skill has ``record``, after ``n`` labelled answers of the student."""
+    if record is None:
+        return (NAN,) * 6
+    return (record[0], record[1], record[2], record[3], n - record[4], record[5] / record[6])
+
+
+def recency_features(group: np.ndarray, tag: np.ndarray, answer: np.ndarray) -> dict[str, np.ndarray]:
+    """``RECENCY`` of each sorted row from the same user's labelled answers before it (``group``: user number per
+    row, ``tag``: raw skill). One pass in time order with the functions ``RunningCounts`` steps with, so the two
+    agree bit for bit; about 1 s per million rows."""
+    values = np.full((len(answer), len(RECENCY)), np.nan)
+    user = None
+    records: dict[str, TagRecord] = {}
+    n = streak = num = den = 0.0
+    for i, (g, t, code) in enumerate(zip(group.tolist(), tag.tolist(), answer.tolist(), strict=True)):
+        if g != user:
+            user, records, n, streak, num, den = g, {}, 0.0, 0.0, 0.0, 0.0
+        record = records.get(t)
+        values[i, :6] = _tag_features(record, n)
+        if n:
+            values[i, 6:] = (streak, num / den)
+        if code >= 0:
+            y = float(code)
+            records[t] = _tag_after(record, y, n)
+            n, streak, num, den = n + 1.0, _streak(streak, y), USER_DECAY * num + y, USER_DECAY * den + 1.0
+    return {name: values[:, j] for j, name in enumerate(RECENCY)}
 
 
 # ---------------------------------------------------------------- the same features, one answer at a time
@@ -178,6 +240,9 @@ class RunningCounts:
     recent: tuple[float, ...] = ()  # the last max(RECENT_WINDOWS) labelled answers, oldest first
     resid: float = 0.0  # sum of (answer - item difficulty) over labelled answers
     tag_resid: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # raw tag -> (labelled, resid)
+    tags: Mapping[str, TagRecord] = field(default_factory=dict)  # raw tag -> its record (``recency_features``)
+    streak: float = 0.0  # user_streak
+    ewm: tuple[float, float] = (0.0, 0.0)  # user_ewm's numerator and denominator
 
     def after(self, raw: Mapping[str, str], code: int, p_item: float) -> RunningCounts:
         """After one answer: ``raw`` its item / test / tag / paper, ``p_item`` its item's smoothed P(correct)."""
@@ -190,6 +255,14 @@ class RunningCounts:
             seen[key] = {**self.seen[key], raw[key]: (n + known, c + y)}
         n, r = self.tag_resid.get(raw["tag"], (0.0, 0.0))
         recent = (*self.recent, y)[-max(RECENT_WINDOWS) :] if known else self.recent
+        recency = {}
+        if known:
+            num, den = self.ewm
+            recency = {
+                "tags": {**self.tags, raw["tag"]: _tag_after(self.tags.get(raw["tag"]), y, self.n)},
+                "streak": _streak(self.streak, y),
+                "ewm": (USER_DECAY * num + y, USER_DECAY * den + 1.0),
+            }
         return replace(
             self,
             n=self.n + known,
@@ -198,6 +271,7 @@ class RunningCounts:
             recent=recent,
             resid=self.resid + resid,
             tag_resid={**self.tag_resid, raw["tag"]: (n + known, r + resid)},
+            **recency,
         )
 
     @classmethod
@@ -206,11 +280,17 @@ class RunningCounts:
         n = y = resid = 0.0
         seen: dict[str, dict[str, tuple[float, float]]] = {key: {} for key in SEEN_KEYS}
         tag_resid: dict[str, tuple[float, float]] = {}
+        tags: dict[str, TagRecord] = {}
+        streak = num = den = 0.0
         labelled: list[float] = []
         for i, code in enumerate(answer.tolist()):
             known = 1.0 if code >= 0 else 0.0
             yi = float(code) if code >= 0 else 0.0
             ri = (yi - float(p_item[i])) * known
+            if known:
+                t = str(raw["tag"][i])
+                tags[t] = _tag_after(tags.get(t), yi, n)
+                streak, num, den = _streak(streak, yi), USER_DECAY * num + yi, USER_DECAY * den + 1.0
             n, y, resid = n + known, y + yi, resid + ri
             for key in SEEN_KEYS:
                 v = str(raw[key][i])
@@ -222,7 +302,10 @@ class RunningCounts:
             if known:
                 labelled.append(yi)
         recent = tuple(labelled[-max(RECENT_WINDOWS) :])
-        return cls(n=n, y=y, seen=seen, recent=recent, resid=resid, tag_resid=tag_resid)
+        return cls(
+            n=n, y=y, seen=seen, recent=recent, resid=resid, tag_resid=tag_resid, tags=tags, streak=streak,
+            ewm=(num, den),
+        )  # fmt: skip
 
     def features(
         self, base: pd.DataFrame, raw: dict[str, np.ndarray], stats: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -245,6 +328,11 @@ class RunningCounts:
         f["user_resid"] = np.full(k, _ratio(self.resid, self.n))
         nr = np.array([self.tag_resid.get(str(v), (0.0, 0.0)) for v in raw["tag"]], dtype=np.float64).reshape(-1, 2)
         f["tag_resid"] = np.where(nr[:, 0] > 0, nr[:, 1] / np.maximum(nr[:, 0], 1), np.nan)
+        tag = np.array([_tag_features(self.tags.get(str(v)), self.n) for v in raw["tag"]], dtype=np.float64)
+        for j, name in enumerate(RECENCY[:6]):
+            f[name] = tag.reshape(-1, 6)[:, j]
+        f["user_streak"] = np.full(k, self.streak if self.n else np.nan)
+        f["user_ewm"] = np.full(k, self.ewm[0] / self.ewm[1] if self.n else np.nan)
         return f
 
 

@@ -18,7 +18,17 @@ from dkt.data.schema import COLUMNS, validate
 from dkt.experiment import RunData, run
 from dkt.metrics import auc, evaluate_predictions
 from dkt.models.lgbm import LGBMPredictor, parse_params
-from dkt.models.lgbm_features import STAT_KEYS, TargetStats, causal_features, out_of_fold_stats, sort_rows
+from dkt.models.lgbm_features import (
+    RECENCY,
+    STAT_KEYS,
+    RunningCounts,
+    TargetStats,
+    causal_features,
+    out_of_fold_stats,
+    recency_features,
+    serving_stats,
+    sort_rows,
+)
 from dkt.predictor import load_predictor
 from dkt.simulate import simulate
 from tests.conftest import made_once
@@ -113,6 +123,60 @@ def test_predictions_are_causal(bundle: tuple[Path, dict[str, Any]], data: RunDa
     hidden = df.copy()
     hidden.loc[cut:, "answerCode"] = -1
     np.testing.assert_array_equal(pred.predict_rows(hidden)[: cut + 1], before[: cut + 1])
+
+
+def test_recency_features_read_the_order_of_earlier_answers() -> None:
+    """Two students: skill A right, A wrong, B right, (B unanswered), A right; then a new student, whose first row
+    knows nothing. The row that matters, the last A, by hand."""
+    group = np.array([0, 0, 0, 0, 0, 1])
+    tag = np.array(["A", "A", "B", "B", "A", "A"], dtype=object)
+    answer = np.array([1, 0, 1, -1, 1, 0])
+    f = pd.DataFrame(recency_features(group, tag, answer))
+    assert list(f.columns) == list(RECENCY)
+    last_a = f.iloc[4]
+    assert (last_a["tag_last"], last_a["tag_last2"], np.isnan(last_a["tag_last3"])) == (0.0, 1.0, True)
+    assert last_a["tag_streak"] == -1.0  # one wrong answer in a row on A
+    assert last_a["tag_gap"] == 2.0  # two labelled answers since A's last (the unanswered B counts for nothing)
+    assert last_a["tag_ewm"] == pytest.approx((0.5 * 1 + 0) / (0.5 + 1))
+    assert last_a["user_streak"] == 1.0  # B right
+    assert last_a["user_ewm"] == pytest.approx((0.81 * 1 + 0.9 * 0 + 1) / (0.81 + 0.9 + 1))
+    # The unanswered B row sees B's one right answer; it moves nothing for the rows after it.
+    assert (f.iloc[3]["tag_last"], f.iloc[3]["tag_streak"], f.iloc[3]["tag_gap"]) == (1.0, 1.0, 1.0)
+    assert f.iloc[0].isna().all() and f.iloc[5].isna().all()  # first answers: nothing before them
+    assert f.iloc[2][["tag_last", "tag_gap"]].isna().all() and f.iloc[2]["user_streak"] == -1.0
+
+
+def test_running_counts_step_to_the_batch_features_bit_for_bit(data: RunData) -> None:
+    """What the service steps (``RunningCounts.after``) and builds in one pass (``RunningCounts.of``) give each row
+    the features the batch pass gives it, NaNs in the same places, for a student with unanswered rows: the recency
+    columns bit for bit, the rest to float rounding (the batch's exclusive sums are a cumulative sum minus the row)."""
+    encoder = FeatureEncoder.fit(data.train)
+    stats = TargetStats.fit(sort_rows(encoder, data.train).raw, sort_rows(encoder, data.train).answer)
+    user = data.test["userID"].value_counts().index[0]
+    hist = data.test[data.test["userID"] == user].sort_values("Timestamp").reset_index(drop=True)
+    hist.loc[[4, 9, 10], "answerCode"] = -1
+    rows = sort_rows(encoder, hist)
+    per_row = serving_stats(rows, stats, 10.0)
+    batch = causal_features(rows, per_row)
+    assert len(hist) > 30 and batch[list(RECENCY)].notna().any().all()
+
+    def row(i: int) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Row i as a candidate: its encoder features, its keys and its statistics."""
+        stats_i = {k: (p[i : i + 1], n[i : i + 1]) for k, (p, n) in per_row.items()}
+        return rows.base.iloc[i : i + 1].reset_index(drop=True), {k: v[i : i + 1] for k, v in rows.raw.items()}, stats_i
+
+    counts = RunningCounts()
+    for i in range(len(hist)):
+        stepped = counts.features(*row(i))
+        expected = batch.iloc[i : i + 1].reset_index(drop=True)
+        pd.testing.assert_frame_equal(stepped[list(RECENCY)], expected[list(RECENCY)], check_exact=True)
+        pd.testing.assert_frame_equal(stepped, expected, check_exact=False, rtol=1e-12, atol=0)
+        if i == len(hist) // 2:
+            p_item = per_row["item"][0]
+            one_pass = RunningCounts.of({k: v[:i] for k, v in rows.raw.items()}, rows.answer[:i], p_item[:i])
+            pd.testing.assert_frame_equal(one_pass.features(*row(i)), stepped, check_exact=True)
+        raw_i = {k: str(v[i]) for k, v in rows.raw.items()}
+        counts = counts.after(raw_i, int(rows.answer[i]), float(per_row["item"][0][i]))
 
 
 def training_features(df: pd.DataFrame, encoder: FeatureEncoder) -> tuple[pd.DataFrame, np.ndarray]:
