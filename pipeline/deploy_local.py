@@ -172,6 +172,9 @@ def start_server(model_tag: str, port: int, shadow: Shadow | None = None, served
     return {**doc, "shadow_model_tag": shadow.model_tag, "shadow_version": shadow.version} if shadow else doc
 
 
+KILL_WAIT_S = 10.0  # after SIGKILL: how long to wait for the process to be gone (the kernel takes milliseconds)
+
+
 def stop_server(pid: int | None, grace: float = 30.0) -> None:
     """Stop the process group of a server this module started; a recorded pid that now names another process
     (pids are reused after a reboot or a crash) is left alone with a warning."""
@@ -202,6 +205,14 @@ def stop_group(pid: int | None, grace: float = 30.0) -> None:
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+        # SIGKILL is delivered, not done, when killpg returns: wait until the process is gone, so that a caller
+        # (`deploy stop`, a switch) never reports stopped a server that still runs (ci38 met one, right after a
+        # server ignored SIGTERM for the whole grace).
+        deadline = time.monotonic() + KILL_WAIT_S
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.05)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def log_tail(log: str | Path) -> str:

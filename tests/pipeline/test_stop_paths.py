@@ -5,6 +5,7 @@ unrelated process (a real one here) leaves that process alone, with a warning; t
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -133,3 +134,29 @@ def test_the_local_deploys_stop_server_kills_only_a_bentoml_serve(
     assert stranger.poll() is None and "not bentoml serve: left alone" in capsys.readouterr().err
     deploy_local.stop_server(server.pid, grace=5)
     assert gone(server)
+
+
+def test_a_server_that_ignores_sigterm_is_gone_when_stop_server_returns(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Past the grace, SIGKILL; and stop_server returns only once the process is gone, so `deploy stop` and a switch
+    never leave a server running that they reported stopped."""
+    from pipeline import deploy_local
+
+    ready = tmp_path / "ignoring-sigterm"  # written once the handler is set: a SIGTERM from then on is ignored
+    code = (
+        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(300)"
+    )
+    argv = shlex.join([sys.executable, "-c", code, *deploy_local.SERVER_WORDS, "--port", "1"])
+    server = subprocess.Popen(["bash", "-c", f'exec -a "bentoml" {argv}'], start_new_session=True)
+    threading.Thread(target=server.wait, daemon=True).start()
+    procs.append(settled(server))
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists()
+    tick = time.monotonic()
+    deploy_local.stop_server(server.pid, grace=1.0)
+    assert not deploy_local.alive(server.pid)  # at once: no polling here
+    assert time.monotonic() - tick >= 1.0  # it outlived SIGTERM for the whole grace
