@@ -140,8 +140,8 @@ def fit_sequence_model(
     use_scaler = amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     # With ``ema_decay`` the epochs are scored, kept and saved as a moving average of the weights (torch's
-    # AveragedModel): the average of the last few hundred steps sits nearer the loss's minimum than any one step's
-    # weights, which the noise of a small batch keeps moving (docs/sequence-models.md, round 9).
+    # AveragedModel): an average over the last steps (about 100 at a decay of 0.99) sits nearer the loss's minimum
+    # than any one step's weights, which the noise of a small batch keeps moving (docs/sequence-models.md, round 9).
     ema = (
         None
         if params.ema_decay is None
