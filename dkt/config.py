@@ -47,12 +47,12 @@ class TrainParams(BaseModel):
         False, description="training batches of windows of similar length (less padding) instead of random ones"
     )
     amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
-    ema_decay: float | None = Field(
+    ema_epochs: float | None = Field(
         None,
-        ge=0,
-        lt=1,
-        description="validate and keep an exponential moving average of the weights (Polyak averaging) with this "
-        "decay per step; None: the weights as trained",
+        gt=0,
+        description="validate and keep a moving average of the weights (Polyak averaging) over about this many epochs "
+        "of steps: an exponential average with decay 1 - 1 / (ema_epochs x steps per epoch); None: the weights as "
+        "trained",
     )
 
     @model_validator(mode="after")

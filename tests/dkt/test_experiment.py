@@ -144,9 +144,10 @@ def test_amp_setting_leaves_cpu_training_in_full_precision(sim_dir: Path) -> Non
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_ema_decay_keeps_the_moving_average_of_every_step_s_weights(sim_dir: Path) -> None:
-    """``train.ema_decay``: what is validated, kept and returned is e_1 = w_1, e_k = d * e_(k-1) + (1 - d) * w_k over
-    the weights w_k after each optimiser step, not the last step's weights (each recorded by an optimiser hook)."""
+def test_ema_epochs_keeps_the_moving_average_of_every_step_s_weights(sim_dir: Path) -> None:
+    """``train.ema_epochs``: what is validated, kept and returned is e_1 = w_1, e_k = d * e_(k-1) + (1 - d) * w_k over
+    the weights w_k after each optimiser step (each recorded by an optimiser hook), not the last step's weights, with
+    d = 1 - 1 / (ema_epochs x steps per epoch): a span in epochs, the same on a small data set and a large one."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from dkt.config import parse_config
@@ -158,11 +159,11 @@ def test_ema_decay_keeps_the_moving_average_of_every_step_s_weights(sim_dir: Pat
     users = sorted(df["userID"].unique())
     train, valid = (df[df["userID"].isin(part)] for part in (users[:12], users[12:18]))
     encoder = FeatureEncoder.fit(train)
-    decay = 0.6
+    ema_epochs = 1.0
     steps: list[dict[str, torch.Tensor]] = []
     kept = {}
-    for ema in (None, decay):
-        cfg = parse_config(TINY_LSTM | {"train": TINY_LSTM["train"] | {"epochs": 1, "ema_decay": ema}})
+    for ema in (None, ema_epochs):
+        cfg = parse_config(TINY_LSTM | {"train": TINY_LSTM["train"] | {"epochs": 1, "ema_epochs": ema}})
         seed_everything(5)
         model = kind_class("lstm").build(cfg.model_params, encoder.sizes())
         names = {id(p): k for k, p in model.named_parameters()}
@@ -183,14 +184,15 @@ def test_ema_decay_keeps_the_moving_average_of_every_step_s_weights(sim_dir: Pat
         finally:
             hook.remove()
         kept[ema] = {k: v.clone() for k, v in model.named_parameters()}
-    assert len(steps) >= 3  # enough steps for the average to differ from the last one
+    assert len(steps) >= 3  # one epoch of steps: enough for the average to differ from the last one
+    decay = 1 - 1 / (ema_epochs * len(steps))
     expected = dict(steps[0])
     for w in steps[1:]:
         expected = {k: decay * expected[k] + (1 - decay) * w[k] for k in w}
     # The same seed trains the same steps either way: only what is kept differs.
     assert all(torch.equal(kept[None][k], steps[-1][k]) for k in expected)
-    assert all(torch.allclose(kept[decay][k], expected[k], atol=1e-6) for k in expected)
-    assert any(not torch.allclose(kept[decay][k], steps[-1][k], atol=1e-4) for k in expected)
+    assert all(torch.allclose(kept[ema_epochs][k], expected[k], atol=1e-6) for k in expected)
+    assert any(not torch.allclose(kept[ema_epochs][k], steps[-1][k], atol=1e-4) for k in expected)
 
 
 def run_cli(
@@ -215,12 +217,12 @@ def test_train_cli_reports_bad_config_and_bad_data_clearly(
 
     monkeypatch.chdir(ROOT)  # where train.py runs: config/lstm.json below is relative to it
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"model": "lstm", "train": {"max_seq_len": 1, "lr": -1, "ema_decay": 1.0}}))
+    bad.write_text(json.dumps({"model": "lstm", "train": {"max_seq_len": 1, "lr": -1, "ema_epochs": 0}}))
     common = ["--train-file", str(sim_dir / "train.csv"), "--test-file", str(sim_dir / "test.csv")]
     res = run_cli(train, ["--config", str(bad), *common, "--output-dir", str(tmp_path / "o")], capsys)
     assert res.returncode == 2
     assert "train.max_seq_len" in res.stderr and "train.lr" in res.stderr and "Traceback" not in res.stderr
-    assert "train.ema_decay" in res.stderr  # a decay of 1 would never move from the first step's weights
+    assert "train.ema_epochs" in res.stderr  # an average over no steps: refused, not taken as "off"
     broken = tmp_path / "broken.csv"
     broken.write_text((sim_dir / "train.csv").read_text().replace(",1,2020", ",7,2020", 1))
     res = run_cli(
