@@ -197,22 +197,23 @@ def stop_group(pid: int | None, grace: float = 30.0) -> None:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.2)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    wait_gone(pid, grace, poll=0.2)
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         # SIGKILL is delivered, not done, when killpg returns: wait until the process is gone, so that a caller
         # (`deploy stop`, a switch) never reports stopped a server that still runs (ci38 met one, right after a
         # server ignored SIGTERM for the whole grace).
-        deadline = time.monotonic() + KILL_WAIT_S
-        while time.monotonic() < deadline and alive(pid):
-            time.sleep(0.05)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+        wait_gone(pid, KILL_WAIT_S, poll=0.05)
+
+
+def wait_gone(pid: int, seconds: float, poll: float) -> None:
+    """Wait up to ``seconds`` for ``pid`` to end, reaping it if it is our child (a zombie counts as gone anyway)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(poll)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def log_tail(log: str | Path) -> str:

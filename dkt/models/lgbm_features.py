@@ -190,6 +190,11 @@ def _tag_after(record: TagRecord | None, y: float, n: float) -> TagRecord:
     return (y, record[0], record[1], _streak(record[3], y), n, TAG_DECAY * record[5] + y, TAG_DECAY * record[6] + 1.0)
 
 
+def _user_after(streak: float, num: float, den: float, y: float) -> tuple[float, float, float]:
+    """The student's streak and user_ewm's numerator and denominator after answer ``y``."""
+    return _streak(streak, y), USER_DECAY * num + y, USER_DECAY * den + 1.0
+
+
 def _tag_features(record: TagRecord | None, n: float) -> tuple[float, ...]:
     """tag_last .. tag_ewm of a row whose skill has ``record``, after ``n`` labelled answers of the student."""
     if record is None:
@@ -215,7 +220,7 @@ def recency_features(group: np.ndarray, tag: np.ndarray, answer: np.ndarray) -> 
         if code >= 0:
             y = float(code)
             records[t] = _tag_after(record, y, n)
-            n, streak, num, den = n + 1.0, _streak(streak, y), USER_DECAY * num + y, USER_DECAY * den + 1.0
+            n, (streak, num, den) = n + 1.0, _user_after(streak, num, den, y)
     return {name: values[:, j] for j, name in enumerate(RECENCY)}
 
 
@@ -257,11 +262,11 @@ class RunningCounts:
         recent = (*self.recent, y)[-max(RECENT_WINDOWS) :] if known else self.recent
         recency = {}
         if known:
-            num, den = self.ewm
+            streak, num, den = _user_after(self.streak, *self.ewm, y)
             recency = {
                 "tags": {**self.tags, raw["tag"]: _tag_after(self.tags.get(raw["tag"]), y, self.n)},
-                "streak": _streak(self.streak, y),
-                "ewm": (USER_DECAY * num + y, USER_DECAY * den + 1.0),
+                "streak": streak,
+                "ewm": (num, den),
             }
         return replace(
             self,
@@ -290,7 +295,7 @@ class RunningCounts:
             if known:
                 t = str(raw["tag"][i])
                 tags[t] = _tag_after(tags.get(t), yi, n)
-                streak, num, den = _streak(streak, yi), USER_DECAY * num + yi, USER_DECAY * den + 1.0
+                streak, num, den = _user_after(streak, num, den, yi)
             n, y, resid = n + known, y + yi, resid + ri
             for key in SEEN_KEYS:
                 v = str(raw[key][i])
@@ -329,8 +334,9 @@ class RunningCounts:
         nr = np.array([self.tag_resid.get(str(v), (0.0, 0.0)) for v in raw["tag"]], dtype=np.float64).reshape(-1, 2)
         f["tag_resid"] = np.where(nr[:, 0] > 0, nr[:, 1] / np.maximum(nr[:, 0], 1), np.nan)
         tag = np.array([_tag_features(self.tags.get(str(v)), self.n) for v in raw["tag"]], dtype=np.float64)
+        tag = tag.reshape(-1, 6)  # (0, 6) for no candidates
         for j, name in enumerate(RECENCY[:6]):
-            f[name] = tag.reshape(-1, 6)[:, j]
+            f[name] = tag[:, j]
         f["user_streak"] = np.full(k, self.streak if self.n else np.nan)
         f["user_ewm"] = np.full(k, self.ewm[0] / self.ewm[1] if self.n else np.nan)
         return f
