@@ -18,7 +18,9 @@ these features is causal by construction:
   tail, elapsed time since the previous item was shown (capped at 600 s, bucketed);
 - the previous response, as a token of (previous skill or item, previous answer);
 - continuous: the user's running accuracy and count, running accuracy on the
-  same skill, elapsed time.
+  same skill, elapsed time; then the order of the answers before (``dkt.data.order``:
+  per skill its last three answers, streak, gap and decayed accuracy; per user the
+  streak and decayed accuracy), read by the models configured for them.
 
 Encoders are fitted on training data only. Index 0 is padding and 1 is
 "unknown", so unseen ids at serving time still map somewhere meaningful.
@@ -39,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dkt.data.order import ORDER_INPUTS, order_features, scale_inputs
+
 PAD, UNK = 0, 1
 FIRST = 2  # first real vocabulary index
 ELAPSED_CAP_S = 600.0
@@ -48,6 +52,9 @@ VOCAB_FEATURES: tuple[str, ...] = ("item", "test", "tag", "head", "paper", "tail
 CATEGORICAL: tuple[str, ...] = (*VOCAB_FEATURES, "elapsed")
 RESPONSE: tuple[str, ...] = ("prev_answer", "prev_tag_resp", "prev_item_resp")
 CONTINUOUS: tuple[str, ...] = ("user_acc", "user_count", "tag_acc", "tag_count", "elapsed_s")
+# Every FeatureFrame's ``cont`` columns: CONTINUOUS, then the order of the answers (dkt.data.order), which a model
+# reads only where its config asks (``InputConfig.order_inputs``), so bundles trained before them read the first five.
+CONT_COLUMNS: tuple[str, ...] = (*CONTINUOUS, *ORDER_INPUTS)
 
 
 # Rows up to which a table is encoded with python lists: for one student's history (a served request)
@@ -89,7 +96,7 @@ class FeatureFrame:
     answer: np.ndarray  # -1 / 0 / 1
     cat: dict[str, np.ndarray]
     resp: dict[str, np.ndarray]
-    cont: np.ndarray  # (n_rows, len(CONTINUOUS)) float32
+    cont: np.ndarray  # (n_rows, len(CONT_COLUMNS)) float32
 
     def __len__(self) -> int:
         return len(self.answer)
@@ -251,6 +258,9 @@ class FeatureEncoder:
         cont = np.stack(
             [*count_features(cum_n, cum_c, tag_n, tag_c), np.nan_to_num(elapsed, nan=0.0) / ELAPSED_CAP_S], axis=1
         ).astype(np.float32)
+        # Keyed by the encoded skill, as StudentFeatures keys its running counts.
+        in_order = scale_inputs(order_features(group, cat["tag"].tolist(), answer))
+        cont = np.concatenate([cont, in_order], axis=1)
         return FeatureFrame(
             users=user[starts],
             user_starts=user_starts,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dkt.data.features import CATEGORICAL, CONTINUOUS, RESPONSE
+from dkt.data.order import ORDER_INPUTS
 
 
 @dataclass
@@ -26,6 +27,10 @@ class InputConfig:
     categorical: tuple[str, ...] = CATEGORICAL
     response: tuple[str, ...] = RESPONSE
     use_continuous: bool = True
+    # Also read the order of the answers before (dkt.data.order: per skill the last three answers, streak, gap and
+    # decayed accuracy; per student the streak and decayed accuracy), eight more continuous inputs. Off by default:
+    # bundles trained before them read the first five columns, as they were trained.
+    order_inputs: bool = False
     # How the features become the two vectors: "concat" (each feature emb_dim wide, concatenated, dropout, projected
     # to d_model) or "sum" (each feature d_model wide, summed, dropout; emb_dim unused). A projection of a
     # concatenation is a sum of per-feature maps, so "sum" learns the same kind of function without the wide
@@ -92,6 +97,9 @@ def build_config(cls: type, params: dict[str, Any]) -> Any:
     for k in ("categorical", "response"):
         if k in params and (bad := set(params[k]) - set(getattr(InputConfig, k))):
             raise ValueError(f"{cls.__name__}.{k}: unknown feature(s) {sorted(bad)}")
+    for name in ("use_continuous", "order_inputs"):
+        if name in params and not isinstance(params[name], bool):
+            raise ValueError(f"{cls.__name__}.{name} must be true or false, got {params[name]!r}")
     for name, choices in (("embedding", EMBEDDINGS), ("dropout_mask", DROPOUT_MASKS)):  # each default is choices[0]
         if params.get(name, choices[0]) not in choices:
             raise ValueError(f"{cls.__name__}.{name} must be one of {choices}, got {params[name]!r}")
@@ -137,7 +145,8 @@ class InputEmbedding(nn.Module):
         width = cfg.d_model if summed else cfg.emb_dim
         self.cat = nn.ModuleDict({k: nn.Embedding(sizes[k], width, padding_idx=0) for k in cfg.categorical})
         self.resp = nn.ModuleDict({k: nn.Embedding(sizes[k], width, padding_idx=0) for k in cfg.response})
-        n_cont = len(CONTINUOUS) if cfg.use_continuous else 0
+        n_cont = len(CONTINUOUS) + (len(ORDER_INPUTS) if cfg.order_inputs else 0) if cfg.use_continuous else 0
+        self.n_cont = n_cont  # the leading columns of ``batch["cont"]`` this model reads
         if summed:
             self.cont_proj = nn.Linear(n_cont, cfg.d_model) if n_cont else None
         else:
@@ -150,10 +159,10 @@ class InputEmbedding(nn.Module):
         r = [self.resp[k](batch[k]) for k in self.cfg.response]
         if self.cfg.embedding == "sum":
             if self.cont_proj is not None:
-                q.append(self.cont_proj(batch["cont"]))
+                q.append(self.cont_proj(batch["cont"][..., : self.n_cont]))
             return self.drop(sum(q[1:], q[0])), self.drop(sum(r[1:], r[0]))
         if self.cfg.use_continuous:
-            q.append(batch["cont"])
+            q.append(batch["cont"][..., : self.n_cont])
         query = self.query_proj(self.drop(torch.cat(q, dim=-1)))
         interaction = self.inter_proj(self.drop(torch.cat(r, dim=-1)))
         return query, interaction

@@ -30,6 +30,7 @@ from dkt.data.features import (
     FeatureFrame,
     count_features,
 )
+from dkt.data.order import OrderState, scale_inputs
 
 ELAPSED_COLUMN = CONTINUOUS.index("elapsed_s")
 N_COUNT_COLUMNS = 4  # the first CONTINUOUS columns come from count_features
@@ -235,6 +236,7 @@ class StudentFeatures:
     last_code: int = -1  # ... its answerCode ...
     last_tag: int = UNK  # ... and its encoded tag and item (the previous-response tokens)
     last_item: int = UNK
+    order: OrderState = field(default_factory=OrderState)  # the order of the labelled answers (dkt.data.order)
 
     def encode(self, encoder: FeatureEncoder, candidates: pd.DataFrame, at: pd.Timestamp | None) -> FeatureFrame:
         """Features of each candidate shown at ``at`` (default now) after these answers, one row each:
@@ -283,6 +285,7 @@ class StudentFeatures:
             np.full(k, float(self.n)), np.full(k, float(self.correct)), tag_counts[:, 0], tag_counts[:, 1]
         )
         cont = np.stack([*counts, np.full(k, elapsed)], axis=1).astype(np.float32)
+        cont = np.concatenate([cont, scale_inputs(self.order.rows(cat["tag"].tolist()))], axis=1)
         return FeatureFrame(
             users=np.array(["0"], dtype=object),
             user_starts=np.array([0, k], dtype=np.int64),
@@ -314,7 +317,11 @@ class StudentFeatures:
         if code >= 0:
             n, c = self.tags.get(tag, (0, 0))
             state = replace(
-                state, n=self.n + 1, correct=self.correct + code, tags={**self.tags, tag: (n + 1, c + code)}
+                state,
+                n=self.n + 1,
+                correct=self.correct + code,
+                tags={**self.tags, tag: (n + 1, c + code)},
+                order=self.order.after(tag, float(code)),
             )
         return ff, state
 
@@ -341,4 +348,5 @@ class StudentFeatures:
             last_code=int(answer[-1]),
             last_tag=int(ff.cat["tag"][-1]),
             last_item=int(ff.cat["item"][-1]),
+            order=OrderState.of(ff.cat["tag"].tolist(), answer),
         )

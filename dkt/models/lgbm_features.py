@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame
+from dkt.data.order import ORDER, TagRecord, order_features, tag_after, tag_features, user_after
 
 STAT_KEYS: tuple[str, ...] = ("item", "test", "tag")
 RECENT_WINDOWS: tuple[int, ...] = (5, 20)
@@ -162,65 +163,15 @@ def causal_features(rows: Rows, stats_per_row: dict[str, tuple[np.ndarray, np.nd
 
 # ---------------------------------------------------------------- recency: the order of a student's answers
 
-# The counts above are order-blind: a skill answered wrong, wrong, right and one answered right, wrong, wrong have the
-# same accuracy. What a sequence model reads first is the order, and so do these: on ASSISTments 2009 they take
-# this model from 0.8078 to 0.8197 test AUC, and the ensemble from 0.8293 to 0.8303 (docs/lgbm-ensemble.md).
-RECENCY: tuple[str, ...] = (
-    "tag_last", "tag_last2", "tag_last3", "tag_streak", "tag_gap", "tag_ewm", "user_streak", "user_ewm"
-)  # fmt: skip
-TAG_DECAY = 0.5  # tag_ewm: the skill's answers weighted 1, 1/2, 1/4, ... from the latest
-USER_DECAY = 0.9  # user_ewm: every answer, weighted 1, 0.9, 0.81, ...
-NAN = float("nan")
-# A skill's running record: its last three answers, its signed streak, the labelled-answer count at its last answer,
-# and tag_ewm's numerator and denominator.
-TagRecord = tuple[float, float, float, float, float, float, float]
-
-
-def _streak(streak: float, y: float) -> float:
-    """A signed run length after answer ``y``: +k after k right answers in a row, -k after k wrong ones."""
-    if y:
-        return streak + 1.0 if streak > 0 else 1.0
-    return streak - 1.0 if streak < 0 else -1.0
-
-
-def _tag_after(record: TagRecord | None, y: float, n: float) -> TagRecord:
-    """A skill's record after answer ``y``, the student's labelled answer number ``n`` (0-based)."""
-    if record is None:
-        return (y, NAN, NAN, _streak(0.0, y), n, y, 1.0)
-    return (y, record[0], record[1], _streak(record[3], y), n, TAG_DECAY * record[5] + y, TAG_DECAY * record[6] + 1.0)
-
-
-def _user_after(streak: float, num: float, den: float, y: float) -> tuple[float, float, float]:
-    """The student's streak and user_ewm's numerator and denominator after answer ``y``."""
-    return _streak(streak, y), USER_DECAY * num + y, USER_DECAY * den + 1.0
-
-
-def _tag_features(record: TagRecord | None, n: float) -> tuple[float, ...]:
-    """tag_last .. tag_ewm of a row whose skill has ``record``, after ``n`` labelled answers of the student."""
-    if record is None:
-        return (NAN,) * 6
-    return (record[0], record[1], record[2], record[3], n - record[4], record[5] / record[6])
+# The counts above are order-blind; these read the order of a student's answers (dkt.data.order). On ASSISTments 2009
+# they take this model from 0.8078 to 0.8197 test AUC, and the ensemble from 0.8293 to 0.8303 (docs/lgbm-ensemble.md).
+RECENCY: tuple[str, ...] = ORDER
 
 
 def recency_features(group: np.ndarray, tag: np.ndarray, answer: np.ndarray) -> dict[str, np.ndarray]:
     """``RECENCY`` of each sorted row from the same user's labelled answers before it (``group``: user number per
-    row, ``tag``: raw skill). One pass in time order with the functions ``RunningCounts`` steps with, so the two
-    agree bit for bit; about 1 s per million rows."""
-    values = np.full((len(answer), len(RECENCY)), np.nan)
-    user = None
-    records: dict[str, TagRecord] = {}
-    n = streak = num = den = 0.0
-    for i, (g, t, code) in enumerate(zip(group.tolist(), tag.tolist(), answer.tolist(), strict=True)):
-        if g != user:
-            user, records, n, streak, num, den = g, {}, 0.0, 0.0, 0.0, 0.0
-        record = records.get(t)
-        values[i, :6] = _tag_features(record, n)
-        if n:
-            values[i, 6:] = (streak, num / den)
-        if code >= 0:
-            y = float(code)
-            records[t] = _tag_after(record, y, n)
-            n, (streak, num, den) = n + 1.0, _user_after(streak, num, den, y)
+    row, ``tag``: raw skill); ``RunningCounts`` steps the same functions, so the two agree bit for bit."""
+    values = order_features(group, tag, answer)
     return {name: values[:, j] for j, name in enumerate(RECENCY)}
 
 
@@ -262,9 +213,9 @@ class RunningCounts:
         recent = (*self.recent, y)[-max(RECENT_WINDOWS) :] if known else self.recent
         recency = {}
         if known:
-            streak, num, den = _user_after(self.streak, *self.ewm, y)
+            streak, num, den = user_after(self.streak, *self.ewm, y)
             recency = {
-                "tags": {**self.tags, raw["tag"]: _tag_after(self.tags.get(raw["tag"]), y, self.n)},
+                "tags": {**self.tags, raw["tag"]: tag_after(self.tags.get(raw["tag"]), y, self.n)},
                 "streak": streak,
                 "ewm": (num, den),
             }
@@ -294,8 +245,8 @@ class RunningCounts:
             ri = (yi - float(p_item[i])) * known
             if known:
                 t = str(raw["tag"][i])
-                tags[t] = _tag_after(tags.get(t), yi, n)
-                streak, num, den = _user_after(streak, num, den, yi)
+                tags[t] = tag_after(tags.get(t), yi, n)
+                streak, num, den = user_after(streak, num, den, yi)
             n, y, resid = n + known, y + yi, resid + ri
             for key in SEEN_KEYS:
                 v = str(raw[key][i])
@@ -333,7 +284,7 @@ class RunningCounts:
         f["user_resid"] = np.full(k, _ratio(self.resid, self.n))
         nr = np.array([self.tag_resid.get(str(v), (0.0, 0.0)) for v in raw["tag"]], dtype=np.float64).reshape(-1, 2)
         f["tag_resid"] = np.where(nr[:, 0] > 0, nr[:, 1] / np.maximum(nr[:, 0], 1), np.nan)
-        tag = np.array([_tag_features(self.tags.get(str(v)), self.n) for v in raw["tag"]], dtype=np.float64)
+        tag = np.array([tag_features(self.tags.get(str(v)), self.n) for v in raw["tag"]], dtype=np.float64)
         tag = tag.reshape(-1, 6)  # (0, 6) for no candidates
         for j, name in enumerate(RECENCY[:6]):
             f[name] = tag[:, j]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dkt.config import ConfigError, TrainParams, load_config, parse_config
-from dkt.data.features import CATEGORICAL, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
+from dkt.data.features import CATEGORICAL, CONT_COLUMNS, CONTINUOUS, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
 from dkt.data.schema import COLUMNS, validate
 from dkt.data.sequences import PAD_ROW, Batcher, make_windows
 from dkt.metrics import auc
@@ -215,6 +215,7 @@ BAD_PARAMS = [
     ("dkvmn", {"emb_dropout": -0.1}, "emb_dropout must be in"),
     ("akt", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
     ("simplekt", {"n_blocks": 0}, "n_blocks must be a positive integer"),
+    ("lstm", {"order_inputs": "yes"}, "order_inputs must be true or false, got 'yes'"),
 ]
 
 
@@ -222,6 +223,23 @@ BAD_PARAMS = [
 def test_bad_parameter_value_is_named(name: str, params: dict[str, Any], message: str, data: SimData) -> None:
     with pytest.raises(ValueError, match=message):
         build_torch_model(name, params, data.encoder.sizes())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_order_columns_are_read_only_where_the_config_asks(name: str, data: SimData) -> None:
+    """Every FeatureFrame carries the eight order columns after the five counts; a model built without
+    ``order_inputs`` (every bundle trained before them) scores exactly as if they were not there, and one built with
+    it reads them."""
+    batch = batch_of(data.encoder.transform(data.test))
+    assert batch["cont"].shape[-1] == len(CONT_COLUMNS)
+    other = {**batch, "cont": batch["cont"].clone()}
+    other["cont"][..., len(CONTINUOUS) :] = torch.rand(other["cont"][..., len(CONTINUOUS) :].shape)
+    for order_inputs in (False, True):
+        torch.manual_seed(0)
+        model = build_torch_model(name, small_params(name) | {"order_inputs": order_inputs}, data.encoder.sizes())
+        with torch.no_grad():
+            a, b = model.eval()(batch), model(other)
+        assert torch.equal(a, b) is not order_inputs, order_inputs
 
 
 @pytest.mark.parametrize("name", ["bert", "saint"])
