@@ -13,6 +13,7 @@ the two agree bit for bit (tests/dkt/data/test_order.py).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -59,33 +60,45 @@ def tag_features(record: TagRecord | None, n: float) -> tuple[float, ...]:
 
 def order_features(group: np.ndarray, tag: Sequence[Hashable], answer: np.ndarray) -> np.ndarray:
     """``ORDER`` of each row, rows sorted by (user, time): (rows, 8) float64, NaN where there is nothing before
-    (``group``: user number per row, ``tag``: the skill key, raw or encoded). About 1 s per million rows."""
-    values = np.full((len(answer), len(ORDER)), np.nan)
-    _walk(group, tag, answer, values)
-    return values
+    (``group``: user number per row, ``tag``: the skill key, raw or encoded). About 1 CPU-s per million rows."""
+    rows: list[tuple[float, ...]] = []
+    _walk(group, tag, answer, rows)
+    return np.array(rows, dtype=np.float64).reshape(-1, len(ORDER))
 
 
-def _walk(group: np.ndarray, tag: Sequence[Hashable], answer: np.ndarray, values: np.ndarray | None) -> OrderState:
-    """One pass in time order: each row's ``ORDER`` into ``values`` (when given), then its answer; the last user's
+NO_USER = (NAN, NAN)
+
+
+def _walk(
+    group: np.ndarray, tag: Sequence[Hashable], answer: np.ndarray, rows: list[tuple[float, ...]] | None
+) -> OrderState:
+    """One pass in time order: each row's ``ORDER`` appended to ``rows`` (when given), then its answer; the last user's
     state after all of them. The functions are ``OrderState``'s, so a served student stepped one answer at a time
     gets the same numbers."""
     user = None
     records: dict[Hashable, TagRecord] = {}  # mutated in place here: a copy per answer would cost O(skills)
     n = streak = num = den = 0.0
-    rows = zip(np.asarray(group).tolist(), list(tag), np.asarray(answer).tolist(), strict=True)
-    for i, (g, t, code) in enumerate(rows):
+    for g, t, code in zip(np.asarray(group).tolist(), list(tag), np.asarray(answer).tolist(), strict=True):
         if g != user:
             user, records, n, streak, num, den = g, {}, 0.0, 0.0, 0.0, 0.0
         record = records.get(t)
-        if values is not None:
-            values[i, :6] = tag_features(record, n)
-            if n:
-                values[i, 6:] = (streak, num / den)
+        if rows is not None:
+            rows.append((*tag_features(record, n), *((streak, num / den) if n else NO_USER)))
         if code >= 0:
             y = float(code)
             records[t] = tag_after(record, y, n)
             n, (streak, num, den) = n + 1.0, user_after(streak, num, den, y)
-    return OrderState(n=n, tags=records, streak=streak, ewm=(num, den))
+    return OrderState(n=n, tags={t: _pack(*r) for t, r in records.items()}, streak=streak, ewm=(num, den))
+
+
+# A served student's state keeps each skill's record packed: 89 bytes, where a tuple of seven floats holds 280. The
+# state cache keeps one per student (about 45 skills each on ASSISTments 2009), so this is most of its memory.
+_RECORD = struct.Struct("7d")
+_pack = _RECORD.pack
+
+
+def _unpack(packed: bytes | None) -> TagRecord | None:
+    return None if packed is None else _RECORD.unpack(packed)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -94,19 +107,19 @@ class OrderState:
     returns a new one."""
 
     n: float = 0.0  # labelled answers
-    tags: Mapping[Hashable, TagRecord] = field(default_factory=dict)  # skill key -> its record
+    tags: Mapping[Hashable, bytes] = field(default_factory=dict)  # skill key -> its record, packed (``_RECORD``)
     streak: float = 0.0  # user_streak
     ewm: tuple[float, float] = (0.0, 0.0)  # user_ewm's numerator and denominator
 
     def row(self, tag: Hashable) -> tuple[float, ...]:
         """``ORDER`` of a row on skill ``tag`` after these answers."""
-        user = (self.streak, self.ewm[0] / self.ewm[1]) if self.n else (NAN, NAN)
-        return (*tag_features(self.tags.get(tag), self.n), *user)
+        user = (self.streak, self.ewm[0] / self.ewm[1]) if self.n else NO_USER
+        return (*tag_features(_unpack(self.tags.get(tag)), self.n), *user)
 
     def after(self, tag: Hashable, y: float) -> OrderState:
         """After a labelled answer ``y`` (0.0 or 1.0) on skill ``tag`` (unlabelled answers move nothing)."""
         streak, num, den = user_after(self.streak, *self.ewm, y)
-        tags = {**self.tags, tag: tag_after(self.tags.get(tag), y, self.n)}
+        tags = {**self.tags, tag: _pack(*tag_after(_unpack(self.tags.get(tag)), y, self.n))}
         return replace(self, n=self.n + 1.0, tags=tags, streak=streak, ewm=(num, den))
 
     @classmethod
@@ -128,8 +141,7 @@ GAP_CAP = 1000.0  # answers since the skill was last seen: log-scaled to [0, 1] 
 
 def scale_inputs(values: np.ndarray) -> np.ndarray:
     """``ORDER`` (rows, 8) as network inputs in [-1, 1], float32: answers and decayed accuracies as 2y - 1, streaks
-    over ``STREAK_CAP``, the gap log-scaled; nothing before (NaN) is 0, which no seen value takes but a gap's
-    never does either (a gap is at least 1)."""
+    over ``STREAK_CAP``, the gap log-scaled; nothing before (NaN) is 0."""
     out = np.empty(values.shape, dtype=np.float64)
     for j in (0, 1, 2, 5, 7):  # tag_last, tag_last2, tag_last3, tag_ewm, user_ewm
         out[:, j] = 2.0 * values[:, j] - 1.0
