@@ -1,6 +1,6 @@
 """Time one retraining cycle: "N new interactions stored" -> "the service answers with the new model".
 
-    .venv/bin/python bench/cycle_bench.py [--users 500] [--new 200] [--epochs N] [--candidates lstm]
+    .venv/bin/python bench/cycle_bench.py [--users 500] [--new 200] [--epochs N] [--candidates lstm] [--seed N]
         [--driver scheduler|dags-test]
 
 Sets up a throwaway stack in a temp folder (simulated data, a first model, the BentoML
@@ -15,7 +15,9 @@ pipeline/timings.py), and what is left of the task (its start: Airflow's task ru
 While the model is switched, students keep answering; failed requests are counted (target: 0).
 Then the retrain step's candidate (warm-started from the first model) is set against the same config trained from
 scratch on the same files: seconds and AUC on the gate's time holdout (DKT_GATE_MIN_ANSWERS is lowered to 100 so
-the new answers make one). Target (issue 16): new answers -> served under 60 s on 2 cores for the default kind.
+the new answers make one). The students answer as the simulated data's (their ability against each item's difficulty)
+and every question is drawn at random (DKT_EXPLORE_RATE 1.0), so that holdout can tell two models apart; it is still
+a few hundred answers: --seed draws other data and students, to compare over several. Target (issue 16): new answers -> served under 60 s on 2 cores for the default kind.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dkt.settings import PipelineSettings, StackSettings, load, load_or_exit  # 
 from pipeline import deploy  # noqa: E402
 from pipeline.store import VersionedStore  # noqa: E402
 from tests.support.ports import free_port, free_port_pair  # noqa: E402
-from tests.support.students import answering, client_server, run_students  # noqa: E402
+from tests.support.students import answering, client_server, irt_students, run_students  # noqa: E402
 
 
 def sh(argv: list[str], env: dict[str, str], log: Path) -> float:
@@ -317,6 +319,9 @@ def main() -> int:
     p.add_argument("--candidates", default="lstm", help="DKT_TRAIN_CANDIDATES of the retrain step (default: lstm)")
     p.add_argument("--config", default=str(ROOT / "config" / "lstm.json"), help="the first model's config")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the simulated data's seed (the students answering through the client use seed + 1): the"
+                   " holdout is a few hundred answers, so compare configs over several seeds")  # fmt: skip
     p.add_argument("--driver", choices=["scheduler", "dags-test"], default="scheduler",
                    help="run the DAGs as `make up` does (default) or each with `airflow dags test`")  # fmt: skip
     p.add_argument("--cold-stack", action="store_true",
@@ -341,6 +346,9 @@ def main() -> int:
         "DKT_TRAIN_CANDIDATES": args.candidates,
         "DKT_GATE_MIN_ANSWERS": "100",
         "DKT_PROMOTE_TOLERANCE": "1.0",
+        # Every question drawn at random (docs/monitoring.md#exploration): one chosen by target difficulty puts every
+        # model's probability near 0.7, and the gate's holdout of those answers at an AUC near 0.5 whatever the model.
+        "DKT_EXPLORE_RATE": "1.0",
         "DKT_APP_PYTHON": sys.executable,
         "DKT_TASK_RETRIES": "0",
         "AIRFLOW_HOME": str(tmp / "airflow"),
@@ -364,8 +372,8 @@ def main() -> int:
     py = sys.executable
     print(f"setting up in {tmp} ...", file=sys.stderr)
     sh([airflow, "db", "migrate"], env, logs / "migrate.log")
-    sh([py, "-m", "dkt", "simulate", "--users", str(args.users), "--out", str(tmp / "sim"), "--seed", "0"], env,
-       logs / "sim.log")  # fmt: skip
+    sh([py, "-m", "dkt", "simulate", "--users", str(args.users), "--out", str(tmp / "sim"), "--seed", str(args.seed)],
+       env, logs / "sim.log")  # fmt: skip
     sh([py, "-m", "dkt", "data", "push", str(tmp / "sim")], env, logs / "push.log")
     # Its lineage names the stored data version (as make up's first model): the gate then knows what it trained on
     # and holds out the answers stored after it.
@@ -382,7 +390,10 @@ def main() -> int:
     try:
         with client_server(env, free_port(), logs / "client.log") as base:
             airflow = warm_stack(tmp) if args.driver == "scheduler" and not args.cold_stack else None
-            stored = run_students(base, questions, max(1, args.new // 10), 10, seed=1)
+            # Students who answer as the training data's do (item difficulty against ability), so the holdout that
+            # compares the warm-started and the from-scratch models has something to tell them apart by.
+            stored = run_students(base, questions, max(1, args.new // 10), 10, seed=args.seed + 1,
+                                  chance=irt_students(questions))  # fmt: skip
             print(f"stored {stored.answers} new interactions through the client ({stored.failed} failed)",
                   file=sys.stderr)  # fmt: skip
             t0, t0_clock = time.perf_counter(), time.time()

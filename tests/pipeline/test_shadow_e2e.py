@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import shutil
 import sqlite3
@@ -40,7 +39,6 @@ from dkt.cli import EXIT_SKIP
 from dkt.data.schema import COLUMNS
 from dkt.predictor import load_predictor
 from dkt.quality import auc
-from dkt.simulate import GUESS, SLOPE
 from models.cli import main as models_cli
 from pipeline import deploy, deploy_local, deploy_served, prometheus
 from pipeline.store import VersionedStore
@@ -51,7 +49,7 @@ from tests.serving.fixtures import Packed
 from tests.serving.servers import ROOT, free_port
 from tests.serving.shadow_bundles import SHUFFLED_VERSION, shuffled_bundle_dir
 from tests.support.ports import free_port_pair
-from tests.support.students import Chance, client_server, run_students
+from tests.support.students import client_server, irt_students, run_students
 
 pytestmark = pytest.mark.slow
 
@@ -63,18 +61,6 @@ MIN_ANSWERS = 100  # DKT_SHADOW_MIN_ANSWERS: what the gate waits for
 # therefore reads explored questions only (docs/monitoring.md#exploration). Every question explored here, so every
 # answer counts for the online AUCs and the gate alike.
 EXPLORE_RATE = 1.0
-
-
-def irt_students(questions_csv: Path) -> Chance:
-    """Students as the training data's (dkt/simulate.py): P(right) = guess + (1 - guess) sigmoid(slope (ability -
-    difficulty)), ability from the student's skill (0.3..0.9 -> -3..3, wider than the bank's difficulties)."""
-    difficulty = pd.read_csv(questions_csv, dtype={"assessmentItemID": str}).set_index("assessmentItemID")
-    diff = difficulty["difficulty"].astype(float).to_dict()
-
-    def chance(item: str, skill: float) -> float:
-        return GUESS + (1 - GUESS) / (1 + math.exp(-SLOPE * (10 * (skill - 0.6) - diff[item])))
-
-    return chance
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ service fail).
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import requests
+
+from dkt.simulate import GUESS, SLOPE
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
@@ -97,6 +100,18 @@ def answer_once(s: requests.Session, base: str, key: dict[str, str], rng: np.ran
     tally.answers += 1
     if DEGRADED in r.text:
         tally.fail("POST /answer -> page says predictions are unavailable")
+
+
+def irt_students(questions_csv: Path) -> Chance:
+    """Students as the training data's (dkt/simulate.py): P(right) = guess + (1 - guess) sigmoid(slope (ability -
+    difficulty)), ability from the student's skill (0.3..0.9 -> -3..3, wider than the bank's difficulties)."""
+    difficulty = pd.read_csv(questions_csv, dtype={"assessmentItemID": str}).set_index("assessmentItemID")
+    diff = difficulty["difficulty"].astype(float).to_dict()
+
+    def chance(item: str, skill: float) -> float:
+        return GUESS + (1 - GUESS) / (1 + math.exp(-SLOPE * (10 * (skill - 0.6) - diff[item])))
+
+    return chance
 
 
 def run_students(base: str, questions_csv: Path, n_students: int, answers_each: int, seed: int = 0,
