@@ -17,7 +17,8 @@ Then the retrain step's candidate (warm-started from the first model) is set aga
 scratch on the same files: seconds and AUC on the gate's time holdout (DKT_GATE_MIN_ANSWERS is lowered to 100 so
 the new answers make one). The students answer as the simulated data's (their ability against each item's difficulty)
 and every question is drawn at random (DKT_EXPLORE_RATE 1.0), so that holdout can tell two models apart; it is still
-a few hundred answers: --seed draws other data and students, to compare over several. Target (issue 16): new answers -> served under 60 s on 2 cores for the default kind.
+a few hundred answers: --seed draws other data and students, to compare over several.
+Target (issue 16): new answers -> served under 60 s on 2 cores for the default kind.
 """
 
 from __future__ import annotations
