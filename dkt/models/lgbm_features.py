@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dkt.data.features import CONTINUOUS, FeatureEncoder, FeatureFrame
-from dkt.data.order import ORDER, TagRecord, order_features, tag_after, tag_features, user_after
+from dkt.data.order import ORDER, OrderState, order_features
 
 STAT_KEYS: tuple[str, ...] = ("item", "test", "tag")
 RECENT_WINDOWS: tuple[int, ...] = (5, 20)
@@ -196,9 +196,7 @@ class RunningCounts:
     recent: tuple[float, ...] = ()  # the last max(RECENT_WINDOWS) labelled answers, oldest first
     resid: float = 0.0  # sum of (answer - item difficulty) over labelled answers
     tag_resid: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # raw tag -> (labelled, resid)
-    tags: Mapping[str, TagRecord] = field(default_factory=dict)  # raw tag -> its record (``recency_features``)
-    streak: float = 0.0  # user_streak
-    ewm: tuple[float, float] = (0.0, 0.0)  # user_ewm's numerator and denominator
+    order: OrderState = field(default_factory=OrderState)  # ``RECENCY``'s state, keyed by the raw tag
 
     def after(self, raw: Mapping[str, str], code: int, p_item: float) -> RunningCounts:
         """After one answer: ``raw`` its item / test / tag / paper, ``p_item`` its item's smoothed P(correct)."""
@@ -211,14 +209,6 @@ class RunningCounts:
             seen[key] = {**self.seen[key], raw[key]: (n + known, c + y)}
         n, r = self.tag_resid.get(raw["tag"], (0.0, 0.0))
         recent = (*self.recent, y)[-max(RECENT_WINDOWS) :] if known else self.recent
-        recency = {}
-        if known:
-            streak, num, den = user_after(self.streak, *self.ewm, y)
-            recency = {
-                "tags": {**self.tags, raw["tag"]: tag_after(self.tags.get(raw["tag"]), y, self.n)},
-                "streak": streak,
-                "ewm": (num, den),
-            }
         return replace(
             self,
             n=self.n + known,
@@ -227,7 +217,7 @@ class RunningCounts:
             recent=recent,
             resid=self.resid + resid,
             tag_resid={**self.tag_resid, raw["tag"]: (n + known, r + resid)},
-            **recency,
+            order=self.order.after(raw["tag"], y) if known else self.order,
         )
 
     @classmethod
@@ -236,17 +226,11 @@ class RunningCounts:
         n = y = resid = 0.0
         seen: dict[str, dict[str, tuple[float, float]]] = {key: {} for key in SEEN_KEYS}
         tag_resid: dict[str, tuple[float, float]] = {}
-        tags: dict[str, TagRecord] = {}
-        streak = num = den = 0.0
         labelled: list[float] = []
         for i, code in enumerate(answer.tolist()):
             known = 1.0 if code >= 0 else 0.0
             yi = float(code) if code >= 0 else 0.0
             ri = (yi - float(p_item[i])) * known
-            if known:
-                t = str(raw["tag"][i])
-                tags[t] = tag_after(tags.get(t), yi, n)
-                streak, num, den = user_after(streak, num, den, yi)
             n, y, resid = n + known, y + yi, resid + ri
             for key in SEEN_KEYS:
                 v = str(raw[key][i])
@@ -258,10 +242,8 @@ class RunningCounts:
             if known:
                 labelled.append(yi)
         recent = tuple(labelled[-max(RECENT_WINDOWS) :])
-        return cls(
-            n=n, y=y, seen=seen, recent=recent, resid=resid, tag_resid=tag_resid, tags=tags, streak=streak,
-            ewm=(num, den),
-        )  # fmt: skip
+        order = OrderState.of([str(t) for t in raw["tag"]], answer)
+        return cls(n=n, y=y, seen=seen, recent=recent, resid=resid, tag_resid=tag_resid, order=order)
 
     def features(
         self, base: pd.DataFrame, raw: dict[str, np.ndarray], stats: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -284,12 +266,9 @@ class RunningCounts:
         f["user_resid"] = np.full(k, _ratio(self.resid, self.n))
         nr = np.array([self.tag_resid.get(str(v), (0.0, 0.0)) for v in raw["tag"]], dtype=np.float64).reshape(-1, 2)
         f["tag_resid"] = np.where(nr[:, 0] > 0, nr[:, 1] / np.maximum(nr[:, 0], 1), np.nan)
-        tag = np.array([tag_features(self.tags.get(str(v)), self.n) for v in raw["tag"]], dtype=np.float64)
-        tag = tag.reshape(-1, 6)  # (0, 6) for no candidates
-        for j, name in enumerate(RECENCY[:6]):
-            f[name] = tag[:, j]
-        f["user_streak"] = np.full(k, self.streak if self.n else np.nan)
-        f["user_ewm"] = np.full(k, self.ewm[0] / self.ewm[1] if self.n else np.nan)
+        order = self.order.rows([str(v) for v in raw["tag"]])  # (0, 8) for no candidates
+        for j, name in enumerate(RECENCY):
+            f[name] = order[:, j]
         return f
 
 
