@@ -5,6 +5,10 @@ the interactions (the response before each step, so position 0 holds a start
 token) and attends to the encoded exercises. Every attention is causal:
 encoder self-attention, decoder self-attention and decoder-to-encoder
 attention, so position t uses exercises <= t and responses < t only.
+
+With ``decoder_query`` the decoder's input at t also holds the exercise asked at t: with one decoder layer (the
+shipped config) its self-attention can then weigh the past responses by that exercise, which the paper's form leaves
+to the cross-attention after it (docs/sequence-models.md, round 11).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class SaintConfig(InputConfig):
     # "learned": a position table from the window's start (the paper); "alibi": a recency bias on every
     # attention's scores (dkt.models.base.alibi_bias); "none": causal masks only
     positions: str = "learned"
+    # The decoder's input: the responses before each step (the paper), and with this also what is asked at it, so
+    # its self-attention compares the asked item with the answered ones directly, not only through the encoder.
+    decoder_query: bool = False
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -52,6 +59,8 @@ class SaintConfig(InputConfig):
         check_divisible(self, "d_model")
         check_fractions(self)
         check_positions(self)
+        if not isinstance(self.decoder_query, bool):
+            raise ValueError(f"SaintConfig.decoder_query must be true or false, got {self.decoder_query!r}")
 
 
 class SaintModel(nn.Module):
@@ -60,6 +69,7 @@ class SaintModel(nn.Module):
         self.max_positions = cfg.max_positions
         self.positions = cfg.positions
         self.n_heads = cfg.n_heads
+        self.decoder_query = cfg.decoder_query
         self.inp = InputEmbedding(cfg, sizes)
         if cfg.positions == "learned":
             self.enc_pos = nn.Embedding(cfg.max_positions, cfg.d_model)
@@ -88,7 +98,7 @@ class SaintModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b, t = batch["mask"].shape
         query, interaction = self.inp(batch)
-        enc, dec = query, interaction
+        enc, dec = query, (interaction + query if self.decoder_query else interaction)
         # Right padding: with causal masks no real position ever attends to a padded one.
         if self.positions == "alibi":
             # One (heads, t, t) bias per batch row: what nn.MultiheadAttention takes for a per-head mask.

@@ -216,6 +216,7 @@ BAD_PARAMS = [
     ("akt", {"d_model": 30, "n_heads": 4}, "d_model .30. must be divisible by n_heads .4."),
     ("simplekt", {"n_blocks": 0}, "n_blocks must be a positive integer"),
     ("lstm", {"order_inputs": "yes"}, "order_inputs must be true or false, got 'yes'"),
+    ("saint", {"decoder_query": 1}, "decoder_query must be true or false, got 1"),
 ]
 
 
@@ -272,6 +273,41 @@ def test_alibi_reads_no_position_table(name: str, data: SimData) -> None:
     with torch.no_grad():
         out = short(batch_of(data.encoder.transform(one_user(data))))
     assert out.shape[1] > 8 and torch.isfinite(out).all()
+
+
+def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> None:
+    """With ``decoder_query`` the decoder's input at t holds the item asked at t (so one decoder layer can weigh past
+    answers by the asked item); without it, the paper's form, it holds the responses before t only. Either way the
+    model stays causal and padding changes nothing."""
+    ff = data.encoder.transform(one_user(data))
+    batch = batch_of(ff)
+    other = {**batch, "item": batch["item"].clone()}
+    t = 10
+    other["item"][0, t] = 1 + other["item"][0, t] % (data.encoder.sizes()["item"] - 1)  # another real item row
+    assert not torch.equal(other["item"], batch["item"])
+    for decoder_query in (False, True):
+        torch.manual_seed(0)
+        params = small_params("saint") | {"decoder_query": decoder_query}
+        model = build_torch_model("saint", params, data.encoder.sizes()).eval()
+        seen: list[torch.Tensor] = []
+
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...], seen: list[torch.Tensor] = seen) -> None:
+            seen.append(args[0].clone())
+
+        hook = model.decoder[0].register_forward_pre_hook(record)
+        with torch.no_grad():
+            model(batch), model(other)
+        hook.remove()
+        changed = (seen[0] != seen[1]).any(dim=-1)[0]
+        assert changed[t].item() is decoder_query, decoder_query
+        assert not changed[:t].any() and not changed[t + 1 :].any()
+        check_an_answer_changes_later_predictions_only(model, data)
+        tight = batch_of(data.encoder.transform(data.test))
+        padded = batch_of(data.encoder.transform(data.test), width=tight["mask"].shape[1] + 17)
+        with torch.no_grad():
+            a, b = model(tight), model(padded)
+        mask = tight["mask"]
+        torch.testing.assert_close(b[:, : mask.shape[1]][mask], a[mask], rtol=0, atol=1e-5)
 
 
 def train_mode_outputs(model: nn.Module, data: SimData) -> tuple[torch.Tensor, torch.Tensor]:
