@@ -266,6 +266,21 @@ def print_breakdown(rows: list[dict[str, Any]]) -> None:
         print(f"{r['seconds'] if r['seconds'] is not None else '-':>8}  {where}", file=sys.stderr)
 
 
+def warm_start_lines(log: str) -> dict[str, str]:
+    """What each candidate's training said of its warm start, by candidate folder ("1-lstm"): the retrain step logs
+    ``train: python train.py ... --output-dir <work>/candidates/<n>-<name>`` before each candidate, and its training
+    then logs ``warm start: ...``. A line ends at the dags-test log's " [airflow..." or the task log's JSON ('",')."""
+    ends = re.compile(r' \[airflow|",')
+    said: dict[str, str] = {}
+    candidate = None
+    for line in log.splitlines():
+        if "train: python train.py " in line and (m := re.search(r"--output-dir (\S+)", line)):
+            candidate = Path(ends.split(m.group(1))[0].rstrip('"')).name
+        elif "warm start: " in line and candidate is not None and candidate not in said:
+            said[candidate] = ends.split(line.split("warm start: ", 1)[1])[0]
+    return said
+
+
 def warm_vs_scratch(
     work_root: Path, env: dict[str, str], cap: list[str], logs: Path, candidates: str
 ) -> dict[str, Any]:
@@ -289,11 +304,15 @@ def warm_vs_scratch(
     doc: dict[str, Any] = {"holdout": holdout["note"], "warm_log": "", "model": read_meta(warm)["model"]}
     # `airflow dags test`'s output, or the scheduler's task logs
     found = [logs / "retrain.log", *(logs.parent / "airflow" / "logs").glob("dag_id=retrain_and_push_dag/**/*.log")]
-    log = "\n".join(f.read_text(errors="replace") for f in found if f.is_file())
-    # The line's end: the dags-test log's " [airflow..." or the task log's JSON ('",').
-    ends = re.compile(r' \[airflow|",')
-    said = [ends.split(ln.split("warm start: ", 1)[1])[0] for ln in log.splitlines() if "warm start: " in ln]
-    doc["warm_log"] = said[0] if said else "no warm start line"
+    said = warm_start_lines("\n".join(f.read_text(errors="replace") for f in found if f.is_file()))
+    # With several candidates the winner may be one that production's weights cannot seed (another kind): then both
+    # rows below are from-scratch trainings, and the report says so rather than label the first one warm.
+    doc["winner"] = winner
+    doc["warm_log"] = said.get(winner, "no warm start line")
+    doc["warm_started"] = doc["warm_log"].startswith("from ")
+    if not doc["warm_started"]:
+        print(f"the winner {winner} trained from scratch ({doc['warm_log']}): its 'warm' row is not a warm start",
+              file=sys.stderr)  # fmt: skip
     for name, bundle in (("warm", warm), ("scratch", scratch)):
         m = read_meta(bundle)["metrics"]
         row = {"train_seconds": m["train_seconds"], "epochs_run": m["epochs_run"], "test_auc": m["test_auc"]}
