@@ -283,7 +283,7 @@ def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> 
     batch = batch_of(ff)
     other = {**batch, "item": batch["item"].clone()}
     t = 10
-    other["item"][0, t] = 1 + other["item"][0, t] % (data.encoder.sizes()["item"] - 1)  # another real item row
+    other["item"][0, t] = 1 + other["item"][0, t] % (data.encoder.sizes()["item"] - 1)  # another row of the item table
     assert not torch.equal(other["item"], batch["item"])
     for decoder_query in (False, True):
         torch.manual_seed(0)
