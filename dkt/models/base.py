@@ -97,7 +97,9 @@ def build_config(cls: type, params: dict[str, Any]) -> Any:
     for k in ("categorical", "response"):
         if k in params and (bad := set(params[k]) - set(getattr(InputConfig, k))):
             raise ValueError(f"{cls.__name__}.{k}: unknown feature(s) {sorted(bad)}")
-    for name in ("use_continuous", "order_inputs"):
+    # Every true/false field of the config (InputConfig's and the kind's own): JSON's 1 or "yes" is not a switch.
+    switches = [f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool")]
+    for name in switches:
         if name in params and not isinstance(params[name], bool):
             raise ValueError(f"{cls.__name__}.{name} must be true or false, got {params[name]!r}")
     for name, choices in (("embedding", EMBEDDINGS), ("dropout_mask", DROPOUT_MASKS)):  # each default is choices[0]

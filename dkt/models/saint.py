@@ -59,8 +59,6 @@ class SaintConfig(InputConfig):
         check_divisible(self, "d_model")
         check_fractions(self)
         check_positions(self)
-        if not isinstance(self.decoder_query, bool):
-            raise ValueError(f"SaintConfig.decoder_query must be true or false, got {self.decoder_query!r}")
 
 
 class SaintModel(nn.Module):
