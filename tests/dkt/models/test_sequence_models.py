@@ -151,6 +151,16 @@ def check_an_answer_changes_later_predictions_only(model: nn.Module, data: SimDa
     assert np.abs(after[k + 1] - before[k + 1]) > 1e-4, "the model ignores the previous answer"
 
 
+def check_extra_padding_changes_nothing(model: nn.Module, data: SimData) -> None:
+    """17 more padded positions on the right of every test user's window leave every real position's logit as it was."""
+    tight = batch_of(data.encoder.transform(data.test))
+    padded = batch_of(data.encoder.transform(data.test), width=tight["mask"].shape[1] + 17)
+    with torch.no_grad():
+        a, b = model(tight), model(padded)
+    mask = tight["mask"]
+    torch.testing.assert_close(b[:, : mask.shape[1]][mask], a[mask], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_a_future_item_changes_nothing_before_it(name: str, data: SimData) -> None:
     model = make_model(name, data)
@@ -259,11 +269,7 @@ def test_alibi_keeps_causality_and_padding(name: str, data: SimData) -> None:
     torch.manual_seed(0)
     model = build_torch_model(name, small_params(name) | ALIBI, data.encoder.sizes()).eval()
     check_an_answer_changes_later_predictions_only(model, data)
-    tight = batch_of(data.encoder.transform(data.test))
-    padded = batch_of(data.encoder.transform(data.test), width=tight["mask"].shape[1] + 17)
-    with torch.no_grad():
-        a, b = model(tight), model(padded)
-    torch.testing.assert_close(b[:, : tight["mask"].shape[1]][tight["mask"]], a[tight["mask"]], rtol=0, atol=1e-5)
+    check_extra_padding_changes_nothing(model, data)
 
 
 @pytest.mark.parametrize("name", ["bert", "saint"])
@@ -302,12 +308,7 @@ def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> 
         assert changed[t].item() is decoder_query, decoder_query
         assert not changed[:t].any() and not changed[t + 1 :].any()
         check_an_answer_changes_later_predictions_only(model, data)
-        tight = batch_of(data.encoder.transform(data.test))
-        padded = batch_of(data.encoder.transform(data.test), width=tight["mask"].shape[1] + 17)
-        with torch.no_grad():
-            a, b = model(tight), model(padded)
-        mask = tight["mask"]
-        torch.testing.assert_close(b[:, : mask.shape[1]][mask], a[mask], rtol=0, atol=1e-5)
+        check_extra_padding_changes_nothing(model, data)
 
 
 def train_mode_outputs(model: nn.Module, data: SimData) -> tuple[torch.Tensor, torch.Tensor]:
