@@ -197,6 +197,32 @@ def alibi_bias(n_heads: int, t: int, device: torch.device) -> torch.Tensor:
     return bias.masked_fill(dist < 0, float("-inf"))
 
 
+def check_kernel(cfg: Any, name: str = "local_conv") -> None:
+    """Raise a ValueError naming the config class and field unless it is an integer >= 0 (0: no convolution)."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= 0 (0: none), got {value!r}")
+
+
+class LocalConv(nn.Module):
+    """x plus a causal depthwise convolution of x over time (``model_params.local_conv``, bert and saint).
+
+    Position t reads itself and the ``kernel - 1`` positions before it, each by its own weight: "the last three
+    answers, in order" exactly. An attention with a recency bias can only weigh the last tokens by content (ALiBi's
+    most local head scores the previous token 0.25 above the one before it), so without this the transformers had
+    no sharp view of the latest answers that an LSTM's state has (docs/sequence-models.md, round 12).
+    """
+
+    def __init__(self, width: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(width, width, kernel, groups=width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, time, width); padded on the left only, so no position reads a later one.
+        return x + self.conv(nn.functional.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
+
+
 class PredictionHead(nn.Module):
     def __init__(self, d_in: int, p: float, hidden: int | None = None, mask: str = "element"):
         super().__init__()

@@ -17,12 +17,14 @@ from torch import nn
 from dkt.models.base import (
     InputConfig,
     InputEmbedding,
+    LocalConv,
     PredictionHead,
     alibi_bias,
     attention_dropout,
     causal_mask,
     check_divisible,
     check_fractions,
+    check_kernel,
     check_positions,
     check_positive_ints,
 )
@@ -44,6 +46,9 @@ class BertKTConfig(InputConfig):
     # "learned": BERT's position table from the window's start; "alibi": a recency bias on the attention
     # scores (dkt.models.base.alibi_bias); "none": the causal mask only
     positions: str = "learned"
+    # The kernel of a causal depthwise convolution added to the tokens before the first layer (0: none): the last
+    # few answers read exactly, in order (dkt.models.base.LocalConv)
+    local_conv: int = 0
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -52,6 +57,7 @@ class BertKTConfig(InputConfig):
         check_divisible(self, "hidden_dim")
         check_fractions(self)
         check_positions(self)
+        check_kernel(self)
 
 
 class BertKTModel(nn.Module):
@@ -82,12 +88,15 @@ class BertKTModel(nn.Module):
             attn_implementation="sdpa",
         )
         self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        self.conv = LocalConv(cfg.hidden_dim, cfg.local_conv) if cfg.local_conv else None
         self.head = PredictionHead(cfg.hidden_dim + cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b, t = batch["mask"].shape
         query, interaction = self.inp(batch)
         x = self.proj(torch.cat([query, interaction], dim=-1))
+        if self.conv is not None:
+            x = self.conv(x)
         if self.positions == "learned":
             if t > self.max_positions:
                 raise ValueError(f"bert: sequence length {t} exceeds model_params.max_positions ({self.max_positions})")

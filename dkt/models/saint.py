@@ -21,12 +21,14 @@ from torch import nn
 from dkt.models.base import (
     InputConfig,
     InputEmbedding,
+    LocalConv,
     PredictionHead,
     alibi_bias,
     attention_dropout,
     causal_mask,
     check_divisible,
     check_fractions,
+    check_kernel,
     check_positions,
     check_positive_ints,
 )
@@ -51,6 +53,9 @@ class SaintConfig(InputConfig):
     # The decoder's input: the responses before each step (the paper), and with this also what is asked at it, so
     # its self-attention compares the asked item with the answered ones directly, not only through the encoder.
     decoder_query: bool = False
+    # The kernel of a causal depthwise convolution added to the encoder's and to the decoder's input (0: none): the
+    # last few exercises and answers read exactly, in order (dkt.models.base.LocalConv)
+    local_conv: int = 0
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -59,6 +64,7 @@ class SaintConfig(InputConfig):
         check_divisible(self, "d_model")
         check_fractions(self)
         check_positions(self)
+        check_kernel(self)
 
 
 class SaintModel(nn.Module):
@@ -92,11 +98,15 @@ class SaintModel(nn.Module):
             if isinstance(layer, nn.TransformerDecoderLayer):
                 layer.multihead_attn.dropout = attention_dropout(cfg)
         self.head = PredictionHead(2 * cfg.d_model, cfg.dropout, mask=cfg.dropout_mask)
+        # (encoder, decoder): each input gets its own
+        self.convs = nn.ModuleList(LocalConv(cfg.d_model, cfg.local_conv) for _ in range(2)) if cfg.local_conv else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b, t = batch["mask"].shape
         query, interaction = self.inp(batch)
         enc, dec = query, (interaction + query if self.decoder_query else interaction)
+        if self.convs is not None:
+            enc, dec = self.convs[0](enc), self.convs[1](dec)
         # Right padding: with causal masks no real position ever attends to a padded one.
         if self.positions == "alibi":
             # One (heads, t, t) bias per batch row: what nn.MultiheadAttention takes for a per-head mask.

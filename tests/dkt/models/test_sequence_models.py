@@ -22,6 +22,7 @@ from dkt.data.schema import COLUMNS, validate
 from dkt.data.sequences import PAD_ROW, Batcher, make_windows
 from dkt.metrics import auc
 from dkt.models import kind_class, model_names
+from dkt.models.base import LocalConv
 from dkt.models.sequence import SequenceKind
 from dkt.scoring import score_windows
 from dkt.simulate import simulate
@@ -227,6 +228,9 @@ BAD_PARAMS = [
     ("simplekt", {"n_blocks": 0}, "n_blocks must be a positive integer"),
     ("lstm", {"order_inputs": "yes"}, "order_inputs must be true or false, got 'yes'"),
     ("saint", {"decoder_query": 1}, "decoder_query must be true or false, got 1"),
+    ("bert", {"local_conv": -1}, "local_conv must be an integer >= 0 .0: none., got -1"),
+    ("saint", {"local_conv": 2.5}, "local_conv must be an integer >= 0 .0: none., got 2.5"),
+    ("bert", {"local_conv": True}, "local_conv must be an integer >= 0 .0: none., got True"),
 ]
 
 
@@ -309,6 +313,40 @@ def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> 
         assert not changed[:t].any() and not changed[t + 1 :].any()
         check_an_answer_changes_later_predictions_only(model, data)
         check_extra_padding_changes_nothing(model, data)
+
+
+def test_local_conv_reads_each_position_and_the_kernel_minus_one_before_it() -> None:
+    """LocalConv's output at t moves with its input at t - kernel + 1 .. t and with nothing else: the last answers
+    exactly, never a later one."""
+    torch.manual_seed(0)
+    conv, kernel, t = LocalConv(8, 4), 4, 12
+    x = torch.randn(2, 20, 8)
+    nudged = x.clone()
+    nudged[:, t] += 1.0
+    with torch.no_grad():
+        moved = (conv(nudged) - conv(x)).abs().amax(dim=-1) > 0  # (batch, time)
+    expected = torch.zeros(20, dtype=torch.bool)
+    expected[t : t + kernel] = True
+    assert torch.equal(moved[0], expected) and torch.equal(moved[1], expected)
+
+
+@pytest.mark.parametrize("name", ["bert", "saint"])
+def test_local_conv_keeps_causality_and_padding_and_is_read(name: str, data: SimData) -> None:
+    """With ``local_conv`` (the shipped bert and saint) an answer still changes later predictions only and padding
+    changes nothing; and the convolution is in the model's path: zeroing its weights changes the scores."""
+    torch.manual_seed(0)
+    model = build_torch_model(name, small_params(name) | ALIBI | {"local_conv": 4}, data.encoder.sizes()).eval()
+    check_an_answer_changes_later_predictions_only(model, data)
+    check_extra_padding_changes_nothing(model, data)
+    batch = batch_of(data.encoder.transform(one_user(data)))
+    convs = [m for m in model.modules() if isinstance(m, LocalConv)]
+    assert len(convs) == {"bert": 1, "saint": 2}[name]
+    with torch.no_grad():
+        before = model(batch)
+        for c in convs:
+            c.conv.weight.zero_()
+            c.conv.bias.zero_()
+        assert (model(batch) - before).abs().max() > 1e-4
 
 
 def train_mode_outputs(model: nn.Module, data: SimData) -> tuple[torch.Tensor, torch.Tensor]:
