@@ -1,0 +1,87 @@
+"""bench/position_auc.py on a pair of 3-line files of its own: each bucket's AUC is that of the bundle's served
+predictions on the answers at those positions, the last row the bundle's own test AUC; --window changes the windows;
+bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import kt_benchmark, position_auc
+from dkt.data.io import read_kt3
+from dkt.metrics import auc
+from dkt.predictor import load_predictor
+from tests.bench.test_kt_benchmark import pair  # noqa: F401 (the fixture: a pair of 3-line files)
+
+
+@pytest.fixture(scope="module")
+def bundle(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    train, test = pair
+    work = tmp_path_factory.mktemp("work")
+    argv = ["--pair", f"tiny={train},{test}", "--models", "lstm", "--epochs", "3", "--threads", "1",
+            "--work", str(work), "--set", "train.max_seq_len=20", "--set", "train.window_stride=20"]  # fmt: skip
+    assert kt_benchmark.main(argv) == 0
+    return work / "tiny" / "lstm"
+
+
+def rows_of(out: str) -> dict[str, list[str]]:
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| position")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
+
+
+def test_each_bucket_is_the_auc_of_its_positions(
+    pair: tuple[Path, Path],  # noqa: F811
+    bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train, test = pair
+    assert position_auc.main([f"m={bundle}", "--train", str(train), "--test", str(test), "--threads", "1"]) == 0
+    rows = rows_of(capsys.readouterr().out)
+    assert list(rows) == ["0", "1-4", "5-19", "20-49", "50-99", "100-199", "200-399", "400 and after", "all"]
+    df = read_kt3(test)
+    p = load_predictor(bundle).predict_rows(df)
+    y = df["answerCode"].to_numpy()
+    pos = df.groupby("userID").cumcount().to_numpy()  # read_kt3 writes each student's answers in time order
+    for name, lo, hi in (("5-19", 5, 20), ("20-49", 20, 50), ("all", 0, 10**9)):
+        pick = (pos >= lo) & (pos < hi)
+        assert rows[name][0] == f"{int(pick.sum()):,}"
+        assert float(rows[name][1]) == pytest.approx(auc(y[pick], p[pick]), abs=5e-5)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert float(rows["all"][1]) == pytest.approx(metrics["test_auc"], abs=5e-5)
+    assert int(rows["0"][0].replace(",", "")) == df["userID"].nunique()
+
+
+def test_window_scores_with_other_windows(
+    pair: tuple[Path, Path],  # noqa: F811
+    bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train, test = pair
+    base = ["--train", str(train), "--test", str(test), "--threads", "1"]
+    assert position_auc.main([f"m={bundle}", *base]) == 0
+    own = rows_of(capsys.readouterr().out)
+    assert position_auc.main([f"m={bundle}", *base, "--window", "20"]) == 0  # the bundle's own: the same table
+    assert rows_of(capsys.readouterr().out) == own
+    assert position_auc.main([f"m={bundle}", *base, "--window", "2"]) == 0  # one answer of history at most
+    short = rows_of(capsys.readouterr().out)
+    assert short["0"] == own["0"]  # a first answer has no history in either
+    assert short["all"] != own["all"] and short["20-49"] != own["20-49"]
+
+
+def test_bad_input_is_one_line_and_exit_2(
+    pair: tuple[Path, Path],  # noqa: F811
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train, _ = pair
+    missing = tmp_path / "missing.csv"
+    assert position_auc.main([f"m={bundle}", "--train", str(train), "--test", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file"
+    for argv, said in (([f"m={tmp_path}"], "not a model bundle"), ([f"m={bundle}", "--window", "1"], "at least 2")):
+        with pytest.raises(SystemExit) as exit_:
+            position_auc.main(argv)
+        assert exit_.value.code == 2
+        assert said in capsys.readouterr().err
