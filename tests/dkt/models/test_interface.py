@@ -40,7 +40,7 @@ SMALL: dict[str, dict[str, Any]] = {
         "order_inputs": True,
     },
     "lstmattn": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2},
-    # bert as shipped (ALiBi, summed input, no dropout, the order inputs); saint keeps the learned position table, so
+    # bert as shipped (ALiBi, summed input, no dropout, the order inputs, the local convolution); saint keeps the learned position table, so
     # both of the attention models' position forms go through the interface's state and batch checks.
     "bert": {
         "d_model": 16,
@@ -52,6 +52,7 @@ SMALL: dict[str, dict[str, Any]] = {
         "positions": "alibi",
         "embedding": "sum",
         "order_inputs": True,
+        "local_conv": 4,
     },
     "saint": {"d_model": 16, "emb_dim": 8, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "max_positions": 16},
     "dkvmn": {"d_model": 16, "emb_dim": 8, "memory_size": 4, "key_dim": 8, "value_dim": 8},
