@@ -40,8 +40,9 @@ SMALL: dict[str, dict[str, Any]] = {
         "order_inputs": True,
     },
     "lstmattn": {"d_model": 16, "emb_dim": 8, "hidden_dim": 16, "n_heads": 2},
-    # bert as shipped (ALiBi, summed input, no dropout, the order inputs, the local convolution); saint keeps the learned position table, so
-    # both of the attention models' position forms go through the interface's state and batch checks.
+    # bert as shipped (ALiBi, summed input, no dropout, the order inputs, the local convolution); saint keeps the
+    # learned position table, so both of the attention models' position forms go through the interface's state and
+    # batch checks.
     "bert": {
         "d_model": 16,
         "hidden_dim": 16,
