@@ -11,7 +11,6 @@ none). The stacked ensemble kind (``dkt/models/ensemble.py``) fits its weights o
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import time
@@ -21,51 +20,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from dkt.bundle import BundleError  # noqa: E402
-from dkt.data.io import load_run_files  # noqa: E402
+from bench.bundle_args import bundle_parser, load_bundle, read_test  # noqa: E402
 from dkt.metrics import evaluate_predictions  # noqa: E402
-from dkt.predictor import load_predictor  # noqa: E402
-
-ASSIST2009 = ROOT.parent / "shared" / "data" / "assist2009"
-
-
-def named_bundle(text: str) -> tuple[str, Path]:
-    name, sep, folder = text.partition("=")
-    if not sep or not name or not folder:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=BUNDLE_DIR")
-    if not (Path(folder) / "bundle.json").is_file():
-        raise argparse.ArgumentTypeError(f"{folder}: not a model bundle (no bundle.json)")
-    return name, Path(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="+", type=named_bundle, help="NAME=BUNDLE_DIR, two or more")
-    parser.add_argument("--train", type=Path, default=ASSIST2009 / "train.csv", help="3-line train file")
-    parser.add_argument("--test", type=Path, default=ASSIST2009 / "test.csv", help="3-line test file")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser = bundle_parser(__doc__, "NAME=BUNDLE_DIR, two or more")
     args = parser.parse_args(argv)
     if len(args.bundles) < 2:
         parser.error("give two or more bundles")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
-    for path in (args.train, args.test):
-        if not path.is_file():
-            print(f"error: {path}: no such file", file=sys.stderr)
-            return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    test = load_run_files(args.train, args.test, None, "kt3").test
+    test = read_test(parser, args)
+    if test is None:
+        return 2
     preds: dict[str, np.ndarray] = {}
     print("| bundles | test AUC | AUC last | acc | seconds |\n|---|---|---|---|---|")
     for name, folder in args.bundles:
         t0 = time.perf_counter()
-        try:
-            predictor = load_predictor(folder)
-        except BundleError as exc:
-            print(f"error: {name}={folder}: {exc}", file=sys.stderr)
+        predictor = load_bundle(name, folder)
+        if predictor is None:
             return 2
         preds[name] = np.asarray(predictor.predict_rows(test), dtype=float)
         m = evaluate_predictions(test, preds[name], prefix="test_")

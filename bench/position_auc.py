@@ -13,7 +13,6 @@ moves a model that was trained on the same windows (docs/sequence-models.md, rou
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,14 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
-from bench.ensemble_mean_bench import ASSIST2009, named_bundle  # noqa: E402
-from dkt.bundle import BundleError  # noqa: E402
-from dkt.data.io import load_run_files  # noqa: E402
+from bench.bundle_args import bundle_parser, load_bundle, read_test  # noqa: E402
 from dkt.metrics import auc  # noqa: E402
 from dkt.models.sequence import SequencePredictor  # noqa: E402
-from dkt.predictor import load_predictor  # noqa: E402
 
 BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, 100), (100, 200), (200, 400), (400, None))
 
@@ -63,30 +58,18 @@ def table(df: pd.DataFrame, preds: dict[str, np.ndarray]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="+", type=named_bundle, help="NAME=BUNDLE_DIR, one or more")
-    parser.add_argument("--train", type=Path, default=ASSIST2009 / "train.csv", help="3-line train file")
-    parser.add_argument("--test", type=Path, default=ASSIST2009 / "test.csv", help="3-line test file")
+    parser = bundle_parser(__doc__, "NAME=BUNDLE_DIR, one or more")
     parser.add_argument("--window", type=int, default=None, help="score with windows of N answers (sequence kinds)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.window is not None and args.window < 2:
         parser.error("--window must be at least 2")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
-    for path in (args.train, args.test):
-        if not path.is_file():
-            print(f"error: {path}: no such file", file=sys.stderr)
-            return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    test = load_run_files(args.train, args.test, None, "kt3").test
+    test = read_test(parser, args)
+    if test is None:
+        return 2
     preds: dict[str, np.ndarray] = {}
     for name, folder in args.bundles:
-        try:
-            predictor = load_predictor(folder)
-        except BundleError as exc:
-            print(f"error: {name}={folder}: {exc}", file=sys.stderr)
+        predictor = load_bundle(name, folder)
+        if predictor is None:
             return 2
         if args.window is not None:
             if not isinstance(predictor, SequencePredictor):

@@ -13,11 +13,10 @@ from bench import kt_benchmark, position_auc
 from dkt.data.io import read_kt3
 from dkt.metrics import auc
 from dkt.predictor import load_predictor
-from tests.bench.test_kt_benchmark import pair  # noqa: F401 (the fixture: a pair of 3-line files)
 
 
 @pytest.fixture(scope="module")
-def bundle(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def bundle(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     train, test = pair
     work = tmp_path_factory.mktemp("work")
     argv = ["--pair", f"tiny={train},{test}", "--models", "lstm", "--epochs", "3", "--threads", "1",
@@ -26,21 +25,26 @@ def bundle(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) ->
     return work / "tiny" / "lstm"
 
 
-def rows_of(out: str) -> dict[str, list[str]]:
-    lines = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| position")]
+def table_of(
+    pair: tuple[Path, Path], bundle: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> dict[str, list[str]]:
+    """bench/position_auc.py's table of ``bundle`` on ``pair`` (one thread), by bucket: [answers, AUC]."""
+    argv = [f"m={bundle}", "--train", str(pair[0]), "--test", str(pair[1]), "--threads", "1", *extra]
+    assert position_auc.main(argv) == 0
+    lines = [
+        ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and not ln.startswith("| position")
+    ]
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
 
 
 def test_each_bucket_is_the_auc_of_its_positions(
-    pair: tuple[Path, Path],  # noqa: F811
+    pair: tuple[Path, Path],
     bundle: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    train, test = pair
-    assert position_auc.main([f"m={bundle}", "--train", str(train), "--test", str(test), "--threads", "1"]) == 0
-    rows = rows_of(capsys.readouterr().out)
+    rows = table_of(pair, bundle, capsys)
     assert list(rows) == ["0", "1-4", "5-19", "20-49", "50-99", "100-199", "200-399", "400 and after", "all"]
-    df = read_kt3(test)
+    df = read_kt3(pair[1])
     p = load_predictor(bundle).predict_rows(df)
     y = df["answerCode"].to_numpy()
     pos = df.groupby("userID").cumcount().to_numpy()  # read_kt3 writes each student's answers in time order
@@ -54,24 +58,19 @@ def test_each_bucket_is_the_auc_of_its_positions(
 
 
 def test_window_scores_with_other_windows(
-    pair: tuple[Path, Path],  # noqa: F811
+    pair: tuple[Path, Path],
     bundle: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    train, test = pair
-    base = ["--train", str(train), "--test", str(test), "--threads", "1"]
-    assert position_auc.main([f"m={bundle}", *base]) == 0
-    own = rows_of(capsys.readouterr().out)
-    assert position_auc.main([f"m={bundle}", *base, "--window", "20"]) == 0  # the bundle's own: the same table
-    assert rows_of(capsys.readouterr().out) == own
-    assert position_auc.main([f"m={bundle}", *base, "--window", "2"]) == 0  # one answer of history at most
-    short = rows_of(capsys.readouterr().out)
+    own = table_of(pair, bundle, capsys)
+    assert table_of(pair, bundle, capsys, "--window", "20") == own  # the bundle's own windows: the same table
+    short = table_of(pair, bundle, capsys, "--window", "2")  # one answer of history at most
     assert short["0"] == own["0"]  # a first answer has no history in either
     assert short["all"] != own["all"] and short["20-49"] != own["20-49"]
 
 
 def test_bad_input_is_one_line_and_exit_2(
-    pair: tuple[Path, Path],  # noqa: F811
+    pair: tuple[Path, Path],
     bundle: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
