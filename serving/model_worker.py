@@ -28,9 +28,13 @@ from serving.shadow import Scores, Scoring, score_batch
 from serving.swap import swapper_for
 
 log = logging.getLogger("bentoml.dkt_service.model")
-# BentoML 1.4.39's client between services (_bentoml_impl/client/proxy2.py) closes its session every 100 calls or
-# 5 minutes, also under calls still in flight: those fail with "Connector is closed" or "Server disconnected"
-# (bentoml/BentoML#5540, fix proposed in #5698). Scoring is a pure function, so such a call is sent again.
+# BentoML's client between services (_bentoml_impl/client/proxy2.py) renews its session every 100 calls or 5 minutes
+# by default, closing the old one under the calls still in flight (bentoml/BentoML#5540): each renewal cut the ~25 calls
+# in flight under load, and once in CI one of them never came back (a 504 after the API's 30 s timeout). A renewal is
+# there to spread new connections over a dependency's replicas; the model worker is one process behind a local socket,
+# so it spreads nothing. ``runner_connection`` below makes it once a year. A call that still loses its connection
+# (the model worker restarted) is sent again: scoring is a pure function.
+KEEP_SESSION = {"max_requests": 2**31 - 1, "max_age": 365 * 24 * 3600.0}
 CONNECTION_RETRIES = 3
 
 
@@ -71,6 +75,7 @@ def score_each(production: Predictor, shadow: Predictor | None, batch: list[Scor
     name="dkt_model",
     workers=1,
     traffic={"timeout": settings.service_timeout_s},
+    runner_connection=KEEP_SESSION,  # read by the API worker's bentoml.depends proxy
     logging={"access": {"enabled": False}},  # internal calls: the API worker logs each request once
 )
 class DKTModel:
@@ -107,7 +112,7 @@ async def score_remote(model: DKTModel, scoring: Scoring) -> Scores:
         except aiohttp.ClientConnectionError:
             if attempt == CONNECTION_RETRIES:
                 raise
-            log.info("model worker call lost its connection (BentoML's client refreshed its session); sent again")
+            log.info("model worker call lost its connection; sent again")
     if isinstance(scores, Failed):
         raise RuntimeError(f"the model failed on this request: {scores.error}")
     return scores

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.model_worker import Failed, score_each
+from serving.model_worker import KEEP_SESSION, Failed, score_each
 from serving.schema import Item, Job
 from serving.shadow import Scores, Scoring
 from tests.serving.fixtures import Packed
@@ -98,8 +101,8 @@ def test_bentoml_batching_variant_answers_what_the_default_does(
     env = {**bentoml_env(home, packed.model_tag), "DKT_BATCHING": "bentoml"}
     bodies = concurrent_bodies(sim_dir)
     with bentoml_service("service:DKTService", env, tmp_path / "bentoml.log") as variant:
-        # More than 100 calls: BentoML 1.4.39's client between services renews its session every 100 calls, which
-        # broke calls in flight (serving/model_worker.py sends those again).
+        # More than 100 calls: BentoML 1.4.39's client between services renews its session every 100 calls, cutting
+        # the calls in flight, unless DKTModel's runner_connection (serving/model_worker.py) put that off.
         with ThreadPoolExecutor(32) as pool:
             got = list(pool.map(lambda b: post(variant, "/predict", b), bodies * 4))
         text = metrics(variant)
@@ -112,6 +115,31 @@ def test_bentoml_batching_variant_answers_what_the_default_does(
     bentoml_count = re.search(r'^bentoml_service_adaptive_batch_size_count\{[^}]*method_name="score"[^}]*\} (\S+)$',
                               text, re.M)  # fmt: skip
     assert bentoml_count is not None and float(bentoml_count.group(1)) == ours["count"]  # one call, one observation
-    # Jobs over 128: calls BentoML's client lost when it renewed its session, sent again (serving/model_worker.py).
     print(f"\n[batching] bentoml variant: 128 requests, {ours['sum']:.0f} jobs in {ours['count']:.0f} model calls")
-    assert ours["sum"] >= 128 and ours["count"] < ours["sum"]  # merged: fewer model calls than jobs
+    # Exactly 128 jobs: BentoML's client kept its one session past its 100th call (DKTModel's runner_connection), so
+    # no call in flight was cut and sent again (each renewal used to cut ~25, and once one hung into a 504).
+    assert ours["sum"] == 128 and ours["count"] < ours["sum"]  # merged: fewer model calls than jobs
+    assert "lost its connection" not in (tmp_path / "bentoml.log").read_text()
+
+
+# What the API worker does at start: load the services' config, then build the proxy for bentoml.depends(DKTModel).
+PROXY_SESSION = """
+import json, time
+from _bentoml_impl.client import RemoteProxy
+from serving.model_worker import DKTModel
+DKTModel.inject_config()
+ours = RemoteProxy("http://127.0.0.1:9", service=DKTModel)._async._session_manager
+default = RemoteProxy("http://127.0.0.1:9")._async._session_manager
+for manager, calls in ((ours, 10_000), (default, 101)):
+    manager._request_count, manager._created_at = calls, time.monotonic()
+print(json.dumps([ours.max_requests, ours.max_age, ours._should_refresh(), default._should_refresh()]))
+"""
+
+
+def test_the_model_workers_proxy_keeps_its_session_past_bentomls_default_renewal() -> None:
+    """BentoML's own proxy reads DKTModel's ``runner_connection`` (its own process: the config is global)."""
+    out = subprocess.run([sys.executable, "-c", PROXY_SESSION], capture_output=True, text=True, timeout=120, check=True)
+    max_requests, max_age, ours_renews, default_renews = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (max_requests, max_age) == (KEEP_SESSION["max_requests"], KEEP_SESSION["max_age"])
+    assert not ours_renews  # 10,000 calls: the same session
+    assert default_renews  # what BentoML does without it at its 101st call (a new BentoML may change this line)
