@@ -2,11 +2,18 @@
 
     .venv/bin/python bench/step_bench.py --model bert --set model_params.positions=alibi --set model_params.dropout=0
     .venv/bin/python bench/step_bench.py --model saint --profile       # where the step's time goes (torch.profiler)
+    .venv/bin/python bench/step_bench.py --model saint --torch-layers  # saint's attention against torch's layers
 
 The config is config/<model>.json (or a path) with --set overrides applied as in bench/kt_benchmark.py. A batch
 of --batch windows x --len positions, every position real, vocabularies of 200 ids: the model body's cost, which
 is what decides an epoch (docs/sequence-models.md, round 4). Prints the minimum and median CPU-s per step
 (time.process_time) over --steps steps after one warm-up step.
+
+``--torch-layers`` (saint only) also times the same model through torch's own ``nn.TransformerEncoderLayer`` and
+``nn.TransformerDecoderLayer`` forward with ALiBi as a (batch x heads, t, t) float mask, saint's path before round 13
+(``torch_encoder_layer``, ``torch_decoder_layer``; tests/dkt/models/test_sequence_models.py checks saint's
+``attend`` gives the same numbers). The two paths take turns, step by step, so a busy machine slows both alike;
+the last line is their ratio.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +35,9 @@ from torch import nn  # noqa: E402
 
 from bench.kt_benchmark import override  # noqa: E402
 from dkt.config import ConfigError, parse_config  # noqa: E402
-from dkt.data.features import CATEGORICAL, CONTINUOUS, FIRST, RESPONSE  # noqa: E402
+from dkt.data.features import CATEGORICAL, CONT_COLUMNS, FIRST, RESPONSE  # noqa: E402
+from dkt.models import saint  # noqa: E402
+from dkt.models.base import causal_mask  # noqa: E402
 from dkt.models.interface import kind_class  # noqa: E402
 from dkt.models.sequence import SequenceKind  # noqa: E402
 
@@ -36,24 +47,76 @@ VOCAB = 200
 def random_batch(b: int, t: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     batch = {k: torch.randint(FIRST, VOCAB, (b, t), generator=gen) for k in (*CATEGORICAL, *RESPONSE)}
-    batch["cont"] = torch.rand(b, t, len(CONTINUOUS), generator=gen)
+    batch["cont"] = torch.rand(b, t, len(CONT_COLUMNS), generator=gen)  # every column; a model reads its leading ones
     batch["mask"] = torch.ones(b, t, dtype=torch.bool)
     return batch
 
 
-def step_costs(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
-    """CPU-s of each of ``steps`` training steps, after one warm-up step."""
+def stepper(model: nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    """One training step of ``model`` on ``batch`` (forward, loss, backward, AdamW) per call: its CPU-s."""
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     target = torch.randint(0, 2, batch["mask"].shape, generator=torch.Generator().manual_seed(1)).float()
-    costs = []
-    for _ in range(steps + 1):
+
+    def step() -> float:
         start = time.process_time()
         loss = nn.functional.binary_cross_entropy_with_logits(model(batch), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        costs.append(time.process_time() - start)
-    return costs[1:]
+        return time.process_time() - start
+
+    return step
+
+
+def step_costs(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
+    """CPU-s of each of ``steps`` training steps, after one warm-up step."""
+    step = stepper(model, batch)
+    return [step() for _ in range(steps + 1)][1:]
+
+
+def torch_mask(x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """The mask saint gave torch's layers before round 13: ALiBi's (heads, t, t) bias repeated for every window."""
+    b, t, _ = x.shape
+    if bias is not None:
+        return bias.to(x.dtype).repeat(b, 1, 1), False
+    return causal_mask(t, x.device), True
+
+
+def torch_encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """saint.encoder_layer as torch's own forward."""
+    mask, causal = torch_mask(x, bias)
+    return layer(x, src_mask=mask, is_causal=causal)
+
+
+def torch_decoder_layer(
+    layer: nn.TransformerDecoderLayer, x: torch.Tensor, memory: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """saint.decoder_layer as torch's own forward."""
+    mask, causal = torch_mask(x, bias)
+    return layer(x, memory, tgt_mask=mask, memory_mask=mask, tgt_is_causal=causal, memory_is_causal=causal)
+
+
+@contextmanager
+def torch_layers() -> Iterator[None]:
+    """saint's layers run through torch's own forward (its path before round 13) inside the block."""
+    ours = saint.encoder_layer, saint.decoder_layer
+    saint.encoder_layer, saint.decoder_layer = torch_encoder_layer, torch_decoder_layer
+    try:
+        yield
+    finally:
+        saint.encoder_layer, saint.decoder_layer = ours
+
+
+def alternate_costs(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> tuple[list[float], list[float]]:
+    """CPU-s per step of saint's own path and of torch's layers, taking turns, after one warm-up step of each."""
+    step = stepper(model, batch)
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(steps + 1):
+        ours.append(step())
+        with torch_layers():
+            theirs.append(step())
+    return ours[1:], theirs[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's table over 3 steps")
+    p.add_argument(
+        "--torch-layers", action="store_true", help="saint: also time torch's own layers with a float mask (turns)"
+    )
     args = p.parse_args(argv)
     path = Path(args.model) if args.model.endswith(".json") else ROOT / "config" / f"{args.model}.json"
     try:
@@ -77,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = kind_class(config.model)
         if not issubclass(kind, SequenceKind):
             raise ValueError(f"{config.model} is not a torch sequence model")
+        if args.torch_layers and config.model != "saint":
+            raise ValueError(f"--torch-layers compares saint's attention paths; the config's model is {config.model}")
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         model = kind.build(config.model_params, {k: VOCAB for k in (*CATEGORICAL, *RESPONSE)}).train()
@@ -85,10 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}".replace("\n", "; "), file=sys.stderr)
         return 2
     batch = random_batch(args.batch, args.len)
+    shape = f"({args.batch} x {args.len}, {args.threads} thread(s))"
+    if args.torch_layers:
+        ours, theirs = alternate_costs(model, batch, args.steps)
+        for name, costs in (("saint's attend", ours), ("torch's layers, float mask", theirs)):
+            summary = f"min {min(costs):.3f} median {statistics.median(costs):.3f} CPU-s per step"
+            print(f"{name} {' '.join(args.set)}: {summary}")
+        print(f"torch's layers / attend: {statistics.median(theirs) / statistics.median(ours):.2f}x (medians) {shape}")
+        return 0
     costs = step_costs(model, batch, args.steps)
     print(
         f"{config.model} {' '.join(args.set)}: min {min(costs):.3f} median {statistics.median(costs):.3f} CPU-s "
-        f"per step ({args.batch} x {args.len}, {args.threads} thread(s))"
+        f"per step {shape}"
     )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

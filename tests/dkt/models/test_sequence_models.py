@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.step_bench import torch_layers
 from dkt.config import ConfigError, TrainParams, load_config, parse_config
 from dkt.data.features import CATEGORICAL, CONT_COLUMNS, CONTINUOUS, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
 from dkt.data.schema import COLUMNS, validate
@@ -285,6 +286,33 @@ def test_alibi_reads_no_position_table(name: str, data: SimData) -> None:
     assert out.shape[1] > 8 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("positions", ["alibi", "learned", "none"])
+def test_saint_attention_gives_what_torchs_own_layers_give(positions: str, data: SimData) -> None:
+    """saint runs its torch layers' weights through ``attend`` (ALiBi in one more q/k dimension, the causal kernel):
+    outputs and gradients are those of the layers' own forward with the float mask, so old bundles score the same."""
+    params = small_params("saint") | {"positions": positions, "dropout": 0.0, "decoder_query": True, "local_conv": 4}
+    torch.manual_seed(0)
+    model = build_torch_model("saint", params, data.encoder.sizes()).train()
+    batch = batch_of(data.encoder.transform(data.test))
+    assert batch["mask"].shape[0] > 1 and not batch["mask"].all()  # several users, right padding
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the same embedding-dropout draw in both runs
+        out = model(batch)
+        out[batch["mask"]].sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ours, our_grads = run()
+    with torch_layers():  # saint's path before round 13 (bench/step_bench.py --torch-layers times the two)
+        theirs, their_grads = run()
+    mask = batch["mask"]
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=1e-5)
+    assert len(our_grads) == len(their_grads) > 10
+    for a, b in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> None:
     """With ``decoder_query`` the decoder's input at t holds the item asked at t (so one decoder layer can weigh past
     answers by the asked item); without it, the paper's form, it holds the responses before t only. Either way the
@@ -304,7 +332,7 @@ def test_saint_decoder_query_gives_the_decoder_the_asked_item(data: SimData) -> 
         def record(_module: nn.Module, args: tuple[torch.Tensor, ...], seen: list[torch.Tensor] = seen) -> None:
             seen.append(args[0].clone())
 
-        hook = model.decoder[0].register_forward_pre_hook(record)
+        hook = model.decoder[0].norm1.register_forward_pre_hook(record)  # the first decoder layer's input
         with torch.no_grad():
             model(batch), model(other)
         hook.remove()
