@@ -288,8 +288,8 @@ def test_alibi_reads_no_position_table(name: str, data: SimData) -> None:
 
 @pytest.mark.parametrize("positions", ["alibi", "learned", "none"])
 def test_saint_attention_gives_what_torchs_own_layers_give(positions: str, data: SimData) -> None:
-    """saint runs its torch layers' weights through ``attend`` (ALiBi in one more q/k dimension, the causal kernel):
-    outputs and gradients are those of the layers' own forward with the float mask, so old bundles score the same."""
+    """saint runs its torch layers' weights through ``attend`` (one ALiBi bias broadcast over the batch): outputs and
+    gradients are those of the layers' own forward with the repeated float mask, so old bundles score the same."""
     params = small_params("saint") | {"positions": positions, "dropout": 0.0, "decoder_query": True, "local_conv": 4}
     torch.manual_seed(0)
     model = build_torch_model("saint", params, data.encoder.sizes()).train()
