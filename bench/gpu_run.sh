@@ -3,6 +3,7 @@
 # That machine has torch but not pydantic, pydantic-settings or lightgbm, and its own pandas: the wheels in .whl/
 # (carried with the call) are installed beside it so the project runs on the versions it pins here.
 # Arguments go to gpu_bench.py. Everything lands in $OUT: the log, nvidia-smi's view, the JSON and the tables.
+# With --train-speed first, the rest go to bench/train_speed_bench.py instead (--device cuda, the carried data).
 #
 #   bash bench/gpu_run.sh --prepare   # here, once: fill .whl/ and .gpu-data/ (both git-ignored; carry them)
 set -uo pipefail
@@ -42,4 +43,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import sys, torch, pandas, pydantic; print("python", sys.version.split()[0], "torch", torch.__version__,
     "cuda", torch.cuda.is_available(), "pandas", pandas.__version__, "pydantic", pydantic.__version__)' \
     || { echo "error: the project's imports fail on this machine" >&2; exit 2; }
+if [ "${1:-}" = "--train-speed" ]; then
+    # Issue 16 item 7 on the card: lstm and the reference DKT to early stopping, ours under AMP (docs/training-speed.md).
+    shift
+    timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/train_speed_bench.py --device cuda \
+        --data .gpu-data/train.csv .gpu-data/test.csv --json "$OUT/train_speed.json" "$@" 2>&1 | tee "$OUT/train_speed.log"
+    exit "${PIPESTATUS[0]}"
+fi
 timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/gpu_bench.py "$@" 2>&1 | tee "$OUT/gpu_bench.log"

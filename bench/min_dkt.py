@@ -55,12 +55,13 @@ def predict(model: MinDKT, data: tuple[torch.Tensor, ...], batch_size: int = 256
 
 def fit(train: list[Seq], valid: list[Seq], n_skills: int, max_len: int = 200, batch_size: int = 64,
         lr: float = 2e-3, epochs: int = 30, patience: int = 3, seed: int = 42,
-        device: str = "cpu") -> tuple[MinDKT, dict]:  # fmt: skip
-    """Train to early stopping; the model ends with its best epoch's weights. Returns (model, summary)."""
+        device: str = "cpu", foreach: bool | None = None) -> tuple[MinDKT, dict]:  # fmt: skip
+    """Train to early stopping; the model ends with its best epoch's weights. Returns (model, summary).
+    ``foreach``: Adam's implementation (None: torch's default for the device)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, tr, va = MinDKT(n_skills).to(device), tensors(train, n_skills, max_len), tensors(valid, n_skills, max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=foreach)
     best, best_epoch, best_state, t0, epoch = -1.0, 0, None, time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
         model.train()

@@ -3,11 +3,16 @@
     .venv/bin/python bench/step_bench.py --model bert --set model_params.positions=alibi --set model_params.dropout=0
     .venv/bin/python bench/step_bench.py --model saint --profile       # where the step's time goes (torch.profiler)
     .venv/bin/python bench/step_bench.py --model saint --torch-layers  # saint's attention against torch's layers
+    .venv/bin/python bench/step_bench.py --model lstm --vocab 20000 --optimizer fused   # AdamW as on CUDA
+    .venv/bin/python bench/step_bench.py --model lstm --vocab 20000 --one-gather   # the input's lookup as on CUDA
 
 The config is config/<model>.json (or a path) with --set overrides applied as in bench/kt_benchmark.py. A batch
-of --batch windows x --len positions, every position real, vocabularies of 200 ids: the model body's cost, which
-is what decides an epoch (docs/sequence-models.md, round 4). Prints the minimum and median CPU-s per step
-(time.process_time) over --steps steps after one warm-up step.
+of --batch windows x --len positions, every position real, every embedding table --vocab rows (default 200: the
+model body's cost, which is what decides an epoch, docs/sequence-models.md, round 4; ASSISTments 2009's 3-line files
+give tables of 3-222 rows, a product's item tables thousands, which the optimizer updates whole every step). AdamW is
+the form dkt.training's loop runs on the CPU (torch's for-loop) unless --optimizer says otherwise, and --one-gather
+looks the input up as CUDA does (dkt.models.base.InputEmbedding.summed_in_one_gather). Prints the minimum and median
+CPU-s per step (time.process_time) over --steps steps after one warm-up step.
 
 ``--torch-layers`` (saint only) also times the same model through torch's own ``nn.TransformerEncoderLayer`` and
 ``nn.TransformerDecoderLayer`` forward with ALiBi as a (batch x heads, t, t) float mask, saint's path before round 13
@@ -37,24 +42,29 @@ from bench.kt_benchmark import override  # noqa: E402
 from dkt.config import ConfigError, parse_config  # noqa: E402
 from dkt.data.features import CATEGORICAL, CONT_COLUMNS, FIRST, RESPONSE  # noqa: E402
 from dkt.models import saint  # noqa: E402
-from dkt.models.base import causal_mask  # noqa: E402
+from dkt.models.base import InputEmbedding, causal_mask  # noqa: E402
 from dkt.models.interface import kind_class  # noqa: E402
 from dkt.models.sequence import SequenceKind  # noqa: E402
 
 VOCAB = 200
 
 
-def random_batch(b: int, t: int) -> dict[str, torch.Tensor]:
+def random_batch(b: int, t: int, vocab: int = VOCAB) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    batch = {k: torch.randint(FIRST, VOCAB, (b, t), generator=gen) for k in (*CATEGORICAL, *RESPONSE)}
+    batch = {k: torch.randint(FIRST, vocab, (b, t), generator=gen) for k in (*CATEGORICAL, *RESPONSE)}
     batch["cont"] = torch.rand(b, t, len(CONT_COLUMNS), generator=gen)  # every column; a model reads its leading ones
     batch["mask"] = torch.ones(b, t, dtype=torch.bool)
     return batch
 
 
-def stepper(model: nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+# torch's AdamW implementations: dkt.training's loop runs the first on CUDA (fused_adamw) and the last on the CPU
+OPTIMIZERS = ("fused", "foreach", "for-loop")
+
+
+def stepper(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: str = "for-loop") -> Callable[[], float]:
     """One training step of ``model`` on ``batch`` (forward, loss, backward, AdamW) per call: its CPU-s."""
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[optimizer]
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, **impl)
     target = torch.randint(0, 2, batch["mask"].shape, generator=torch.Generator().manual_seed(1)).float()
 
     def step() -> float:
@@ -68,9 +78,11 @@ def stepper(model: nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], fl
     return step
 
 
-def step_costs(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
+def step_costs(
+    model: nn.Module, batch: dict[str, torch.Tensor], steps: int, optimizer: str = "for-loop"
+) -> list[float]:
     """CPU-s of each of ``steps`` training steps, after one warm-up step."""
-    step = stepper(model, batch)
+    step = stepper(model, batch, optimizer)
     return [step() for _ in range(steps + 1)][1:]
 
 
@@ -127,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--len", type=int, default=200, help="positions per window (default 200)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--vocab", type=int, default=VOCAB, help=f"ids per embedding table (default {VOCAB})")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="for-loop",
+        help="AdamW's implementation (default for-loop: the CPU's)",
+    )
+    p.add_argument(
+        "--one-gather", action="store_true", help="the input's lookup as CUDA runs it (InputEmbedding.one_gather)"
+    )
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's table over 3 steps")
     p.add_argument(
         "--torch-layers", action="store_true", help="saint: also time torch's own layers with a float mask (turns)"
@@ -136,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if min(args.batch, args.len, args.steps, args.threads) < 1:
             raise ValueError("--batch, --len, --steps and --threads must be at least 1")
+        if args.vocab <= FIRST:
+            raise ValueError(f"--vocab must be more than {FIRST} (the padding and unknown ids)")
         doc = json.loads(path.read_text())
         for setting in args.set:
             override(doc, setting)
@@ -147,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--torch-layers compares saint's attention paths; the config's model is {config.model}")
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        model = kind.build(config.model_params, {k: VOCAB for k in (*CATEGORICAL, *RESPONSE)}).train()
+        model = kind.build(config.model_params, {k: args.vocab for k in (*CATEGORICAL, *RESPONSE)}).train()
+        for module in model.modules():
+            if isinstance(module, InputEmbedding) and args.one_gather:
+                module.one_gather = True
     except (OSError, ValueError) as exc:  # a ConfigError names its file already
         message = str(exc) if isinstance(exc, ConfigError) else f"{path}: {exc}"
         print(f"error: {message}".replace("\n", "; "), file=sys.stderr)
         return 2
-    batch = random_batch(args.batch, args.len)
+    batch = random_batch(args.batch, args.len, args.vocab)
     shape = f"({args.batch} x {args.len}, {args.threads} thread(s))"
     if args.torch_layers:
         ours, theirs = alternate_costs(model, batch, args.steps)
@@ -161,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {' '.join(args.set)}: {summary}")
         print(f"torch's layers / attend: {statistics.median(theirs) / statistics.median(ours):.2f}x (medians) {shape}")
         return 0
-    costs = step_costs(model, batch, args.steps)
+    costs = step_costs(model, batch, args.steps, args.optimizer)
     print(
         f"{config.model} {' '.join(args.set)}: min {min(costs):.3f} median {statistics.median(costs):.3f} CPU-s "
         f"per step {shape}"

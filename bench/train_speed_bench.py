@@ -66,11 +66,13 @@ def sequences(df: pd.DataFrame, skills: np.ndarray) -> list[min_dkt.Seq]:
     return [(skill[s:e], answer[s:e]) for s, e in itertools.pairwise(cuts)]
 
 
-def reference(data: RunData, epochs: int | None, device: str) -> dict[str, Any]:
-    """bench/min_dkt.py trained to early stopping with its own settings (``--epochs``: at most that many)."""
+def reference(data: RunData, epochs: int | None, device: str, foreach: bool | None = None) -> dict[str, Any]:
+    """bench/min_dkt.py trained to early stopping with its own settings (``--epochs``: at most that many;
+    ``foreach``: its Adam's implementation, default torch's for the device)."""
     skills = np.unique(pd.concat([data.train, data.valid, data.test])["KnowledgeTag"].to_numpy())
     train, valid = sequences(data.train, skills), sequences(data.valid, skills)
-    model, r = min_dkt.fit(train, valid, len(skills), **({"epochs": epochs} if epochs else {}), device=device)
+    cap = {"epochs": epochs} if epochs else {}
+    model, r = min_dkt.fit(train, valid, len(skills), **cap, device=device, foreach=foreach)
     test = min_dkt.tensors(sequences(data.test, skills), len(skills), REFERENCE_LEN)
     return r | {"test_auc": auc(*min_dkt.predict(model, test))}
 
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads is not None and args.threads < 1:
         print("error: --threads must be at least 1", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: torch sees no CUDA device on this machine", file=sys.stderr)
         return 2
     try:
         cfg = with_changes(load_config(args.config), args.set)

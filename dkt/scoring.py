@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dkt.data.sequences import Batcher, Windows, to_device
+from dkt.data.sequences import PAD_ROW, Batcher, Windows, to_device
 
 
 @torch.no_grad()
@@ -19,13 +19,18 @@ def score_windows(
     was_training = model.training
     model.eval()
     out = np.full(n_rows, np.nan, dtype=np.float64)
+    # Every batch queued before any result is read: a read waits for the GPU, so one per batch would keep the host
+    # from queueing the next batch while the GPU runs this one. The positions kept are known on the host.
+    scored = []
     for sel, batch in batcher.iterate(windows, batch_size):
         batch = to_device(batch, device)
         with autocast(device):
             prob = torch.sigmoid(model(batch).float())
-        keep = batch["score_pos"].cpu().numpy()
-        rows = windows.index[sel, : prob.shape[1]]
-        out[rows[keep]] = prob.cpu().numpy()[keep]
+        width = prob.shape[1]
+        keep = (windows.index[sel, :width] != PAD_ROW) & windows.score[sel, :width]
+        scored.append((windows.index[sel, :width][keep], keep, prob))
+    for rows, keep, prob in scored:
+        out[rows] = prob.cpu().numpy()[keep]
     model.train(was_training)
     return out
 

@@ -43,6 +43,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """Whether the loop's AdamW is the fused one: on CUDA, where an epoch of this project's small models is mostly
+    kernel launches (docs/training-speed.md), it updates every parameter in one. The CPU keeps torch's default, whose
+    rounding every CPU figure in the docs was measured with (bench/op_count_bench.py counts a step as CUDA runs it)."""
+    return device.type == "cuda"
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -130,9 +137,7 @@ def fit_sequence_model(
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
     steps_per_epoch = math.ceil(n_windows / params.batch_size)
     total = steps_per_epoch * epochs
-    # On CUDA the fused AdamW updates every parameter in one kernel: with this project's small models an epoch is
-    # mostly kernel launches there (docs/training-speed.md). The CPU keeps the default (foreach) implementation.
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True} if fused_adamw(device) else {}
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, int(params.warmup_ratio * total)))
     amp = params.amp and device.type == "cuda"

@@ -129,7 +129,7 @@ class Batcher:
         self.labelled = padded(ff.answer >= 0)
 
     def batch(self, index: np.ndarray, score: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        idx = torch.from_numpy(index).to(self.device)
+        idx = host_to_device(index, self.device)
         mask = idx != PAD_ROW
         out: dict[str, torch.Tensor] = {k: v[idx] for k, v in self.cat.items()}
         out.update({k: v[idx] for k, v in self.resp.items()})
@@ -138,7 +138,7 @@ class Batcher:
         out["mask"] = mask
         labelled = self.labelled[idx] & mask
         out["loss_mask"] = labelled
-        scored = mask & torch.from_numpy(score).to(self.device) if score is not None else mask
+        scored = mask & host_to_device(score, self.device) if score is not None else mask
         out["score_pos"] = scored  # every position to predict, labelled or not (answerCode -1)
         out["score_mask"] = labelled & scored  # positions that count for metrics
         return out
@@ -185,6 +185,19 @@ def bucketed(lengths: np.ndarray, order: np.ndarray, batch_size: int, rng: np.ra
     by_length = order[np.argsort(lengths[order], kind="stable")]
     batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``, without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) host memory to a GPU first waits for every kernel already queued, so a training
+    step that copies its batch's rows there cannot be queued while the GPU still runs the step before it. Staged in
+    pinned memory, the copy is queued like a kernel (torch's pinned-memory cache keeps the stage until it is done).
+    """
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

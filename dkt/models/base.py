@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from dkt.data.features import CATEGORICAL, CONTINUOUS, RESPONSE
+from dkt.data.features import CATEGORICAL, CONTINUOUS, PAD, RESPONSE
 from dkt.data.order import ORDER_INPUTS
 
 
@@ -156,17 +157,53 @@ class InputEmbedding(nn.Module):
             self.inter_proj = nn.Linear(len(cfg.response) * cfg.emb_dim, cfg.d_model)
         self.drop = dropout(cfg.emb_dropout, cfg.dropout_mask)
 
+    # Whether the "sum" embedding looks every feature up in one gather (``summed_in_one_gather``); None: on CUDA.
+    # bench/op_count_bench.py sets it to count a CUDA step's launches on the CPU.
+    one_gather: bool | None = None
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.embedding == "sum":
+            one = self.one_gather if self.one_gather is not None else batch[self.cfg.categorical[0]].is_cuda
+            query, interaction = self.summed_in_one_gather(batch) if one else self.summed(batch)
+            if self.cont_proj is not None:
+                query = query + self.cont_proj(batch["cont"][..., : self.n_cont])
+            return self.drop(query), self.drop(interaction)
         q = [self.cat[k](batch[k]) for k in self.cfg.categorical]
         r = [self.resp[k](batch[k]) for k in self.cfg.response]
-        if self.cfg.embedding == "sum":
-            if self.cont_proj is not None:
-                q.append(self.cont_proj(batch["cont"][..., : self.n_cont]))
-            return self.drop(sum(q[1:], q[0])), self.drop(sum(r[1:], r[0]))
         if self.cfg.use_continuous:
             q.append(batch["cont"][..., : self.n_cont])
         query = self.query_proj(self.drop(torch.cat(q, dim=-1)))
         interaction = self.inter_proj(self.drop(torch.cat(r, dim=-1)))
+        return query, interaction
+
+    def summed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums of the categorical features' rows and of the response features' rows, a table at a time."""
+        q = [self.cat[k](batch[k]) for k in self.cfg.categorical]
+        r = [self.resp[k](batch[k]) for k in self.cfg.response]
+        return sum(q[1:], q[0]), sum(r[1:], r[0])
+
+    def summed_in_one_gather(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``summed`` in one gather: the tables side by side, each feature's ids moved past the tables before it, and
+        two bags a position (its categorical rows, its response rows) summed as they are gathered.
+
+        Ten lookups and their backward passes are 20 launches a step, and on CUDA an embedding's backward is several
+        kernels; this is one gather, one scatter and a copy of the tables. On the CPU the copy and embedding_bag's
+        backward cost more than they save once the tables are large (docs/training-speed.md, round 7), so the CPU
+        keeps ``summed``. A padded position's id is PAD in every table; it becomes row 0 of the joined table (the first
+        table's padding row, zero and never trained, as each table's own is), so no padding row gets a gradient. The
+        sums are taken in ``summed``'s order: the same numbers (tests/dkt/models/test_lstm.py)."""
+        features = (*self.cfg.categorical, *self.cfg.response)
+        tables = [*self.cat.values(), *self.resp.values()]
+        starts = torch.tensor([0, *[t.num_embeddings for t in tables[:-1]]], device=batch[features[0]].device)
+        ids = torch.stack([batch[k] for k in features], dim=-1)
+        rows = (ids + starts.cumsum(0)) * (ids != PAD)
+        b, t, n = rows.shape
+        bags = torch.arange(0, b * t * n, n, device=rows.device)[:, None] + torch.tensor(
+            [0, len(self.cat)], device=rows.device
+        )
+        joined = torch.cat([table.weight for table in tables])
+        sums = F.embedding_bag(rows.flatten(), joined, bags.flatten(), mode="sum", padding_idx=PAD)
+        query, interaction = sums.view(b, t, 2, -1).unbind(-2)
         return query, interaction
 
 

@@ -30,3 +30,20 @@ def test_a_step_of_a_model_with_order_inputs_runs(capsys: pytest.CaptureFixture[
     """The random batch carries every continuous column: config/saint.json reads the order inputs too."""
     assert step_bench.main(["--model", "saint", "--steps", "1", "--batch", "2", "--len", "16"]) == 0
     assert "CPU-s per step (2 x 16, 1 thread(s))" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "extra"), [("fused", []), ("foreach", []), ("for-loop", []), ("fused", ["--one-gather"])]
+)
+def test_each_adamw_form_and_lookup_takes_a_step_on_a_large_table(
+    optimizer: str, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", "lstm", "--steps", "1", "--batch", "2", "--len", "8", "--vocab", "5000"]
+    assert step_bench.main([*argv, "--optimizer", optimizer, *extra]) == 0
+    assert "CPU-s per step (2 x 8, 1 thread(s))" in capsys.readouterr().out
+
+
+def test_a_vocabulary_without_real_ids_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert step_bench.main(["--model", "lstm", "--vocab", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--vocab must be more than 2" in err, err

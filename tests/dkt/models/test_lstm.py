@@ -120,3 +120,26 @@ def test_an_lstm_with_sequence_dropout_masks_its_input_and_head_per_sequence(enc
     dropped = (query == 0) & batch["mask"][..., None]
     rows = batch["mask"].all(1)  # sequences with no padding: every step's dropped features are the same
     assert dropped[rows].any() and (dropped[rows] == dropped[rows][:, :1]).all()
+
+
+def test_one_gather_sums_what_a_table_at_a_time_sums(encoded: tuple[dict, dict]) -> None:
+    """The one-gather lookup (what CUDA runs) gives the per-table lookup's sums to the bit and the same gradients up to
+    the order the backward adds them in, and, as nn.Embedding's padding_idx promises, no table's padding row moves."""
+    sizes, batch = encoded
+    torch.manual_seed(0)
+    inp = InputEmbedding(InputConfig(d_model=24, embedding="sum", emb_dropout=0.0), sizes).train()
+    outputs, grads = [], []
+    for one in (False, True):
+        inp.one_gather = one
+        inp.zero_grad()
+        query, interaction = inp(batch)
+        (query.square().sum() + interaction.sum()).backward()
+        outputs.append((query.detach(), interaction.detach()))
+        grads.append({name: p.grad.clone() for name, p in inp.named_parameters()})
+    assert torch.equal(outputs[1][0], outputs[0][0]) and torch.equal(outputs[1][1], outputs[0][1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-5)
+        if name.startswith(("cat.", "resp.")):
+            assert grads[1][name][1:].any() and not grads[1][name][0].any(), name
+    assert (batch["item"] == 0).any()  # the batch has padded positions

@@ -1,0 +1,44 @@
+"""bench/train_speed_bench.py: our lstm and the reference DKT trained in one run, one table and their ratio."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import train_speed_bench
+
+
+def test_one_run_prints_both_models_and_the_ratio_of_their_times(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "speed.json"
+    argv = ["--data", *map(str, pair), "--epochs", "2", "--threads", "1", "--json", str(out_json)]
+    assert train_speed_bench.main([*argv, "--set", "train.batch_size=8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| model | to early stop (s)") and len(lines) == 5, lines
+    ref, ours = (line.rstrip(" |").split(" | ") for line in lines[2:4])
+    assert ref[0] == "| reference DKT (bench/min_dkt.py)" and ours[0] == "| lstm (lstm.json, train.batch_size=8)"
+    assert all(r[2].startswith(("1 (", "2 (")) and 0.5 < float(r[5]) <= 1 for r in (ref, ours)), (ref, ours)
+    saved = json.loads(out_json.read_text())
+    ratio = float(re.search(r"reference: (\S+)x", lines[4]).group(1))  # type: ignore[union-attr]
+    assert ratio == pytest.approx(saved["ratio"], abs=0.005)
+    times = [r["seconds"] for r in saved["results"].values()]
+    assert saved["ratio"] == pytest.approx(times[1] / times[0])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threads", "0"], "error: --threads must be at least 1"),
+        (["--set", "train.batch_size"], "error: --set train.batch_size: expected train.KEY=VALUE"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "error: --device cuda: torch sees no CUDA")]),
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_speed_bench.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(message), err
