@@ -38,9 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from bench import min_dkt, train_speed_bench  # noqa: E402
 from dkt import training  # noqa: E402
 from dkt.config import ConfigError, load_config  # noqa: E402
-from dkt.data.io import load_run_files  # noqa: E402
 from dkt.data.schema import DataValidationError  # noqa: E402
-from dkt.experiment import split_run_files  # noqa: E402
 from dkt.models import sequence  # noqa: E402
 from dkt.models.base import InputEmbedding  # noqa: E402
 
@@ -141,11 +139,7 @@ def summary(counter: OpCounter, run: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = (train_speed_bench.ASSIST2009 / "train.csv", train_speed_bench.ASSIST2009 / "test.csv")
-    p.add_argument("--data", nargs=2, type=Path, metavar=("TRAIN", "TEST"), default=default, help="ASSISTments 2009")
-    p.add_argument("--data-format", choices=["kt3", "csv"], default="kt3", help="default kt3 (3-line files)")
-    p.add_argument("--config", type=Path, default=ROOT / "config" / "lstm.json")
-    p.add_argument("--max-students", type=int, help="only the first N students of each file (quick runs)")
+    train_speed_bench.add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs counted (default 1)")
     p.add_argument("--top", type=int, default=8, help="ops listed per model (default 8)")
     args = p.parse_args(argv)
@@ -157,14 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(args.config)
-        files = load_run_files(*args.data, None, args.data_format)
+        data = train_speed_bench.load_data(args, cfg)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    files.train = train_speed_bench.first_students(files.train, args.max_students)
-    files.test = train_speed_bench.first_students(files.test, args.max_students)
-    data = split_run_files(files, cfg.train.valid_ratio, seed=42)
     results = count_both(cfg, data, args.epochs)
     columns = ["model", "epochs", "steps", "kernel ops / step", "host reads / step", "host reads (by op)"]
     print(f"| {' | '.join(columns)} | most launched (per step) |")

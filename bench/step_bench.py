@@ -172,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         model = kind.build(config.model_params, {k: args.vocab for k in (*CATEGORICAL, *RESPONSE)}).train()
-        for module in model.modules():
-            if isinstance(module, InputEmbedding) and args.one_gather:
-                module.one_gather = True
+        if args.one_gather:
+            for module in model.modules():
+                if isinstance(module, InputEmbedding):
+                    module.one_gather = True
     except (OSError, ValueError) as exc:  # a ConfigError names its file already
         message = str(exc) if isinstance(exc, ConfigError) else f"{path}: {exc}"
         print(f"error: {message}".replace("\n", "; "), file=sys.stderr)

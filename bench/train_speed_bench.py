@@ -109,13 +109,27 @@ def with_changes(cfg: ExperimentConfig, changes: list[str]) -> ExperimentConfig:
     return parse_config(raw, "--set") if changes else cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --data-format, --config and --max-students (read by ``load_data``; bench/op_count_bench.py too)."""
     default = (ASSIST2009 / "train.csv", ASSIST2009 / "test.csv")
     p.add_argument("--data", nargs=2, type=Path, metavar=("TRAIN", "TEST"), default=default, help="ASSISTments 2009")
     p.add_argument("--data-format", choices=["kt3", "csv"], default="kt3", help="default kt3 (3-line files)")
     p.add_argument("--config", type=Path, default=ROOT / "config" / "lstm.json")
     p.add_argument("--max-students", type=int, help="only the first N students of each file (quick runs)")
+
+
+def load_data(args: argparse.Namespace, cfg: ExperimentConfig) -> RunData:
+    """The run files ``add_data_arguments`` named, cut to --max-students, with validation users held out as train.py
+    holds them out (DataValidationError on a bad file)."""
+    files = load_run_files(*args.data, None, args.data_format)
+    files.train = first_students(files.train, args.max_students)
+    files.test = first_students(files.test, args.max_students)
+    return split_run_files(files, cfg.train.valid_ratio, seed=42)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(p)
     p.add_argument("--epochs", type=int, help="cap on epochs for both (default: the config's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both models (cuda: ours with train.amp)")
     p.add_argument("--threads", type=int, help="torch threads for both (default: torch's own)")
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = with_changes(load_config(args.config), args.set)
-        files = load_run_files(*args.data, None, args.data_format)
+        data = load_data(args, cfg)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     # The first optimizer imports torch._dynamo (seconds, more under load): paid here, not by whichever runs first.
     importlib.import_module("torch._dynamo")
-    files.train = first_students(files.train, args.max_students)
-    files.test = first_students(files.test, args.max_students)
-    data = split_run_files(files, cfg.train.valid_ratio, seed=42)
     load = os.getloadavg()[0]
     print(
         f"{data.train['userID'].nunique()} train / {data.valid['userID'].nunique()} validation students, "

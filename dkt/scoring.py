@@ -26,9 +26,9 @@ def score_windows(
         batch = to_device(batch, device)
         with autocast(device):
             prob = torch.sigmoid(model(batch).float())
-        width = prob.shape[1]
-        keep = (windows.index[sel, :width] != PAD_ROW) & windows.score[sel, :width]
-        scored.append((windows.index[sel, :width][keep], keep, prob))
+        rows = windows.index[sel, : prob.shape[1]]
+        keep = (rows != PAD_ROW) & windows.score[sel, : prob.shape[1]]
+        scored.append((rows[keep], keep, prob))
     for rows, keep, prob in scored:
         out[rows] = prob.cpu().numpy()[keep]
     model.train(was_training)

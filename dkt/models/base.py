@@ -156,6 +156,7 @@ class InputEmbedding(nn.Module):
             self.query_proj = nn.Linear(len(cfg.categorical) * cfg.emb_dim + n_cont, cfg.d_model)
             self.inter_proj = nn.Linear(len(cfg.response) * cfg.emb_dim, cfg.d_model)
         self.drop = dropout(cfg.emb_dropout, cfg.dropout_mask)
+        self._offsets: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # summed_in_one_gather's, per device
 
     # Whether the "sum" embedding looks every feature up in one gather (``summed_in_one_gather``); None: on CUDA.
     # bench/op_count_bench.py sets it to count a CUDA step's launches on the CPU.
@@ -194,17 +195,24 @@ class InputEmbedding(nn.Module):
         sums are taken in ``summed``'s order: the same numbers (tests/dkt/models/test_lstm.py)."""
         features = (*self.cfg.categorical, *self.cfg.response)
         tables = [*self.cat.values(), *self.resp.values()]
-        starts = torch.tensor([0, *[t.num_embeddings for t in tables[:-1]]], device=batch[features[0]].device)
         ids = torch.stack([batch[k] for k in features], dim=-1)
-        rows = (ids + starts.cumsum(0)) * (ids != PAD)
+        starts, bag_starts = self.offsets(ids.device)
+        rows = (ids + starts) * (ids != PAD)
         b, t, n = rows.shape
-        bags = torch.arange(0, b * t * n, n, device=rows.device)[:, None] + torch.tensor(
-            [0, len(self.cat)], device=rows.device
-        )
+        bags = torch.arange(0, b * t * n, n, device=rows.device)[:, None] + bag_starts
         joined = torch.cat([table.weight for table in tables])
         sums = F.embedding_bag(rows.flatten(), joined, bags.flatten(), mode="sum", padding_idx=PAD)
         query, interaction = sums.view(b, t, 2, -1).unbind(-2)
         return query, interaction
+
+    def offsets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each table's first row in the joined table, each bag's first id within a position's ids), made on ``device``
+        once: a tensor built from host numbers at every step would be a blocking copy to the GPU, a wait per step."""
+        if device not in self._offsets:
+            sizes = [table.num_embeddings for table in (*self.cat.values(), *self.resp.values())]
+            starts = torch.tensor([0, *sizes[:-1]]).cumsum(0).to(device)
+            self._offsets[device] = starts, torch.tensor([0, len(self.cat)]).to(device)
+        return self._offsets[device]
 
 
 def causal_mask(t: int, device: torch.device) -> torch.Tensor:
