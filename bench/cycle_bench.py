@@ -196,6 +196,26 @@ def scheduler_cycle(tmp: Path, served_version: str, airflow: requests.Session | 
     return figures
 
 
+def step_parts(laps: dict[str, Any]) -> list[tuple[str, float]]:
+    """A step's timed parts (pipeline/timings.py), in order, as (part, seconds). A candidate's train.py lap splits in
+    two by the training loop train.py timed for that candidate (pipeline.retrain.train records each one's)."""
+    out: list[tuple[str, float]] = []
+    for part, value in laps.items():
+        if part == "total" or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if part.endswith((" training_loop", " epochs")):
+            continue  # read with its candidate's lap below
+        name = part.removeprefix("train.py ")
+        loop = laps.get(f"{name} training_loop")
+        if part.startswith("train.py ") and isinstance(loop, int | float) and not isinstance(loop, bool):
+            what = f"training loop ({laps.get(f'{name} epochs')} epochs, fine-tune {laps.get(f'{name} fine_tune')})"
+            out.append((f"{part}: {what}", float(loop)))
+            out.append((f"{part}: process start, imports, data, test evaluation, bundle write", float(value) - loop))
+        else:
+            out.append((part, float(value)))
+    return out
+
+
 def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
     """Rows of (dag, task, part, seconds): every task, inside it what its step timed, the rest its start."""
     from pipeline import timings
@@ -208,17 +228,8 @@ def breakdown(tmp: Path, dag_wall: dict[str, float]) -> list[dict[str, Any]]:
         rows.append({"dag": dag, "task": task, "part": part, "seconds": None if seconds is None else round(seconds, 1)})
 
     def parts(dag: str, task: str, laps: dict[str, Any]) -> None:
-        for part, value in laps.items():
-            if part == "total" or not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            if part.startswith("train.py ") and isinstance(laps.get("training_loop"), int | float):
-                loop = float(laps["training_loop"])
-                what = f"training loop ({laps.get('epochs')} epochs, fine-tune {laps.get('fine_tune')})"
-                row(dag, task, f"{part}: {what}", loop)
-                row(dag, task, f"{part}: process start, imports, data, test evaluation, bundle write",
-                    float(value) - loop)  # fmt: skip
-            elif part not in ("training_loop", "epochs"):
-                row(dag, task, part, float(value))
+        for part, seconds in step_parts(laps):
+            row(dag, task, part, seconds)
 
     for dag in DAGS:
         durations = tasks.get(dag, {})

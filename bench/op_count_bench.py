@@ -11,10 +11,16 @@ CUDA runs and the CPU does not; the reference with torch's foreach Adam (Adam's 
 
     .venv/bin/python bench/op_count_bench.py                             # ASSISTments 2009 train file, one epoch
     .venv/bin/python bench/op_count_bench.py --max-students 200 --top 12
+    .venv/bin/python bench/op_count_bench.py --set train.batch_tokens=4096 --set train.lr=0.006
+    .venv/bin/python bench/op_count_bench.py --set train.batch_tokens=null --set train.batch_size=32   # before round 8
 
-Prints one table: per model the training steps, kernel ops per step, host reads per step and in all (by op), and the
-ops it launches most. Counting slows a run several times over: its seconds mean nothing, the counts do. Copies from
-host to device cannot be seen on a CPU; the training loop's are staged in pinned memory (``host_to_device``).
+Prints one table: per model the training steps, kernel ops per step, host reads per step and in all (by op), the
+ops it launches most, the recurrence's time steps per epoch, and the positions its recurrence computes per epoch
+(rows x width, padding included: the CPU's work). An LSTM's time steps run one after another; at these batch sizes
+each is a few kernels too small to fill a GPU, so there a batch costs about its width whatever its rows (expected
+from round 4's H100 figures, not yet measured step by step). Counting slows a run several times over: its seconds
+mean nothing, the counts do. Copies from host to device cannot be seen on a CPU; the training loop's are staged in
+pinned memory (``host_to_device``).
 Exit 2 with one line on bad input.
 """
 
@@ -32,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.modules.module import register_module_forward_pre_hook  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -69,13 +78,16 @@ def reads_host(func: Any, args: tuple[Any, ...]) -> bool:
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts, while active, the kernel ops and the host reads dispatched (by name), and optimizer steps."""
+    """Counts, while active, the kernel ops and the host reads dispatched (by name), optimizer steps, and the
+    recurrence's time steps in training (``recurrence``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.kernels: Counter[str] = Counter()
         self.reads: Counter[str] = Counter()
         self.steps = 0
+        self.recurrence = 0
+        self.positions = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         if is_kernel(func):
@@ -98,12 +110,25 @@ def counted(owner: Any, name: str, counter: OpCounter) -> Iterator[None]:
     def step(*_: Any) -> None:
         counter.steps += 1
 
+    def recurrence(module: nn.Module, args: tuple[Any, ...]) -> None:
+        # A recurrent layer's time steps run one after another: on a GPU, at these batch sizes, each is a few
+        # small kernels whose latency, not arithmetic, sets the layer's time (cuDNN's too). Training passes only.
+        if isinstance(module, nn.RNNBase) and module.training and torch.is_grad_enabled():
+            x = args[0]
+            if isinstance(x, PackedSequence):
+                t, n = len(x.batch_sizes), int(x.batch_sizes.sum())
+            else:
+                t, n = x.shape[1 if module.batch_first else 0], x.shape[0] * x.shape[1]
+            counter.recurrence += t * module.num_layers
+            counter.positions += n
+
     setattr(owner, name, wrapper)
-    hook = register_optimizer_step_post_hook(step)
+    hooks = [register_optimizer_step_post_hook(step), register_module_forward_pre_hook(recurrence)]
     try:
         yield
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         setattr(owner, name, original)
 
 
@@ -132,6 +157,9 @@ def summary(counter: OpCounter, run: dict[str, Any]) -> dict[str, Any]:
         "kernels_per_step": kernels / steps,
         "host_reads": reads,
         "host_reads_per_step": reads / steps,
+        "recurrence": counter.recurrence,
+        "recurrence_per_epoch": counter.recurrence / max(1, run["epochs"]),
+        "positions_per_epoch": counter.positions / max(1, run["epochs"]),
         "reads_by_op": counter.reads.most_common(),
         "top": counter.kernels.most_common(),
     }
@@ -142,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     train_speed_bench.add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs counted (default 1)")
     p.add_argument("--top", type=int, default=8, help="ops listed per model (default 8)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=JSON",
+        help="change one key of ours' config, e.g. train.bucket_batches=true (repeatable)",
+    )
     args = p.parse_args(argv)
     if args.max_students is not None and args.max_students < 2:
         print("error: --max-students must be at least 2", file=sys.stderr)
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --epochs must be at least 1 and --top at least 0", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config)
+        cfg = train_speed_bench.with_changes(load_config(args.config), args.set)
         data = train_speed_bench.load_data(args, cfg)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -158,17 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     results = count_both(cfg, data, args.epochs)
     columns = ["model", "epochs", "steps", "kernel ops / step", "host reads / step", "host reads (by op)"]
-    print(f"| {' | '.join(columns)} | most launched (per step) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| {' | '.join(columns)} | most launched (per step) | recurrence steps / epoch | positions / epoch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         top = ", ".join(f"{op.removeprefix('aten.')} {n / max(1, r['steps']):.1f}" for op, n in r["top"][: args.top])
         reads = ", ".join(f"{op.removeprefix('aten.')} {n}" for op, n in r["reads_by_op"])
         print(
             f"| {name} | {r['epochs']} | {r['steps']} | {r['kernels_per_step']:.1f} | {r['host_reads_per_step']:.2f} "
-            f"| {r['host_reads']}{f': {reads}' if reads else ''} | {top} |"
+            f"| {r['host_reads']}{f': {reads}' if reads else ''} | {top} | {r['recurrence_per_epoch']:,.0f} "
+            f"| {r['positions_per_epoch']:,.0f} |"
         )
     ref, ours = results.values()
     print(f"kernel ops per step, {cfg.model} / reference: {ours['kernels_per_step'] / ref['kernels_per_step']:.2f}x")
+    if ref["recurrence"]:
+        ratio = ours["recurrence_per_epoch"] / ref["recurrence_per_epoch"]
+        print(f"recurrence steps per epoch, {cfg.model} / reference: {ratio:.2f}x")
     return 0
 
 

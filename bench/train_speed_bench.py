@@ -7,6 +7,8 @@ both to early stopping, in one run on the same data and the same train/validatio
 
     .venv/bin/python bench/train_speed_bench.py --max-students 200 --threads 1 --set train.window_stride=100
                                                                       # ours with a config key changed (repeatable)
+    .venv/bin/python bench/train_speed_bench.py --also 'train.bucket_batches=false train.batch_tokens=null'
+                                                                      # also ours as it was, in the same run
 
 Validation users are held out of the train file as train.py holds them out (``dkt.experiment.split_run_files``,
 the config's valid_ratio, seed 42). The reference keeps its own settings (``min_dkt.fit``'s defaults: chunks of
@@ -93,7 +95,7 @@ def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None, device: str) 
     }
 
 
-def with_changes(cfg: ExperimentConfig, changes: list[str]) -> ExperimentConfig:
+def with_changes(cfg: ExperimentConfig, changes: list[str], flag: str = "--set") -> ExperimentConfig:
     """``cfg`` with each ``SECTION.KEY=JSON`` change applied (SECTION: train or model_params), checked as a config
     file is; ConfigError naming the change otherwise."""
     raw = cfg.model_dump(mode="json", exclude_defaults=True)
@@ -101,12 +103,12 @@ def with_changes(cfg: ExperimentConfig, changes: list[str]) -> ExperimentConfig:
         key, sep, value = change.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in ("train", "model_params") or not name:
-            raise ConfigError(f"--set {change}: expected train.KEY=VALUE or model_params.KEY=VALUE")
+            raise ConfigError(f"{flag} {change}: expected train.KEY=VALUE or model_params.KEY=VALUE")
         try:
             raw.setdefault(section, {})[name] = json.loads(value)
         except json.JSONDecodeError:
-            raise ConfigError(f"--set {change}: the value is not JSON (a string needs quotes)") from None
-    return parse_config(raw, "--set") if changes else cfg
+            raise ConfigError(f"{flag} {change}: the value is not JSON (a string needs quotes)") from None
+    return parse_config(raw, flag) if changes else cfg
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="cap on epochs for both (default: the config's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both models (cuda: ours with train.amp)")
     p.add_argument("--threads", type=int, help="torch threads for both (default: torch's own)")
-    p.add_argument("--before", action="store_true", help="also ours with train.bucket_batches flipped")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="'SECTION.KEY=JSON ...'",
+        help="also time ours with these keys changed (after --set), in the same run; space-separated changes, one "
+        "run per --also (repeatable), e.g. --also 'train.batch_tokens=null train.bucket_batches=false'",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--set",
@@ -154,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = with_changes(load_config(args.config), args.set)
+        variants = {changes: with_changes(cfg, changes.split(), "--also") for changes in args.also}
         data = load_data(args, cfg)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -172,10 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_name = "reference DKT (bench/min_dkt.py)"
     results[ref_name] = reference(data, args.epochs, args.device)
     print(f"reference: {json.dumps(results[ref_name])}", file=sys.stderr, flush=True)
-    if args.before:
-        flip = not cfg.train.bucket_batches
-        other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_batches": flip})})
-        results[f"{cfg.model}, bucket_batches {str(flip).lower()}"] = ours(other, data, args.epochs, args.device)
+    for changes, variant in variants.items():
+        results[f"{cfg.model}, {changes}"] = ours(variant, data, args.epochs, args.device)
     changed = f", {' '.join(args.set)}" if args.set else ""
     results[f"{cfg.model} ({args.config.name}{changed})"] = ours(cfg, data, args.epochs, args.device)
 
@@ -188,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     ref, last = (list(results.values())[i] for i in (0, -1))
     ratio = last["seconds"] / ref["seconds"]
+    ratios = {name: r["seconds"] / ref["seconds"] for name, r in list(results.items())[1:]}
+    for name in list(ratios)[:-1]:  # the --also runs; the config's own is the last line
+        print(f"time to early stopping, {name} / reference: {ratios[name]:.2f}x")
     print(
         f"time to early stopping, {cfg.model} / reference: {ratio:.2f}x (target 1.5x); "
         f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}"
     )
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "ratio": ratio, "load": load}, indent=2))
+        args.json.write_text(json.dumps({"results": results, "ratio": ratio, "ratios": ratios, "load": load}, indent=2))
     return 0
 
 

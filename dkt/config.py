@@ -33,7 +33,7 @@ class TrainParams(BaseModel):
 
     max_seq_len: int = Field(200, ge=2, le=4096)
     window_stride: int | None = Field(None, ge=1, description="training window stride; default max_seq_len // 2")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="training windows a batch (when batch_tokens is None)")
     eval_batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -45,6 +45,14 @@ class TrainParams(BaseModel):
     max_train_windows: int | None = Field(None, ge=1, description="cap on training windows per epoch (sampled)")
     bucket_batches: bool = Field(
         False, description="training batches of windows of similar length (less padding) instead of random ones"
+    )
+    batch_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="training batches of windows of like length, each as many as fit this many positions (windows x "
+        "the longest one's length; at least max_seq_len), in random order: short windows go many to a batch, long "
+        "ones few, so a step sees about as many answers whatever their length and little padding; None: batch_size "
+        "windows a batch (random, or by length with bucket_batches)",
     )
     amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
     ema_epochs: float | None = Field(
@@ -59,6 +67,11 @@ class TrainParams(BaseModel):
     def _stride(self) -> TrainParams:
         if self.window_stride is not None and self.window_stride > self.max_seq_len:
             raise ValueError(f"window_stride ({self.window_stride}) must not exceed max_seq_len ({self.max_seq_len})")
+        if self.batch_tokens is not None and self.batch_tokens < self.max_seq_len:
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must be at least max_seq_len ({self.max_seq_len}): "
+                "a batch holds at least one whole window"
+            )
         return self
 
     @property

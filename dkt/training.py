@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from dkt.config import TrainParams
 from dkt.data.features import FIRST, VOCAB_FEATURES, FeatureEncoder, FeatureFrame
-from dkt.data.sequences import Batcher, Windows, make_windows, scoring_windows, to_device, window_lengths
+from dkt.data.sequences import (
+    Batcher,
+    Windows,
+    make_windows,
+    scoring_windows,
+    to_device,
+    token_batches,
+    window_lengths,
+)
 from dkt.metrics import auc
 from dkt.scoring import autocast, score_windows
 
@@ -135,7 +143,13 @@ def fit_sequence_model(
     # together make batches with little padding. Each row's probability is the same in any order.
     valid_w = by_length(scoring_windows(valid_ff, params.max_seq_len))
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
-    steps_per_epoch = math.ceil(n_windows / params.batch_size)
+    lengths = window_lengths(train_w)
+    if params.batch_tokens is not None:
+        # Token batches: the count depends on the windows' lengths only (all of them: an estimate when sampled).
+        all_steps = len(token_batches(lengths, np.arange(len(train_w)), params.batch_tokens, None))
+        steps_per_epoch = max(1, round(all_steps * n_windows / len(train_w)))
+    else:
+        steps_per_epoch = math.ceil(n_windows / params.batch_size)
     total = steps_per_epoch * epochs
     fused = {"fused": True} if fused_adamw(device) else {}
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fused)
@@ -182,7 +196,14 @@ def fit_sequence_model(
         seen_y: list[torch.Tensor] = []
         seen_m: list[torch.Tensor] = []
         bar = tqdm(
-            train_b.iterate(sub, params.batch_size, shuffle=True, rng=rng, bucket=params.bucket_batches),
+            train_b.iterate(
+                sub,
+                params.batch_size,
+                shuffle=True,
+                rng=rng,
+                bucket=params.bucket_batches,
+                batch_tokens=params.batch_tokens,
+            ),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{epochs}",
             leave=False,

@@ -248,12 +248,16 @@ def train(
         trained[out.name] = json.loads(stdout.strip().splitlines()[-1])
     with laps.lap("select"):
         selection = select(work)
-    # What train.py's own figures say of the winner: its epochs, and the seconds of its training loop (the rest
-    # of its wall time: process start and imports, data, the test-set evaluation and the bundle write).
-    won = read_meta(work / CANDIDATES_DIR / selection["winner"]).get("metrics", {})
-    tuned_winner = (work / CANDIDATES_DIR / f"{selection['winner']}.fine-tune.json").is_file()
-    timings.record(work, "train", laps, epochs=won.get("epochs_run"), training_loop=won.get("train_seconds"),
-                   fine_tune=str(tuned_winner))  # fmt: skip
+    # What train.py's own figures say of each candidate: its epochs, whether it fine-tuned, and the seconds of its
+    # training loop (the rest of its wall time: process start and imports, data, the test-set evaluation and the
+    # bundle write). Each its own: a from-scratch candidate's loop is not the fine-tuned winner's.
+    own: dict[str, float | int | str | None] = {}
+    for name in trained:
+        metrics = read_meta(work / CANDIDATES_DIR / name).get("metrics", {})
+        tuned_here = (work / CANDIDATES_DIR / f"{name}.fine-tune.json").is_file()
+        own |= {f"{name} training_loop": metrics.get("train_seconds"), f"{name} epochs": metrics.get("epochs_run"),
+                f"{name} fine_tune": str(tuned_here)}  # fmt: skip
+    timings.record(work, "train", laps, **own)
     return {"model_version": version, "model": selection["winner_model"], "metrics": trained[selection["winner"]],
             "selection": selection}  # fmt: skip
 

@@ -150,18 +150,21 @@ class Batcher:
         shuffle: bool = False,
         rng: np.random.Generator | None = None,
         bucket: bool = False,
+        batch_tokens: int | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """Batches of ``windows`` in order, or shuffled; ``bucket`` (with ``shuffle``): see ``bucketed``."""
+        """Batches of ``windows`` in order, or shuffled; with ``shuffle``, ``batch_tokens`` cuts them by positions
+        (``token_batches``), else ``bucket`` by length (``bucketed``)."""
         order = np.arange(len(windows))
         lengths = window_lengths(windows)
         if shuffle:
             rng = rng or np.random.default_rng()
             rng.shuffle(order)
-        batches = (
-            bucketed(lengths, order, batch_size, rng)
-            if shuffle and bucket
-            else [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        )
+        if shuffle and batch_tokens is not None:
+            batches = token_batches(lengths, order, batch_tokens, rng)
+        elif shuffle and bucket:
+            batches = bucketed(lengths, order, batch_size, rng)
+        else:
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for sel in batches:
             # Trim columns that are padding in every window of the batch: shorter batches, less compute.
             width = int(lengths[sel].max())
@@ -185,6 +188,23 @@ def bucketed(lengths: np.ndarray, order: np.ndarray, batch_size: int, rng: np.ra
     by_length = order[np.argsort(lengths[order], kind="stable")]
     batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def token_batches(
+    lengths: np.ndarray, order: np.ndarray, budget: int, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """Batches of the windows in ``order`` sorted by length (stable), each as many as fit ``budget`` positions (its
+    windows x its longest window's length; at least one window), in random order (``rng``; None: by length)."""
+    by_length = order[np.argsort(lengths[order], kind="stable")]
+    sorted_len = np.maximum(lengths[by_length], 1)
+    batches, start = [], 0
+    while start < len(by_length):
+        # Sorted ascending, so a batch ending at j is sorted_len[j] wide: take the most windows that fit.
+        fit = np.arange(1, len(by_length) - start + 1) * sorted_len[start:] <= budget
+        n = max(1, int(np.argmin(fit)) if not fit.all() else len(fit))
+        batches.append(by_length[start : start + n])
+        start += n
+    return batches if rng is None else [batches[k] for k in rng.permutation(len(batches))]
 
 
 def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench import cycle_bench
-from pipeline import retrain
+from dkt.bundle import read_meta
+from pipeline import retrain, timings
 from tests.conftest import TINY_LSTM
 
 TINY_SAINT = {
@@ -45,3 +46,18 @@ def test_each_candidate_s_warm_start_line_is_its_own(
     # The scheduler's task logs hold each line as a JSON event: the same reading.
     as_json = "\n".join(json.dumps({"event": line, "level": "info"}) for line in log.splitlines())
     assert cycle_bench.warm_start_lines(as_json) == said
+    # Each candidate's own training loop, epochs and fine-tune in the step's timings, and the report splits each
+    # candidate's train.py lap by its own loop (it once split both by the winner's).
+
+    laps = timings.read(work)["train"]
+    parts = dict(cycle_bench.step_parts(laps))
+    for name, tuned in (("1-saint", False), ("2-lstm", True)):
+        metrics = read_meta(work / "candidates" / name)["metrics"]
+        what = f"training loop ({metrics['epochs_run']} epochs, fine-tune {tuned})"
+        assert parts[f"train.py {name}: {what}"] == pytest.approx(metrics["train_seconds"])
+        rest = parts[f"train.py {name}: process start, imports, data, test evaluation, bundle write"]
+        assert rest == pytest.approx(laps[f"train.py {name}"] - metrics["train_seconds"]) and rest > 0
+    assert set(parts) == {
+        *(p for name in ("1-saint", "2-lstm") for p in parts if p.startswith(f"train.py {name}: ")),
+        "select",
+    }, parts

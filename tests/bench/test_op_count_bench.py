@@ -31,9 +31,10 @@ def test_views_are_not_kernels_and_a_value_read_or_boolean_index_is_a_host_read(
     assert counter.reads == {"aten._local_scalar_dense": 1, "aten.index": 1}, counter.reads
 
 
-def small_run(pair: tuple[Path, Path], batch_size: int) -> tuple[object, object]:
+def small_run(pair: tuple[Path, Path], batch_size: int, max_len: int = 20, **train: object) -> tuple[object, object]:
     doc = load_config(ROOT / "config" / "lstm.json").model_dump(mode="json", exclude_defaults=True)
-    doc["train"] |= {"batch_size": batch_size, "max_seq_len": 20, "window_stride": 20}
+    window = {"max_seq_len": max_len, "window_stride": max_len}
+    doc["train"] |= {"batch_size": batch_size, "batch_tokens": None} | window | train
     files = load_run_files(*pair, None, "kt3")
     cfg = parse_config(doc, "test")
     return cfg, split_run_files(files, cfg.train.valid_ratio, seed=42)
@@ -51,14 +52,34 @@ def test_the_training_loop_reads_the_host_per_epoch_not_per_step(pair: tuple[Pat
     assert ref["steps"] > 0 and ref["host_reads"] >= ref["steps"]
 
 
+def test_the_recurrence_is_counted_per_training_step_and_token_batches_shorten_it(pair: tuple[Path, Path]) -> None:
+    """An LSTM's time steps in training forwards: one batch's width each step (the windows are at most 100 long here,
+    a user's last one shorter), none for the validation pass. Windows of like length cut by a budget of positions
+    run fewer of them."""
+    rand = op_count_bench.count_both(*small_run(pair, 8, 100, bucket_batches=False), epochs=1)
+    tokens = op_count_bench.count_both(*small_run(pair, 8, 100, bucket_batches=True, batch_tokens=800), epochs=1)
+    ours, ref = rand["lstm (train.py's loop)"], rand["reference DKT (bench/min_dkt.py)"]
+    assert ours["steps"] <= ours["recurrence"] <= 100 * ours["steps"], ours
+    assert ref["steps"] <= ref["recurrence"] <= 200 * ref["steps"], ref
+    short = tokens["lstm (train.py's loop)"]
+    assert 0 < short["recurrence"] < ours["recurrence"], (short["recurrence"], ours["recurrence"])
+    # Every step computes at least its real answers; random batches compute padding too, token batches less of it.
+    assert short["positions_per_epoch"] < ours["positions_per_epoch"] <= 100 * 8 * ours["steps"]
+
+
 def test_main_prints_one_table_and_the_ratio(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert op_count_bench.main(["--data", *map(str, pair), "--top", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("| model | epochs | steps | kernel ops / step") and len(out) == 5, out
+    assert out[0].startswith("| model | epochs | steps | kernel ops / step") and len(out) == 6, out
     rows = [line.split(" | ") for line in out[2:4]]
     assert all(int(r[2]) > 0 and float(r[3]) > 0 and r[6].count(",") == 2 for r in rows), rows
     ratio = float(re.search(r"reference: (\S+)x", out[4]).group(1))  # type: ignore[union-attr]
     assert ratio == pytest.approx(float(rows[1][3]) / float(rows[0][3]), abs=0.02)
+    steps = [float(r[7].replace(",", "")) for r in rows]
+    assert all(float(r[8].strip(" |").replace(",", "")) >= s for r, s in zip(rows, steps, strict=True))
+    recurrence = float(re.search(r"reference: (\S+)x", out[5]).group(1))  # type: ignore[union-attr]
+    assert out[5].startswith("recurrence steps per epoch") and min(steps) > 0
+    assert recurrence == pytest.approx(steps[1] / steps[0], abs=0.02)
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

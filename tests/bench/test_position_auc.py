@@ -19,8 +19,10 @@ from dkt.predictor import load_predictor
 def bundle(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     train, test = pair
     work = tmp_path_factory.mktemp("work")
+    # Windows of 20 and batches of 160 positions (8 windows): the config's 2,048 would make a few steps an epoch.
     argv = ["--pair", f"tiny={train},{test}", "--models", "lstm", "--epochs", "3", "--threads", "1",
-            "--work", str(work), "--set", "train.max_seq_len=20", "--set", "train.window_stride=20"]  # fmt: skip
+            "--work", str(work), "--set", "train.max_seq_len=20", "--set", "train.window_stride=20",
+            "--set", "train.batch_tokens=160"]  # fmt: skip
     assert kt_benchmark.main(argv) == 0
     return work / "tiny" / "lstm"
 

@@ -30,11 +30,30 @@ def test_one_run_prints_both_models_and_the_ratio_of_their_times(
     assert saved["ratio"] == pytest.approx(times[1] / times[0])
 
 
+def test_also_times_each_variant_of_ours_in_the_same_run(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "speed.json"
+    argv = ["--data", *map(str, pair), "--epochs", "1", "--threads", "1", "--json", str(out_json)]
+    also = "train.bucket_batches=true train.batch_tokens=400"
+    assert train_speed_bench.main([*argv, "--set", "train.batch_size=8", "--also", also]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7, lines
+    names = [line.split(" | ")[0] for line in lines[2:5]]
+    assert names == ["| reference DKT (bench/min_dkt.py)", f"| lstm, {also}", "| lstm (lstm.json, train.batch_size=8)"]
+    saved = json.loads(out_json.read_text())
+    seconds = [r["seconds"] for r in saved["results"].values()]
+    variant = float(re.search(rf"lstm, {also} / reference: (\S+)x", lines[5]).group(1))  # type: ignore[union-attr]
+    assert variant == pytest.approx(seconds[1] / seconds[0], abs=0.005)
+    assert saved["ratio"] == pytest.approx(seconds[2] / seconds[0]) == saved["ratios"][names[2].lstrip("| ")]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--threads", "0"], "error: --threads must be at least 1"),
         (["--set", "train.batch_size"], "error: --set train.batch_size: expected train.KEY=VALUE"),
+        (["--also", "train.lr=0.01 train.batch_tokens=x"], "error: --also train.batch_tokens=x: the value is not JSON"),
     ]
     + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "error: --device cuda: torch sees no CUDA")]),
 )

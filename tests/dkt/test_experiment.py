@@ -195,6 +195,50 @@ def test_ema_epochs_keeps_the_moving_average_of_every_step_s_weights(sim_dir: Pa
     assert any(not torch.allclose(kept[ema_epochs][k], steps[-1][k], atol=1e-4) for k in expected)
 
 
+def test_batch_tokens_trains_batches_of_like_length_within_the_budget(sim_dir: Path) -> None:
+    """``train.batch_tokens``: every training step's batch fits the budget of positions (rows x width), short windows
+    go many to a step, and the learning-rate schedule is set for the steps the epochs really take (a count off by one
+    moves every step's rate). A budget below one window is refused, naming the field."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from dkt.config import ConfigError, parse_config
+    from dkt.data.features import FeatureEncoder
+    from dkt.models.interface import kind_class
+    from dkt.training import fit_sequence_model, seed_everything, warmup_cosine
+
+    df = read_csv(sim_dir / "train.csv")
+    users = sorted(df["userID"].unique())
+    train, valid = (df[df["userID"].isin(part)] for part in (users[:12], users[12:18]))
+    encoder = FeatureEncoder.fit(train)
+    budget = 800  # four windows of 200: the simulated students' histories are 20-650 answers long
+    window = {"max_seq_len": 200, "window_stride": 200}
+    cfg = parse_config(TINY_LSTM | {"train": TINY_LSTM["train"] | window | {"epochs": 2, "batch_tokens": budget}})
+    seed_everything(5)
+    model = kind_class("lstm").build(cfg.model_params, encoder.sizes())
+    shapes: list[tuple[int, int]] = []
+    lrs: list[float] = []
+    hooks = [
+        model.register_forward_pre_hook(
+            lambda m, args: shapes.append(tuple(args[0]["mask"].shape)) if m.training else None
+        ),
+        register_optimizer_step_post_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"])),
+    ]
+    try:
+        fit = fit_sequence_model(model, encoder.transform(train), encoder.transform(valid), cfg.train,
+                                 torch.device("cpu"), seed=5, progress=False)  # fmt: skip
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert fit.epochs_run == 2 and len(shapes) == len(lrs) >= 4
+    assert all(rows * width <= budget for rows, width in shapes), shapes
+    assert max(rows for rows, _ in shapes) > budget // cfg.train.max_seq_len  # short windows, many to a batch
+    total = len(lrs)
+    factor = warmup_cosine(total, int(cfg.train.warmup_ratio * total))
+    assert lrs == pytest.approx([cfg.train.lr * factor(k) for k in range(total)], rel=1e-9)
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        parse_config(TINY_LSTM | {"train": TINY_LSTM["train"] | window | {"batch_tokens": 199}})
+
+
 def run_cli(
     main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> subprocess.CompletedProcess[str]:

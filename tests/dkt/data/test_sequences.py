@@ -5,7 +5,7 @@ import pandas as pd
 
 from dkt.data.features import FeatureEncoder
 from dkt.data.schema import validate
-from dkt.data.sequences import PAD_ROW, Batcher, make_windows
+from dkt.data.sequences import PAD_ROW, Batcher, make_windows, token_batches, window_lengths
 
 
 def user_rows(user: str, n: int) -> list[tuple]:
@@ -82,3 +82,30 @@ def test_bucketed_batches_hold_every_window_once_with_less_padding() -> None:
     first = [sel.tolist() for sel, _ in Batcher(ff).iterate(w, 16, True, np.random.default_rng(2), bucket=True)]
     other = [sel.tolist() for sel, _ in Batcher(ff).iterate(w, 16, True, np.random.default_rng(3), bucket=True)]
     assert first != other
+
+
+def test_token_batches_fit_the_budget_hold_every_window_once_and_are_shuffled() -> None:
+    lengths = {f"u{i:03d}": int(n) for i, n in enumerate(np.random.default_rng(0).geometric(0.1, 200))}
+    ff = make_ff(lengths)
+    w = make_windows(ff, max_len=30, stride=30)
+    budget = 120
+
+    def batches(seed: int) -> list[tuple[list[int], tuple[int, int], int]]:
+        it = Batcher(ff).iterate(w, 16, shuffle=True, rng=np.random.default_rng(seed), bucket=True, batch_tokens=budget)
+        return [(sel.tolist(), tuple(b["mask"].shape), int(b["mask"].sum())) for sel, b in it]
+
+    got = batches(1)
+    assert sorted(i for sel, _, _ in got for i in sel) == list(range(len(w)))
+    # Every batch within the budget of positions (windows x its width), and none of them could take one more window
+    # of its width: short windows go many to a batch (more than batch_size), long ones few.
+    assert all(rows * width <= budget for _, (rows, width), _ in got)
+    sizes = sorted(rows for _, (rows, _), _ in got)
+    assert sizes[0] <= 4 and sizes[-1] > 16, sizes
+    # About as many answers a step: the padded positions are a small share of those computed.
+    real, cells = sum(n for *_, n in got), sum(r * c for _, (r, c), _ in got)
+    assert real >= 0.8 * cells, (real, cells)
+    assert [sel for sel, *_ in batches(2)] != [sel for sel, *_ in got]
+    # The count of steps depends on the lengths only (the learning-rate schedule is set from it before training).
+    assert len(batches(2)) == len(got) == len(token_batches(window_lengths(w), np.arange(len(w)), budget, None))
+    # Sorted by length and cut greedily; a window longer than the budget still trains, alone.
+    assert [b.tolist() for b in token_batches(np.array([5, 50, 7]), np.arange(3), 20, None)] == [[0, 2], [1]]
