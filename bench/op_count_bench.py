@@ -46,7 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from bench import min_dkt, train_speed_bench  # noqa: E402
 from dkt import training  # noqa: E402
-from dkt.config import ConfigError, load_config  # noqa: E402
+from dkt.config import ConfigError  # noqa: E402
 from dkt.data.schema import DataValidationError  # noqa: E402
 from dkt.models import sequence  # noqa: E402
 from dkt.models.base import InputEmbedding  # noqa: E402
@@ -170,23 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     train_speed_bench.add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs counted (default 1)")
     p.add_argument("--top", type=int, default=8, help="ops listed per model (default 8)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=JSON",
-        help="change one key of ours' config, e.g. train.bucket_batches=true (repeatable)",
-    )
     args = p.parse_args(argv)
-    if args.max_students is not None and args.max_students < 2:
-        print("error: --max-students must be at least 2", file=sys.stderr)
-        return 2
     if args.epochs < 1 or args.top < 0:
         print("error: --epochs must be at least 1 and --top at least 0", file=sys.stderr)
         return 2
     try:
-        cfg = train_speed_bench.with_changes(load_config(args.config), args.set)
-        data = train_speed_bench.load_data(args, cfg)
+        cfg, data = train_speed_bench.config_and_data(args)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

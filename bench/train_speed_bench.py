@@ -112,21 +112,32 @@ def with_changes(cfg: ExperimentConfig, changes: list[str], flag: str = "--set")
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """--data, --data-format, --config and --max-students (read by ``load_data``; bench/op_count_bench.py too)."""
+    """--data, --data-format, --config, --set and --max-students (read by ``config_and_data``; bench/op_count_bench.py
+    too)."""
     default = (ASSIST2009 / "train.csv", ASSIST2009 / "test.csv")
     p.add_argument("--data", nargs=2, type=Path, metavar=("TRAIN", "TEST"), default=default, help="ASSISTments 2009")
     p.add_argument("--data-format", choices=["kt3", "csv"], default="kt3", help="default kt3 (3-line files)")
     p.add_argument("--config", type=Path, default=ROOT / "config" / "lstm.json")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=JSON",
+        help="change one key of ours' config, e.g. train.window_stride=200 or model_params.d_model=64 (repeatable)",
+    )
     p.add_argument("--max-students", type=int, help="only the first N students of each file (quick runs)")
 
 
-def load_data(args: argparse.Namespace, cfg: ExperimentConfig) -> RunData:
-    """The run files ``add_data_arguments`` named, cut to --max-students, with validation users held out as train.py
-    holds them out (DataValidationError on a bad file)."""
+def config_and_data(args: argparse.Namespace) -> tuple[ExperimentConfig, RunData]:
+    """Our config (--config with each --set) and the run files ``add_data_arguments`` named, cut to --max-students,
+    with validation users held out as train.py holds them out. ConfigError or DataValidationError on bad input."""
+    if args.max_students is not None and args.max_students < 2:
+        raise ConfigError("--max-students must be at least 2")
+    cfg = with_changes(load_config(args.config), args.set)
     files = load_run_files(*args.data, None, args.data_format)
     files.train = first_students(files.train, args.max_students)
     files.test = first_students(files.test, args.max_students)
-    return split_run_files(files, cfg.train.valid_ratio, seed=42)
+    return cfg, split_run_files(files, cfg.train.valid_ratio, seed=42)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,17 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "run per --also (repeatable), e.g. --also 'train.batch_tokens=null train.bucket_batches=false'",
     )
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=JSON",
-        help="change one key of ours' config, e.g. train.window_stride=200 or model_params.d_model=64 (repeatable)",
-    )
     args = p.parse_args(argv)
-    if args.max_students is not None and args.max_students < 2:
-        print("error: --max-students must be at least 2", file=sys.stderr)
-        return 2
     if args.threads is not None and args.threads < 1:
         print("error: --threads must be at least 1", file=sys.stderr)
         return 2
@@ -162,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda: torch sees no CUDA device on this machine", file=sys.stderr)
         return 2
     try:
-        cfg = with_changes(load_config(args.config), args.set)
+        cfg, data = config_and_data(args)
         variants = {changes: with_changes(cfg, changes.split(), "--also") for changes in args.also}
-        data = load_data(args, cfg)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -194,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {r['seconds']:.1f} | {r['epochs']} ({r['best_epoch']}) | {r['seconds'] / r['epochs']:.2f} "
             f"| {r['valid_auc']:.4f} | {r['test_auc']:.4f} |"
         )
-    ref, last = (list(results.values())[i] for i in (0, -1))
-    ratio = last["seconds"] / ref["seconds"]
-    ratios = {name: r["seconds"] / ref["seconds"] for name, r in list(results.items())[1:]}
-    for name in list(ratios)[:-1]:  # the --also runs; the config's own is the last line
+    ref = results[ref_name]
+    ratios = {name: r["seconds"] / ref["seconds"] for name, r in results.items() if name != ref_name}
+    *also, own = ratios  # the --also runs, then the config's own
+    for name in also:
         print(f"time to early stopping, {name} / reference: {ratios[name]:.2f}x")
+    ratio = ratios[own]
     print(
         f"time to early stopping, {cfg.model} / reference: {ratio:.2f}x (target 1.5x); "
         f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}"

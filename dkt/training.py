@@ -143,10 +143,9 @@ def fit_sequence_model(
     # together make batches with little padding. Each row's probability is the same in any order.
     valid_w = by_length(scoring_windows(valid_ff, params.max_seq_len))
     n_windows = min(len(train_w), params.max_train_windows or len(train_w))
-    lengths = window_lengths(train_w)
     if params.batch_tokens is not None:
         # Token batches: the count depends on the windows' lengths only (all of them: an estimate when sampled).
-        all_steps = len(token_batches(lengths, np.arange(len(train_w)), params.batch_tokens, None))
+        all_steps = len(token_batches(window_lengths(train_w), np.arange(len(train_w)), params.batch_tokens, None))
         steps_per_epoch = max(1, round(all_steps * n_windows / len(train_w)))
     else:
         steps_per_epoch = math.ceil(n_windows / params.batch_size)
