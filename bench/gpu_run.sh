@@ -3,7 +3,8 @@
 # That machine has torch but not pydantic, pydantic-settings or lightgbm, and its own pandas: the wheels in .whl/
 # (carried with the call) are installed beside it so the project runs on the versions it pins here.
 # Arguments go to gpu_bench.py. Everything lands in $OUT: the log, nvidia-smi's view, the JSON and the tables.
-# With --train-speed first, the rest go to bench/train_speed_bench.py instead (--device cuda, the carried data).
+# With --train-speed first, the rest go to bench/train_speed_bench.py instead (--device cuda, the carried data);
+# with --profile first, to bench/cuda_profile_bench.py.
 #
 #   bash bench/gpu_run.sh --prepare   # here, once: fill .whl/ and .gpu-data/ (both git-ignored; carry them)
 set -uo pipefail
@@ -48,6 +49,13 @@ if [ "${1:-}" = "--train-speed" ]; then
     shift
     timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/train_speed_bench.py --device cuda \
         --data .gpu-data/train.csv .gpu-data/test.csv --json "$OUT/train_speed.json" "$@" 2>&1 | tee "$OUT/train_speed.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "${1:-}" = "--profile" ]; then
+    # Where a step's time goes on the card: kernels against the host's launches and waits (docs/training-speed.md).
+    shift
+    timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/cuda_profile_bench.py --device cuda \
+        --data .gpu-data/train.csv .gpu-data/test.csv "$@" 2>&1 | tee "$OUT/cuda_profile.log"
     exit "${PIPESTATUS[0]}"
 fi
 timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/gpu_bench.py "$@" 2>&1 | tee "$OUT/gpu_bench.log"

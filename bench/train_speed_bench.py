@@ -9,13 +9,16 @@ both to early stopping, in one run on the same data and the same train/validatio
                                                                       # ours with a config key changed (repeatable)
     .venv/bin/python bench/train_speed_bench.py --also 'train.bucket_batches=false train.batch_tokens=null'
                                                                       # also ours as it was, in the same run
+    .venv/bin/python bench/train_speed_bench.py --seeds 42,1,2,3      # every model at each seed; the means
 
 Validation users are held out of the train file as train.py holds them out (``dkt.experiment.split_run_files``,
 the config's valid_ratio, seed 42). The reference keeps its own settings (``min_dkt.fit``'s defaults: chunks of
 200, batches of 64, Adam at 2e-3, at most 30 epochs, patience 3; the values config/lstm.json had when the
 baseline was first measured), so tuning ours does not move the baseline; ``--epochs`` caps both. Prints per
 model the time to early stopping, epochs (best), seconds per epoch, validation and test AUC, then the ratio
-lstm / reference. Exit 2 with one line on bad input.
+lstm / reference. With ``--seeds`` every model trains once per seed (the models in turn at each seed, so a drift
+in the machine's speed falls on all of them alike; the validation users stay those of seed 42) and the table and
+ratios are of the means; the JSON keeps every seed's run. Exit 2 with one line on bad input.
 """
 
 from __future__ import annotations
@@ -68,22 +71,24 @@ def sequences(df: pd.DataFrame, skills: np.ndarray) -> list[min_dkt.Seq]:
     return [(skill[s:e], answer[s:e]) for s, e in itertools.pairwise(cuts)]
 
 
-def reference(data: RunData, epochs: int | None, device: str, foreach: bool | None = None) -> dict[str, Any]:
+def reference(
+    data: RunData, epochs: int | None, device: str, foreach: bool | None = None, seed: int = 42
+) -> dict[str, Any]:
     """bench/min_dkt.py trained to early stopping with its own settings (``--epochs``: at most that many;
     ``foreach``: its Adam's implementation, default torch's for the device)."""
     skills = np.unique(pd.concat([data.train, data.valid, data.test])["KnowledgeTag"].to_numpy())
     train, valid = sequences(data.train, skills), sequences(data.valid, skills)
     cap = {"epochs": epochs} if epochs else {}
-    model, r = min_dkt.fit(train, valid, len(skills), **cap, device=device, foreach=foreach)
+    model, r = min_dkt.fit(train, valid, len(skills), **cap, seed=seed, device=device, foreach=foreach)
     test = min_dkt.tensors(sequences(data.test, skills), len(skills), REFERENCE_LEN)
     return r | {"test_auc": auc(*min_dkt.predict(model, test))}
 
 
-def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None, device: str) -> dict[str, Any]:
+def ours(cfg: ExperimentConfig, data: RunData, epochs: int | None, device: str, seed: int = 42) -> dict[str, Any]:
     """train.py's path (``dkt.experiment.run``: encode, fit, write and verify the bundle, evaluate on test)."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        m = run(cfg, data, out, epochs=epochs, device=device, seed=42, progress=False)
+        m = run(cfg, data, out, epochs=epochs, device=device, seed=seed, progress=False)
         wall = time.perf_counter() - t0
     return {
         "seconds": m["train_seconds"],
@@ -109,6 +114,22 @@ def with_changes(cfg: ExperimentConfig, changes: list[str], flag: str = "--set")
         except json.JSONDecodeError:
             raise ConfigError(f"{flag} {change}: the value is not JSON (a string needs quotes)") from None
     return parse_config(raw, flag) if changes else cfg
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: comma-separated distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 42,1,2; got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
+    return seeds
+
+
+def mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of each figure over one model's seeds (the epochs too, so seconds / epochs stays the mean's)."""
+    return {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -154,8 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also time ours with these keys changed (after --set), in the same run; space-separated changes, one "
         "run per --also (repeatable), e.g. --also 'train.batch_tokens=null train.bucket_batches=false'",
     )
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[42],
+        metavar="N,N,...",
+        help="train every model once per seed and report the means (default 42)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help); exit 2 on bad input, 0 on --help
+        return int(exc.code or 0)
     if args.threads is not None and args.threads < 1:
         print("error: --threads must be at least 1", file=sys.stderr)
         return 2
@@ -178,20 +209,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(data.train):,} answers; torch threads {torch.get_num_threads()}; load {load:.1f}",
         file=sys.stderr,
     )
-    results: dict[str, dict[str, Any]] = {}
     ref_name = "reference DKT (bench/min_dkt.py)"
-    results[ref_name] = reference(data, args.epochs, args.device)
-    print(f"reference: {json.dumps(results[ref_name])}", file=sys.stderr, flush=True)
-    for changes, variant in variants.items():
-        results[f"{cfg.model}, {changes}"] = ours(variant, data, args.epochs, args.device)
     changed = f", {' '.join(args.set)}" if args.set else ""
-    results[f"{cfg.model} ({args.config.name}{changed})"] = ours(cfg, data, args.epochs, args.device)
+    configs = {f"{cfg.model}, {changes}": variant for changes, variant in variants.items()}
+    configs[f"{cfg.model} ({args.config.name}{changed})"] = cfg
+    per_seed: dict[str, list[dict[str, Any]]] = {ref_name: [], **{name: [] for name in configs}}
+    for seed in args.seeds:
+        per_seed[ref_name].append(reference(data, args.epochs, args.device, seed=seed))
+        print(f"reference, seed {seed}: {json.dumps(per_seed[ref_name][-1])}", file=sys.stderr, flush=True)
+        for name, variant in configs.items():
+            per_seed[name].append(ours(variant, data, args.epochs, args.device, seed=seed))
+            print(f"{name}, seed {seed}: {json.dumps(per_seed[name][-1])}", file=sys.stderr, flush=True)
+    results = {name: runs[0] if len(runs) == 1 else mean_run(runs) for name, runs in per_seed.items()}
 
+    if len(args.seeds) > 1:
+        print(f"means over {len(args.seeds)} seeds ({','.join(map(str, args.seeds))})")
     print("| model | to early stop (s) | epochs (best) | s / epoch | valid AUC | test AUC |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
+        epochs = f"{r['epochs']:.3g} ({r['best_epoch']:.3g})"
         print(
-            f"| {name} | {r['seconds']:.1f} | {r['epochs']} ({r['best_epoch']}) | {r['seconds'] / r['epochs']:.2f} "
+            f"| {name} | {r['seconds']:.1f} | {epochs} | {r['seconds'] / r['epochs']:.2f} "
             f"| {r['valid_auc']:.4f} | {r['test_auc']:.4f} |"
         )
     ref = results[ref_name]
@@ -205,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}"
     )
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "ratio": ratio, "ratios": ratios, "load": load}, indent=2))
+        saved = {"results": results, "ratio": ratio, "ratios": ratios, "load": load, "seeds": args.seeds}
+        args.json.write_text(json.dumps(saved | {"per_seed": per_seed}, indent=2))
     return 0
 
 

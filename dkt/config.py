@@ -55,6 +55,12 @@ class TrainParams(BaseModel):
         "windows a batch (random, or by length with bucket_batches)",
     )
     amp: bool = Field(True, description="mixed precision (autocast, GradScaler for fp16) when training on CUDA")
+    cuda_graphs: bool = Field(
+        False,
+        description="on CUDA, replay each training step from a CUDA graph (batches padded to a few shapes): one "
+        "launch a step instead of about 200, for models whose step is the host's time (dkt.cuda_graphs); not with "
+        "fp16's loss scaling; the CPU ignores it",
+    )
     ema_epochs: float | None = Field(
         None,
         gt=0,

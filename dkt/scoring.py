@@ -35,9 +35,10 @@ def score_windows(
     return out
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where the GPU has it), full precision elsewhere."""
+def autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where the GPU has it), full precision elsewhere. ``cache``: autocast's cache of
+    cast weights (off under CUDA graph capture, dkt.cuda_graphs)."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
     return contextlib.nullcontext()

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dkt.config import TrainParams
+from dkt.cuda_graphs import GraphedStep, masked_loss, shape_classes
 from dkt.data.features import FIRST, VOCAB_FEATURES, FeatureEncoder, FeatureFrame
 from dkt.data.sequences import (
     Batcher,
@@ -168,6 +169,10 @@ def fit_sequence_model(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     kept = model if ema is None else ema.module
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    graphed = None
+    if params.cuda_graphs and device.type == "cuda" and not use_scaler:
+        classes = shape_classes(window_lengths(train_w), params.max_seq_len, params.batch_size, params.batch_tokens)
+        graphed = GraphedStep(model, opt, classes, loss_fn, params.grad_clip, amp)
     valid_y = np.clip(valid_ff.answer, 0, 1)
     criterion, reason = selection_metric(valid_y[valid_ff.answer >= 0])
     if reason:
@@ -202,6 +207,7 @@ def fit_sequence_model(
                 rng=rng,
                 bucket=params.bucket_batches,
                 batch_tokens=params.batch_tokens,
+                pad_to=graphed.classes.of if graphed is not None and graphed.active else None,
             ),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{epochs}",
@@ -210,16 +216,20 @@ def fit_sequence_model(
         )
         for _, batch in bar:
             batch = to_device(batch, device)
-            with autocast(device) if amp else contextlib.nullcontext():
-                logits = model(batch)
+            replayed = graphed(batch) if graphed is not None else None
+            if replayed is not None:
+                loss, logits = replayed
+            else:
+                with autocast(device) if amp else contextlib.nullcontext():
+                    logits = model(batch)
+                loss = masked_loss(loss_fn, logits, batch)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+                scaler.step(opt)
+                scaler.update()
             m = batch["loss_mask"]
-            loss = (loss_fn(logits.float(), batch["answer"]) * m).sum() / m.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-            scaler.step(opt)
-            scaler.update()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -264,6 +274,8 @@ def fit_sequence_model(
                     f"early stop: no {criterion.replace('_', ' ')} gain for {params.patience} epochs", file=sys.stderr
                 )
                 break
+    if graphed is not None and graphed.active:
+        print(f"CUDA graphs: {len(graphed.graphs)} batch shapes captured, every step replayed", file=sys.stderr)
     if best_state is None:
         raise TrainingError(f"no epoch gave a finite {criterion.replace('_', ' ')}: training diverged")
     model.load_state_dict(best_state)

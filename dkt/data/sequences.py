@@ -13,7 +13,7 @@ candidate gives it exactly the inputs an offline pass over the full file does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,9 +151,12 @@ class Batcher:
         rng: np.random.Generator | None = None,
         bucket: bool = False,
         batch_tokens: int | None = None,
+        pad_to: Callable[[int, int], tuple[int, int]] | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Batches of ``windows`` in order, or shuffled; with ``shuffle``, ``batch_tokens`` cuts them by positions
-        (``token_batches``), else ``bucket`` by length (``bucketed``)."""
+        (``token_batches``), else ``bucket`` by length (``bucketed``). ``pad_to`` maps a batch's (windows, width) to
+        the shape it is padded to, with windows and positions of ``PAD_ROW`` (CUDA graphs replay fixed shapes:
+        dkt.cuda_graphs)."""
         order = np.arange(len(windows))
         lengths = window_lengths(windows)
         if shuffle:
@@ -168,7 +171,15 @@ class Batcher:
         for sel in batches:
             # Trim columns that are padding in every window of the batch: shorter batches, less compute.
             width = int(lengths[sel].max())
-            yield sel, self.batch(windows.index[sel, :width], windows.score[sel, :width])
+            if pad_to is None:
+                yield sel, self.batch(windows.index[sel, :width], windows.score[sel, :width])
+                continue
+            rows, cols = pad_to(len(sel), width)
+            index = np.full((rows, cols), PAD_ROW, dtype=windows.index.dtype)
+            score = np.zeros((rows, cols), dtype=windows.score.dtype)
+            index[: len(sel), :width] = windows.index[sel, :width]
+            score[: len(sel), :width] = windows.score[sel, :width]
+            yield sel, self.batch(index, score)
 
 
 def window_lengths(windows: Windows) -> np.ndarray:

@@ -61,3 +61,32 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
     assert train_speed_bench.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(message), err
+
+
+def test_seeds_train_every_model_once_per_seed_and_report_their_means(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "speed.json"
+    argv = ["--data", *map(str, pair), "--epochs", "1", "--threads", "1", "--json", str(out_json)]
+    assert train_speed_bench.main([*argv, "--set", "train.batch_size=8", "--seeds", "3,7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "means over 2 seeds (3,7)" and len(lines) == 6, lines
+    saved = json.loads(out_json.read_text())
+    assert saved["seeds"] == [3, 7]
+    for name, runs in saved["per_seed"].items():
+        assert len(runs) == 2
+        assert runs[0]["valid_auc"] != runs[1]["valid_auc"]  # each seed its own model
+        mean = saved["results"][name]
+        for key in ("seconds", "valid_auc", "test_auc"):
+            assert mean[key] == pytest.approx((runs[0][key] + runs[1][key]) / 2)
+    times = [r["seconds"] for r in saved["results"].values()]
+    assert saved["ratio"] == pytest.approx(times[1] / times[0])
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"), [("1,1", "a seed is repeated"), ("1,x", "expected comma-separated integers")]
+)
+def test_bad_seeds_exit_2_naming_the_flag(seeds: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_speed_bench.main(["--seeds", seeds]) == 2
+    err = capsys.readouterr().err
+    assert f"error: argument --seeds: {message}" in err and "Traceback" not in err, err

@@ -109,3 +109,20 @@ def test_token_batches_fit_the_budget_hold_every_window_once_and_are_shuffled() 
     assert len(batches(2)) == len(got) == len(token_batches(window_lengths(w), np.arange(len(w)), budget, None))
     # Sorted by length and cut greedily; a window longer than the budget still trains, alone.
     assert [b.tolist() for b in token_batches(np.array([5, 50, 7]), np.arange(3), 20, None)] == [[0, 2], [1]]
+
+
+def test_pad_to_pads_each_batch_with_whole_windows_and_positions_of_padding() -> None:
+    ff = make_ff({"a": 6, "b": 3, "c": 5})
+    w = make_windows(ff, max_len=8)
+    tight = [b for _, b in Batcher(ff).iterate(w, batch_size=2)]
+    padded = [b for _, b in Batcher(ff).iterate(w, batch_size=2, pad_to=lambda rows, width: (rows + 2, width + 3))]
+    assert [b["mask"].shape for b in tight] == [(2, 6), (1, 5)]
+    assert [b["mask"].shape for b in padded] == [(4, 9), (3, 8)]
+    for t, p in zip(tight, padded, strict=True):
+        assert t.keys() == p.keys()
+        rows, width = t["mask"].shape
+        for key, value in t.items():
+            assert (p[key][:rows, :width] == value).all(), key  # the real part is the batch as it was
+        for key in ("mask", "loss_mask", "score_pos", "score_mask"):
+            assert not p[key][rows:].any() and not p[key][:, width:].any(), key  # padding is never trained or scored
+        assert (p["item"][rows:] == 0).all() and (p["item"][:, width:] == 0).all()  # padding reads the padding row

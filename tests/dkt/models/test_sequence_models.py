@@ -18,9 +18,10 @@ from torch import nn
 
 from bench.step_bench import torch_layers
 from dkt.config import ConfigError, TrainParams, load_config, parse_config
+from dkt.cuda_graphs import masked_loss, shape_classes
 from dkt.data.features import CATEGORICAL, CONT_COLUMNS, CONTINUOUS, FIRST, RESPONSE, FeatureEncoder, FeatureFrame
 from dkt.data.schema import COLUMNS, validate
-from dkt.data.sequences import PAD_ROW, Batcher, make_windows
+from dkt.data.sequences import PAD_ROW, Batcher, make_windows, window_lengths
 from dkt.metrics import auc
 from dkt.models import kind_class, model_names
 from dkt.models.base import LocalConv
@@ -440,3 +441,26 @@ def test_shipped_config_builds_its_model(name: str, data: SimData) -> None:
     assert config.model == name
     assert config.model_params.get("max_positions", config.train.max_seq_len) >= config.train.max_seq_len
     build_torch_model(name, config.model_params, data.encoder.sizes())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_step_on_a_batch_padded_to_its_cuda_graph_shape_is_the_same_step(name: str, data: SimData) -> None:
+    """CUDA graphs replay fixed shapes (dkt.cuda_graphs): a batch padded with whole windows and positions of padding
+    must give every kind the same loss and the same gradients as the batch as it was."""
+    ff = data.encoder.transform(data.train)
+    windows = make_windows(ff, BATCH_LEN, BATCH_LEN)
+    classes = shape_classes(window_lengths(windows), BATCH_LEN, 32, 1000)
+    steps = []
+    for pad_to in (None, classes.of):
+        model = make_model(name, data)  # eval mode: no dropout, so both steps are one computation
+        rng = np.random.default_rng(3)
+        _, batch = next(Batcher(ff).iterate(windows, 32, shuffle=True, rng=rng, batch_tokens=1000, pad_to=pad_to))
+        loss = masked_loss(nn.BCEWithLogitsLoss(reduction="none"), model(batch), batch)
+        loss.backward()
+        steps.append((batch["mask"].shape, loss, [p.grad for p in model.parameters() if p.grad is not None]))
+    (tight, loss, grads), (padded, padded_loss, padded_grads) = steps
+    assert padded[0] > tight[0] or padded[1] > tight[1], (tight, padded)  # the batch really was padded
+    torch.testing.assert_close(padded_loss, loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(padded_grads) > 0
+    for g, pg in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(pg, g, rtol=1e-4, atol=1e-6)
