@@ -128,7 +128,8 @@ def seed_list(text: str) -> list[int]:
 
 
 def mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The mean of each figure over one model's seeds (the epochs too, so seconds / epochs stays the mean's)."""
+    """The mean of each figure over one model's seeds (the table's seconds per epoch is then mean seconds over mean
+    epochs)."""
     return {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
 
 

@@ -1,19 +1,22 @@
 """The training step as CUDA graphs (``train.cuda_graphs``): on a GPU a step of this project's small models is the
 host's time, not the device's.
 
-Profiled on an H100 (bench/cuda_profile_bench.py, docs/training-speed.md round 9), an lstm step launches about 190
-kernels whose device time sums to 13% of the step: the rest is Python, dispatch and launches. A CUDA graph records
+Profiled on an H100 (bench/cuda_profile_bench.py, docs/training-speed.md round 9), an lstm training run launches
+about 190 kernels a step (its scoring included) and keeps the device busy about 13% of the time: the rest is
+Python, dispatch and launches. A CUDA graph records
 the whole step once (forward under autocast, the masked loss, backward, clipping, the fused AdamW update) and
 replays it with one launch. A graph replays fixed shapes on fixed memory, so batches are padded (``Batcher.iterate``'s
 ``pad_to``) to a few shape classes: widths 8, 16, 32, ... up to ``max_seq_len``, each with as many rows as a batch of
 that width can hold. Padding is windows and positions of ``PAD_ROW``, which the loss mask leaves out, as it leaves
-out a batch's padding today (tests/dkt/test_cuda_graphs.py: the same loss and gradients as the unpadded batch).
+out a batch's padding today (tests/dkt/models/test_sequence_models.py: for every kind, the same loss and gradients
+as the unpadded batch).
 
 A class is captured the first time a batch of it comes: two eager steps warm up on a side stream (cuDNN's and the
 allocator's lazy set-up must not happen during capture), the weights and optimizer state are put back as they were,
 then the step is captured and replayed. The learning rate is a device tensor the graph reads, set before each
 replay from the scheduler's value. If capture fails (a model whose step reads a value on the host, say), the run
-says why once and goes on eager.
+says so once and goes on eager: best effort, as torch may leave a failed capture's stream current (only lstm, whose
+capture is measured, ships the flag).
 """
 
 from __future__ import annotations
@@ -39,11 +42,11 @@ class ShapeClasses:
     widths: tuple[int, ...]
     rows: tuple[int, ...]
 
-    def of(self, rows: int, width: int) -> tuple[int, int]:
-        """The (rows, width) a batch of ``rows`` windows, ``width`` wide, is padded to."""
+    def of(self, n_windows: int, width: int) -> tuple[int, int]:
+        """The (rows, width) a batch of ``n_windows`` windows, ``width`` wide, is padded to."""
         k = bisect.bisect_left(self.widths, width)
-        if k == len(self.widths) or rows > self.rows[k]:
-            raise ValueError(f"a batch of {rows} x {width} fits no shape class ({self})")
+        if k == len(self.widths) or n_windows > self.rows[k]:
+            raise ValueError(f"a batch of {n_windows} x {width} fits no shape class ({self})")
         return self.rows[k], self.widths[k]
 
 
@@ -104,7 +107,8 @@ class GraphedStep:
         self.active = True
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # Autocast's cast cache must be off under capture (a cached cast would outlive the graph's memory).
+        # No cast cache: torch's rule for autocast under graph capture (a cached cast is a tensor the graph did not
+        # allocate, reused across replays).
         with autocast(self.device, cache=False) if self.amp else contextlib.nullcontext():
             logits = self.model(batch)
         loss = masked_loss(self.loss_fn, logits, batch)
@@ -122,7 +126,7 @@ class GraphedStep:
         inputs = {k: v.clone() for k, v in batch.items()}
         before = {id(t): t.detach().clone() for t in self._tensors()}
         groups = self.opt.param_groups
-        floats = [g["lr"] for g in groups]
+        saved = [(g["lr"], g["capturable"]) for g in groups]
         for g, lr in zip(groups, self.lrs, strict=True):
             g["lr"] = lr
         try:
@@ -133,12 +137,16 @@ class GraphedStep:
                     for _ in range(2):
                         self.opt.zero_grad(set_to_none=True)
                         self._step(inputs)
-                torch.cuda.current_stream().wait_stream(side)
             finally:
+                # First wait for the warm-up (finished or failed part way), so the restore cannot race its updates.
+                torch.cuda.current_stream().wait_stream(side)
                 # The warm-up's updates undone: its steps are not the run's (state they made starts at zero).
                 with torch.no_grad():
                     for t in self._tensors():
-                        t.copy_(before[id(t)]) if id(t) in before else t.zero_()
+                        if id(t) in before:
+                            t.copy_(before[id(t)])
+                        else:
+                            t.zero_()
             # Gradients None at capture: the graph's backward writes them afresh at every replay.
             self.opt.zero_grad(set_to_none=True)
             for g in groups:
@@ -147,10 +155,11 @@ class GraphedStep:
             with torch.cuda.graph(graph):
                 loss, logits = self._step(inputs)
         finally:
-            for g, lr in zip(groups, floats, strict=True):
-                g["lr"], g["capturable"] = lr, False
-        # Detached: the captured autograd graph must not outlive the capture (its nodes belong to the capture's
-        # stream; kept alive, the next class's warm-up would accumulate gradients across streams).
+            for g, (lr, capturable) in zip(groups, saved, strict=True):
+                g["lr"], g["capturable"] = lr, capturable
+        # Detached: frees the capture's autograd graph, which nothing backpropagates through again (kept alive, torch
+        # warned at the next class's warm-up that its gradient accumulators belong to another stream). The values
+        # read are the same memory.
         return _Graph(graph, inputs, loss.detach(), logits.detach())
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -158,11 +167,12 @@ class GraphedStep:
         them before the next step), or None when graphs are off for this run (the caller steps eagerly)."""
         if not self.active:
             return None
-        key = tuple(batch["loss_mask"].shape)
-        entry = self.graphs.get(key)  # type: ignore[arg-type]
+        n_windows, width = batch["loss_mask"].shape
+        key = (n_windows, width)
+        entry = self.graphs.get(key)
         if entry is None:
             try:
-                entry = self.graphs[key] = self._capture(batch)  # type: ignore[index]
+                entry = self.graphs[key] = self._capture(batch)
             except Exception as exc:  # any capture failure leaves the run eager, said once
                 self.active = False
                 self.graphs.clear()
