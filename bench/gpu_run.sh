@@ -4,7 +4,7 @@
 # (carried with the call) are installed beside it so the project runs on the versions it pins here.
 # Arguments go to gpu_bench.py. Everything lands in $OUT: the log, nvidia-smi's view, the JSON and the tables.
 # With --train-speed first, the rest go to bench/train_speed_bench.py instead (--device cuda, the carried data);
-# with --profile first, to bench/cuda_profile_bench.py.
+# with --profile first, to bench/cuda_profile_bench.py; with --graph-check first, to bench/cuda_graph_check.py.
 #
 #   bash bench/gpu_run.sh --prepare   # here, once: fill .whl/ and .gpu-data/ (both git-ignored; carry them)
 set -uo pipefail
@@ -49,6 +49,13 @@ if [ "${1:-}" = "--train-speed" ]; then
     shift
     timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/train_speed_bench.py --device cuda \
         --data .gpu-data/train.csv .gpu-data/test.csv --json "$OUT/train_speed.json" "$@" 2>&1 | tee "$OUT/train_speed.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "${1:-}" = "--graph-check" ]; then
+    # The CUDA-graphed training loop against the eager one, step for step (docs/training-speed.md round 9).
+    shift
+    timeout --signal=INT --kill-after=20 "$LIMIT_S" python3 bench/cuda_graph_check.py --device cuda \
+        --data .gpu-data/train.csv .gpu-data/test.csv "$@" 2>&1 | tee "$OUT/cuda_graph_check.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "${1:-}" = "--profile" ]; then
