@@ -75,19 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1:
         print("error: --epochs must be at least 1", file=sys.stderr)
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device on this machine", file=sys.stderr)
-        return 2
     try:
         cfg, data = config_and_data(args)
-        if not issubclass(kind_class(cfg.model), SequenceKind):
+        kind = kind_class(cfg.model)
+        if not issubclass(kind, SequenceKind):
             raise ConfigError(f"--config: {cfg.model} is not a sequence model; the check trains one")
         cfg = with_changes(cfg, SAME_FUNCTION, "the check's own --set")
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    kind = kind_class(cfg.model)
-    assert issubclass(kind, SequenceKind)
     encoder = FeatureEncoder.fit(data.train)
     train_ff, valid_ff = encoder.transform(data.train), encoder.transform(data.valid)
     runs: dict[bool, tuple[list[dict[str, float]], dict[str, Any]]] = {}

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench.train_speed_bench import add_data_arguments, config_and_data, reference, with_changes  # noqa: E402
+from bench.train_speed_bench import add_data_arguments, also_variants, config_and_data, reference  # noqa: E402
 from dkt.config import ConfigError  # noqa: E402
 from dkt.data.schema import DataValidationError  # noqa: E402
 from dkt.experiment import run  # noqa: E402
@@ -81,12 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1 or args.top < 1:
         print("error: --epochs and --top must be at least 1", file=sys.stderr)
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device on this machine", file=sys.stderr)
-        return 2
     try:
         cfg, data = config_and_data(args)
-        variants = {f"{cfg.model}, {c}": with_changes(cfg, c.split(), "--also") for c in args.also}
+        variants = {f"{cfg.model}, {c}": v for c, v in also_variants(cfg, args.also).items()}
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

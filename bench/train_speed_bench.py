@@ -152,7 +152,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_and_data(args: argparse.Namespace) -> tuple[ExperimentConfig, RunData]:
     """Our config (--config with each --set) and the run files ``add_data_arguments`` named, cut to --max-students,
-    with validation users held out as train.py holds them out. ConfigError or DataValidationError on bad input."""
+    with validation users held out as train.py holds them out. ConfigError or DataValidationError on bad input,
+    a --device cuda that torch cannot see among them (for the benches that take --device)."""
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device on this machine")
     if args.max_students is not None and args.max_students < 2:
         raise ConfigError("--max-students must be at least 2")
     cfg = with_changes(load_config(args.config), args.set)
@@ -160,6 +163,11 @@ def config_and_data(args: argparse.Namespace) -> tuple[ExperimentConfig, RunData
     files.train = first_students(files.train, args.max_students)
     files.test = first_students(files.test, args.max_students)
     return cfg, split_run_files(files, cfg.train.valid_ratio, seed=42)
+
+
+def also_variants(cfg: ExperimentConfig, also: list[str]) -> dict[str, ExperimentConfig]:
+    """Each --also (space-separated ``SECTION.KEY=JSON`` changes) applied to ``cfg``, keyed by its text."""
+    return {changes: with_changes(cfg, changes.split(), "--also") for changes in also}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,12 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print("error: --threads must be at least 1", file=sys.stderr)
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device on this machine", file=sys.stderr)
-        return 2
     try:
         cfg, data = config_and_data(args)
-        variants = {changes: with_changes(cfg, changes.split(), "--also") for changes in args.also}
+        variants = also_variants(cfg, args.also)
     except (ConfigError, DataValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
